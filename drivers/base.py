@@ -1,0 +1,97 @@
+"""Typed device protocols: anything with these methods is a pump or a spectrometer.
+
+Units are in the names. Drivers never know whether a simulator sits at the other end of the port.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class PumpState(enum.Enum):
+    """Pump states, after the New Era status characters (I W S P T U X)."""
+
+    INFUSING = "I"
+    WITHDRAWING = "W"
+    STOPPED = "S"
+    PAUSED = "P"
+    TIMED_PAUSE = "T"
+    USER_WAIT = "U"
+    PURGING = "X"
+
+
+@dataclass(frozen=True)
+class PumpStatus:
+    state: PumpState
+    rate_ul_min: float
+    dispensed_ul: float
+    alarm: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state in (PumpState.INFUSING, PumpState.WITHDRAWING, PumpState.PURGING)
+
+
+@runtime_checkable
+class SyringePump(Protocol):
+    """A syringe pump that infuses at a set rate. Every method is idempotent."""
+
+    name: str
+
+    def connect(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def syringe_diameter_mm(self) -> float: ...
+
+    def set_syringe_diameter_mm(self, diameter_mm: float) -> None: ...
+
+    def set_rate_ul_min(self, rate_ul_min: float) -> None: ...
+
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def dispensed_ul(self) -> float: ...
+
+    def status(self) -> PumpStatus: ...
+
+    def safe_state(self) -> None:
+        """Stop the pump. Idempotent; never raises for a pump that is already stopped."""
+        ...
+
+
+@runtime_checkable
+class Spectrometer(Protocol):
+    """A UV-Vis spectrometer that returns raw detector counts."""
+
+    name: str
+
+    def connect(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def wavelengths_nm(self) -> np.ndarray: ...
+
+    @property
+    def integration_time_us(self) -> int: ...
+
+    def set_integration_time_us(self, integration_time_us: int) -> None: ...
+
+    def acquire_counts(self) -> np.ndarray:
+        """One spectrum of raw counts (dark- and nonlinearity-corrected where the device can)."""
+        ...
+
+    @property
+    def saturation_counts(self) -> float: ...
+
+    def set_lamp_enabled(self, enabled: bool) -> None:
+        """Switch the light source (for dark spectra). Raises ``SpectrometerError`` if not supported."""
+        ...
+
+    def safe_state(self) -> None: ...

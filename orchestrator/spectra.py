@@ -1,0 +1,114 @@
+"""Target spectra and the loss of a measured spectrum against the target.
+
+The loss is the one of Mekki-Berrada et al., npj Comput. Mater. 7, 55 (2021), as written in AgBONN's
+``BO/BO.py`` and checked against the measured losses in ``shared/data/agbonn`` (Liang et al. 2021):
+
+    loss = 1 - delta * cos(minmax(A), minmax(target))
+    delta = 0 if max(A) > a_high;  1 if a_low <= max(A) <= a_high;  max(A) / a_low if 0 < max(A) < a_low
+
+Only shape (through the cosine) and amplitude (through delta) count.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.interpolate import interp1d
+
+
+def wavelength_grid(start_nm: float = 380.0, stop_nm: float = 800.0, step_nm: float = 1.0) -> np.ndarray:
+    n = int(round((stop_nm - start_nm) / step_nm)) + 1
+    return np.linspace(start_nm, stop_nm, n)
+
+
+class TargetFileError(ValueError):
+    pass
+
+
+def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A two-column CSV (wavelength_nm, absorbance), header optional; sorted by wavelength."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+    except OSError as exc:
+        raise TargetFileError(f"{path}: cannot read the target spectrum ({exc.strerror})") from exc
+    if rows and not _is_number(rows[0][0]):
+        rows = rows[1:]
+    try:
+        data = np.array([[float(r[0]), float(r[1])] for r in rows], dtype=float)
+    except (ValueError, IndexError) as exc:
+        raise TargetFileError(
+            f"{path}: every row needs two numbers, wavelength_nm and absorbance ({exc})"
+        ) from exc
+    if len(data) < 2:
+        raise TargetFileError(f"{path}: a target needs at least two points, found {len(data)}")
+    if not np.all(np.isfinite(data)):
+        raise TargetFileError(f"{path}: the target holds NaN or infinite values")
+    data = data[np.argsort(data[:, 0])]
+    if np.any(np.diff(data[:, 0]) <= 0):
+        raise TargetFileError(f"{path}: wavelengths must be distinct")
+    if np.ptp(data[:, 1]) <= 0:
+        raise TargetFileError(f"{path}: the target is flat; its shape cannot be compared")
+    return data[:, 0], data[:, 1]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def interpolate_target(wl_nm: np.ndarray, absorbance: np.ndarray, grid_nm: np.ndarray) -> np.ndarray:
+    """Linear ('slinear', as the paper's code) interpolation onto the grid; the grid must lie inside."""
+    if grid_nm[0] < wl_nm[0] - 1e-9 or grid_nm[-1] > wl_nm[-1] + 1e-9:
+        raise TargetFileError(
+            f"the target covers {wl_nm[0]:g}-{wl_nm[-1]:g} nm but the protocol's grid is "
+            f"{grid_nm[0]:g}-{grid_nm[-1]:g} nm: extend the target or narrow the grid"
+        )
+    return interp1d(wl_nm, absorbance, kind="slinear")(grid_nm)
+
+
+def minmax(a: np.ndarray) -> np.ndarray:
+    """Min-max normalise along the last axis; a flat spectrum maps to zeros."""
+    a = np.asarray(a, dtype=float)
+    lo = a.min(axis=-1, keepdims=True)
+    span = a.max(axis=-1, keepdims=True) - lo
+    return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class SpectrumLoss:
+    """The paper's loss against one target on one grid. Works on one spectrum or a stack (..., n_wl)."""
+
+    target: np.ndarray
+    a_low: float = 0.7
+    a_high: float = 1.2
+
+    def __post_init__(self) -> None:
+        t = minmax(self.target)
+        object.__setattr__(self, "_t_unit", t / np.linalg.norm(t))
+
+    def delta(self, spectra: np.ndarray) -> np.ndarray:
+        amax = np.max(spectra, axis=-1)
+        return np.where(
+            amax > self.a_high,
+            0.0,
+            np.where(amax >= self.a_low, 1.0, np.clip(amax, 0.0, None) / self.a_low),
+        )
+
+    def cosine(self, spectra: np.ndarray) -> np.ndarray:
+        a = minmax(spectra)
+        norm = np.linalg.norm(a, axis=-1)
+        dot = a @ self._t_unit  # type: ignore[attr-defined]
+        return np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 0.0)
+
+    def __call__(self, spectra: np.ndarray) -> np.ndarray | float:
+        spectra = np.asarray(spectra, dtype=float)
+        loss = 1.0 - self.delta(spectra) * self.cosine(spectra)
+        return float(loss) if np.ndim(loss) == 0 else loss

@@ -1,0 +1,155 @@
+"""The shared virtual world of a simulated rig: a clock, the tubing between mixer and detector, and
+which pump carries which stream.
+
+The pump emulators report every change of their effective flow here; the simulated spectrometer
+asks what composition sits at the detector *now*, which is what left the mixer one dead volume ago.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class WallClock:
+    """Real time, for pty emulators serving other programs and for real rigs."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class VirtualClock:
+    """Dry-run time: sleeping advances the clock at once and costs no wall time."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._t = float(start)
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._t
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            with self._lock:
+                self._t += float(seconds)
+
+
+@dataclass(frozen=True)
+class InputMap:
+    """How a chemistry input is read off the flows: a stream's % of the aqueous flow, or the total."""
+
+    kind: str  # "percent" or "total"
+    stream: str | None = None
+
+
+@dataclass
+class World:
+    clock: Clock = field(default_factory=VirtualClock)
+    dead_volume_ul: float = 60.0
+    inputs: Mapping[str, InputMap] = field(default_factory=dict)
+    chemistry: object | None = None
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    _pump_streams: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
+    _rates: dict[str, float] = field(default_factory=dict)
+    _history: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def attach_pump(self, bus: str, address: int, stream: str, phase: str = "aqueous") -> None:
+        """Say that the pump at ``address`` on ``bus`` carries ``stream`` (aqueous or oil carrier)."""
+        with self._lock:
+            self._pump_streams[(bus, int(address))] = (stream, phase)
+
+    def pump_flow_changed(self, bus: str, address: int, rate_ul_min: float) -> None:
+        """Called by a pump emulator whenever its effective flow changes (run, stop, new rate, stall)."""
+        with self._lock:
+            key = (bus, int(address))
+            if key not in self._pump_streams:
+                return
+            stream, phase = self._pump_streams[key]
+            if phase != "aqueous":
+                return
+            self._rates[stream] = max(0.0, float(rate_ul_min))
+            now = self.clock.now()
+            snapshot = dict(self._rates)
+            if self._history and self._history[-1][0] == now:
+                self._history[-1] = (now, snapshot)
+            else:
+                self._history.append((now, snapshot))
+
+    def seed_replicate(self, seed: np.random.SeedSequence | int) -> None:
+        """Seed the noise of the next droplet (per campaign, round, condition, replicate)."""
+        self.rng = np.random.default_rng(seed)
+
+    def detector_flows(self) -> dict[str, float]:
+        """Per-stream rates (uL/min) of the liquid now at the detector: what left the mixer one
+        dead volume of flow ago. Stopped flow leaves the last composition standing in the cell."""
+        with self._lock:
+            if not self._history:
+                return {}
+            now = self.clock.now()
+            remaining = self.dead_volume_ul
+            end = now
+            for start, rates in reversed(self._history):
+                total = sum(rates.values())
+                span = max(0.0, end - start)
+                swept = total * span / 60.0
+                if total > 0 and swept >= remaining:
+                    return dict(rates)
+                remaining -= swept
+                end = start
+            return {}
+
+    def detector_inputs(self) -> dict[str, float] | None:
+        """The chemistry inputs of the liquid at the detector, or None when only carrier is there."""
+        flows = self.detector_flows()
+        total = sum(flows.values())
+        if total <= 0:
+            return None
+        values: dict[str, float] = {}
+        for name, spec in self.inputs.items():
+            if spec.kind == "total":
+                values[name] = total
+            else:
+                values[name] = 100.0 * flows.get(spec.stream or "", 0.0) / total
+        if not any(v > 0 for k, v in values.items() if self.inputs[k].kind == "percent"):
+            return None
+        return values
+
+
+_worlds: dict[str, World] = {}
+_worlds_lock = threading.Lock()
+
+
+def get_world(name: str = "default") -> World:
+    """The process-wide world of that name, created (virtual clock, no chemistry) on first use."""
+    with _worlds_lock:
+        if name not in _worlds:
+            _worlds[name] = World()
+        return _worlds[name]
+
+
+def set_world(name: str, world: World) -> World:
+    with _worlds_lock:
+        _worlds[name] = world
+        return world
+
+
+def drop_world(name: str) -> None:
+    with _worlds_lock:
+        _worlds.pop(name, None)
