@@ -75,6 +75,12 @@ def reset_buses() -> None:
         _buses.clear()
 
 
+def drop_bus(protocol: str, bus: str = "default") -> None:
+    """Forget one emulated line, so that the next open builds it afresh (a new simulated rig)."""
+    with _lock:
+        _buses.pop((protocol, bus), None)
+
+
 def parse_sim_url(url: str) -> tuple[str, str, dict[str, list[str]]]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "sim" or not parts.netloc:

@@ -1,0 +1,609 @@
+"""Rigs: which pumps and spectrometer sit on which ports, validated from YAML, and built into live devices.
+
+A rig file names each syringe pump (driver, port as any pyserial URL or device path, address, syringe),
+the spectrometer, and the dead volume between the mixer and the detector. A rig with a ``simulation``
+section is a dry-run rig: its ports are ``sim://`` URLs, its spectrometer the seabreeze-compatible
+simulator, and :func:`build_rig` wires them all to one fresh :class:`simulators.world.World`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.base import Spectrometer, SyringePump
+from orchestrator.config_errors import (
+    ConfigError,
+    CrossFieldProblems,
+    Problem,
+    read_yaml_mapping,
+    validate_model,
+)
+from orchestrator.protocol import ExperimentProtocol
+from simulators.faults import PUMP_FAULTS, SPECTROMETER_FAULTS, Fault
+from simulators.serialsim import drop_bus, get_bus, parse_sim_url
+from simulators.world import Clock, InputMap, VirtualClock, WallClock, World, set_world
+
+log = structlog.get_logger("orchestrator.rig")
+
+__all__ = [
+    "ChemistrySpec",
+    "ConfigError",
+    "FaultSpec",
+    "PumpConfig",
+    "Rig",
+    "RigConfig",
+    "SimulationSpec",
+    "SpectrometerConfig",
+    "build_rig",
+    "check_protocol_against_rig",
+    "load_rig",
+    "pump_rate_limits_ul_min",
+]
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=64)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+SIM_SCHEME = "sim://"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FaultSpec(_Strict):
+    """A fault injected into a simulated device ``at_s`` seconds (world clock) after it was built."""
+
+    kind: str
+    at_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    duration_s: PositiveFloat | None = None
+
+    def to_fault(self) -> Fault:
+        return Fault(kind=self.kind, at_s=self.at_s, duration_s=self.duration_s)
+
+
+def _fault_problems(faults: list[FaultSpec], allowed: tuple[str, ...]) -> list[Problem]:
+    return [
+        Problem(f"faults[{i}].kind", f"unknown fault {f.kind!r}; allowed: {', '.join(allowed)}")
+        for i, f in enumerate(faults)
+        if f.kind not in allowed
+    ]
+
+
+class PumpConfig(_Strict):
+    name: Identifier
+    driver: Literal["newera", "harvard"]
+    port: str = Field(
+        min_length=1, description="pyserial URL or device path: /dev/serial/by-id/..., sim://newera/rig"
+    )
+    address: int = Field(0, ge=0, le=99, description="address on a daisy chain (both pump families: 0-99)")
+    # 0.1-50 mm: the syringe diameters both the NE-1000 (DIA command) and the Harvard pumps accept
+    syringe_diameter_mm: float = Field(ge=0.1, le=50.0, allow_inf_nan=False)
+    syringe_volume_ul: PositiveFloat | None = None
+    stream: Identifier | None = Field(
+        None, description="the reagent stream it pumps; defaults to the pump's name"
+    )
+    baudrate: Literal[1200, 2400, 9600, 19200, 38400, 57600, 115200] | None = None
+    faults: list[FaultSpec] = Field(default_factory=list)
+
+    @property
+    def stream_name(self) -> str:
+        return self.stream or self.name
+
+    @property
+    def is_simulated(self) -> bool:
+        return self.port.startswith(SIM_SCHEME)
+
+    @model_validator(mode="after")
+    def _check(self) -> PumpConfig:
+        problems = _fault_problems(self.faults, PUMP_FAULTS)
+        if self.faults and not self.is_simulated:
+            problems.append(Problem("faults", "faults can only be injected into simulated (sim://) pumps"))
+        if self.is_simulated:
+            protocol = self.port[len(SIM_SCHEME) :].split("/", 1)[0].split("?", 1)[0]
+            if protocol != self.driver:
+                problems.append(
+                    Problem(
+                        "port",
+                        f"a {self.driver} pump needs a sim://{self.driver}/<bus> port, got {self.port!r}",
+                    )
+                )
+            if "?" in self.port:
+                problems.append(
+                    Problem(
+                        "port",
+                        "give sim:// ports without a query (sim://<driver>/<bus>); the rig sets address and world",
+                    )
+                )
+        if self.syringe_volume_ul is not None:
+            # a syringe's barrel is longer than wide: a volume/diameter pair that gives a stroke under
+            # 10 mm or over 200 mm is almost surely a typo (mL for uL, radius for diameter)
+            stroke_mm = self.syringe_volume_ul / (math.pi * (self.syringe_diameter_mm / 2) ** 2)
+            if not 10.0 <= stroke_mm <= 200.0:
+                problems.append(
+                    Problem(
+                        "syringe_volume_ul",
+                        f"{self.syringe_volume_ul:g} uL in a {self.syringe_diameter_mm:g} mm barrel is a "
+                        f"{stroke_mm:.0f} mm stroke; real syringes have 10-200 mm: check volume (uL) and diameter (mm)",
+                    )
+                )
+        if problems:
+            raise CrossFieldProblems(problems)
+        return self
+
+
+class SpectrometerConfig(_Strict):
+    driver: Literal["ocean", "simulated"]
+    serial_number: str | None = Field(
+        None, description="pick one of several Ocean devices; None: the only one"
+    )
+    # Ocean's USB spectrometers accept 1 us (some models 10 us or 1 ms) up to tens of seconds; the
+    # driver checks the model's own limits when it connects
+    integration_time_us: int = Field(10_000, ge=1, le=60_000_000)
+    scans_to_average: int = Field(1, ge=1, le=5000)
+    faults: list[FaultSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> SpectrometerConfig:
+        problems = _fault_problems(self.faults, SPECTROMETER_FAULTS)
+        if self.faults and self.driver != "simulated":
+            problems.append(Problem("faults", "faults can only be injected into the simulated spectrometer"))
+        if problems:
+            raise CrossFieldProblems(problems)
+        return self
+
+
+class ChemistrySpec(_Strict):
+    model: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:Class")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SimulationSpec(_Strict):
+    """What a dry-run rig simulates. ``dead_volume_ul`` here is the simulated tubing's *true* volume,
+    when it should differ from the rig's planning value (to test a mis-measured dead volume)."""
+
+    dead_volume_ul: PositiveFloat | None = None
+    chemistry: ChemistrySpec | None = None
+    world: Identifier | None = Field(
+        None, description="name of the simulated world; defaults to the rig's name"
+    )
+
+
+class RigConfig(_Strict):
+    name: Identifier
+    description: str = ""
+    pumps: list[PumpConfig] = Field(default_factory=list)
+    spectrometer: SpectrometerConfig | None = None
+    dead_volume_ul: PositiveFloat | None = Field(
+        None,
+        description="mixer-to-detector volume; the equilibration wait is this over the total flow, plus margins",
+    )
+    simulation: SimulationSpec | None = None
+
+    @property
+    def is_simulated(self) -> bool:
+        return self.simulation is not None
+
+    def pump(self, name: str) -> PumpConfig:
+        for p in self.pumps:
+            if p.name == name:
+                return p
+        raise KeyError(
+            f"rig {self.name!r} has no pump {name!r}; its pumps: {', '.join(p.name for p in self.pumps)}"
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> RigConfig:
+        problems: list[Problem] = []
+        names: dict[str, int] = {}
+        streams: dict[str, int] = {}
+        lines: dict[tuple[str, int], int] = {}
+        port_driver: dict[str, tuple[str, int | None, int]] = {}
+        for i, p in enumerate(self.pumps):
+            if p.name in names:
+                problems.append(Problem(f"pumps[{i}].name", f"{p.name!r} is already pumps[{names[p.name]}]"))
+            names.setdefault(p.name, i)
+            if p.stream_name in streams:
+                problems.append(
+                    Problem(
+                        f"pumps[{i}].stream",
+                        f"stream {p.stream_name!r} is already pumped by pumps[{streams[p.stream_name]}]",
+                    )
+                )
+            streams.setdefault(p.stream_name, i)
+            if (p.port, p.address) in lines:
+                problems.append(
+                    Problem(
+                        f"pumps[{i}].address",
+                        f"address {p.address} on {p.port} is already pumps[{lines[(p.port, p.address)]}]",
+                    )
+                )
+            lines.setdefault((p.port, p.address), i)
+            if p.port in port_driver:
+                driver, baud, first = port_driver[p.port]
+                if driver != p.driver:
+                    problems.append(
+                        Problem(
+                            f"pumps[{i}].driver",
+                            f"{p.port} is a {driver} line (pumps[{first}]); one port, one protocol",
+                        )
+                    )
+                elif baud != p.baudrate:
+                    problems.append(
+                        Problem(
+                            f"pumps[{i}].baudrate",
+                            f"pumps on {p.port} must share one baud rate (pumps[{first}]: {baud})",
+                        )
+                    )
+            else:
+                port_driver[p.port] = (p.driver, p.baudrate, i)
+        if self.is_simulated:
+            for i, p in enumerate(self.pumps):
+                if not p.is_simulated:
+                    problems.append(
+                        Problem(
+                            f"pumps[{i}].port",
+                            f"a simulated rig needs sim://{p.driver}/<bus> ports, got {p.port!r}",
+                        )
+                    )
+            if self.spectrometer is not None and self.spectrometer.driver != "simulated":
+                problems.append(Problem("spectrometer.driver", "a simulated rig needs driver: simulated"))
+            if (
+                self.dead_volume_ul is None
+                and self.simulation is not None
+                and self.simulation.dead_volume_ul is None
+            ):
+                problems.append(
+                    Problem("dead_volume_ul", "a simulated rig needs the dead volume of its tubing (uL)")
+                )
+        else:
+            for i, p in enumerate(self.pumps):
+                if p.is_simulated:
+                    problems.append(
+                        Problem(
+                            f"pumps[{i}].port", "sim:// ports need a 'simulation' section in the rig file"
+                        )
+                    )
+            if self.spectrometer is not None and self.spectrometer.driver == "simulated":
+                problems.append(
+                    Problem(
+                        "spectrometer.driver",
+                        "the simulated spectrometer needs a 'simulation' section in the rig file",
+                    )
+                )
+        if problems:
+            raise CrossFieldProblems(problems)
+        return self
+
+
+def load_rig(path: str | Path) -> RigConfig:
+    """Read and validate a rig file; every problem comes back in one :class:`ConfigError`."""
+    path = Path(path)
+    return validate_model(RigConfig, read_yaml_mapping(path, "rig"), path)
+
+
+# -- what a syringe on a pump can deliver ------------------------------------------------------------
+
+# The lowest and highest rate each pump family reaches, as (rate uL/min, syringe inside diameter mm)
+# from its specifications; a syringe pump's plunger speed range is fixed, so the rate scales with the
+# barrel's cross-section. Used only when the driver module does not say itself (rate_limits_ul_min).
+_RATE_SPECS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    # New Era NE-1000 specifications: 0.73 uL/hr with a B-D 1 mL syringe (4.78 mm) to 2120 mL/hr
+    # with a B-D 60 mL syringe (26.59 mm)
+    "newera": ((0.73 / 60.0, 4.78), (2120e3 / 60.0, 26.59)),
+    # Harvard Apparatus Pump 11 Elite (the smaller range of the Harvard family; PHD ULTRA reaches
+    # more): 1.28 pL/min with a 0.5 uL syringe (0.103 mm) to 88.4 mL/min with a 60 mL syringe (26.59 mm)
+    "harvard": ((1.28e-6, 0.103), (88.4e3, 26.59)),
+}
+
+
+def pump_rate_limits_ul_min(driver: str, diameter_mm: float) -> tuple[float, float]:
+    """(min, max) rate in uL/min of that pump family with a syringe of this inside diameter.
+
+    Asks ``drivers.<driver>.rate_limits_ul_min(diameter_mm)`` first, so a driver that knows its
+    model's limits better is the one source; falls back to the family's specifications above."""
+    try:
+        module = importlib.import_module(f"drivers.{driver}")
+    except ImportError:
+        module = None
+    limits_fn: Callable[[float], tuple[float, float]] | None = getattr(module, "rate_limits_ul_min", None)
+    if callable(limits_fn):
+        low, high = limits_fn(diameter_mm)
+        return float(low), float(high)
+    (low, d_low), (high, d_high) = _RATE_SPECS[driver]
+    return low * (diameter_mm / d_low) ** 2, high * (diameter_mm / d_high) ** 2
+
+
+def check_protocol_against_rig(
+    protocol: ExperimentProtocol, rig: RigConfig, *, source: str | None = None
+) -> None:
+    """Refuse a protocol/rig pair that cannot run: a stream without a pump, a rate the syringe cannot
+    deliver within the protocol's hard limits, no spectrometer, no dead volume. Lists every problem."""
+    problems: list[Problem] = []
+    by_stream = {p.stream_name: p for p in rig.pumps}
+    ranges = protocol.rate_ranges_ul_min()
+    for stream in protocol.streams:
+        pump = by_stream.get(stream)
+        if pump is None:
+            problems.append(
+                Problem(
+                    "pumps",
+                    f"no pump carries stream {stream!r} (needed by protocol {protocol.name!r}); "
+                    f"the rig's streams: {', '.join(sorted(by_stream)) or 'none'}",
+                )
+            )
+            continue
+        need_low, need_high = ranges[stream]
+        can_low, can_high = pump_rate_limits_ul_min(pump.driver, pump.syringe_diameter_mm)
+        where = f"pumps[{rig.pumps.index(pump)}].syringe_diameter_mm"
+        what = f"pump {pump.name} ({pump.driver}, {pump.syringe_diameter_mm:g} mm syringe) delivers {can_low:.3g}-{can_high:.4g} uL/min"
+        if need_low < can_low:
+            problems.append(
+                Problem(
+                    where,
+                    f"{what}, but the protocol's hard limits can ask {need_low:.3g} uL/min of {stream}: "
+                    "use a narrower syringe or raise the hard lower limits",
+                )
+            )
+        if need_high > can_high:
+            problems.append(
+                Problem(
+                    where,
+                    f"{what}, but the protocol's hard limits can ask {need_high:.4g} uL/min of {stream}: "
+                    "use a wider syringe or lower the hard upper limits",
+                )
+            )
+    if rig.spectrometer is None:
+        problems.append(Problem("spectrometer", "a campaign needs a spectrometer"))
+    if rig.dead_volume_ul is None:
+        problems.append(
+            Problem(
+                "dead_volume_ul", "a campaign needs the mixer-to-detector dead volume (uL) to equilibrate"
+            )
+        )
+    if problems:
+        raise ConfigError(source or f"rig {rig.name!r} with protocol {protocol.name!r}", problems)
+
+
+# -- live rigs --------------------------------------------------------------------------------------
+
+
+class RigConnectionError(ConfigError):
+    """Several devices failed to connect; each line names the device and what to check."""
+
+
+class Rig:
+    """The live devices of one rig. Build it with :func:`build_rig`."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        pumps: dict[str, SyringePump],
+        pump_streams: Mapping[str, str],
+        spectrometer: Spectrometer | None,
+        clock: Clock,
+        dead_volume_ul: float | None,
+        world: World | None = None,
+        world_name: str | None = None,
+    ) -> None:
+        self.name = name
+        self.pumps = pumps
+        self.pump_for_stream: dict[str, SyringePump] = {
+            stream: pumps[p] for p, stream in pump_streams.items()
+        }
+        self.spectrometer = spectrometer
+        self.clock = clock
+        self.dead_volume_ul = dead_volume_ul
+        self.world = world
+        self.world_name = world_name
+
+    @property
+    def is_simulated(self) -> bool:
+        return self.world is not None
+
+    def _devices(self) -> list[tuple[str, Any]]:
+        devices: list[tuple[str, Any]] = [(f"pump {n}", p) for n, p in self.pumps.items()]
+        if self.spectrometer is not None:
+            devices.append((f"spectrometer {self.spectrometer.name}", self.spectrometer))
+        return devices
+
+    def connect(self) -> None:
+        """Connect every device; failures of several devices come back together in one error."""
+        problems: list[Problem] = []
+        for label, device in self._devices():
+            try:
+                device.connect()
+            except Exception as exc:  # noqa: BLE001 - every device's failure is reported, then raised together
+                problems.append(Problem(label, str(exc)))
+        if problems:
+            self.close()
+            raise RigConnectionError(f"rig {self.name!r}", problems)
+        log.info("rig connected", rig=self.name, simulated=self.is_simulated)
+
+    def close(self) -> None:
+        for label, device in self._devices():
+            try:
+                device.close()
+            except Exception as exc:  # noqa: BLE001 - closing must reach every device
+                log.warning("close failed", rig=self.name, device=label, error=str(exc))
+
+    def safe_state(self) -> list[str]:
+        """Put every device in its safe state (pumps stopped). Never raises; returns what failed."""
+        problems: list[str] = []
+        for label, device in self._devices():
+            try:
+                device.safe_state()
+            except Exception as exc:  # noqa: BLE001 - one failing device must not keep the others running
+                problems.append(f"{label}: {exc}")
+                log.error("safe state failed", rig=self.name, device=label, error=str(exc))
+        return problems
+
+    def seed_replicate(self, seed: np.random.SeedSequence | int) -> None:
+        """Seed the simulated droplet noise of the next replicate; a real rig has its own noise."""
+        if self.world is not None:
+            self.world.seed_replicate(seed)
+
+    def __enter__(self) -> Rig:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.safe_state()
+        self.close()
+
+
+def import_object(spec: str, what: str = "chemistry model") -> Any:
+    """The object named ``module:Attr``, or a ConfigError that names it and says what went wrong."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(None, [Problem("chemistry.model", f"{spec!r} is not module:Class")])
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            None,
+            [Problem("chemistry.model", f"cannot import module {module_name!r} of {what} {spec!r} ({exc})")],
+        ) from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise ConfigError(
+            None, [Problem("chemistry.model", f"module {module_name!r} has no {attr!r} ({what} {spec!r})")]
+        ) from exc
+
+
+def make_chemistry(spec: str, params: Mapping[str, Any] | None = None) -> Any:
+    cls = import_object(spec)
+    try:
+        model = cls(**dict(params or {}))
+    except Exception as exc:  # noqa: BLE001 - any constructor failure is a config problem of this rig
+        raise ConfigError(None, [Problem("chemistry.params", f"{spec} rejected its params ({exc})")]) from exc
+    if not callable(getattr(model, "droplet", None)):
+        raise ConfigError(
+            None, [Problem("chemistry.model", f"{spec} has no droplet(inputs, wavelengths, rng) method")]
+        )
+    return model
+
+
+def build_rig(
+    cfg: RigConfig,
+    protocol: ExperimentProtocol | None = None,
+    *,
+    chemistry: str | None = None,
+    world_name: str | None = None,
+) -> Rig:
+    """The rig's device objects, not yet connected (call ``connect()``).
+
+    A simulated rig gets a fresh world (virtual clock, the rig's dead volume, the protocol's inputs,
+    the chemistry model; ``chemistry`` overrides the rig file's, as ``sdl run --chemistry`` does),
+    registered under ``world_name`` (default: the rig file's world, else the rig's name); its emulated
+    pumps report their flows to it and the rig file's faults are injected into their firmware."""
+    if chemistry is not None and not cfg.is_simulated:
+        raise ConfigError(
+            None,
+            [Problem("chemistry", f"--chemistry {chemistry} needs a simulated rig; {cfg.name!r} is real")],
+        )
+    world: World | None = None
+    name: str | None = None
+    if cfg.is_simulated:
+        world = new_world(cfg, protocol, chemistry)
+        name = world_name or (cfg.simulation.world if cfg.simulation else None) or cfg.name
+        set_world(name, world)
+        _attach_simulated_pumps(cfg, world, name)
+    clock: Clock = world.clock if world is not None else WallClock()
+    pumps = {p.name: _make_pump(p, clock) for p in cfg.pumps}
+    spectrometer = _make_spectrometer(cfg.spectrometer, world, name) if cfg.spectrometer is not None else None
+    return Rig(
+        name=cfg.name,
+        pumps=pumps,
+        pump_streams={p.name: p.stream_name for p in cfg.pumps},
+        spectrometer=spectrometer,
+        clock=clock,
+        dead_volume_ul=cfg.dead_volume_ul or (cfg.simulation.dead_volume_ul if cfg.simulation else None),
+        world=world,
+        world_name=name,
+    )
+
+
+def _sim_bus(port: str) -> tuple[str, str]:
+    protocol, bus, _ = parse_sim_url(port)
+    return protocol, bus
+
+
+def _attach_simulated_pumps(cfg: RigConfig, world: World, world_name: str) -> None:
+    """Fresh emulated lines for this rig's buses, each pump attached to its stream in the world and
+    carrying the rig file's faults. Other buses in the process are left alone."""
+    by_bus: dict[tuple[str, str], list[PumpConfig]] = {}
+    for p in cfg.pumps:
+        by_bus.setdefault(_sim_bus(p.port), []).append(p)
+    for (protocol, bus), pumps in by_bus.items():
+        drop_bus(protocol, bus)
+        query = {"address": [str(p.address) for p in pumps], "world": [world_name]}
+        firmware = get_bus(protocol, bus, query)
+        for p in pumps:
+            world.attach_pump(bus, p.address, p.stream_name)
+            for fault in p.faults:
+                firmware.inject(p.address, fault.to_fault())  # type: ignore[attr-defined]
+
+
+def _make_pump(p: PumpConfig, clock: Clock) -> SyringePump:
+    kwargs: dict[str, Any] = {"address": p.address, "syringe_diameter_mm": p.syringe_diameter_mm}
+    if p.baudrate is not None:
+        kwargs["baudrate"] = p.baudrate
+    if p.driver == "newera":
+        from drivers.newera import NewEraPump
+
+        return NewEraPump(p.name, p.port, **kwargs)
+    from drivers.harvard import HarvardPump
+
+    return HarvardPump(p.name, p.port, **kwargs)
+
+
+def _make_spectrometer(s: SpectrometerConfig, world: World | None, world_name: str | None) -> Spectrometer:
+    from drivers.ocean import OceanSpectrometer
+
+    backend: Any = None
+    if s.driver == "simulated":
+        from simulators.spectrometer import SimulatedSeabreezeSpectrometer
+
+        backend = SimulatedSeabreezeSpectrometer(world=world, faults=[f.to_fault() for f in s.faults])
+    return OceanSpectrometer(
+        "spectrometer",
+        serial_number=s.serial_number,
+        integration_time_us=s.integration_time_us,
+        scans_to_average=s.scans_to_average,
+        backend=backend,
+    )
+
+
+def input_maps(protocol: ExperimentProtocol | None) -> dict[str, InputMap]:
+    """How the world reads each protocol variable off the flows (percent of a stream, or the total)."""
+    if protocol is None:
+        return {}
+    return {
+        name: InputMap("percent", spec.stream) if spec.kind == "percent" else InputMap("total")
+        for name, spec in protocol.variables.items()
+    }
+
+
+def new_world(cfg: RigConfig, protocol: ExperimentProtocol | None, chemistry: str | None) -> World:
+    sim = cfg.simulation
+    assert sim is not None
+    model: object | None = None
+    if chemistry is not None:
+        model = make_chemistry(chemistry)
+    elif sim.chemistry is not None:
+        model = make_chemistry(sim.chemistry.model, sim.chemistry.params)
+    dead = sim.dead_volume_ul or cfg.dead_volume_ul
+    assert dead is not None
+    return World(clock=VirtualClock(), dead_volume_ul=dead, inputs=input_maps(protocol), chemistry=model)
+
+
+__all__ += ["RigConnectionError"]
