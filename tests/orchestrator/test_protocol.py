@@ -1,0 +1,302 @@
+"""Protocol files: the reference protocol, every kind of bad file, and the way from inputs to pump rates."""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from orchestrator.config_errors import ConfigError
+from orchestrator.protocol import ExperimentProtocol, InfeasibleInputs, load_protocol, protocol_from_dict
+from orchestrator.spectra import TargetFileError
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / "protocols" / "ag_nanoprism.yaml"
+BEST_DNN8 = {"Q_AgNO3": 32.5, "Q_PVA": 16.0, "Q_TSC": 6.5, "Q_seed": 4.5, "Q_total": 850.0}
+
+
+@pytest.fixture(scope="module")
+def reference() -> ExperimentProtocol:
+    return load_protocol(REFERENCE)
+
+
+@pytest.fixture
+def reference_data() -> dict[str, Any]:
+    return yaml.safe_load(REFERENCE.read_text())
+
+
+def write_protocol(tmp_path: Path, data: dict[str, Any], target: Path | None = None) -> Path:
+    """A protocol file in tmp_path, with the reference target copied next to it."""
+    (tmp_path / "targets").mkdir(exist_ok=True)
+    shutil.copy(
+        target or ROOT / "protocols" / "targets" / "ag_nanoprism.csv",
+        tmp_path / "targets" / "ag_nanoprism.csv",
+    )
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def load_error(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_protocol(path)
+    return info.value
+
+
+# -- the reference protocol --------------------------------------------------------------------------
+
+
+def test_reference_protocol_is_the_papers_first_run(reference: ExperimentProtocol) -> None:
+    space = reference.space()
+    assert space.names == ["Q_AgNO3", "Q_PVA", "Q_TSC", "Q_seed", "Q_total"]
+    assert space.bounds == {
+        "Q_AgNO3": (4, 20),
+        "Q_PVA": (10, 40),
+        "Q_TSC": (4, 20),
+        "Q_seed": (4, 20),
+        "Q_total": (200, 1000),
+    }
+    assert space.percent_sum_max == 90
+    assert [v.kind for v in space.variables] == ["percent"] * 4 + ["total"]
+    assert reference.batch_size == 15 and reference.replicates.n == 20
+    assert reference.stop.max_rounds == 9
+    assert reference.optimizer.strategy == "default"
+    assert reference.streams == ["AgNO3", "PVA", "TSC", "seed", "water"]
+
+
+def test_reference_target_on_the_grid(reference: ExperimentProtocol) -> None:
+    wl = reference.wavelengths()
+    assert len(wl) == 421 and wl[0] == 380 and wl[-1] == 800
+    target = reference.target_spectrum()
+    assert target.shape == (421,)
+    assert wl[np.argmax(target)] == 642  # the README: peak at 642 nm on the 1 nm grid
+    loss = reference.loss()
+    assert loss(target) == pytest.approx(0.0, abs=1e-12)  # the target (peak 1.2) scores perfectly
+    # same shape, too weak: delta = max(A) / a_low
+    assert loss(target * 0.35) == pytest.approx(1 - 0.35 * target.max() / 0.7)
+
+
+def test_the_papers_conditions_are_all_feasible(reference: ExperimentProtocol) -> None:
+    """Every condition of the paper's data fits the reference protocol's hard limits."""
+    summary = ROOT.parent / "shared" / "data" / "agbonn" / "AgNP_conditions_summary.csv"
+    if not summary.exists():  # the data folder sits next to the repository on the build machines
+        summary = Path("/work/shared/data/agbonn/AgNP_conditions_summary.csv")
+    rows = np.genfromtxt(summary, delimiter=",", names=True, dtype=None, encoding="utf-8")
+    x = np.column_stack([rows[c] for c in rows.dtype.names[4:9]]).astype(float)
+    assert x.shape == (164, 5)
+    # the file carries the optimiser's float noise around the 0.5 % floor (Q_seed 0.49885)
+    assert reference.space().feasible(np.round(x, 2), hard=True).all()
+
+
+def test_stream_rates_of_the_best_condition(reference: ExperimentProtocol) -> None:
+    rates = reference.stream_rates_ul_min(BEST_DNN8)
+    assert rates == pytest.approx(
+        {"AgNO3": 276.25, "PVA": 136.0, "TSC": 55.25, "seed": 38.25, "water": 344.25}
+    )
+    assert sum(rates.values()) == pytest.approx(850.0)
+
+
+def test_stream_rates_on_the_sum_limit_leave_the_remainder(reference: ExperimentProtocol) -> None:
+    inputs = {"Q_AgNO3": 30.0, "Q_PVA": 30.0, "Q_TSC": 20.0, "Q_seed": 10.0, "Q_total": 1000.0}
+    assert reference.stream_rates_ul_min(inputs)["water"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"Q_AgNO3": 85.0}, "Q_AgNO3=85 % is outside the hard limits [0.5, 80]"),
+        ({"Q_AgNO3": 0.1}, "Q_AgNO3=0.1 % is outside the hard limits [0.5, 80]"),
+        ({"Q_total": 2500.0}, "Q_total=2500 uL/min is outside the hard limits [50, 2000]"),
+        ({"Q_AgNO3": 40.0, "Q_PVA": 40.0}, "add up to 91 % > percent_sum_max 90 %"),
+        ({"Q_seed": math.nan}, "Q_seed=nan is not finite"),
+        ({"Q_seed": "lots"}, "Q_seed='lots' is not a number"),
+        ({"Q_water": 3.0}, "unknown inputs ['Q_water']"),
+    ],
+)
+def test_infeasible_inputs_never_become_rates(
+    reference: ExperimentProtocol, change: dict, expected: str
+) -> None:
+    inputs = {**BEST_DNN8, **change}
+    with pytest.raises(InfeasibleInputs) as info:
+        reference.stream_rates_ul_min(inputs)
+    assert expected in str(info.value)
+
+
+def test_every_problem_with_inputs_is_listed(reference: ExperimentProtocol) -> None:
+    inputs = dict(BEST_DNN8, Q_AgNO3=95.0, Q_total=10.0)
+    del inputs["Q_seed"]
+    with pytest.raises(InfeasibleInputs) as info:
+        reference.stream_rates_ul_min(inputs)
+    assert len(info.value.problems) == 3
+    assert "missing inputs ['Q_seed']" in info.value.problems
+
+
+def test_rate_ranges_within_hard_limits(reference: ExperimentProtocol) -> None:
+    ranges = reference.rate_ranges_ul_min()
+    assert ranges["AgNO3"] == pytest.approx((0.25, 1600.0))  # 0.5 % of 50 .. 80 % of 2000 uL/min
+    assert ranges["water"] == pytest.approx((5.0, 1960.0))  # (100 - 90) % of 50 .. (100 - 4 * 0.5) % of 2000
+
+
+def test_equilibration_sweeps_the_dead_volume(reference: ExperimentProtocol) -> None:
+    # 10 s settling + 2 x (70 uL at 420 uL/min = 10 s) + 5 s margin
+    assert reference.equilibration_s(70.0, dict(BEST_DNN8, Q_total=420.0)) == pytest.approx(35.0)
+
+
+# -- bad files: each error names the file, the field and what is allowed ------------------------------
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        data = data[key]
+    if value is _DELETE:
+        del data[last]
+    else:
+        data[last] = value
+
+
+_DELETE = object()
+
+BAD_FIELDS = [
+    ("variables.Q_AgNO3.kind", "fraction", "variables.Q_AgNO3.kind", "'percent' or 'total'"),
+    ("variables.Q_AgNO3.bounds", [4, 90], "variables.Q_AgNO3.bounds", "inside hard_limits [0.5, 80] %"),
+    ("variables.Q_AgNO3.bounds", [20, 4], "variables.Q_AgNO3.bounds", "low < high"),
+    ("variables.Q_AgNO3.hard_limits", [-1, 80], "variables.Q_AgNO3.hard_limits", "[0, 100]"),
+    ("variables.Q_total.hard_limits", [0, 2000], "variables.Q_total.hard_limits", "above 0 uL/min"),
+    ("variables.Q_AgNO3.stream", _DELETE, "variables.Q_AgNO3.stream", "must name the stream"),
+    ("variables.Q_AgNO3.stream", "PVA", "variables.Q_PVA.stream", "'PVA' is already set by Q_AgNO3"),
+    ("variables.Q_seed.stream", "water", "variables.Q_seed.stream", "remainder_stream"),
+    (
+        "variables.Q_AgNO3.sped",
+        3,
+        "variables.Q_AgNO3.sped",
+        "allowed here: kind, stream, bounds, hard_limits, log",
+    ),
+    ("variables.Q_total", _DELETE, "variables", "exactly one variable of kind 'total'"),
+    ("variables.Q_PVA.bounds", [79, 80], "variables", "lower bounds add up to 91 % > percent_sum_max"),
+    ("variables.Q_AgNO3.bounds", ["4%", 20], "variables.Q_AgNO3.bounds[0]", "valid number"),
+    ("percent_sum_max", 120, "percent_sum_max", "less than or equal to 100"),
+    ("replicates.n", 0, "replicates.n", "greater than or equal to 1"),
+    ("replicates.n", 101, "replicates.n", "less than or equal to 100"),
+    ("replicates.min_accepted", 30, "replicates.min_accepted", "at most n (20)"),
+    ("replicates.saturation", 0.9, "replicates.saturation", "allowed here: n, min_accepted"),
+    ("target.a_high", 0.5, "target.a_high", "must exceed a_low"),
+    ("target.file", "targets/none.csv", "target.file", "cannot read the target spectrum"),
+    ("grid.stop_nm", 900, "target.file", "extend the target or narrow the grid"),
+    ("grid.step_nm", 0.9, "grid.step_nm", "does not divide"),
+    ("stop", {"loss_threshold": 0.1}, "stop", "at least one of max_rounds"),
+    ("stop.max_round", 9, "stop.max_round", "allowed here: loss_threshold, max_rounds"),
+    ("name", "ag nanoprism", "name", "should match pattern"),
+    ("batch_size", "fifteen", "batch_size", "valid integer"),
+    ("optimizer.widening.step_fraction", 2, "optimizer.widening.step_fraction", "less than or equal to 1"),
+    ("stop.loss_threshold", 1.5, "stop.loss_threshold", "less than or equal to 1"),
+    ("colour", "red", "colour", "allowed here: name, description, variables"),
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "field", "allowed"), BAD_FIELDS, ids=[f"{b[0]}={b[1]!r}" for b in BAD_FIELDS]
+)
+def test_bad_protocol_names_file_field_and_what_is_allowed(
+    tmp_path: Path, reference_data: dict, where: str, value: Any, field: str, allowed: str
+) -> None:
+    data = copy.deepcopy(reference_data)
+    _set(data, where, value)
+    path = write_protocol(tmp_path, data)
+    error = load_error(path)
+    message = str(error)
+    assert message.startswith(str(path))
+    assert any(p.field == field and allowed in p.message for p in error.problems), message
+    assert f"  - {field}: " in message
+
+
+def test_all_problems_come_back_at_once(tmp_path: Path, reference_data: dict) -> None:
+    data = copy.deepcopy(reference_data)
+    data["replicates"]["n"] = 0
+    data["target"]["a_low"] = "low"
+    data["stop"]["max_rounds"] = 0
+    data["variables"]["Q_PVA"]["kind"] = "percentage"
+    error = load_error(write_protocol(tmp_path, data))
+    assert {p.field for p in error.problems} == {
+        "replicates.n",
+        "target.a_low",
+        "stop.max_rounds",
+        "variables.Q_PVA.kind",
+    }
+    assert "4 problems" in str(error)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nvariables: {Q: [1, 2}\n")
+    error = load_error(path)
+    assert str(path) in str(error) and "line 2" in str(error)
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nbatch_size: 15\nbatch_size: 5\n")
+    error = load_error(path)
+    assert "duplicate key 'batch_size' (first on line 2)" in str(error)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", "empty"), ("- a\n- b\n", "must be a mapping")])
+def test_empty_or_list_file(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    assert expected in str(load_error(path))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    error = load_error(tmp_path / "nope.yaml")
+    assert "nope.yaml: 1 problem" in str(error) and "protocol file not found" in str(error)
+
+
+# -- paths, overrides, defaults ------------------------------------------------------------------------
+
+
+def test_target_is_found_relative_to_the_protocol_file(
+    tmp_path: Path, reference_data: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    protocols = tmp_path / "protocols"
+    protocols.mkdir()
+    path = write_protocol(protocols, reference_data)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    protocol = load_protocol(path)
+    assert protocol.target_path == path.parent / "targets" / "ag_nanoprism.csv"
+    assert protocol.target_spectrum().shape == (421,)
+
+
+def test_target_override(tmp_path: Path, reference: ExperimentProtocol) -> None:
+    other = tmp_path / "blue.csv"
+    other.write_text("wavelength_nm,absorbance\n300,0.1\n450,1.0\n900,0.1\n")
+    target = reference.target_spectrum(override_csv=other)
+    assert reference.wavelengths()[np.argmax(target)] == 450
+    assert reference.loss(override_csv=other)(target) == pytest.approx(0.0, abs=1e-12)
+    short = tmp_path / "short.csv"
+    short.write_text("wavelength_nm,absorbance\n400,0.1\n600,1.0\n")
+    with pytest.raises(TargetFileError, match="short.csv.*extend the target"):
+        reference.target_spectrum(override_csv=short)
+
+
+def test_min_accepted_defaults_to_half_of_n(tmp_path: Path, reference_data: dict) -> None:
+    data = copy.deepcopy(reference_data)
+    data["replicates"] = {"n": 15}
+    protocol = load_protocol(write_protocol(tmp_path, data))
+    assert protocol.replicates.min_accepted == 8
+
+
+def test_protocol_from_dict_resolves_against_base_dir(reference: ExperimentProtocol) -> None:
+    again = protocol_from_dict(reference.model_dump(mode="json"), base_dir=REFERENCE.parent)
+    assert again == reference
+    np.testing.assert_array_equal(again.target_spectrum(), reference.target_spectrum())
+    with pytest.raises(ConfigError, match="target.file"):
+        protocol_from_dict(reference.model_dump(mode="json"), base_dir=Path("/nonexistent"))
