@@ -1,0 +1,269 @@
+"""Rig files (good and bad), the protocol/rig check, and the live simulated rig."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.config_errors import ConfigError
+from orchestrator.protocol import ExperimentProtocol, load_protocol
+from orchestrator.rig import (
+    RigConfig,
+    build_rig,
+    check_protocol_against_rig,
+    load_rig,
+    pump_rate_limits_ul_min,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+RIGS = ROOT / "deploy" / "rigs"
+SIMULATED = RIGS / "simulated.yaml"
+
+
+@pytest.fixture(scope="module")
+def protocol() -> ExperimentProtocol:
+    return load_protocol(ROOT / "protocols" / "ag_nanoprism.yaml")
+
+
+@pytest.fixture
+def sim_data() -> dict[str, Any]:
+    return yaml.safe_load(SIMULATED.read_text())
+
+
+@pytest.fixture
+def real_data() -> dict[str, Any]:
+    return yaml.safe_load((RIGS / "example_newera.yaml").read_text())
+
+
+def write_rig(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "rig.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# -- the shipped rig files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["simulated", "example_newera", "example_harvard"])
+def test_shipped_rigs_fit_the_reference_protocol(name: str, protocol: ExperimentProtocol) -> None:
+    rig = load_rig(RIGS / f"{name}.yaml")
+    check_protocol_against_rig(protocol, rig)
+    assert {p.stream_name for p in rig.pumps} == set(protocol.streams)
+    assert rig.is_simulated == (name == "simulated")
+
+
+def test_simulated_rig_mixes_both_pump_families() -> None:
+    rig = load_rig(SIMULATED)
+    assert {p.driver for p in rig.pumps} == {"newera", "harvard"}
+    assert all(p.port.startswith("sim://") for p in rig.pumps)
+    assert rig.spectrometer is not None and rig.spectrometer.driver == "simulated"
+    assert rig.simulation is not None and rig.simulation.chemistry is not None
+    assert rig.simulation.chemistry.model == "simulators.chemistry:AgNanoprism"
+    assert 50 <= (rig.dead_volume_ul or 0) <= 100
+
+
+def test_a_pump_needs_no_more_than_five_fields(tmp_path: Path) -> None:
+    path = write_rig(
+        tmp_path,
+        {
+            "name": "bench",
+            "pumps": [{"name": "p", "driver": "newera", "port": "/dev/ttyUSB0", "syringe_diameter_mm": 4.61}],
+        },
+    )
+    rig = load_rig(path)
+    assert rig.pumps[0].address == 0 and rig.pumps[0].stream_name == "p"
+    assert rig.spectrometer is None and not rig.is_simulated
+
+
+# -- bad rig files ---------------------------------------------------------------------------------------
+
+
+def _pump(**over: Any) -> dict[str, Any]:
+    return {"name": "p", "driver": "newera", "port": "/dev/ttyUSB0", "syringe_diameter_mm": 14.57, **over}
+
+
+BAD_REAL = [
+    ({"pumps": [_pump(driver="kds")]}, "pumps[0].driver", "'newera' or 'harvard'"),
+    ({"pumps": [_pump(address=100)]}, "pumps[0].address", "less than or equal to 99"),
+    (
+        {"pumps": [_pump(syringe_diameter_mm=0)]},
+        "pumps[0].syringe_diameter_mm",
+        "greater than or equal to 0.1",
+    ),
+    ({"pumps": [_pump(syringe_diameter_mm=80)]}, "pumps[0].syringe_diameter_mm", "less than or equal to 50"),
+    ({"pumps": [_pump(baudrate=19000)]}, "pumps[0].baudrate", "9600, 19200"),
+    ({"pumps": [_pump(diameter=3)]}, "pumps[0].diameter", "allowed here: name, driver, port, address"),
+    ({"pumps": [_pump(port="")]}, "pumps[0].port", "at least 1 character"),
+    (
+        {"pumps": [_pump(syringe_volume_ul=10)]},
+        "pumps[0].syringe_volume_ul",
+        "check volume (uL) and diameter",
+    ),
+    ({"pumps": [_pump(), _pump(address=1)]}, "pumps[1].name", "'p' is already pumps[0]"),
+    (
+        {"pumps": [_pump(), _pump(name="q")]},
+        "pumps[1].address",
+        "address 0 on /dev/ttyUSB0 is already pumps[0]",
+    ),
+    (
+        {"pumps": [_pump(), _pump(name="q", address=1, stream="p")]},
+        "pumps[1].stream",
+        "already pumped by pumps[0]",
+    ),
+    (
+        {"pumps": [_pump(), _pump(name="q", address=1, driver="harvard")]},
+        "pumps[1].driver",
+        "one port, one protocol",
+    ),
+    (
+        {"pumps": [_pump(baudrate=9600), _pump(name="q", address=1, baudrate=19200)]},
+        "pumps[1].baudrate",
+        "share one baud rate",
+    ),
+    ({"pumps": [_pump(faults=[{"kind": "stall"}])]}, "pumps[0].faults", "only be injected into simulated"),
+    ({"pumps": [_pump(port="sim://newera/x")]}, "pumps[0].port", "need a 'simulation' section"),
+    ({"spectrometer": {"driver": "simulated"}}, "spectrometer.driver", "needs a 'simulation' section"),
+    ({"spectrometer": {"driver": "usb2000"}}, "spectrometer.driver", "'ocean' or 'simulated'"),
+    (
+        {"spectrometer": {"driver": "ocean", "integration_time_us": 0}},
+        "spectrometer.integration_time_us",
+        ">= 1",
+    ),
+    ({"dead_volume_ul": -5}, "dead_volume_ul", "greater than 0"),
+    ({"name": "rig a"}, "name", "should match pattern"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "allowed"), BAD_REAL, ids=[b[1] + ":" + b[2] for b in BAD_REAL])
+def test_bad_rig_names_file_field_and_what_is_allowed(
+    tmp_path: Path, change: dict, field: str, allowed: str
+) -> None:
+    data = {"name": "bench", "pumps": [_pump()], **change}
+    path = write_rig(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_rig(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    allowed = allowed.replace(">= 1", "greater than or equal to 1")
+    assert any(p.field == field and allowed in p.message for p in info.value.problems), message
+
+
+BAD_SIM = [
+    ("pumps.0.port", "/dev/ttyUSB0", "pumps[0].port", "needs sim://newera/<bus> ports"),
+    ("pumps.0.port", "sim://harvard/rig", "pumps[0].port", "a newera pump needs a sim://newera/<bus> port"),
+    ("pumps.0.port", "sim://newera/rig?address=0", "pumps[0].port", "without a query"),
+    ("pumps.0.faults", [{"kind": "explode"}], "pumps[0].faults[0].kind", "allowed: no_reply, garbage, stall"),
+    (
+        "pumps.0.faults",
+        [{"kind": "stall", "at_s": -1}],
+        "pumps[0].faults[0].at_s",
+        "greater than or equal to 0",
+    ),
+    ("spectrometer.driver", "ocean", "spectrometer.driver", "a simulated rig needs driver: simulated"),
+    ("spectrometer.faults", [{"kind": "stall"}], "spectrometer.faults[0].kind", "saturated, dark_lamp"),
+    ("simulation.chemistry.model", "AgNanoprism", "simulation.chemistry.model", "should match pattern"),
+    ("simulation.flavour", 1, "simulation.flavour", "allowed here: dead_volume_ul, chemistry, world"),
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "field", "allowed"), BAD_SIM, ids=[b[2] + ":" + b[3] for b in BAD_SIM]
+)
+def test_bad_simulated_rig(
+    tmp_path: Path, sim_data: dict, where: str, value: Any, field: str, allowed: str
+) -> None:
+    data = copy.deepcopy(sim_data)
+    *parents, last = where.split(".")
+    node: Any = data
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node[last] = value
+    with pytest.raises(ConfigError) as info:
+        load_rig(write_rig(tmp_path, data))
+    assert any(p.field == field and allowed in p.message for p in info.value.problems), str(info.value)
+
+
+def test_every_rig_problem_is_listed(tmp_path: Path, real_data: dict) -> None:
+    data = copy.deepcopy(real_data)
+    data["pumps"][1]["address"] = 0
+    data["pumps"][2]["syringe_diameter_mm"] = 0
+    data["spectrometer"]["scans_to_average"] = 0
+    with pytest.raises(ConfigError) as info:
+        load_rig(write_rig(tmp_path, data))
+    fields = {p.field for p in info.value.problems}
+    # field errors come first; the address clash is a cross-field check pydantic runs once fields are valid
+    assert {"pumps[2].syringe_diameter_mm", "spectrometer.scans_to_average"} <= fields
+
+
+# -- protocol against rig ----------------------------------------------------------------------------
+
+
+def test_missing_stream_and_spectrometer(protocol: ExperimentProtocol, real_data: dict) -> None:
+    data = copy.deepcopy(real_data)
+    data["pumps"] = [p for p in data["pumps"] if p["name"] != "seed"]
+    del data["spectrometer"], data["dead_volume_ul"]
+    with pytest.raises(ConfigError) as info:
+        check_protocol_against_rig(protocol, RigConfig.model_validate(data))
+    messages = [str(p) for p in info.value.problems]
+    assert any("no pump carries stream 'seed'" in m and "AgNO3, PVA, TSC, water" in m for m in messages)
+    assert any(m.startswith("spectrometer:") for m in messages)
+    assert any(m.startswith("dead_volume_ul:") for m in messages)
+
+
+def test_syringes_that_cannot_deliver_the_hard_limits(protocol: ExperimentProtocol, real_data: dict) -> None:
+    data = copy.deepcopy(real_data)
+    data["pumps"][0]["syringe_diameter_mm"] = 4.61  # 1 mL: at most ~1.06 mL/min on an NE-1000
+    data["pumps"][0]["syringe_volume_ul"] = 1000
+    data["pumps"][4]["syringe_diameter_mm"] = (
+        32.57  # 50 mL water: its floor is above... no, water's floor is 5
+    )
+    data["pumps"][4]["syringe_volume_ul"] = 50000
+    data["pumps"][3]["syringe_diameter_mm"] = 32.57  # 50 mL seed: cannot go down to 0.25 uL/min
+    data["pumps"][3]["syringe_volume_ul"] = 50000
+    with pytest.raises(ConfigError) as info:
+        check_protocol_against_rig(protocol, RigConfig.model_validate(data))
+    problems = {p.field: p.message for p in info.value.problems}
+    assert set(problems) == {"pumps[0].syringe_diameter_mm", "pumps[3].syringe_diameter_mm"}
+    assert "1600 uL/min of AgNO3" in problems["pumps[0].syringe_diameter_mm"]
+    assert "use a wider syringe" in problems["pumps[0].syringe_diameter_mm"]
+    assert "0.25 uL/min of seed" in problems["pumps[3].syringe_diameter_mm"]
+
+
+def test_rate_limits_scale_with_the_barrel_area() -> None:
+    # New Era's specification points: 0.73 uL/hr with a 4.78 mm syringe, 2120 mL/hr with 26.59 mm
+    low, _ = pump_rate_limits_ul_min("newera", 4.78)
+    _, high = pump_rate_limits_ul_min("newera", 26.59)
+    assert low == pytest.approx(0.73 / 60, rel=1e-3) and high == pytest.approx(2120e3 / 60, rel=1e-3)
+    low2, high2 = pump_rate_limits_ul_min("harvard", 2 * 14.57)
+    low1, high1 = pump_rate_limits_ul_min("harvard", 14.57)
+    assert low2 / low1 == pytest.approx(4) and high2 / high1 == pytest.approx(4)
+
+
+# -- building rigs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chemistry", "expected"),
+    [
+        ("no_such_module:Model", "cannot import module 'no_such_module'"),
+        ("simulators.chemistry:NoSuchModel", "module 'simulators.chemistry' has no 'NoSuchModel'"),
+        ("simulators.chemistry", "is not module:Class"),
+        ("collections:OrderedDict", "has no droplet(inputs, wavelengths, rng) method"),
+    ],
+)
+def test_bad_chemistry_is_named(protocol: ExperimentProtocol, chemistry: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_rig(load_rig(SIMULATED), protocol, chemistry=chemistry)
+    assert expected in str(info.value)
+    assert chemistry in str(info.value) or "module:Class" in str(info.value)
+
+
+def test_chemistry_override_needs_a_simulated_rig(protocol: ExperimentProtocol) -> None:
+    with pytest.raises(ConfigError, match="needs a simulated rig"):
+        build_rig(
+            load_rig(RIGS / "example_newera.yaml"), protocol, chemistry="simulators.chemistry:AgNanoprism"
+        )
