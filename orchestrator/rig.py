@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +19,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.base import Spectrometer, SyringePump
+from drivers.errors import DeviceError
 from orchestrator.config_errors import (
     ConfigError,
     CrossFieldProblems,
@@ -83,13 +84,12 @@ class PumpConfig(_Strict):
         min_length=1, description="pyserial URL or device path: /dev/serial/by-id/..., sim://newera/rig"
     )
     address: int = Field(0, ge=0, le=99, description="address on a daisy chain (both pump families: 0-99)")
-    # 0.1-50 mm: the syringe diameters both the NE-1000 (DIA command) and the Harvard pumps accept
-    syringe_diameter_mm: float = Field(ge=0.1, le=50.0, allow_inf_nan=False)
+    syringe_diameter_mm: PositiveFloat = Field(description="inside diameter; the driver's range is checked")
     syringe_volume_ul: PositiveFloat | None = None
     stream: Identifier | None = Field(
         None, description="the reagent stream it pumps; defaults to the pump's name"
     )
-    baudrate: Literal[1200, 2400, 9600, 19200, 38400, 57600, 115200] | None = None
+    baudrate: int | None = Field(None, description="None: the driver's default (New Era: detects 19200/9600)")
     faults: list[FaultSpec] = Field(default_factory=list)
 
     @property
@@ -103,6 +103,22 @@ class PumpConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> PumpConfig:
         problems = _fault_problems(self.faults, PUMP_FAULTS)
+        (dia_low, dia_high), baudrates = driver_ranges(self.driver)
+        if not dia_low <= self.syringe_diameter_mm <= dia_high:
+            problems.append(
+                Problem(
+                    "syringe_diameter_mm",
+                    f"{self.syringe_diameter_mm:g} mm is outside what a {self.driver} pump accepts "
+                    f"({dia_low:g}-{dia_high:g} mm): give the syringe's inside diameter in mm",
+                )
+            )
+        if self.baudrate is not None and self.baudrate not in baudrates:
+            problems.append(
+                Problem(
+                    "baudrate",
+                    f"a {self.driver} pump talks at {', '.join(map(str, baudrates))} baud, not {self.baudrate}",
+                )
+            )
         if self.faults and not self.is_simulated:
             problems.append(Problem("faults", "faults can only be injected into simulated (sim://) pumps"))
         if self.is_simulated:
@@ -244,6 +260,20 @@ class RigConfig(_Strict):
             else:
                 port_driver[p.port] = (p.driver, p.baudrate, i)
         if self.is_simulated:
+            bus_driver: dict[str, tuple[str, int]] = {}
+            for i, p in enumerate(self.pumps):
+                if not p.is_simulated:
+                    continue
+                bus = parse_sim_url(p.port)[1]
+                driver, first = bus_driver.setdefault(bus, (p.driver, i))
+                if driver != p.driver:
+                    problems.append(
+                        Problem(
+                            f"pumps[{i}].port",
+                            f"bus {bus!r} is already the {driver} line of pumps[{first}]: the simulated world "
+                            "tells pumps apart by bus name and address, so give each driver its own bus name",
+                        )
+                    )
             for i, p in enumerate(self.pumps):
                 if not p.is_simulated:
                     problems.append(
@@ -290,34 +320,24 @@ def load_rig(path: str | Path) -> RigConfig:
 
 # -- what a syringe on a pump can deliver ------------------------------------------------------------
 
-# The lowest and highest rate each pump family reaches, as (rate uL/min, syringe inside diameter mm)
-# from its specifications; a syringe pump's plunger speed range is fixed, so the rate scales with the
-# barrel's cross-section. Used only when the driver module does not say itself (rate_limits_ul_min).
-_RATE_SPECS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
-    # New Era NE-1000 specifications: 0.73 uL/hr with a B-D 1 mL syringe (4.78 mm) to 2120 mL/hr
-    # with a B-D 60 mL syringe (26.59 mm)
-    "newera": ((0.73 / 60.0, 4.78), (2120e3 / 60.0, 26.59)),
-    # Harvard Apparatus Pump 11 Elite (the smaller range of the Harvard family; PHD ULTRA reaches
-    # more): 1.28 pL/min with a 0.5 uL syringe (0.103 mm) to 88.4 mL/min with a 60 mL syringe (26.59 mm)
-    "harvard": ((1.28e-6, 0.103), (88.4e3, 26.59)),
-}
+
+def driver_ranges(driver: str) -> tuple[tuple[float, float], tuple[int, ...]]:
+    """(syringe diameter range in mm, baud rates) the driver of that pump family accepts."""
+    if driver == "newera":
+        from drivers import newera
+
+        return (newera.MIN_DIAMETER_MM, newera.MAX_DIAMETER_MM), tuple(newera.BAUDRATES)
+    from drivers import harvard
+
+    return tuple(harvard.DIAMETER_RANGE_MM), tuple(harvard.VALID_BAUDRATES)  # type: ignore[return-value]
 
 
 def pump_rate_limits_ul_min(driver: str, diameter_mm: float) -> tuple[float, float]:
-    """(min, max) rate in uL/min of that pump family with a syringe of this inside diameter.
-
-    Asks ``drivers.<driver>.rate_limits_ul_min(diameter_mm)`` first, so a driver that knows its
-    model's limits better is the one source; falls back to the family's specifications above."""
-    try:
-        module = importlib.import_module(f"drivers.{driver}")
-    except ImportError:
-        module = None
-    limits_fn: Callable[[float], tuple[float, float]] | None = getattr(module, "rate_limits_ul_min", None)
-    if callable(limits_fn):
-        low, high = limits_fn(diameter_mm)
-        return float(low), float(high)
-    (low, d_low), (high, d_high) = _RATE_SPECS[driver]
-    return low * (diameter_mm / d_low) ** 2, high * (diameter_mm / d_high) ** 2
+    """(min, max) rate in uL/min of that pump family with a syringe of this inside diameter, from the
+    driver module (``drivers.<driver>.rate_limits_ul_min``: the manuals' specifications)."""
+    module = importlib.import_module(f"drivers.{driver}")
+    low, high = module.rate_limits_ul_min(diameter_mm)
+    return float(low), float(high)
 
 
 def check_protocol_against_rig(
@@ -374,8 +394,16 @@ def check_protocol_against_rig(
 # -- live rigs --------------------------------------------------------------------------------------
 
 
-class RigConnectionError(ConfigError):
-    """Several devices failed to connect; each line names the device and what to check."""
+class RigConnectionError(DeviceError):
+    """Devices of a rig that failed to connect: one line per device, each saying what to check."""
+
+    def __init__(self, rig_name: str, problems: list[Problem]) -> None:
+        self.problems = problems
+        self.device = rig_name
+        self.hint = ""
+        lines = [f"rig {rig_name!r}: {len(problems)} device(s) failed to connect", *(f"  - {p}" for p in problems)]
+        self.detail = "\n".join(lines)
+        Exception.__init__(self, self.detail)
 
 
 class Rig:
@@ -411,7 +439,8 @@ class Rig:
     def _devices(self) -> list[tuple[str, Any]]:
         devices: list[tuple[str, Any]] = [(f"pump {n}", p) for n, p in self.pumps.items()]
         if self.spectrometer is not None:
-            devices.append((f"spectrometer {self.spectrometer.name}", self.spectrometer))
+            name = self.spectrometer.name
+            devices.append((name if name == "spectrometer" else f"spectrometer {name}", self.spectrometer))
         return devices
 
     def connect(self) -> None:
@@ -424,7 +453,7 @@ class Rig:
                 problems.append(Problem(label, str(exc)))
         if problems:
             self.close()
-            raise RigConnectionError(f"rig {self.name!r}", problems)
+            raise RigConnectionError(self.name, problems)
         log.info("rig connected", rig=self.name, simulated=self.is_simulated)
 
     def close(self) -> None:
@@ -505,6 +534,8 @@ def build_rig(
     the chemistry model; ``chemistry`` overrides the rig file's, as ``sdl run --chemistry`` does),
     registered under ``world_name`` (default: the rig file's world, else the rig's name); its emulated
     pumps report their flows to it and the rig file's faults are injected into their firmware."""
+    if protocol is not None:
+        check_protocol_against_rig(protocol, cfg)
     if chemistry is not None and not cfg.is_simulated:
         raise ConfigError(
             None,
@@ -546,6 +577,11 @@ def _attach_simulated_pumps(cfg: RigConfig, world: World, world_name: str) -> No
     for (protocol, bus), pumps in by_bus.items():
         drop_bus(protocol, bus)
         query = {"address": [str(p.address) for p in pumps], "world": [world_name]}
+        volumes = [p.syringe_volume_ul for p in pumps]
+        if all(v is not None for v in volumes):  # else the emulator's default syringe
+            query["syringe_ul"] = [f"{v:g}" for v in volumes]
+        if pumps[0].baudrate is not None:  # one baud rate per line (checked when the rig loaded)
+            query["baud"] = [str(pumps[0].baudrate)]
         firmware = get_bus(protocol, bus, query)
         for p in pumps:
             world.attach_pump(bus, p.address, p.stream_name)

@@ -6,18 +6,24 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
+from drivers.absorbance import Screening, absorbance_on_grid
+from drivers.base import PumpState
 from orchestrator.config_errors import ConfigError
 from orchestrator.protocol import ExperimentProtocol, load_protocol
 from orchestrator.rig import (
     RigConfig,
+    RigConnectionError,
     build_rig,
     check_protocol_against_rig,
     load_rig,
     pump_rate_limits_ul_min,
 )
+from simulators.chemistry import AgNanoprism
+from simulators.world import VirtualClock, WallClock, get_world
 
 ROOT = Path(__file__).resolve().parents[2]
 RIGS = ROOT / "deploy" / "rigs"
@@ -89,13 +95,23 @@ def _pump(**over: Any) -> dict[str, Any]:
 BAD_REAL = [
     ({"pumps": [_pump(driver="kds")]}, "pumps[0].driver", "'newera' or 'harvard'"),
     ({"pumps": [_pump(address=100)]}, "pumps[0].address", "less than or equal to 99"),
+    ({"pumps": [_pump(syringe_diameter_mm=0)]}, "pumps[0].syringe_diameter_mm", "greater than 0"),
     (
-        {"pumps": [_pump(syringe_diameter_mm=0)]},
+        {"pumps": [_pump(syringe_diameter_mm=0.05)]},
         "pumps[0].syringe_diameter_mm",
-        "greater than or equal to 0.1",
+        "newera pump accepts (0.1-80 mm)",
     ),
-    ({"pumps": [_pump(syringe_diameter_mm=80)]}, "pumps[0].syringe_diameter_mm", "less than or equal to 50"),
-    ({"pumps": [_pump(baudrate=19000)]}, "pumps[0].baudrate", "9600, 19200"),
+    (
+        {"pumps": [_pump(driver="harvard", syringe_diameter_mm=60)]},
+        "pumps[0].syringe_diameter_mm",
+        "harvard pump accepts (0.1-50 mm)",
+    ),
+    ({"pumps": [_pump(baudrate=19000)]}, "pumps[0].baudrate", "talks at 19200, 9600 baud, not 19000"),
+    (
+        {"pumps": [_pump(driver="harvard", baudrate=2400)]},
+        "pumps[0].baudrate",
+        "9600, 19200, 38400, 57600, 115200",
+    ),
     ({"pumps": [_pump(diameter=3)]}, "pumps[0].diameter", "allowed here: name, driver, port, address"),
     ({"pumps": [_pump(port="")]}, "pumps[0].port", "at least 1 character"),
     (
@@ -267,3 +283,162 @@ def test_chemistry_override_needs_a_simulated_rig(protocol: ExperimentProtocol) 
         build_rig(
             load_rig(RIGS / "example_newera.yaml"), protocol, chemistry="simulators.chemistry:AgNanoprism"
         )
+
+
+# -- the live simulated rig ---------------------------------------------------------------------------
+
+BEST = {"Q_AgNO3": 32.5, "Q_PVA": 16.0, "Q_TSC": 6.5, "Q_seed": 4.5, "Q_total": 850.0}
+
+
+@pytest.fixture
+def sim_rig(protocol: ExperimentProtocol):
+    rig = build_rig(load_rig(SIMULATED), protocol)
+    rig.connect()
+    yield rig
+    rig.safe_state()
+    rig.close()
+
+
+def _start(rig, protocol: ExperimentProtocol, inputs: dict[str, float]) -> None:
+    for stream, rate in protocol.stream_rates_ul_min(inputs).items():
+        rig.pump_for_stream[stream].set_rate_ul_min(rate)
+    for stream in protocol.streams:
+        rig.pump_for_stream[stream].run()
+
+
+def _absorbance(rig, protocol: ExperimentProtocol, dark, reference) -> np.ndarray:
+    spec = rig.spectrometer
+    sample = spec.acquire_counts()
+    screening = Screening(saturation_counts=spec.saturation_counts)
+    return absorbance_on_grid(
+        sample, dark, reference, spec.wavelengths_nm(), protocol.wavelengths(), screening
+    )
+
+
+def test_simulated_rig_is_wired_to_one_fresh_world(sim_rig, protocol: ExperimentProtocol) -> None:
+    assert sim_rig.is_simulated and isinstance(sim_rig.clock, VirtualClock)
+    assert sim_rig.world is get_world(sim_rig.world_name) and sim_rig.world_name == "simulated"
+    assert sim_rig.world.clock is sim_rig.clock
+    assert sim_rig.dead_volume_ul == 70
+    assert set(sim_rig.pump_for_stream) == set(protocol.streams)
+    assert isinstance(sim_rig.world.chemistry, AgNanoprism)
+    for name, pump in sim_rig.pumps.items():
+        status = pump.status()  # every pump answers on its emulated line
+        assert status.state == PumpState.STOPPED and status.alarm is None, name
+    assert sim_rig.pumps["water"].syringe_diameter_mm == pytest.approx(23.03)
+    again = build_rig(load_rig(SIMULATED), protocol)
+    assert again.world is not sim_rig.world and again.world is get_world("simulated")
+
+
+def test_spectrometer_sees_the_chemistry_once_the_dead_volume_is_swept(
+    sim_rig, protocol: ExperimentProtocol
+) -> None:
+    spec = sim_rig.spectrometer
+    spec.set_lamp_enabled(False)
+    dark = spec.acquire_counts()
+    spec.set_lamp_enabled(True)
+    reference = spec.acquire_counts()  # nothing has flowed: carrier only
+    _start(sim_rig, protocol, BEST)
+    # 70 uL at 850 uL/min takes 4.9 s to reach the detector: halfway there, still carrier
+    sim_rig.clock.sleep(0.5 * 70 / 850 * 60)
+    assert sim_rig.world.detector_inputs() is None
+    assert np.nanmax(np.abs(_absorbance(sim_rig, protocol, dark, reference))) < 0.02
+    sim_rig.clock.sleep(protocol.equilibration_s(sim_rig.dead_volume_ul, BEST))
+    at_detector = sim_rig.world.detector_inputs()
+    assert at_detector == pytest.approx(BEST, rel=2e-3)  # the pumps' 4-5 digit rate resolution
+    sim_rig.seed_replicate(np.random.SeedSequence([1, 0, 0, 0]))
+    absorbance = _absorbance(sim_rig, protocol, dark, reference)
+    expected = sim_rig.world.chemistry.spectrum(at_detector, protocol.wavelengths())
+    assert np.corrcoef(absorbance, expected)[0, 1] > 0.95
+    assert abs(np.argmax(absorbance) - np.argmax(expected)) <= 10  # peak within 10 nm
+    assert protocol.loss()(absorbance) < 0.5  # the paper's best condition looks like a nanoprism
+
+
+def test_seeded_replicates_repeat(sim_rig, protocol: ExperimentProtocol) -> None:
+    _start(sim_rig, protocol, BEST)
+    sim_rig.clock.sleep(60)
+    spectra = []
+    for _ in range(2):
+        sim_rig.seed_replicate(np.random.SeedSequence([7, 1, 2, 3]))
+        spectra.append(sim_rig.spectrometer.acquire_counts())
+    np.testing.assert_array_equal(spectra[0], spectra[1])
+    sim_rig.seed_replicate(np.random.SeedSequence([7, 1, 2, 4]))
+    assert not np.array_equal(sim_rig.spectrometer.acquire_counts(), spectra[0])
+
+
+def test_safe_state_stops_every_pump(sim_rig, protocol: ExperimentProtocol) -> None:
+    _start(sim_rig, protocol, BEST)
+    sim_rig.clock.sleep(60)
+    assert all(p.status().running for p in sim_rig.pumps.values())
+    assert sim_rig.safe_state() == []
+    assert not any(p.status().running for p in sim_rig.pumps.values())
+    assert sim_rig.world.detector_flows() != {}  # stopped flow leaves the last droplet in the cell
+
+
+def test_faults_from_the_rig_file_reach_the_firmware(
+    tmp_path: Path, sim_data: dict, protocol: ExperimentProtocol
+) -> None:
+    data = copy.deepcopy(sim_data)
+    seed = next(p for p in data["pumps"] if p["name"] == "seed")
+    seed["faults"] = [{"kind": "stall", "at_s": 30}]
+    rig = build_rig(load_rig(write_rig(tmp_path, data)), protocol)
+    rig.connect()
+    try:
+        _start(rig, protocol, BEST)
+        rig.clock.sleep(20)
+        assert rig.pumps["seed"].status().running
+        rig.clock.sleep(20)
+        status = rig.pumps["seed"].status()  # the Harvard driver reports a stall in the status
+        assert status.alarm == "stall" and not status.running
+        assert rig.world._rates["seed"] == 0.0  # the world saw the seed stream stop
+        assert rig.pumps["TSC"].status().running  # the other pumps on that line carry on
+    finally:
+        rig.safe_state()
+        rig.close()
+
+
+def test_connection_failures_are_collected(
+    tmp_path: Path, sim_data: dict, protocol: ExperimentProtocol
+) -> None:
+    data = copy.deepcopy(sim_data)
+    data["pumps"][0]["faults"] = [{"kind": "disconnect"}]
+    data["spectrometer"]["faults"] = [{"kind": "disconnect"}]
+    rig = build_rig(load_rig(write_rig(tmp_path, data)), protocol)
+    with pytest.raises(RigConnectionError) as info:
+        rig.connect()
+    # an unplugged adapter takes the whole New Era line; the Harvard line connects
+    assert [p.field for p in info.value.problems] == ["pump AgNO3", "pump PVA", "spectrometer"]
+    assert "3 device(s) failed to connect" in str(info.value)
+    assert "pump AgNO3: " in str(info.value) and "Check that the port" in str(info.value)
+
+
+def test_chemistry_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: ExperimentProtocol
+) -> None:
+    (tmp_path / "flat_chemistry.py").write_text(
+        "import numpy as np\n"
+        "class Flat:\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return np.full(len(wavelengths), 0.3)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rig = build_rig(load_rig(SIMULATED), protocol, chemistry="flat_chemistry:Flat", world_name="override")
+    assert type(rig.world.chemistry).__name__ == "Flat"
+    assert get_world("override") is rig.world
+
+
+def test_real_rig_has_a_wall_clock_and_no_world(protocol: ExperimentProtocol) -> None:
+    rig = build_rig(load_rig(RIGS / "example_harvard.yaml"), protocol)
+    assert not rig.is_simulated and rig.world is None and isinstance(rig.clock, WallClock)
+    rig.seed_replicate(np.random.SeedSequence(1))  # a no-op on real rigs
+    assert sorted(rig.pump_for_stream) == sorted(protocol.streams)
+    assert rig.safe_state() != []  # nothing is connected: every device reports, none raises
+
+
+def test_build_refuses_a_rig_that_cannot_run_the_protocol(
+    real_data: dict, protocol: ExperimentProtocol
+) -> None:
+    data = copy.deepcopy(real_data)
+    data["pumps"] = data["pumps"][:2]
+    with pytest.raises(ConfigError, match="no pump carries stream 'TSC'"):
+        build_rig(RigConfig.model_validate(data), protocol)
