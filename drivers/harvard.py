@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal
 
+import serial
 import structlog
 
 from drivers.base import PumpState, PumpStatus
@@ -546,12 +547,14 @@ class HarvardPump:
             log.warning("pump has no poll mode", pump=self.name, error=str(exc))
         self._disable_nvram_writes()
         self.firmware = self._single_line(self._command("ver", idempotent=True), "ver", first=True)
-        if self._diameter_mm is not None:
-            self._apply_diameter(self._diameter_mm)
-        else:
-            reply = self._command("diameter", idempotent=True)
-            self._diameter_mm = _parse_mm(self._single_line(reply, "diameter"))
+        # set the syringe only if it differs: a pump still running from before a restart refuses it
+        current = _parse_mm(self._single_line(self._command("diameter", idempotent=True), "diameter"))
+        wanted = self._diameter_mm
+        if wanted is None or abs(current - wanted) < 0.5e-4:  # the pump shows four decimals
+            self._diameter_mm = current if wanted is None else wanted
             self._limits_ul_min = self._query_limits()
+        else:
+            self._apply_diameter(wanted)
         if self._rate_ul_min is not None:
             self._apply_rate(self._rate_ul_min)
 
@@ -600,6 +603,10 @@ class HarvardPump:
                 if exc.device == self.name:
                     raise
                 raise type(exc)(exc.detail, device=self.name, hint=exc.hint) from exc
+            except (serial.SerialException, OSError) as exc:
+                # an adapter unplugged between two reads: the port fails outside SerialLine's guards
+                shared.line.close()
+                raise NotConnected(f"the port {self.port!r} failed ({exc})", device=self.name) from exc
         raise_for_errors(reply.lines, command, self.name)
         if self._initialising:
             return reply  # the set-up sorts out poll mode and reports nothing of its own

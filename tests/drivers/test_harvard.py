@@ -34,7 +34,8 @@ from drivers.harvard import (
     parse_status,
     raise_for_errors,
 )
-from simulators.serialsim import Firmware, install_url_handler, register_protocol
+from simulators.serialsim import Firmware, get_bus, install_url_handler, register_protocol
+from simulators.world import drop_world
 
 GOLDEN = Path(__file__).with_name("test_harvard_golden.txt")
 
@@ -136,12 +137,15 @@ def cmd(address: int, command: str) -> bytes:
     return (f"{address:02d}:" if address else "").encode() + command.encode() + b"\r"
 
 
-def init_steps(address: int = 0, diameter: str = "14.5", limits: str = "29.7271 nl/min to 30.7983 ml/min") -> list[Step]:
+def init_steps(
+    address: int = 0, diameter: str = "14.5", limits: str = "29.7271 nl/min to 30.7983 ml/min"
+) -> list[Step]:
     return [
         (cmd(address, ""), prompt(address, xon=False)),
         (cmd(address, "poll on"), prompt(address)),
         (cmd(address, "nvram none"), prompt(address)),
         (cmd(address, "ver"), text(address, "PHD ULTRA 2.0.4") + prompt(address)),
+        (cmd(address, "diameter"), text(address, "26.5900 mm") + prompt(address)),
         (cmd(address, f"diameter {diameter}"), prompt(address)),
         (cmd(address, "irate lim"), text(address, limits) + prompt(address)),
     ]
@@ -186,6 +190,19 @@ def test_driver_sends_the_golden_bytes(session: str) -> None:
     pump.connect()
     actions(pump)
     firmware.assert_done()
+
+
+@pytest.mark.parametrize("session", sorted(load_golden()))
+def test_emulator_answers_the_golden_bytes(session: str) -> None:
+    """The emulator, fed the same transcript, answers byte for byte what the transcript says."""
+    query, pairs = load_golden()[session]
+    line = get_bus(
+        "harvard", f"golden-{session}-{next(_bus_numbers)}", query | {"world": [f"golden-{session}"]}
+    )
+    drop_world(f"golden-{session}")  # a fresh virtual clock for the next run
+    for request, reply in pairs:
+        assert line.receive(request, line.baudrate) == reply, request
+    assert line.pending() == b""
 
 
 def test_golden_status_reads_back() -> None:
@@ -351,7 +368,13 @@ def test_error_lines_map_to_exceptions(lines: tuple[str, ...], error: type[Excep
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"address": 100}, {"address": -1}, {"address": True}, {"baudrate": 12345}, {"syringe_diameter_mm": 80.0}],
+    [
+        {"address": 100},
+        {"address": -1},
+        {"address": True},
+        {"baudrate": 12345},
+        {"syringe_diameter_mm": 80.0},
+    ],
 )
 def test_constructor_refuses_bad_settings(kwargs: dict[str, object]) -> None:
     with pytest.raises(OutOfRange):
@@ -473,7 +496,10 @@ def test_a_stall_raises_but_status_and_safe_state_report_it() -> None:
 
 def test_target_reached_is_an_alarm() -> None:
     pump, _ = connected(
-        [(b"ivolume\r", text(0, "1.0000 ml") + prompt(0, "T*")), (b"status\r", text(0, "1 2 3 i...I") + prompt(0, "T*"))]
+        [
+            (b"ivolume\r", text(0, "1.0000 ml") + prompt(0, "T*")),
+            (b"status\r", text(0, "1 2 3 i...I") + prompt(0, "T*")),
+        ]
     )
     with pytest.raises(DeviceAlarm):
         pump.dispensed_ul()
