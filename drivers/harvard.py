@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal
 
@@ -373,7 +374,7 @@ class HarvardPump:
         self._needs_init = True
         self._initialising = False
         self._reset_pending = False
-        self._events: list[str] = []
+        self._events: deque[str] = deque(maxlen=32)  # prompts the pump sent unasked, newest last
 
     # -- SyringePump -------------------------------------------------------------------------------
 

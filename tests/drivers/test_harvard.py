@@ -569,7 +569,7 @@ def test_unsolicited_prompts_reach_the_pump_they_belong_to() -> None:
     pump.connect()
     firmware._later = b"\n*\n05T*"  # pump 0 stalled, pump 5 (no driver) reached a target
     pump.dispensed_ul()
-    assert pump._events == ["*"]
+    assert list(pump._events) == ["*"]
 
 
 # -- one line per URL --------------------------------------------------------------------------------

@@ -386,7 +386,7 @@ def test_the_driver_over_a_pty(make_line) -> None:
     try:
         pump = HarvardPump("pty", server.path, address=4, syringe_diameter_mm=14.5, timeout_s=0.5)
         pump.connect()
-        assert pump.firmware == MODELS["ultra"].version
+        assert pump.firmware == MODELS["ultra"].version == pump.version()
         pump.set_syringe_diameter_mm(10.3)
         pump.set_rate_ul_min(6.0)
         pump.run()
@@ -396,6 +396,8 @@ def test_the_driver_over_a_pty(make_line) -> None:
         pump.stop()
         pump.safe_state()
         assert pump.status().state is PumpState.STOPPED and not line.firmware.snapshot(4).running
+        pump.clear_volumes()
+        assert pump.dispensed_ul() == 0 and pump.syringe_diameter_mm == 10.3
         line.firmware.inject(4, Fault("stall", at_s=0))
         pump.run()
         line.sleep(1)
