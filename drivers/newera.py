@@ -54,6 +54,9 @@ BAUDRATES = (19200, 9600)
 MIN_DIAMETER_MM = 0.1
 MAX_DIAMETER_MM = 80.0
 MAX_SAFE_TIMEOUT_S = 255
+# while pumping, a rate is spelled in the present units if that rounds it by at most this much;
+# otherwise the units change, which needs a stop
+UNIT_CHANGE_TOLERANCE = 1e-3
 
 # uL/min per unit as (numerator, denominator), kept apart so that 30 MH is exactly 500 uL/min;
 # the order breaks ties between equally precise spellings
@@ -237,6 +240,27 @@ class SafeFrame:
     crc_ok: bool
 
 
+def _safe_packet_at(buf: bytes, j: int) -> tuple[SafeFrame, int] | None:
+    """The packet starting at ``buf[j]`` (an STX) and the index after it, or None.
+
+    The length byte counts itself, the data, the CRC and ETX (the manual's reading); a packet whose
+    length is off by one either way is taken too when its CRC proves it, for peers that count
+    differently."""
+    length = buf[j + 1]
+    strict: tuple[SafeFrame, int] | None = None
+    for slack in (0, 1, -1):
+        end = j + 1 + length + slack
+        if length + slack < 4 or end > len(buf) or buf[end - 1] != ETX:
+            continue
+        data = buf[j + 2 : end - 3]
+        ok = ((buf[end - 3] << 8) | buf[end - 2]) == crc16_xmodem(data)
+        if ok:
+            return SafeFrame(data, True), end
+        if slack == 0:
+            strict = (SafeFrame(data, False), end)
+    return strict
+
+
 def split_safe_frames(buf: bytes) -> list[SafeFrame]:
     """Every complete safe-mode packet in ``buf``; bytes that do not frame are skipped to the next STX."""
     frames: list[SafeFrame] = []
@@ -245,21 +269,14 @@ def split_safe_frames(buf: bytes) -> list[SafeFrame]:
         j = buf.find(STX, i)
         if j < 0 or j + 1 >= len(buf):
             return frames
-        length = buf[j + 1]
-        end = j + 1 + length
-        if length < 4:
+        found = _safe_packet_at(buf, j)
+        if found is None:
+            if j + 1 + buf[j + 1] > len(buf):
+                return frames  # not all here yet
             i = j + 1
             continue
-        if end > len(buf):
-            return frames
-        packet = buf[j:end]
-        if packet[-1] != ETX:
-            i = j + 1
-            continue
-        data = packet[2:-3]
-        crc = (packet[-3] << 8) | packet[-2]
-        frames.append(SafeFrame(data, crc == crc16_xmodem(data)))
-        i = end
+        frames.append(found[0])
+        i = found[1]
 
 
 def split_basic_frames(buf: bytes) -> list[bytes]:
@@ -296,7 +313,8 @@ class Reply:
         return self.data[1:] if self.data.startswith("?") else None
 
 
-_REPLY = re.compile(r"(\d\d)(?:A\?([A-Z])|([IWSPTUX]))([\x20-\x7e]*)")
+# The pump sends two address digits; one is taken too (the manual's grammar allows it).
+_REPLY = re.compile(r"(\d\d?)(?:A\?([A-Z])|([IWSPTUX]))([\x20-\x7e]*)")
 
 
 def parse_reply(data: bytes) -> Reply:
@@ -320,7 +338,7 @@ _VER_REPLY = re.compile(r"NE(\d+)([A-Z0-9]*?)V(\d+(?:\.\d+)?)")
 
 def parse_rate(data: str) -> tuple[float, str]:
     """``RAT`` query data -> (uL/min, units)."""
-    m = _RATE_REPLY.fullmatch(data)
+    m = _RATE_REPLY.fullmatch(data.replace(" ", ""))
     if not m:
         raise ProtocolError(f"rate reply {data!r} is not <number><UM|MM|UH|MH>")
     num, den = RATE_UNITS[m.group(2)]
@@ -329,7 +347,7 @@ def parse_rate(data: str) -> tuple[float, str]:
 
 def parse_dispensed(data: str) -> tuple[float, float]:
     """``DIS`` data ``I<float>W<float><UL|ML>`` -> (infused uL, withdrawn uL)."""
-    m = _DIS_REPLY.fullmatch(data)
+    m = _DIS_REPLY.fullmatch(data.replace(" ", ""))
     if not m:
         raise ProtocolError(f"dispensed-volume reply {data!r} is not I<number>W<number><UL|ML>")
     factor = VOLUME_UNITS[m.group(3)]
@@ -338,7 +356,7 @@ def parse_dispensed(data: str) -> tuple[float, float]:
 
 def parse_version(data: str) -> tuple[str, str]:
     """``VER`` data, e.g. ``NE1000V3.928`` or ``NE1000X2V3.928`` -> ("NE-1000X2", "3.928")."""
-    m = _VER_REPLY.fullmatch(data)
+    m = _VER_REPLY.fullmatch(data.replace(" ", ""))
     if not m:
         raise ProtocolError(f"version reply {data!r} is not NE<model>V<version>: is this a New Era pump?")
     return f"NE-{m.group(1)}{m.group(2)}", m.group(3)
@@ -358,6 +376,7 @@ class _SharedLine:
 
 
 _lines: dict[str, _SharedLine] = {}
+_warned_unverified = False
 _lines_lock = threading.Lock()
 
 
@@ -391,7 +410,11 @@ class NewEraPump:
     """One New Era pump at ``address`` on ``port`` (a device path or any pyserial URL).
 
     Pumps given the same port share one serial line. ``safe_mode_timeout_s`` > 0 puts the pump in
-    Safe mode with that watchdog (1-255 s) and keeps it fed from a background heartbeat.
+    Safe mode with that watchdog (1-255 s) and keeps it fed from a background heartbeat; after
+    close() (or a crash of this process) nothing feeds it, so the pump stops itself with A?T.
+    Alarms are raised once, by the command whose reply carried them (or, when a heartbeat or an
+    unsolicited Safe-mode packet saw them, by the next command), and stay in status().alarm until
+    the next successful run().
     """
 
     def __init__(
@@ -494,6 +517,12 @@ class NewEraPump:
             baud=line.serial.baudrate,
             safe_mode=self._safe,
         )
+        global _warned_unverified
+        if not _warned_unverified:
+            _warned_unverified = True
+            log.warning(
+                "drivers.newera has been checked against the manual and its emulator, not on hardware"
+            )
         if self._safe and self._want_heartbeat:
             self._start_heartbeat()
 
@@ -508,7 +537,7 @@ class NewEraPump:
         """Find the line's baud rate (once per line) and whether this pump talks Basic or Safe mode.
 
         A pump that was just powered answers its first command with the reset alarm (A?R); at
-        connect that is expected, so it is logged and the command sent again."""
+        connect that is expected: it is logged and connect carries on (the reply acknowledged it)."""
         line = self._require_line()
         bauds = (line.serial.baudrate,) if line.baud_confirmed else self._baudrates
         for baud in bauds:
@@ -579,7 +608,7 @@ class NewEraPump:
         running = self._state in RUNNING
         if running and self._rate_units is not None and units != self._rate_units:
             same = rate_in_units(rate_ul_min, self._rate_units)
-            if same is not None and same[1] <= 1e-3:
+            if same is not None and same[1] <= UNIT_CHANGE_TOLERANCE:
                 self._command(f"RAT{same[0]}", idempotent=True)
                 self._rate_ul_min = rate_ul_min
                 return
@@ -700,8 +729,13 @@ class NewEraPump:
     def _complete(self, any_framing: bool) -> Callable[[bytes], bool]:
         def safe_done(buf: bytes) -> bool:
             for frame in split_safe_frames(buf):
-                if not frame.crc_ok or frame.data[:2] == b"%02d" % self.address:
+                if not frame.crc_ok:
                     return True
+                try:
+                    if parse_reply(frame.data).address == self.address:
+                        return True
+                except ProtocolError:
+                    return True  # complete, and _parse will say what is wrong with it
             return False
 
         def basic_done(buf: bytes) -> bool:
@@ -916,6 +950,7 @@ class NewEraPump:
 
 
 def _parse_float(data: str, what: str) -> float:
+    data = data.replace(" ", "")
     if not re.fullmatch(_FLOAT, data):
         raise ProtocolError(f"{what} reply {data!r} is not a number")
     return float(data)

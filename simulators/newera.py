@@ -18,7 +18,8 @@ with a pump at each address. It answers with the bytes of the NE-1000 manual (Pu
   ``?OOR``. Diameter or rate-unit changes while pumping: ``?NA``. STP pauses a running pump (P); a
   second STP stops it (S).
 * A host at another baud rate than the pump's gets nothing back (the UART sees only framing errors).
-* A just-built line has the power-up reset alarm pending (``power_on_alarm=0`` to skip it).
+* A just-built line is a pump whose power-up reset alarm the operator already cleared at the keypad;
+  ``power_on_alarm=1`` builds it freshly powered instead, with A?R pending for the first command.
 
 Volumes integrate over the world's clock; every change of effective flow goes to
 ``World.pump_flow_changed``. A syringe that runs empty stalls the pump (A?S). Faults from
@@ -165,7 +166,7 @@ class NewEraFirmware(Firmware):
         syringe_ul: float | dict[int, float] = DEFAULT_SYRINGE_UL,
         diameter_mm: float = DEFAULT_DIAMETER_MM,
         version: str = DEFAULT_VERSION,
-        power_on_alarm: bool = True,
+        power_on_alarm: bool = False,
     ) -> None:
         addresses = list(addresses)
         if not addresses or len(set(addresses)) != len(addresses) or not all(0 <= a <= 99 for a in addresses):
@@ -580,7 +581,7 @@ def from_url(bus: str, query: dict[str, list[str]]) -> NewEraFirmware:
         syringe_ul=per_address,
         diameter_mm=diameter,
         version=_one(query, "version", DEFAULT_VERSION),
-        power_on_alarm=_one(query, "power_on_alarm", "1") not in ("0", "false", "no"),
+        power_on_alarm=_one(query, "power_on_alarm", "0") not in ("0", "false", "no"),
     )
 
 

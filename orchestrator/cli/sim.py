@@ -8,6 +8,7 @@ rig file's ``port:``) at that path. The protocols are those of ``simulators.seri
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 from collections.abc import Callable, Sequence
 
@@ -82,6 +83,14 @@ def _run_pump(args: argparse.Namespace) -> int:
             "Ctrl-C to stop[/dim]",
         )
 
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # systemd and docker stop with SIGTERM
     return serve_pump(
-        args.protocol, addresses, baud=args.baud, bus=args.bus, world_name=args.world, ready=announce
+        args.protocol,
+        addresses,
+        baud=args.baud,
+        bus=args.bus,
+        world_name=args.world,
+        stop=stop,
+        ready=announce,
     )

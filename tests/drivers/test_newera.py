@@ -106,6 +106,16 @@ def test_safe_frames_round_trip_and_any_single_bit_error_is_caught(data: bytes, 
     assert all(not f.crc_ok or f.data != data for f in split_safe_frames(bytes(corrupt)))
 
 
+def test_lenient_reading_of_peers_that_count_or_spell_differently() -> None:
+    assert parse_reply(b"0S") == Reply(0, PumpState.STOPPED, None, "")  # one address digit
+    assert parse_rate("1.5 UM") == (1.5, "UM")
+    for slack in (1, -1):  # a length byte off by one, proven by the CRC
+        data = b"00S"
+        crc = crc16_xmodem(data)
+        packet = bytes([2, len(data) + 4 + slack]) + data + bytes([crc >> 8, crc & 0xFF, 3])
+        assert [(f.data, f.crc_ok) for f in split_safe_frames(packet)] == [(data, True)]
+
+
 # -- numbers --------------------------------------------------------------------------------------------
 
 

@@ -163,6 +163,15 @@ def test_absent_address_times_out_with_what_to_check(line: Callable[..., Line]) 
     assert "Ad:" in str(info.value) and "baud" in str(info.value)
 
 
+def test_a_freshly_powered_pump_answers_with_the_reset_alarm_and_connect_goes_on(
+    line: Callable[..., Line],
+) -> None:
+    rig = line((0,), power_on_alarm="1")
+    pump = rig.pump()
+    assert pump.status().alarm is None  # expected at power-up: acknowledged, not latched
+    assert rig.firmware.snapshot(0).alarm is None
+
+
 def test_baud_rate_is_found_at_9600(line: Callable[..., Line]) -> None:
     rig = line((0, 3), baud="9600")
     assert rig.pump(0).baudrate == 9600

@@ -49,9 +49,13 @@ def bench() -> Bench:
 
 
 def test_power_up_reset_alarm_is_answered_once() -> None:
-    fw = NewEraFirmware("b", [0], world=World(clock=VirtualClock()))
+    fw = NewEraFirmware("b", [0], world=World(clock=VirtualClock()), power_on_alarm=True)
     assert fw.receive(b"0DIA20\r", 19200) == B("00A?R")  # the command is not carried out
     assert fw.receive(b"0DIA\r", 19200) == B("00S14.57")
+    cleared = NewEraFirmware(
+        "b", [0], world=World(clock=VirtualClock())
+    )  # the default: cleared at the keypad
+    assert cleared.receive(b"0DIA\r", 19200) == B("00S14.57")
 
 
 def test_addressing() -> None:
@@ -314,9 +318,10 @@ def test_unknown_fault_kind_is_refused(bench: Bench) -> None:
 
 def test_factory_reads_the_query() -> None:
     fw = from_url("q", {"address": ["0", "4"], "syringe_ul": ["5000", "25000"], "baud": ["9600"],
-                        "version": ["NE1000X2V3.928"], "power_on_alarm": ["0"]})  # fmt: skip
+                        "version": ["NE1000X2V3.928"], "power_on_alarm": ["1"]})  # fmt: skip
     assert fw.baudrate == 9600
     assert fw.snapshot(4).content_ul == 25000.0 and fw.snapshot(0).content_ul == 5000.0
+    assert fw.receive(b"4VER\r", 9600) == B("04A?R")
     assert fw.receive(b"4VER\r", 9600) == B("04SNE1000X2V3.928")
     for bad in ({"address": ["0", "0"]}, {"address": ["100"]}, {"baud": ["fast"]}, {"syringe_ul": ["-1"]},
                 {"address": ["0", "1"], "syringe_ul": ["1", "2", "3"]}):  # fmt: skip
