@@ -496,6 +496,7 @@ class NewEraPump:
                 self._detect()
                 self._set_mode()
                 self.model, self.firmware = parse_version(self._command("VER", idempotent=True).data)
+                self._single_rate_phase()
                 self._command("DIR INF", idempotent=True)
                 self._rate_ul_min, self._rate_units = parse_rate(self._command("RAT", idempotent=True).data)
                 self._diameter_mm = _parse_float(self._command("DIA", idempotent=True).data, "diameter")
@@ -635,6 +636,12 @@ class NewEraPump:
             self._restore()
         try:
             reply = self._command("RUN", idempotent=False)
+        except NotApplicable:
+            # Some firmware answers RUN while pumping with ?NA: that is success for an idempotent run().
+            state = self._query_state()
+            if state not in RUNNING:
+                raise
+            reply = Reply(self.address, state, None, "")
         except (DeviceTimeout, ProtocolError) as lost:
             try:
                 state = self._query_state()
@@ -894,6 +901,15 @@ class NewEraPump:
             self._alarm_reported = True
             cls = ALARMS.get(self._alarm, DeviceAlarm)
             raise cls(f"pump raised alarm A?{self._alarm} ({cls.kind}) and stopped", device=self.name)
+
+    def _single_rate_phase(self) -> None:
+        """Select program phase 1 as a plain rate phase: RAT, VOL and DIR act on the selected phase,
+        and a pump left on another phase by a keypad program would otherwise get them there."""
+        for command in ("PHN 1", "FUN RAT"):
+            try:
+                self._command(command, idempotent=True)
+            except (OutOfRange, NotApplicable, ProtocolError) as exc:  # a model without programs
+                log.warning("pump refused program set-up", pump=self.name, command=command, error=str(exc))
 
     def _set_volume_mode(self) -> None:
         """Volume units uL (DIS then reports 0.001 uL steps instead of 0.001 mL), and no volume

@@ -10,8 +10,10 @@ with a pump at each address. It answers with the bytes of the NE-1000 manual (Pu
 * Safe mode (``SAF n``): ``<STX><len><data><CRC hi><CRC lo><ETX>``, ``len`` = bytes after STX, CRC-16
   (CCITT, XMODEM flavour) over ``data``; a bad packet gets ``?COM``; the watchdog alarm (A?T) trips
   n seconds after the last valid packet; alarms are also sent unsolicited (without clearing them).
-  Safe packets are accepted in Basic mode too, so ``SAF`` can be sent framed from either mode; every
-  reply is framed in the mode the pump is in after the command.
+  Safe packets are accepted in Basic mode too, so ``SAF`` can be sent framed from either mode; a
+  reply is framed like its request, except the reply to ``SAF n``, which comes in the mode it
+  selects (the manual's SAF0 packet is answered in Basic framing). ``SAF n`` takes effect even
+  while an alarm is pending (it is a communications setting; the reply still carries the alarm).
 * An alarm (reset R, stall S, watchdog T) stops the pump; the next valid command is answered with
   ``A?x`` only, which acknowledges the alarm, and is not carried out.
 * Numbers: at most 4 digits and 3 decimals, else ``?OOR``. Rates outside the syringe's range:
@@ -86,6 +88,11 @@ def _number(text: str) -> float:
     if len(whole) + len(frac) > 4 or len(frac) > 3:
         raise _Reject("OOR")
     return float(text)
+
+
+def _sets_mode(command: str) -> bool:
+    """``SAF n``: the command that switches between Basic and Safe mode."""
+    return re.fullmatch(r"SAF\d{1,3}", command) is not None and int(command[3:]) <= 255
 
 
 def _display(value: float) -> str:
@@ -322,26 +329,24 @@ class NewEraFirmware(Firmware):
 
     def _handle(self, kind: str, packet: bytes, now: float) -> bytes:
         elapsed = now - self._t0
-        if kind == "basic":
-            address, system, command = self._split_address(self._clean(packet))
-            return b"".join(
-                self._reply(p, self._execute(p, command, now), elapsed)
-                for p in self._targets(address, system, basic=True, elapsed=elapsed)
-            )
-        data = packet[2:-3]
-        valid = packet[-1] == ETX and _crc(data) == (packet[-3] << 8 | packet[-2])
-        address, system, command = self._split_address(self._clean(data))
+        safe_in = kind == "safe"
+        raw = packet[2:-3] if safe_in else packet
+        valid = not safe_in or (packet[-1] == ETX and _crc(raw) == (packet[-3] << 8 | packet[-2]))
+        address, system, command = self._split_address(self._clean(raw))
         out = bytearray()
-        for p in self._targets(address, system, basic=False, elapsed=elapsed):
+        for p in self._targets(address, system, basic=not safe_in, elapsed=elapsed):
             if not valid:
-                out += self._reply(p, f"{p.address:02d}{p.state}?COM", elapsed)
+                out += self._reply(p, f"{p.address:02d}{p.state}?COM", safe_in, elapsed)
                 continue
-            p.last_packet_t, p.watchdog_armed = now, p.safe
-            out += self._reply(p, self._execute(p, command, now), elapsed)
+            if safe_in:
+                p.last_packet_t, p.watchdog_armed = now, p.safe
+            text = self._execute(p, command, now)
+            # Replies are framed like the request, except SAF's, which come in the mode it selects.
+            out += self._reply(p, text, p.safe if _sets_mode(command) else safe_in, elapsed)
         return bytes(out)
 
-    def _reply(self, pump: _Pump, text: str, elapsed: float) -> bytes:
-        framed = _frame_safe(text) if pump.safe else _frame_basic(text)
+    def _reply(self, pump: _Pump, text: str, safe: bool, elapsed: float) -> bytes:
+        framed = _frame_safe(text) if safe else _frame_basic(text)
         if pump.faults.holds("garbage", elapsed):
             # noise on the return line: framing bytes survive, the rest is mangled
             return framed[:1] + bytes(0x80 | b for b in framed[1:-1]) + framed[-1:]
@@ -353,6 +358,8 @@ class NewEraFirmware(Firmware):
         prefix = f"{pump.address:02d}"
         if pump.alarm is not None:
             alarm, pump.alarm = pump.alarm, None
+            if _sets_mode(command):  # a communications setting, not pumping data: taken all the same
+                self._cmd_saf(pump, command[3:], now)
             return f"{prefix}A?{alarm}"
         try:
             data = self._dispatch(pump, command[:3], command[3:], now)

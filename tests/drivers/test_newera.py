@@ -248,6 +248,8 @@ def test_parse_rate_and_version() -> None:
 CONNECT_BASIC = [
     (b"0\r", B("00A?R")),  # power-up reset alarm, acknowledged by this reply
     (b"0VER\r", B("00SNE1000V3.928")),
+    (b"0PHN1\r", B("00S")),  # program phase 1 ...
+    (b"0FUNRAT\r", B("00S")),  # ... as a plain rate phase
     (b"0DIRINF\r", B("00S")),
     (b"0RAT\r", B("00S0.000UM")),
     (b"0DIA\r", B("00S14.57")),
@@ -277,6 +279,8 @@ CONNECT_SAFE = [
     (b"0\r", B("00A?R")),
     (b"0SAF5\r", S("00S")),  # the reply already comes framed in Safe mode
     (S("0VER"), S("00SNE1000V3.928")),
+    (S("0PHN1"), S("00S")),
+    (S("0FUNRAT"), S("00S")),
     (S("0DIRINF"), S("00S")),
     (S("0RAT"), S("00S0.000UM")),
     (S("0DIA"), S("00S14.57")),
@@ -482,6 +486,36 @@ def test_a_corrupted_packet_reply_is_sent_again() -> None:
     try:
         pump.connect()
         pump.set_syringe_diameter_mm(20.0)
+        assert fw.steps == []
+    finally:
+        pump.close()
+
+
+def test_run_answered_not_applicable_while_pumping_is_success() -> None:
+    steps = CONNECT_BASIC + [
+        (b"0RUN\r", B("00I?NA")),
+        (b"0\r", B("00I")),
+        (b"0RUN\r", B("00S?NA")),
+        (b"0\r", B("00S")),
+    ]
+    pump, fw = scripted_pump(steps)
+    try:
+        pump.connect()
+        pump.run()  # already pumping: some firmware says ?NA, which run() takes as done
+        with pytest.raises(NotApplicable):
+            pump.run()  # stopped and still ?NA: a real refusal
+        assert fw.steps == []
+    finally:
+        pump.close()
+
+
+def test_a_model_without_programs_still_connects() -> None:
+    steps = list(CONNECT_BASIC)
+    steps[2] = (b"0PHN1\r", B("00S?"))
+    steps[3] = (b"0FUNRAT\r", B("00S?"))
+    pump, fw = scripted_pump(steps)
+    try:
+        pump.connect()
         assert fw.steps == []
     finally:
         pump.close()

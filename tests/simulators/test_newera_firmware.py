@@ -219,9 +219,19 @@ def test_safe_mode_framing_crc_and_watchdog(bench: Bench) -> None:
 
 
 def test_safe_packets_are_taken_in_basic_mode_and_bad_ones_skipped(bench: Bench) -> None:
-    assert bench(S("0VER")) == B("00SNE1000V3.928")  # replies keep to the pump's mode
+    assert bench(S("0VER")) == S("00SNE1000V3.928")  # framed like the request
+    assert bench(S("0SAF7")) == S("00S")  # into Safe mode: the new mode's framing
+    assert bench(S("0SAF0")) == B("00S")  # out of it: Basic framing
     assert bench(b"\x02\x01") == b""  # too short for a packet: not one
     assert bench(b"0VER\r") == B("00SNE1000V3.928")  # the stray control bytes are stripped
+
+
+def test_saf_is_taken_while_an_alarm_is_pending_and_answered_in_the_mode_it_selects() -> None:
+    fw = NewEraFirmware("b", [0], world=World(clock=VirtualClock()), power_on_alarm=True)
+    assert fw.receive(S("0SAF0"), 19200) == B("00A?R")  # Basic, as selected; the alarm reported
+    fw = NewEraFirmware("b", [0], world=World(clock=VirtualClock()), power_on_alarm=True)
+    assert fw.receive(S("0SAF5"), 19200) == S("00A?R")
+    assert fw.receive(S("0SAF"), 19200) == S("00S5")
 
 
 def test_an_interrupted_packet_is_dropped_after_half_a_second(bench: Bench) -> None:
@@ -229,7 +239,7 @@ def test_an_interrupted_packet_is_dropped_after_half_a_second(bench: Bench) -> N
     assert bench(packet[:4]) == b""
     bench.advance(0.6)
     assert bench(packet[4:]) == b""  # the first half was dropped; the rest is not a packet
-    assert bench(packet) == B("00SNE1000V3.928")
+    assert bench(packet) == S("00SNE1000V3.928")
 
 
 def test_stall_in_safe_mode_sends_an_auto_alarm(bench: Bench) -> None:
