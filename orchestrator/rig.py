@@ -401,7 +401,10 @@ class RigConnectionError(DeviceError):
         self.problems = problems
         self.device = rig_name
         self.hint = ""
-        lines = [f"rig {rig_name!r}: {len(problems)} device(s) failed to connect", *(f"  - {p}" for p in problems)]
+        lines = [
+            f"rig {rig_name!r}: {len(problems)} device(s) failed to connect",
+            *(f"  - {p}" for p in problems),
+        ]
         self.detail = "\n".join(lines)
         Exception.__init__(self, self.detail)
 
@@ -521,6 +524,36 @@ def make_chemistry(spec: str, params: Mapping[str, Any] | None = None) -> Any:
     return model
 
 
+def _check_chemistry_takes(model: Any, spec: str, protocol: ExperimentProtocol) -> None:
+    """One droplet at the protocol's lower bounds (always feasible), so that a model that cannot take
+    the protocol's inputs fails now, naming both, not at the first replicate of a dry run."""
+    inputs = {name: v.bounds[0] for name, v in protocol.variables.items()}
+    try:
+        spectrum = np.asarray(
+            model.droplet(inputs, protocol.wavelengths(), np.random.default_rng(0)), dtype=float
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, the pairing is the problem
+        raise ConfigError(
+            None,
+            [
+                Problem(
+                    "chemistry.model",
+                    f"{spec} cannot take protocol {protocol.name!r}'s inputs {sorted(inputs)} ({exc})",
+                )
+            ],
+        ) from exc
+    if spectrum.shape != protocol.wavelengths().shape:
+        raise ConfigError(
+            None,
+            [
+                Problem(
+                    "chemistry.model",
+                    f"{spec} returned {spectrum.shape} points for a {len(protocol.wavelengths())}-point grid",
+                )
+            ],
+        )
+
+
 def build_rig(
     cfg: RigConfig,
     protocol: ExperimentProtocol | None = None,
@@ -637,6 +670,8 @@ def new_world(cfg: RigConfig, protocol: ExperimentProtocol | None, chemistry: st
         model = make_chemistry(chemistry)
     elif sim.chemistry is not None:
         model = make_chemistry(sim.chemistry.model, sim.chemistry.params)
+    if model is not None and protocol is not None:
+        _check_chemistry_takes(model, chemistry or (sim.chemistry.model if sim.chemistry else "?"), protocol)
     dead = sim.dead_volume_ul or cfg.dead_volume_ul
     assert dead is not None
     return World(clock=VirtualClock(), dead_volume_ul=dead, inputs=input_maps(protocol), chemistry=model)

@@ -41,6 +41,11 @@ def sim_data() -> dict[str, Any]:
 
 
 @pytest.fixture
+def reference_protocol_data() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "protocols" / "ag_nanoprism.yaml").read_text())
+
+
+@pytest.fixture
 def real_data() -> dict[str, Any]:
     return yaml.safe_load((RIGS / "example_newera.yaml").read_text())
 
@@ -442,3 +447,27 @@ def test_build_refuses_a_rig_that_cannot_run_the_protocol(
     data["pumps"] = data["pumps"][:2]
     with pytest.raises(ConfigError, match="no pump carries stream 'TSC'"):
         build_rig(RigConfig.model_validate(data), protocol)
+
+
+def test_chemistry_that_cannot_take_the_protocols_inputs(
+    tmp_path: Path, reference_protocol_data: dict, protocol: ExperimentProtocol
+) -> None:
+    data = copy.deepcopy(reference_protocol_data)
+    data["variables"]["Q_silver"] = data["variables"].pop("Q_AgNO3")
+    data["target"]["file"] = str(ROOT / "protocols" / "targets" / "ag_nanoprism.csv")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    renamed = load_protocol(tmp_path / "p.yaml")
+    with pytest.raises(ConfigError) as info:
+        build_rig(load_rig(SIMULATED), renamed)
+    message = str(info.value)
+    assert "simulators.chemistry:AgNanoprism cannot take protocol 'ag_nanoprism'" in message
+    assert "Q_silver" in message
+
+
+def test_simulated_tubing_may_differ_from_the_planning_dead_volume(
+    tmp_path: Path, sim_data: dict, protocol: ExperimentProtocol
+) -> None:
+    data = copy.deepcopy(sim_data)
+    data["simulation"]["dead_volume_ul"] = 140  # the tubing is longer than the rig file says
+    rig = build_rig(load_rig(write_rig(tmp_path, data)), protocol)
+    assert rig.dead_volume_ul == 70 and rig.world.dead_volume_ul == 140
