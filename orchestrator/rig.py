@@ -41,10 +41,12 @@ __all__ = [
     "PumpConfig",
     "Rig",
     "RigConfig",
+    "RigConnectionError",
     "SimulationSpec",
     "SpectrometerConfig",
     "build_rig",
     "check_protocol_against_rig",
+    "driver_ranges",
     "load_rig",
     "pump_rate_limits_ul_min",
 ]
@@ -676,5 +678,3 @@ def new_world(cfg: RigConfig, protocol: ExperimentProtocol | None, chemistry: st
     assert dead is not None
     return World(clock=VirtualClock(), dead_volume_ul=dead, inputs=input_maps(protocol), chemistry=model)
 
-
-__all__ += ["RigConnectionError"]
