@@ -125,6 +125,17 @@ class PumpSnapshot:
 
 
 @dataclass
+class _Phase:
+    """One program phase. Only RAT phases pump; reaching any other function ends the program."""
+
+    fun: str = "RAT"
+    rate_value: float = 0.0
+    rate_units: str = "UM"
+    direction: str = "INF"
+    target_value: float = 0.0  # volume to be dispensed, in the pump's volume units; 0 = no end
+
+
+@dataclass
 class _Pump:
     address: int
     diameter_mm: float
@@ -133,11 +144,9 @@ class _Pump:
     t_last: float
     state: str = "S"
     alarm: str | None = None
-    rate_value: float = 0.0
-    rate_units: str = "UM"
-    direction: str = "INF"
+    phases: dict[int, _Phase] = field(default_factory=lambda: {1: _Phase()})
+    selected: int = 1  # the phase commands act on; while a program runs, the running phase
     volume_units: str = "UL"
-    target_value: float = 0.0
     infused_ul: float = 0.0
     withdrawn_ul: float = 0.0
     run_progress_ul: float = 0.0
@@ -148,12 +157,16 @@ class _Pump:
     faults: FaultSchedule = field(default_factory=FaultSchedule)
 
     @property
+    def phase(self) -> _Phase:
+        return self.phases.setdefault(self.selected, _Phase())
+
+    @property
     def rate_ul_min(self) -> float:
-        return self.rate_value * RATE_FACTORS[self.rate_units]
+        return self.phase.rate_value * RATE_FACTORS[self.phase.rate_units]
 
     @property
     def target_ul(self) -> float:
-        return self.target_value * VOLUME_FACTORS[self.volume_units]
+        return self.phase.target_value * VOLUME_FACTORS[self.volume_units]
 
     @property
     def safe(self) -> bool:
@@ -388,56 +401,65 @@ class NewEraFirmware(Firmware):
         return ""
 
     def _cmd_rat(self, pump: _Pump, arg: str, now: float) -> str:
+        phase = pump.phase
         if not arg:
-            return _display(pump.rate_value) + pump.rate_units
+            return _display(phase.rate_value) + phase.rate_units
         m = re.fullmatch(r"([0-9.]+)(UM|MM|UH|MH)?", arg)
         if not m:
             raise _Reject("OOR")
         value = _number(m.group(1))
-        units = m.group(2) or pump.rate_units
+        units = m.group(2) or phase.rate_units
         rate = value * RATE_FACTORS[units]
         low, high = rate_limits_ul_min(pump.diameter_mm)
         if pump.diameter_mm <= 0 or not low <= rate <= high:
             raise _Reject("OOR")
-        if pump.state in RUNNING and units != pump.rate_units:
+        if pump.state in RUNNING and units != phase.rate_units:
             raise _Reject("NA")  # rate units cannot be changed while pumping
-        pump.rate_value, pump.rate_units = value, units
+        phase.rate_value, phase.rate_units = value, units
         self._flow_changed(pump)
         return ""
 
     def _cmd_vol(self, pump: _Pump, arg: str, now: float) -> str:
         if not arg:
-            return _display(pump.target_value) + pump.volume_units
+            return _display(pump.phase.target_value) + pump.volume_units
         if arg in VOLUME_FACTORS:
             pump.volume_units = arg
             return ""
-        pump.target_value = _number(arg)
+        pump.phase.target_value = _number(arg)
         return ""
 
     def _cmd_dir(self, pump: _Pump, arg: str, now: float) -> str:
         if not arg:
-            return pump.direction
+            return pump.phase.direction
         flip = {"INF": "WDR", "WDR": "INF"}
         if arg == "REV":
-            arg = flip[pump.direction]
+            arg = flip[pump.phase.direction]
         if arg not in flip:
             raise _Reject("OOR")
-        pump.direction = arg
+        pump.phase.direction = arg
         if pump.state in ("I", "W"):
             pump.state = "I" if arg == "INF" else "W"
             self._flow_changed(pump)
         return ""
 
     def _cmd_run(self, pump: _Pump, arg: str, now: float) -> str:
+        """RUN [phase]: start the program (at phase 1 unless given), or resume a paused one."""
         if pump.state in RUNNING:
             return ""
-        if pump.diameter_mm <= 0 or pump.rate_value <= 0:
-            raise _Reject("NA")
         if pump.state == "S":
-            pump.run_progress_ul = 0.0
-        pump.state = "I" if pump.direction == "INF" else "W"
+            start = int(_number(arg)) if arg else 1
+            if not 1 <= start <= 41 or "." in arg:
+                raise _Reject("OOR")
+            if pump.diameter_mm <= 0 or not self._runnable(pump.phases.get(start)):
+                raise _Reject("NA")
+            pump.selected, pump.run_progress_ul = start, 0.0
+        pump.state = "I" if pump.phase.direction == "INF" else "W"
         self._flow_changed(pump)
         return ""
+
+    @staticmethod
+    def _runnable(phase: _Phase | None) -> bool:
+        return phase is not None and phase.fun == "RAT" and phase.rate_value > 0
 
     def _cmd_pur(self, pump: _Pump, arg: str, now: float) -> str:
         if pump.diameter_mm <= 0:
@@ -447,9 +469,15 @@ class NewEraFirmware(Firmware):
         return ""
 
     def _cmd_stp(self, pump: _Pump, arg: str, now: float) -> str:
-        pump.state = "P" if pump.state in RUNNING else "S"
+        if pump.state in RUNNING:
+            pump.state = "P"
+        elif pump.state == "P":
+            self._end_program(pump)
         self._flow_changed(pump)
         return ""
+
+    def _end_program(self, pump: _Pump) -> None:
+        pump.state, pump.selected, pump.run_progress_ul = "S", 1, 0.0
 
     def _cmd_dis(self, pump: _Pump, arg: str, now: float) -> str:
         units = pump.volume_units
@@ -480,25 +508,32 @@ class NewEraFirmware(Firmware):
         return ""
 
     def _cmd_phn(self, pump: _Pump, arg: str, now: float) -> str:
-        # One continuous phase is all this emulator runs; phase 1 is accepted, others not.
         if not arg:
-            return "01"
-        if arg.lstrip("0") != "1":
-            raise _Reject("NA")
+            return f"{pump.selected:02d}"
+        if not re.fullmatch(r"\d{1,2}", arg) or not 1 <= int(arg) <= 41:
+            raise _Reject("OOR")
+        if pump.state != "S":
+            raise _Reject("NA")  # the program is running or paused
+        pump.selected = int(arg)
+        pump.phases.setdefault(pump.selected, _Phase())
         return ""
 
     def _cmd_fun(self, pump: _Pump, arg: str, now: float) -> str:
+        # Any function is stored; RAT pumps, every other one ends the program when it is reached.
         if not arg:
-            return "RAT"
-        if arg != "RAT":
+            return pump.phase.fun
+        if not re.fullmatch(r"[A-Z]{2,3}[0-9.]*", arg):
+            raise _Reject("")
+        if pump.state != "S":
             raise _Reject("NA")
+        pump.phase.fun = re.match(r"[A-Z]+", arg).group(0)  # type: ignore[union-attr]
         return ""
 
     # -- time ----------------------------------------------------------------------------------------
 
     def _effective_flow(self, pump: _Pump) -> float:
         if pump.state == "X":
-            return rate_limits_ul_min(pump.diameter_mm)[1] * (1 if pump.direction == "INF" else -1)
+            return rate_limits_ul_min(pump.diameter_mm)[1] * (1 if pump.phase.direction == "INF" else -1)
         if pump.state == "I":
             return pump.rate_ul_min
         if pump.state == "W":
@@ -531,32 +566,44 @@ class NewEraFirmware(Firmware):
                 self._alarm(pump, "T")
 
     def _integrate(self, pump: _Pump, now: float) -> None:
+        """Move the plunger from the last update to ``now``, through phase ends, to an empty syringe."""
         dt, pump.t_last = now - pump.t_last, now
-        flow = self._effective_flow(pump)
-        if dt <= 0 or flow == 0:
-            return
-        volume = abs(flow) * dt / 60.0
-        room = pump.content_ul if flow > 0 else pump.capacity_ul - pump.content_ul
-        left = pump.target_ul - pump.run_progress_ul if pump.target_ul > 0 and pump.state != "X" else math.inf
-        moved = min(volume, room, left)
-        pump.run_progress_ul += moved
-        if flow > 0:
-            pump.infused_ul += moved
-            pump.content_ul -= moved
-        else:
-            pump.withdrawn_ul += moved
-            pump.content_ul += moved
-        if moved < volume:
-            if moved >= left:
-                pump.state = "S"  # volume target reached: the program ends
-                self._flow_changed(pump)
+        while dt > 0:
+            flow = self._effective_flow(pump)
+            if flow == 0:
+                return
+            volume = abs(flow) * dt / 60.0
+            room = pump.content_ul if flow > 0 else pump.capacity_ul - pump.content_ul
+            target = pump.target_ul if pump.state != "X" else 0.0
+            left = target - pump.run_progress_ul if target > 0 else math.inf
+            moved = min(volume, room, left)
+            pump.run_progress_ul += moved
+            pump.content_ul -= math.copysign(moved, flow)
+            if flow > 0:
+                pump.infused_ul += moved
             else:
+                pump.withdrawn_ul += moved
+            if moved < volume and room < left:
                 self._alarm(pump, "S")  # plunger at the end of the syringe: the motor stalls
+                return
+            if moved < left:
+                return
+            dt -= moved / abs(flow) * 60.0  # this phase's volume is dispensed: on to the next
+            self._next_phase(pump)
+
+    def _next_phase(self, pump: _Pump) -> None:
+        following = pump.phases.get(pump.selected + 1)
+        if pump.selected < 41 and self._runnable(following):
+            pump.selected, pump.run_progress_ul = pump.selected + 1, 0.0
+            pump.state = "I" if pump.phase.direction == "INF" else "W"
+        else:
+            self._end_program(pump)
+        self._flow_changed(pump)
 
     def _power_reset(self, pump: _Pump) -> None:
         # Power lost and back: motion stops, rate and diameter are cleared, Safe mode (stored in
         # non-volatile memory) persists with its watchdog idle, and the reset alarm is pending.
-        pump.rate_value, pump.diameter_mm, pump.target_value = 0.0, 0.0, 0.0
+        pump.phases, pump.selected, pump.diameter_mm = {1: _Phase()}, 1, 0.0
         pump.infused_ul = pump.withdrawn_ul = pump.run_progress_ul = 0.0
         pump.watchdog_armed = False
         self._rx.clear()

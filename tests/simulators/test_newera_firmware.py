@@ -80,7 +80,7 @@ def test_replies_and_errors(bench: Bench) -> None:
     assert bench("0SAF") == B("00S0")
     assert bench("0PHN") == B("00S01")
     assert bench("0FUNRAT") == B("00S")
-    assert bench("0FUNLIN") == B("00S?NA")
+    assert bench("0FUN!") == B("00S?")
     assert bench("0CLD") == B("00S?OOR")
 
 
@@ -161,6 +161,30 @@ def test_volume_units_follow_the_diameter_and_dis_switches_to_ml_when_ul_overflo
     bench("0RUN")
     bench.advance(60.0)
     assert bench("0DIS") == B("00II10.00W0.000ML")  # 10000 uL no longer fits 4 digits of uL
+
+
+def test_a_program_runs_its_rate_phases_in_turn_and_ends_at_a_stop_phase(bench: Bench) -> None:
+    # what a client written from the manual sends to dispense 10 uL, then 5 uL slower, then stop
+    for command in ["PHN1", "FUNRAT", "VOLUL", "RAT60UM", "VOL10", "DIRINF", "PHN2", "FUNRAT", "RAT30UM",
+                    "VOL5", "PHN3", "FUNSTP"]:  # fmt: skip
+        assert bench("0" + command) == B("00S"), command
+    assert bench("0PHN") == B("00S03")
+    assert bench("0RUN") == B("00I")  # from phase 1
+    assert bench("0PHN") == B("00I01")
+    assert bench("0PHN2") == B("00I?NA")  # not while the program runs
+    bench.advance(15.0)  # 10 uL at 60 uL/min take 10 s; then 5 s of phase 2
+    assert bench("0PHN") == B("00I02")
+    assert bench("0RAT") == B("00I30.00UM")
+    bench.advance(60.0)
+    assert bench("0") == B("00S")
+    assert bench("0DIS") == B("00SI15.00W0.000UL")
+    assert bench.flows == [(0, 60.0), (0, 30.0), (0, 0.0)]
+    assert bench("0RUN2") == B("00I")  # RUN <phase> starts there
+    assert bench("0PHN") == B("00I02")
+    assert bench("0RUN42") == B("00I")  # already running: nothing to do
+    bench("0STP")
+    bench("0STP")
+    assert bench("0RUN3") == B("00S?NA")  # a stop phase cannot be run
 
 
 def test_volume_target_ends_the_program(bench: Bench) -> None:
