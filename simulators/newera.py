@@ -16,6 +16,7 @@ with a pump at each address. It answers with the bytes of the NE-1000 manual (Pu
   while an alarm is pending (it is a communications setting; the reply still carries the alarm).
 * An alarm (reset R, stall S, watchdog T) stops the pump; the next valid command is answered with
   ``A?x`` only, which acknowledges the alarm, and is not carried out.
+* A Network Command Burst (``0 rat 100 * 1 rat 250 *``) is carried out by each pump named.
 * Numbers: at most 4 digits and 3 decimals, else ``?OOR``. Rates outside the syringe's range:
   ``?OOR``. Diameter or rate-unit changes while pumping: ``?NA``. STP pauses a running pump (P); a
   second STP stops it (S).
@@ -345,7 +346,17 @@ class NewEraFirmware(Firmware):
         safe_in = kind == "safe"
         raw = packet[2:-3] if safe_in else packet
         valid = not safe_in or (packet[-1] == ETX and _crc(raw) == (packet[-3] << 8 | packet[-2]))
-        address, system, command = self._split_address(self._clean(raw))
+        text = self._clean(raw)
+        if valid and re.fullmatch(r"(\d[^*]*\*)+", text):
+            # Network Command Burst "<n><command>*...": each pump takes its part; the replies
+            # collide on the line, as the manual warns.
+            return b"".join(self._handle_one(part, safe_in, now, elapsed) for part in text.split("*")[:-1])
+        return self._handle_one(text, safe_in, now, elapsed, valid=valid)
+
+    def _handle_one(
+        self, text: str, safe_in: bool, now: float, elapsed: float, *, valid: bool = True
+    ) -> bytes:
+        address, system, command = self._split_address(text)
         out = bytearray()
         for p in self._targets(address, system, basic=not safe_in, elapsed=elapsed):
             if not valid:
@@ -353,9 +364,9 @@ class NewEraFirmware(Firmware):
                 continue
             if safe_in:
                 p.last_packet_t, p.watchdog_armed = now, p.safe
-            text = self._execute(p, command, now)
+            reply = self._execute(p, command, now)
             # Replies are framed like the request, except SAF's, which come in the mode it selects.
-            out += self._reply(p, text, p.safe if _sets_mode(command) else safe_in, elapsed)
+            out += self._reply(p, reply, p.safe if _sets_mode(command) else safe_in, elapsed)
         return bytes(out)
 
     def _reply(self, pump: _Pump, text: str, safe: bool, elapsed: float) -> bytes:

@@ -66,6 +66,12 @@ def test_addressing() -> None:
     assert bench("*STP") == B("00S") + B("12S")
 
 
+def test_network_command_burst() -> None:
+    bench = Bench((0, 1, 2))
+    assert bench("0 rat 100 um * 1 rat 250 um *") == B("00S") + B("01S")  # colliding replies
+    assert [bench.fw.snapshot(a).rate_ul_min for a in (0, 1, 2)] == [100.0, 250.0, 0.0]
+
+
 def test_spaces_control_characters_and_case_are_ignored(bench: Bench) -> None:
     assert bench(b" 0 dia\t 26.59 \x07\r") == B("00S")
     assert bench("0dia") == B("00S26.59")
