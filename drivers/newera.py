@@ -602,7 +602,10 @@ class NewEraPump:
         While pumping the firmware refuses a change of rate units; the new rate is then spelled in
         the present units when that costs at most 0.1 %, else the pump is stopped, the units changed
         and the pump restarted (logged)."""
-        text, units = choose_rate_units(rate_ul_min)
+        try:
+            text, units = choose_rate_units(rate_ul_min)
+        except OutOfRange as exc:
+            raise OutOfRange(exc.detail, device=self.name, hint=exc.hint) from None
         self._raise_pending_alarm()
         if self._state is None:
             self._state = self._query_state()

@@ -589,7 +589,7 @@ def test_bad_inputs_never_reach_the_port() -> None:
     try:
         pump.connect()
         for bad in (0.0, -5.0, math.nan, 2e7):
-            with pytest.raises(OutOfRange):
+            with pytest.raises(OutOfRange, match="^golden: rate"):
                 pump.set_rate_ul_min(bad)
         for bad in (0.05, 90.0, math.inf):
             with pytest.raises(OutOfRange, match="diameter"):
