@@ -1,0 +1,105 @@
+"""Strategy names -> optimisers. The protocol's ``optimizer.strategy`` is looked up here.
+
+Entries are ``"module:function"`` strings imported on first use, so a campaign that runs a Latin
+hypercube never imports torch. Each factory is ``factory(settings, widening, seed) -> Optimizer`` and
+must refuse settings it does not know (use :func:`take_settings`). Other modules add their strategy
+with one line in ``_FACTORIES`` (or :func:`register` at run time, e.g. in tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchestrator.optimize.base import Optimizer
+
+Factory = Callable[[dict[str, Any], dict[str, Any] | None, int], Optimizer]
+
+
+class UnknownStrategyError(ValueError):
+    """The protocol names a strategy no module provides."""
+
+
+class OptimizerSettingsError(ValueError):
+    """``optimizer.settings`` holds a key or value the strategy cannot use."""
+
+
+# which strategy "default" means: the best one in docs/optimizer_benchmark.md
+DEFAULT_STRATEGY = "lhs"
+
+_FACTORIES: dict[str, str | Factory] = {
+    "lhs": "orchestrator.optimize.registry:_make_lhs",
+    "random": "orchestrator.optimize.registry:_make_random",
+}
+
+
+def register(name: str, factory: str | Factory, *, replace: bool = False) -> None:
+    if name in _FACTORIES and not replace:
+        raise ValueError(f"optimiser strategy {name!r} is already registered")
+    _FACTORIES[name] = factory
+
+
+def available() -> list[str]:
+    """Strategy names a protocol may use (``default`` included)."""
+    return sorted([*_FACTORIES, "default"])
+
+
+def resolve(strategy: str) -> str:
+    """The registered name behind ``strategy`` (``default`` -> :data:`DEFAULT_STRATEGY`)."""
+    name = DEFAULT_STRATEGY if strategy == "default" else strategy
+    if name not in _FACTORIES:
+        raise UnknownStrategyError(
+            f"unknown optimiser strategy {strategy!r}: use one of {', '.join(available())}"
+        )
+    return name
+
+
+def make_optimizer(
+    strategy: str, settings: Mapping[str, Any] | None, widening: Mapping[str, Any] | None, seed: int
+) -> Optimizer:
+    """Build the optimiser a protocol names. ``widening`` is the protocol's ``optimizer.widening``
+    (a dict; None or ``enabled: false`` turns widening off)."""
+    name = resolve(strategy)
+    factory = _FACTORIES[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return factory(dict(settings or {}), dict(widening) if widening is not None else None, int(seed))
+
+
+def take_settings(strategy: str, settings: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by ``settings``; unknown keys and wrongly typed values are refused."""
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise OptimizerSettingsError(
+            f"optimizer.settings for strategy {strategy!r} has unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(defaults)) or 'none'}"
+        )
+    out = dict(defaults)
+    for key, value in settings.items():
+        want = type(defaults[key])
+        if defaults[key] is not None and not isinstance(value, want):
+            # ints are fine where floats are expected; bools are not numbers here
+            if not (want is float and isinstance(value, int) and not isinstance(value, bool)):
+                raise OptimizerSettingsError(
+                    f"optimizer.settings.{key} for strategy {strategy!r} must be {want.__name__}, "
+                    f"got {value!r}"
+                )
+            value = float(value)
+        out[key] = value
+    return out
+
+
+def _make_lhs(settings: dict[str, Any], widening: dict[str, Any] | None, seed: int) -> Optimizer:
+    from orchestrator.optimize.lhs import LatinHypercubeOptimizer
+
+    take_settings("lhs", settings, {})
+    return LatinHypercubeOptimizer(seed)
+
+
+def _make_random(settings: dict[str, Any], widening: dict[str, Any] | None, seed: int) -> Optimizer:
+    from orchestrator.optimize.lhs import RandomOptimizer
+
+    take_settings("random", settings, {})
+    return RandomOptimizer(seed)
