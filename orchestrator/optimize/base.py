@@ -70,7 +70,9 @@ class Space:
 @dataclass
 class Observation:
     """One measured condition. ``median_loss`` is None when the condition failed (too few good
-    replicates); ``spectra`` holds its accepted replicate absorbance spectra on the protocol grid."""
+    replicates); ``spectra`` holds its accepted replicate absorbance spectra on the protocol grid;
+    ``prediction`` is the spectrum the optimiser predicted for it before it was measured
+    (``Suggestion.predictions``, persisted with the batch), used to judge the model's accuracy."""
 
     round_index: int
     inputs: dict[str, float]
@@ -79,6 +81,7 @@ class Observation:
     failed: bool = False
     spectra: np.ndarray | None = None
     source: str = ""
+    prediction: np.ndarray | None = None
 
 
 @dataclass
