@@ -31,6 +31,8 @@ DEFAULT_STRATEGY = "lhs"
 _FACTORIES: dict[str, str | Factory] = {
     "lhs": "orchestrator.optimize.registry:_make_lhs",
     "random": "orchestrator.optimize.registry:_make_random",
+    "two_step": "orchestrator.optimize.twostep:make_two_step",
+    "dnn": "orchestrator.optimize.twostep:make_dnn",
 }
 
 
