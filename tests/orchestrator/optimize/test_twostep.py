@@ -1,0 +1,256 @@
+"""The two-step policy: its rules on synthetic metric sequences, and the optimiser on the toy problem."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from toy_spectra import WAVELENGTHS, measure, random_history, toy_loss, toy_space
+
+from orchestrator.optimize import dnn as net
+from orchestrator.optimize.base import History, Space, Suggestion
+from orchestrator.optimize.constraints import sample_feasible
+from orchestrator.optimize.model_checks import Agreement
+from orchestrator.optimize.registry import OptimizerSettingsError, UnknownStrategyError, make_optimizer
+from orchestrator.optimize.twostep import (
+    PolicySettings,
+    StopSettings,
+    TwoStepOptimizer,
+    decide_share,
+    open_edges,
+    parse_settings,
+    stop_reason,
+)
+
+
+def metric(cos: float, loss_mae: float | None = 0.01) -> Agreement:
+    return Agreement(n=15, cosine_mean=cos, cosine_min=cos - 0.01, mse=1e-4, loss_mae=loss_mae)
+
+
+# -- the share rule ---------------------------------------------------------------------------
+
+
+def test_share_follows_a_sequence_of_rounds() -> None:
+    """BO alone while the model is missing, young, inaccurate or unstable; then a growing share."""
+    policy = PolicySettings(
+        bo_only_rounds=2,
+        accuracy_cosine=0.99,
+        stability_cosine=0.995,
+        full_accuracy_cosine=0.999,
+        min_share=0.2,
+        max_share=1.0,
+    )
+    rounds = [
+        # (round, model, accuracy, stability) -> expected network count of 15
+        (0, False, None, None, 0),
+        (1, True, None, None, 0),  # BO-only rounds
+        (2, True, None, metric(0.999), 0),  # no measured predictions yet
+        (3, True, metric(0.95), metric(0.999), 0),  # inaccurate
+        (4, True, metric(0.995), metric(0.98), 0),  # unstable
+        (5, True, metric(0.99), metric(0.999), 3),  # at the gate: min_share
+        (6, True, metric(0.995), metric(0.999), 10),  # 0.2 + 0.8 * 5/9 of 15
+        (7, True, metric(0.9995), metric(0.999), 15),  # all of it
+        (8, True, metric(0.97), metric(0.999), 0),  # accuracy fell: back to BO
+    ]
+    got = [
+        decide_share(policy, round_index=r, n=15, model_ready=m, accuracy=a, stability=s).dnn_count
+        for r, m, a, s, _ in rounds
+    ]
+    assert got == [want for *_, want in rounds]
+
+
+def test_share_reasons_say_why() -> None:
+    policy = PolicySettings()
+    d = decide_share(
+        policy, round_index=5, n=15, model_ready=True, accuracy=metric(0.9), stability=metric(1.0)
+    )
+    assert d.dnn_count == 0 and "accuracy cosine 0.9000 < 0.99" in d.reason
+    d = decide_share(
+        policy, round_index=5, n=15, model_ready=True, accuracy=metric(1.0), stability=metric(0.9)
+    )
+    assert "stability cosine" in d.reason
+
+
+def test_optional_loss_error_gate_and_fixed_share() -> None:
+    gated = PolicySettings(max_loss_error=0.02)
+    d = decide_share(
+        gated, round_index=5, n=15, model_ready=True, accuracy=metric(0.9999, 0.05), stability=metric(1.0)
+    )
+    assert d.dnn_count == 0 and "predicted loss off" in d.reason
+    fixed = PolicySettings(fixed_share=1 / 3)
+    d = decide_share(fixed, round_index=5, n=15, model_ready=True, accuracy=None, stability=None)
+    assert d.dnn_count == 5
+
+
+def test_share_grows_with_accuracy() -> None:
+    policy = PolicySettings()
+    counts = [
+        decide_share(
+            policy, round_index=9, n=15, model_ready=True, accuracy=metric(c), stability=metric(1.0)
+        ).dnn_count
+        for c in np.linspace(0.99, 1.0, 11)
+    ]
+    assert counts == sorted(counts) and counts[0] >= 1 and counts[-1] == 15
+
+
+def test_policy_settings_checked() -> None:
+    with pytest.raises(OptimizerSettingsError, match="min_share"):
+        parse_settings({"policy": {"min_share": 0.9, "max_share": 0.5}})
+    with pytest.raises(OptimizerSettingsError, match=r"policy\.acuracy_cosine"):
+        parse_settings({"policy": {"acuracy_cosine": 0.9}})
+    with pytest.raises(UnknownStrategyError):
+        make_optimizer("two_step", {"bo": "no_such_strategy"}, None, 0)
+
+
+# -- the stop rule ----------------------------------------------------------------------------
+
+CONVERGED = dict(
+    measured_rounds=6,
+    accuracy=metric(0.999),
+    stability=metric(0.9995),
+    predicted_best=0.100,
+    previous_predicted_best=0.101,
+    best_measured=0.105,
+)
+
+
+def test_stop_when_accurate_stable_and_no_longer_improving() -> None:
+    reason = stop_reason(StopSettings(), **CONVERGED)
+    assert reason is not None and "model converged" in reason
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"measured_rounds": 3}, "too early"),
+        ({"accuracy": metric(0.98)}, "inaccurate"),
+        ({"accuracy": metric(0.999, loss_mae=0.1)}, "losses mispredicted"),
+        ({"stability": metric(0.99)}, "unstable"),
+        ({"previous_predicted_best": 0.2}, "predicted best still improving"),
+        ({"best_measured": 0.2}, "model promises a gain over the best measured"),
+        ({"open_edges": ["Q_a high"]}, "optimum on an edge that may widen"),
+        ({"stability": None}, "no stability yet"),
+    ],
+)
+def test_no_stop_while(change: dict, why: str) -> None:
+    assert stop_reason(StopSettings(), **{**CONVERGED, **change}) is None, why
+
+
+def test_stop_rule_can_be_switched_off() -> None:
+    assert stop_reason(StopSettings(enabled=False), **CONVERGED) is None
+
+
+def test_open_edges() -> None:
+    space = toy_space()  # Q_a in [5, 40] of hard [1, 60]
+    assert open_edges(space, np.array([40.0, 10.0, 300.0]), 0.05) == ["Q_a high"]
+    assert open_edges(space, np.array([5.5, 10.0, 100.0]), 0.05) == ["Q_a low", "Q_total low"]
+    at_hard = space.with_bounds({**space.bounds, "Q_a": (1.0, 60.0)})
+    assert open_edges(at_hard, np.array([60.0, 20.0, 300.0]), 0.05) == []
+
+
+# -- the optimiser ----------------------------------------------------------------------------
+
+
+class RecordingBO:
+    """A stand-in BO strategy: random feasible points, every call recorded."""
+
+    name = "fake_bo"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def suggest(self, history: History, space: Space, n: int) -> Suggestion:
+        self.calls.append(n)
+        x = sample_feasible(space, n, np.random.default_rng([3, history.round_index]))
+        return Suggestion(space.to_dicts(x), space, ["fake_bo"] * n, notes={"fake": True})
+
+
+FAST = {
+    "dnn": {"model": {"members": 3, "max_epochs": 400}, "search": {"candidates": 800, "refine_starts": 8}},
+    "policy": {"probes": 64},
+}
+
+
+def make(policy: dict | None = None, seed: int = 0) -> tuple[TwoStepOptimizer, RecordingBO]:
+    bo = RecordingBO()
+    settings = parse_settings({**FAST, "policy": {**FAST["policy"], **(policy or {})}})
+    return TwoStepOptimizer(settings, None, seed, bo=bo), bo
+
+
+def test_first_round_is_bo_alone_without_predictions() -> None:
+    opt, bo = make()
+    s = opt.suggest(History([], WAVELENGTHS, toy_loss(), 0), toy_space(), 15)
+    assert bo.calls == [15] and s.sources == ["fake_bo"] * 15
+    assert s.predictions == [None] * 15
+    assert s.notes["policy"]["dnn_count"] == 0 and "stop" not in s.notes
+
+
+def test_network_share_predictions_and_notes() -> None:
+    opt, bo = make({"fixed_share": 1 / 3, "bo_only_rounds": 1})
+    history = random_history(2, seed=4)
+    s = opt.suggest(history, toy_space(), 15)
+    assert bo.calls == [10]
+    assert s.sources == ["fake_bo"] * 10 + ["dnn"] * 5
+    assert toy_space().feasible(toy_space().to_array(s.batch)).all()
+    # every condition of the batch carries the network's prediction, recorded before measurement
+    assert len(s.predictions) == 15
+    assert all(p is not None and p.shape == WAVELENGTHS.shape for p in s.predictions)
+    policy = s.notes["policy"]
+    assert policy["dnn_count"] == 5 and policy["bo_count"] == 10
+    assert policy["stability"] is not None and policy["accuracy"] is None
+    assert set(policy["predicted_best_inputs"]) == set(toy_space().names)
+    json.dumps(s.notes)  # the engine journals the notes as JSON
+
+
+def test_accuracy_measured_from_recorded_predictions_and_gates() -> None:
+    opt, _ = make({"bo_only_rounds": 0})
+    history = random_history(2, seed=5)
+    first = opt.suggest(history, toy_space(), 15)
+    rng = np.random.default_rng(9)
+    measured = measure(toy_space(), toy_space().to_array(first.batch), 2, rng)
+    for obs, pred in zip(measured, first.predictions, strict=True):
+        obs.prediction = pred
+    later = History(history.observations + measured, WAVELENGTHS, toy_loss(), 3)
+    second = opt.suggest(later, toy_space(), 15)
+    acc = second.notes["policy"]["accuracy"]
+    assert acc is not None and acc["n"] == 15 and acc["cosine_mean"] > 0.9
+    dnn_count = second.notes["policy"]["dnn_count"]
+    expected = decide_share(
+        opt.settings.policy,
+        round_index=3,
+        n=15,
+        model_ready=True,
+        accuracy=Agreement(**acc),
+        stability=Agreement(**second.notes["policy"]["stability"]),
+    ).dnn_count
+    assert dnn_count == expected
+
+
+def test_same_seed_same_batch_and_models_trained_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    history = random_history(3, seed=6)
+    fits: list[int] = []
+    real_fit = net.SpectrumEnsemble.fit.__func__
+
+    def counting_fit(cls, *args, **kwargs):
+        fits.append(1)
+        return real_fit(cls, *args, **kwargs)
+
+    monkeypatch.setattr(net.SpectrumEnsemble, "fit", classmethod(counting_fit))
+    a, _ = make({"fixed_share": 0.4, "bo_only_rounds": 0}, seed=3)
+    b, _ = make({"fixed_share": 0.4, "bo_only_rounds": 0}, seed=3)
+    sa, sb = a.suggest(history, toy_space(), 10), b.suggest(history, toy_space(), 10)
+    assert sa.batch == sb.batch
+    np.testing.assert_array_equal(np.array(sa.predictions), np.array(sb.predictions))
+    assert len(fits) == 4  # the current and the previous model, once per optimiser
+    a.suggest(history, toy_space(), 10)
+    assert len(fits) == 4  # cached
+
+
+def test_registered_strategies() -> None:
+    opt = make_optimizer("two_step", {"bo": "lhs", **FAST}, None, 0)
+    assert opt.name == "two_step"
+    dnn_only = make_optimizer("dnn", FAST, None, 0)
+    assert dnn_only.name == "dnn"
+    s = dnn_only.suggest(random_history(2, seed=2), toy_space(), 6)
+    assert s.sources == ["dnn"] * 6
