@@ -1,0 +1,190 @@
+"""Who is calling and what they may do: bearer API tokens for scripts, signed session cookies with a
+double-submit CSRF token for the page, and the FastAPI dependencies that enforce roles.
+
+A request without credentials gets 401; with credentials but too low a role, or a cookie-authenticated
+change without the matching CSRF header, 403. Either way the handler never runs, so nothing changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, HTTPException, Request, Response, status
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from orchestrator.console.users import Role, UserDirectory, UserInfo
+
+SESSION_COOKIE = "sdl_session"
+CSRF_COOKIE = "sdl_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: UserInfo
+    via: Literal["token", "session"]
+    session_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.user.name
+
+
+class LoginThrottle:
+    """Refuses logins for a name after ``limit`` failures within ``window_s`` (argon2 already makes
+    each guess slow; this stops a script from guessing all night on the lab network)."""
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window_s, self._clock = limit, window_s, clock
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, name: str) -> list[float]:
+        now = self._clock()
+        kept = [t for t in self._failures.get(name, []) if now - t < self.window_s]
+        self._failures[name] = kept
+        return kept
+
+    def blocked_for_s(self, name: str) -> float:
+        with self._lock:
+            recent = self._recent(name)
+            if len(recent) < self.limit:
+                return 0.0
+            return max(0.0, self.window_s - (self._clock() - recent[0]))
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            self._recent(name).append(self._clock())
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name, None)
+
+
+class Authenticator:
+    def __init__(
+        self,
+        users: UserDirectory,
+        secret: str,
+        session_hours: float = 12.0,
+        secure_cookies: bool = False,
+    ) -> None:
+        if len(secret) < 32:
+            raise ValueError("the console signing secret must be at least 32 characters")
+        self.users = users
+        self.session_hours = session_hours
+        self.secure_cookies = secure_cookies
+        self._secret = secret.encode()
+        self._serializer = URLSafeTimedSerializer(secret, salt="sdl-console-session")
+        self.throttle = LoginThrottle()
+
+    # ---- cookies ------------------------------------------------------------------------------------
+
+    def csrf_token(self, session_id: str) -> str:
+        """Bound to the session (an HMAC of its id), so a cookie planted by another site cannot match."""
+        return hmac.new(self._secret, b"csrf:" + session_id.encode(), hashlib.sha256).hexdigest()
+
+    def set_session_cookies(self, response: Response, session_id: str) -> str:
+        max_age = int(self.session_hours * 3600)
+        csrf = self.csrf_token(session_id)
+        response.set_cookie(
+            SESSION_COOKIE,
+            self._serializer.dumps(session_id),
+            max_age=max_age,
+            httponly=True,
+            samesite="strict",
+            secure=self.secure_cookies,
+            path="/",
+        )
+        # readable by the page's script, which echoes it in the X-CSRF-Token header
+        response.set_cookie(
+            CSRF_COOKIE,
+            csrf,
+            max_age=max_age,
+            httponly=False,
+            samesite="strict",
+            secure=self.secure_cookies,
+            path="/",
+        )
+        return csrf
+
+    @staticmethod
+    def clear_session_cookies(response: Response) -> None:
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        response.delete_cookie(CSRF_COOKIE, path="/")
+
+    def _session_id(self, cookie: str) -> str | None:
+        try:
+            value = self._serializer.loads(cookie, max_age=int(self.session_hours * 3600))
+        except BadSignature:  # also covers SignatureExpired
+            return None
+        return value if isinstance(value, str) else None
+
+    # ---- requests -----------------------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> Principal | None:
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                return None
+            user = self.users.authenticate_token(token.strip())
+            return Principal(user, "token") if user is not None else None
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            session_id = self._session_id(cookie)
+            if session_id is not None:
+                user = self.users.session_user(session_id)
+                if user is not None:
+                    return Principal(user, "session", session_id)
+        return None
+
+    def csrf_ok(self, request: Request, principal: Principal) -> bool:
+        if principal.via != "session" or request.method in SAFE_METHODS:
+            return True
+        assert principal.session_id is not None
+        sent = request.headers.get(CSRF_HEADER, "")
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        expected = self.csrf_token(principal.session_id)
+        return bool(sent) and hmac.compare_digest(sent, cookie) and hmac.compare_digest(sent, expected)
+
+
+def require(role: Role) -> Callable[[Request], Principal]:
+    """A FastAPI dependency admitting callers with at least ``role``."""
+
+    def dependency(request: Request) -> Principal:
+        auth: Authenticator = request.app.state.auth
+        principal = auth.authenticate(request)
+        if principal is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "log in, or send a valid API token as 'Authorization: Bearer sdl_...'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not auth.csrf_ok(request, principal):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"missing or wrong {CSRF_HEADER} header: reload the page and try again",
+            )
+        if not principal.user.role.allows(role):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"{principal.name} is {principal.user.role.value}; this needs {role.value}: ask an admin",
+            )
+        return principal
+
+    dependency.__name__ = f"require_{role.value}"
+    return dependency
+
+
+# handler parameter types: ``who: Operator`` admits operators and admins
+Observer = Annotated[Principal, Depends(require(Role.OBSERVER))]
+Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]

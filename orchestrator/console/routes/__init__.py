@@ -1,0 +1,1 @@
+"""The console's HTTP routes, one module per concern; each exposes ``router``."""
