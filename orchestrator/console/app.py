@@ -20,7 +20,11 @@ from fastapi.staticfiles import StaticFiles
 
 from orchestrator.console import db
 from orchestrator.console.auth import Authenticator
-from orchestrator.console.routes import session, users
+from orchestrator.console.feed import JournalFeed
+from orchestrator.console.notify import Notifier, NotifyConfig, Sender
+from orchestrator.console.routes import campaigns, control, schedules, session, stream, users
+from orchestrator.console.scheduler import ConsoleScheduler, JobContext, set_job_context
+from orchestrator.console.source import CampaignSource
 from orchestrator.console.users import UserDirectory
 
 log = structlog.get_logger("orchestrator.console")
@@ -43,19 +47,60 @@ def create_app(
     secure_cookies: bool = False,
     background: bool = True,
     password_hasher: PasswordHasher | None = None,
+    source: CampaignSource | None = None,
+    notify: NotifyConfig | None = None,
+    log_dir: Path | None = None,
 ) -> FastAPI:
-    """The console app. ``background=False`` leaves out the scheduler and the notifier (tests);
-    ``password_hasher`` defaults to argon2id with argon2-cffi's recommended cost."""
+    """The console app.
+
+    ``background=False`` keeps the scheduler paused (schedules are stored, none runs) and leaves out
+    the notifier: for tests and for a second, read-mostly server on the same store.
+    ``password_hasher`` defaults to argon2id at argon2-cffi's recommended cost; ``source`` to the
+    campaign store at ``store_url``; ``notify`` to the SDL_NOTIFY_*/SDL_SMTP_* environment."""
     engine = db.engine_for(store_url)
     db.ensure_console_schema(engine)
     directory = UserDirectory(engine, password_hasher)
     signing = secret or os.environ.get(SECRET_ENV) or directory.signing_secret()
+    if source is None:
+        from orchestrator.console.store_source import StoreSource
+
+        source = StoreSource(store_url)
+    campaign_source = source
+    scheduler = ConsoleScheduler(store_url)
+    set_job_context(
+        JobContext(
+            request_control=lambda _url, c, action, who, why: campaign_source.request_control(
+                c, action, who, why
+            ),
+            campaign_health=lambda _url, c: campaign_source.health(c),
+            workdir=Path.cwd(),
+            log_dir=log_dir,
+        )
+    )
+    notify = notify if notify is not None else NotifyConfig.from_env()
+    notifier = None
+    if background and notify.enabled:
+        notifier = Notifier(
+            Sender(notify),
+            fetch=lambda after, limit: campaign_source.events(None, after, limit),
+            latest_id=campaign_source.latest_event_id,
+            load_cursor=lambda: directory.setting("notify_cursor"),
+            save_cursor=lambda value: directory.set_setting("notify_cursor", value),
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("console up", store=db.redacted(store_url), background=background)
-        yield
-        engine.dispose()
+        scheduler.start(paused=not background)
+        if notifier is not None:
+            notifier.start()
+        log.info("console up", store=db.redacted(store_url), background=background, notify=notify.enabled)
+        try:
+            yield
+        finally:
+            if notifier is not None:
+                notifier.stop()
+            scheduler.shutdown()
+            engine.dispose()
 
     app = FastAPI(
         title="sdl-orchestrator console",
@@ -70,8 +115,11 @@ def create_app(
     app.state.auth = Authenticator(
         directory, signing, session_hours=session_hours, secure_cookies=secure_cookies
     )
+    app.state.source = source
+    app.state.feed = JournalFeed(source)
+    app.state.scheduler = scheduler
 
-    for module in (session, users):
+    for module in (session, campaigns, control, schedules, stream, users):
         app.include_router(module.router)
 
     @app.get("/api/health", tags=["session"], summary="liveness (no login needed)")

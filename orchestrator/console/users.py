@@ -362,6 +362,12 @@ class UserDirectory:
         with self._db() as db:
             return list(db.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)))
 
+    def audit(self, who: str, action: str, detail: str) -> None:
+        """Record a console change that is not a campaign control action (those go to the journal)."""
+        with self._db() as db:
+            self._audit(db, who, action, detail)
+            db.commit()
+
     @staticmethod
     def _audit(db: Session, who: str, action: str, detail: str) -> None:
         db.add(AuditEntry(at=utcnow(), who=who, action=action, detail=detail))

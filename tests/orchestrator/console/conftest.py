@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 from orchestrator.console import create_app
 from orchestrator.console.users import Role, UserDirectory
 
+from .fakes import FakeSource
+
 PASSWORD = "correct horse battery"
 # argon2id at its cheapest: the tests check the logic, not the cost of a guess
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
@@ -24,6 +26,7 @@ class Console:
     url: str
     users: UserDirectory
     tokens: dict[str, str]  # role -> bearer token
+    source: FakeSource
 
     def client(self) -> TestClient:
         return TestClient(self.app)  # type: ignore[arg-type]
@@ -49,11 +52,12 @@ def store_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def console(store_url: str) -> Iterator[Console]:
-    app = create_app(store_url, secret="s" * 48, background=False, password_hasher=FAST_HASHER)
+    source = FakeSource()
+    app = create_app(store_url, secret="s" * 48, background=False, password_hasher=FAST_HASHER, source=source)
     directory: UserDirectory = app.state.auth.users
     tokens = {}
     for role, name in NAMES.items():
         directory.add_user(name, Role(role), PASSWORD, who="test")
         tokens[role], _ = directory.issue_token(name, days=1, who="test")
     with TestClient(app):  # runs the lifespan
-        yield Console(app, store_url, directory, tokens)
+        yield Console(app, store_url, directory, tokens, source)

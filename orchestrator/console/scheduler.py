@@ -1,0 +1,304 @@
+"""Scheduled work, kept by APScheduler in the store's database (table ``console_schedules``), so a
+restarted server still knows it:
+
+- start a campaign (``sdl run``, or resume one) at a given time, in its own process;
+- ask a running campaign to recalibrate dark and reference at an interval (a control request the
+  engine honours between conditions);
+- watch a campaign's devices and progress, and pause it with a reason when a device stops answering.
+
+Job functions are module-level and take only plain arguments: the job store pickles a reference to
+them, not the objects of this process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import structlog
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from orchestrator.config_errors import ConfigError
+
+log = structlog.get_logger("orchestrator.console.scheduler")
+
+JOB_TABLE = "console_schedules"
+START_GRACE_S = 15 * 60  # a start missed by more than this (server down) is dropped, not run late
+MIN_INTERVAL_MIN = 0.1
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be added; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    id: str
+    kind: str
+    description: str
+    next_run_at: datetime | None
+    created_by: str
+    campaign_id: str | None
+
+
+# ---- what the jobs need from the rest of the console (set by the app; tests replace them) --------
+
+
+@dataclass
+class JobContext:
+    """The services a job uses. One per process: jobs run in this process's scheduler threads."""
+
+    request_control: Callable[[str, str, str, str, str], object]  # (store_url, campaign, action, who, why)
+    campaign_health: Callable[[str, str], CampaignHealth | None]  # (store_url, campaign) -> health or None
+    workdir: Path = Path.cwd()
+    log_dir: Path | None = None
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class CampaignHealth:
+    """What the watcher needs to know about one campaign."""
+
+    active: bool  # running (not paused, finished or stopped)
+    seconds_since_last_event: float
+    rig_ports: dict[str, str]  # device name -> port (pyserial URL or device path)
+
+
+_context: JobContext | None = None
+
+
+def set_job_context(context: JobContext) -> None:
+    global _context
+    _context = context
+
+
+def _ctx() -> JobContext:
+    if _context is None:
+        raise RuntimeError("the scheduler's job context is not set: create the console app first")
+    return _context
+
+
+# ---- the jobs ------------------------------------------------------------------------------------
+
+
+def start_campaign_job(
+    store_url: str, protocol: str | None, rig: str | None, resume_campaign_id: str | None, by: str
+) -> int:
+    """Start ``sdl run`` (or ``sdl resume``) in its own process group; the campaign outlives the server."""
+    ctx = _ctx()
+    if resume_campaign_id:
+        argv = ["resume", resume_campaign_id]
+    else:
+        assert protocol is not None and rig is not None
+        argv = ["run", protocol, "--rig", rig]
+    cmd = [ctx.python, "-m", "orchestrator.cli.main", *argv, "--db", store_url]
+    log_dir = ctx.log_dir or ctx.workdir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = open(log_dir / f"sdl-scheduled-{stamp}.log", "ab")  # noqa: SIM115 - the child owns it
+    try:
+        child = subprocess.Popen(
+            cmd,
+            cwd=ctx.workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        out.close()
+    log.info("scheduled campaign started", pid=child.pid, command=argv[0], by=by)
+    return child.pid
+
+
+def recalibrate_job(store_url: str, campaign_id: str, every_minutes: float, by: str) -> bool:
+    ctx = _ctx()
+    health = ctx.campaign_health(store_url, campaign_id)
+    if health is None or not health.active:
+        return False
+    ctx.request_control(
+        store_url, campaign_id, "recalibrate", f"scheduler ({by})", f"scheduled every {every_minutes:g} min"
+    )
+    return True
+
+
+def health_job(store_url: str, campaign_id: str, stale_after_s: float, by: str) -> str | None:
+    """Pause the campaign when a device is gone or the campaign has journaled nothing for too long.
+    Returns the problem found (None: healthy or not running)."""
+    ctx = _ctx()
+    health = ctx.campaign_health(store_url, campaign_id)
+    if health is None or not health.active:
+        return None
+    problem = None
+    for name, port in sorted(health.rig_ports.items()):
+        trouble = probe_port(port)
+        if trouble:
+            problem = f"device {name} stopped answering: {trouble}"
+            break
+    if problem is None and health.seconds_since_last_event > stale_after_s:
+        problem = (
+            f"no progress for {health.seconds_since_last_event:.0f} s (limit {stale_after_s:.0f} s): "
+            "a device may be hanging; check the campaign's log and the instruments"
+        )
+    if problem is not None:
+        log.warning("health check pausing campaign", campaign=campaign_id, problem=problem)
+        ctx.request_control(store_url, campaign_id, "pause", f"scheduler ({by})", f"health check: {problem}")
+    return problem
+
+
+def probe_port(port: str, timeout_s: float = 2.0) -> str | None:
+    """Can another process tell the device is there? A local serial device must still exist (a USB
+    adapter that is pulled or loses power disappears); a network serial server must accept a
+    connection. A ``sim://`` device lives inside the campaign's process: nothing to probe from here."""
+    if port.startswith("sim://"):
+        return None
+    scheme = urlsplit(port).scheme
+    if scheme in ("socket", "rfc2217"):
+        parts = urlsplit(port)
+        try:
+            with socket.create_connection((parts.hostname or "", parts.port or 0), timeout=timeout_s):
+                return None
+        except OSError as exc:
+            return f"{parts.hostname}:{parts.port} refuses connections ({exc.strerror or exc})"
+    if "://" in port:
+        return None  # other pyserial URL handlers (loop://, spy://) cannot be probed from outside
+    if not os.path.exists(port):
+        return f"{port} is gone (cable unplugged or adapter powered off?)"
+    return None
+
+
+# ---- the scheduler ---------------------------------------------------------------------------------
+
+
+class ConsoleScheduler:
+    def __init__(self, store_url: str) -> None:
+        self.store_url = store_url
+        self._scheduler = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(url=store_url, tablename=JOB_TABLE)},
+            timezone=UTC,
+            # a missed interval run happens once when the server is back, not once per missed slot
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
+        )
+
+    def start(self, paused: bool = False) -> None:
+        """``paused``: keep and accept schedules, run none (a second server, or tests)."""
+        if not self._scheduler.running:  # the app's lifespan may run twice (tests serve one app twice)
+            self._scheduler.start(paused=paused)
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    def add_start(
+        self,
+        by: str,
+        at: datetime | None,
+        protocol: str | None = None,
+        rig: str | None = None,
+        resume_campaign_id: str | None = None,
+    ) -> ScheduleInfo:
+        at = at or datetime.now(UTC)
+        if at.tzinfo is None:
+            raise ScheduleError(
+                "give the start time with its time zone (ISO 8601, e.g. 2026-01-05T02:00:00+01:00)"
+            )
+        if at < datetime.now(UTC) - timedelta(minutes=1):
+            raise ScheduleError(f"{at.isoformat()} is in the past: give a future time")
+        if resume_campaign_id:
+            if protocol or rig:
+                raise ScheduleError("give either a campaign to resume or a protocol and rig, not both")
+            what = f"resume campaign #{resume_campaign_id}"
+        else:
+            if not protocol or not rig:
+                raise ScheduleError("a new campaign needs both a protocol file and a rig file")
+            _check_files(protocol, rig)
+            what = f"run {protocol} on {rig}"
+        job = self._scheduler.add_job(
+            start_campaign_job,
+            DateTrigger(run_date=at),
+            args=[self.store_url, protocol, rig, resume_campaign_id, by],
+            name=f"start|{by}|{resume_campaign_id or ''}|{what}",
+            misfire_grace_time=START_GRACE_S,
+        )
+        log.info("schedule added", kind="start", at=at.isoformat(), by=by)
+        return _info(job)
+
+    def add_recalibration(self, by: str, campaign_id: str, every_minutes: float) -> ScheduleInfo:
+        _check_interval(every_minutes)
+        job = self._scheduler.add_job(
+            recalibrate_job,
+            IntervalTrigger(minutes=every_minutes),
+            args=[self.store_url, campaign_id, every_minutes, by],
+            name=f"recalibrate|{by}|{campaign_id}|recalibrate #{campaign_id} every {every_minutes:g} min",
+        )
+        return _info(job)
+
+    def add_health_watch(
+        self, by: str, campaign_id: str, every_minutes: float, stale_after_s: float = 900.0
+    ) -> ScheduleInfo:
+        _check_interval(every_minutes)
+        if stale_after_s <= 0:
+            raise ScheduleError("stale_after_s must be positive")
+        job = self._scheduler.add_job(
+            health_job,
+            IntervalTrigger(minutes=every_minutes),
+            args=[self.store_url, campaign_id, stale_after_s, by],
+            name=f"health|{by}|{campaign_id}|watch #{campaign_id} every {every_minutes:g} min "
+            f"(pause after {stale_after_s:.0f} s without progress)",
+        )
+        return _info(job)
+
+    def list(self) -> list[ScheduleInfo]:
+        return sorted(
+            (_info(j) for j in self._scheduler.get_jobs()),
+            key=lambda s: s.next_run_at or datetime.max.replace(tzinfo=UTC),
+        )
+
+    def remove(self, schedule_id: str) -> ScheduleInfo:
+        job = self._scheduler.get_job(schedule_id)
+        if job is None:
+            raise ScheduleError(f"no schedule {schedule_id!r}: list them with GET /api/schedules")
+        info = _info(job)
+        self._scheduler.remove_job(schedule_id)
+        return info
+
+
+def _check_interval(every_minutes: float) -> None:
+    if not every_minutes >= MIN_INTERVAL_MIN:
+        raise ScheduleError(f"the interval must be at least {MIN_INTERVAL_MIN} min, got {every_minutes}")
+
+
+def _check_files(protocol: str, rig: str) -> None:
+    """Refuse now a start that would fail at 2 a.m.: both files must load and fit each other."""
+    from orchestrator.protocol import load_protocol
+    from orchestrator.rig import check_protocol_against_rig, load_rig
+
+    for path in (protocol, rig):
+        if not Path(path).is_file():
+            raise ScheduleError(f"no file {path!r} on the server (paths are relative to {Path.cwd()})")
+    try:
+        check_protocol_against_rig(load_protocol(protocol), load_rig(rig), source=f"{protocol} on {rig}")
+    except ConfigError as exc:
+        raise ScheduleError(str(exc)) from None
+
+
+def _info(job: object) -> ScheduleInfo:
+    kind, by, campaign, description = job.name.split("|", 3)  # type: ignore[attr-defined]
+    return ScheduleInfo(
+        id=job.id,  # type: ignore[attr-defined]
+        kind=kind,
+        description=description,
+        next_run_at=getattr(job, "next_run_time", None),
+        created_by=by,
+        campaign_id=campaign or None,
+    )

@@ -1,0 +1,146 @@
+"""Schedules: stored by APScheduler in the store's database, added and removed through the API, and
+the jobs themselves (start, recalibrate, health) with their effects checked."""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from orchestrator.console import scheduler as sched
+from orchestrator.console.scheduler import CampaignHealth, ConsoleScheduler, JobContext, probe_port
+
+from .conftest import Console
+
+
+def test_schedules_are_added_listed_kept_in_the_database_and_removed(console: Console) -> None:
+    c, h = console.client(), console.bearer("operator")
+    r = c.post(
+        "/api/schedules", json={"kind": "recalibrate", "campaign_id": "1", "every_minutes": 30}, headers=h
+    )
+    assert r.status_code == 201, r.text
+    rec = r.json()
+    assert rec["kind"] == "recalibrate" and rec["created_by"] == "otto" and rec["campaign_id"] == "1"
+    at = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    r = c.post("/api/schedules", json={"kind": "start", "resume_campaign_id": "1", "at": at}, headers=h)
+    assert r.status_code == 201, r.text
+    r = c.post("/api/schedules", json={"kind": "health", "campaign_id": "1", "every_minutes": 1}, headers=h)
+    assert r.status_code == 201
+    listed = c.get("/api/schedules", headers=console.bearer("observer")).json()["schedules"]
+    assert {s["kind"] for s in listed} == {"recalibrate", "start", "health"}
+
+    # another scheduler on the same database sees them: they survive a restart
+    other = ConsoleScheduler(console.url)
+    other.start(paused=True)
+    try:
+        assert {s.id for s in other.list()} == {s["id"] for s in listed}
+    finally:
+        other.shutdown()
+
+    assert c.delete(f"/api/schedules/{rec['id']}", headers=h).status_code == 204
+    assert c.delete(f"/api/schedules/{rec['id']}", headers=h).status_code == 404
+    assert len(c.get("/api/schedules", headers=h).json()["schedules"]) == 2
+    audit = [a["action"] for a in c.get("/api/audit", headers=console.bearer("admin")).json()]
+    assert audit.count("schedule.add") == 3 and "schedule.remove" in audit
+
+
+@pytest.mark.parametrize(
+    "body, code, match",
+    [
+        ({"kind": "recalibrate", "campaign_id": "99", "every_minutes": 5}, 404, "no campaign"),
+        ({"kind": "recalibrate", "campaign_id": "1"}, 400, "every_minutes"),
+        ({"kind": "health", "campaign_id": "1", "every_minutes": 0.01}, 400, "at least"),
+        ({"kind": "start", "protocol": "nope.yaml", "rig": "nope.yaml"}, 400, "no file"),
+        ({"kind": "start", "protocol": "p.yaml"}, 400, "both a protocol file and a rig file"),
+        ({"kind": "start", "resume_campaign_id": "1", "protocol": "p.yaml"}, 400, "not both"),
+        ({"kind": "start", "resume_campaign_id": "1", "at": "2020-01-01T00:00:00+00:00"}, 400, "in the past"),
+        ({"kind": "start", "resume_campaign_id": "1", "at": "2099-01-01T00:00:00"}, 400, "time zone"),
+        ({"kind": "reboot"}, 422, ""),
+    ],
+)
+def test_bad_schedules_are_refused_with_a_reason(console: Console, body: dict, code: int, match: str) -> None:
+    r = console.client().post("/api/schedules", json=body, headers=console.bearer("operator"))
+    assert r.status_code == code, r.text
+    assert match in str(r.json()["detail"])
+    assert (
+        console.client().get("/api/schedules", headers=console.bearer("operator")).json()["schedules"] == []
+    )
+
+
+class Recorder:
+    def __init__(self, health: CampaignHealth | None) -> None:
+        self.health = health
+        self.requests: list[tuple[str, str, str, str]] = []
+
+    def context(self, tmp_path: Path) -> JobContext:
+        return JobContext(
+            request_control=lambda _u, c, a, w, y: self.requests.append((c, a, w, y)),
+            campaign_health=lambda _u, _c: self.health,
+            workdir=tmp_path,
+            log_dir=tmp_path / "logs",
+            python="/bin/echo",  # a harmless stand-in for the interpreter: the job's command line is checked
+        )
+
+
+def test_recalibrate_job_asks_only_a_running_campaign(tmp_path: Path) -> None:
+    rec = Recorder(CampaignHealth(True, 1.0, {}))
+    sched.set_job_context(rec.context(tmp_path))
+    assert sched.recalibrate_job("db", "1", 30, "otto") is True
+    assert rec.requests == [("1", "recalibrate", "scheduler (otto)", "scheduled every 30 min")]
+    rec.health = CampaignHealth(False, 1.0, {})
+    assert sched.recalibrate_job("db", "1", 30, "otto") is False and len(rec.requests) == 1
+
+
+def test_health_job_pauses_with_the_reason_in_words(tmp_path: Path) -> None:
+    present = tmp_path / "ttyUSB0"
+    present.touch()
+    rec = Recorder(CampaignHealth(True, 10.0, {"Q_seed": str(present), "Q_PVA": "sim://newera/rig"}))
+    sched.set_job_context(rec.context(tmp_path))
+    assert sched.health_job("db", "1", 600, "otto") is None and rec.requests == []
+
+    rec.health = CampaignHealth(True, 10.0, {"Q_seed": str(tmp_path / "ttyUSB9")})
+    problem = sched.health_job("db", "1", 600, "otto")
+    assert problem is not None and "device Q_seed stopped answering" in problem and "unplugged" in problem
+    assert rec.requests[-1][:3] == ("1", "pause", "scheduler (otto)")
+    assert rec.requests[-1][3].startswith("health check: device Q_seed")
+
+    rec.health = CampaignHealth(True, 1200.0, {})
+    assert "no progress for 1200 s" in (sched.health_job("db", "1", 600, "otto") or "")
+    rec.health = CampaignHealth(False, 1e6, {"Q_seed": "/dev/none"})
+    assert sched.health_job("db", "1", 600, "otto") is None  # a paused campaign is left alone
+
+
+def test_probe_port_network_and_local() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert probe_port(f"socket://127.0.0.1:{port}") is None
+    assert "refuses connections" in (probe_port(f"socket://127.0.0.1:{port}", timeout_s=0.5) or "")
+    assert probe_port("loop://") is None
+    assert probe_port("/dev/null") is None
+
+
+def test_start_job_runs_sdl_in_its_own_process(tmp_path: Path) -> None:
+    rec = Recorder(None)
+    sched.set_job_context(rec.context(tmp_path))
+    pid = sched.start_campaign_job("sqlite:///x.db", "p.yaml", "r.yaml", None, "otto")
+    assert pid > 0
+    logs = list((tmp_path / "logs").glob("sdl-scheduled-*.log"))
+    assert len(logs) == 1
+    deadline = time.monotonic() + 5
+    while not logs[0].read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert logs[0].read_text().split() == [
+        "-m",
+        "orchestrator.cli.main",
+        "run",
+        "p.yaml",
+        "--rig",
+        "r.yaml",
+        "--db",
+        "sqlite:///x.db",
+    ]
