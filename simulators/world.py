@@ -7,6 +7,7 @@ asks what composition sits at the detector *now*, which is what left the mixer o
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -33,12 +34,35 @@ class WallClock:
             time.sleep(seconds)
 
 
-class VirtualClock:
-    """Dry-run time: sleeping advances the clock at once and costs no wall time."""
+PACE_ENV = "SDL_SIM_PACE"
 
-    def __init__(self, start: float = 0.0) -> None:
+
+def _pace_from_env() -> float:
+    text = os.environ.get(PACE_ENV, "").strip()
+    if not text:
+        return 0.0
+    try:
+        pace = float(text)
+    except ValueError:
+        raise ValueError(
+            f"{PACE_ENV}={text!r} is not a number: give wall seconds per virtual second, e.g. 0.01"
+        ) from None
+    if not 0.0 <= pace <= 10.0:
+        raise ValueError(f"{PACE_ENV}={text!r} is outside 0-10 wall seconds per virtual second")
+    return pace
+
+
+class VirtualClock:
+    """Dry-run time: sleeping advances the clock at once and costs no wall time.
+
+    ``pace`` (wall seconds per virtual second, default ``$SDL_SIM_PACE`` or 0) makes each sleep also
+    take that fraction of wall time, so a person or a browser test can watch a dry run progress;
+    the virtual times, and so every number the run produces, are the same at any pace."""
+
+    def __init__(self, start: float = 0.0, pace: float | None = None) -> None:
         self._t = float(start)
         self._lock = threading.Lock()
+        self.pace = _pace_from_env() if pace is None else float(pace)
 
     def now(self) -> float:
         with self._lock:
@@ -48,6 +72,8 @@ class VirtualClock:
         if seconds > 0:
             with self._lock:
                 self._t += float(seconds)
+            if self.pace > 0:
+                time.sleep(seconds * self.pace)
 
 
 @dataclass(frozen=True)
