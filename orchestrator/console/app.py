@@ -8,19 +8,20 @@ requests in the store that the campaign process honours at its next checkpoint.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import structlog
 from argon2 import PasswordHasher
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from orchestrator.console import db
 from orchestrator.console.auth import Authenticator
 from orchestrator.console.feed import JournalFeed
+from orchestrator.console.middleware import SecurityHeaders
 from orchestrator.console.notify import Notifier, NotifyConfig, Sender
 from orchestrator.console.routes import campaigns, control, schedules, session, stream, users
 from orchestrator.console.scheduler import ConsoleScheduler, JobContext, set_job_context
@@ -31,12 +32,6 @@ log = structlog.get_logger("orchestrator.console")
 
 STATIC_DIR = Path(__file__).with_name("static")
 SECRET_ENV = "SDL_CONSOLE_SECRET"
-
-# the page loads nothing from elsewhere; /docs (Swagger UI) is left out because FastAPI fetches it from a CDN
-PAGE_CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
 
 
 def create_app(
@@ -132,18 +127,6 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        if not request.url.path.startswith(("/docs", "/redoc")):
-            response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    app.add_middleware(SecurityHeaders)
 
     return app

@@ -11,12 +11,13 @@ import hashlib
 import hmac
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, Response, status
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.console.users import Role, UserDirectory, UserInfo
 
@@ -68,6 +69,46 @@ class LoginThrottle:
             self._failures.pop(name, None)
 
 
+class CredentialCache:
+    """Recently verified credentials, so a page polling every second costs no database round trip.
+
+    Only successes are kept (a flood of forged tokens cannot fill it), keyed by a digest of the
+    credential. Entries die after ``ttl_s`` and all at once when this process changes users, tokens
+    or sessions; a change made by another process (``sdl users`` in a shell) takes effect within
+    ``ttl_s``."""
+
+    def __init__(
+        self,
+        users: UserDirectory,
+        ttl_s: float = 2.0,
+        size: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.users, self.ttl_s, self.size, self.clock = users, ttl_s, size, clock
+        self._entries: dict[str, tuple[float, int, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Principal | None:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, generation, principal = entry
+        if expires < self.clock() or generation != self.users.generation:
+            with self._lock:
+                self._entries.pop(key, None)
+            return None
+        return principal
+
+    def put(self, key: str, principal: Principal) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[key] = (self.clock() + self.ttl_s, self.users.generation, principal)
+
+
 class Authenticator:
     def __init__(
         self,
@@ -75,6 +116,7 @@ class Authenticator:
         secret: str,
         session_hours: float = 12.0,
         secure_cookies: bool = False,
+        cache_ttl_s: float = 2.0,
     ) -> None:
         if len(secret) < 32:
             raise ValueError("the console signing secret must be at least 32 characters")
@@ -84,6 +126,7 @@ class Authenticator:
         self._secret = secret.encode()
         self._serializer = URLSafeTimedSerializer(secret, salt="sdl-console-session")
         self.throttle = LoginThrottle()
+        self.cache = CredentialCache(users, cache_ttl_s)
 
     # ---- cookies ------------------------------------------------------------------------------------
 
@@ -129,7 +172,33 @@ class Authenticator:
 
     # ---- requests -----------------------------------------------------------------------------------
 
+    @staticmethod
+    def credential_key(request: Request) -> str | None:
+        """A digest naming the credential the request carries (None: it carries none)."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            return "t:" + hashlib.sha256(header.encode()).hexdigest()
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            return "s:" + hashlib.sha256(cookie.encode()).hexdigest()
+        return None
+
+    def cached(self, request: Request) -> Principal | None:
+        key = self.credential_key(request)
+        return self.cache.get(key) if key is not None else None
+
     def authenticate(self, request: Request) -> Principal | None:
+        """Who sent the request (bearer token first, else the session cookie), or None. Reads the
+        database unless the same credential was verified moments ago."""
+        key = self.credential_key(request)
+        if key is None:
+            return None
+        principal = self.cache.get(key) or self._verify(request)
+        if principal is not None:
+            self.cache.put(key, principal)
+        return principal
+
+    def _verify(self, request: Request) -> Principal | None:
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
@@ -156,12 +225,13 @@ class Authenticator:
         return bool(sent) and hmac.compare_digest(sent, cookie) and hmac.compare_digest(sent, expected)
 
 
-def require(role: Role) -> Callable[[Request], Principal]:
+def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency admitting callers with at least ``role``."""
 
-    def dependency(request: Request) -> Principal:
+    async def dependency(request: Request) -> Principal:
         auth: Authenticator = request.app.state.auth
-        principal = auth.authenticate(request)
+        # a cached credential is answered on the event loop; a database check goes to a worker thread
+        principal = auth.cached(request) or await run_in_threadpool(auth.authenticate, request)
         if principal is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,

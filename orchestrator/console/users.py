@@ -117,6 +117,8 @@ class UserDirectory:
         self._hasher = hasher or PasswordHasher()
         # verified against when the user does not exist, so a wrong name costs as long as a wrong password
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        # bumped by every change that can take rights away, so callers caching answers know to drop them
+        self.generation = 0
 
     def _db(self) -> Session:
         return self._sessions()
@@ -191,6 +193,7 @@ class UserDirectory:
                 raise UserError("nothing to change: give a role, disabled or password")
             self._audit(db, who, "user.update", f"{name}: {', '.join(changes)}")
             db.commit()
+            self.generation += 1
             log.info("user changed", user=name, changes=[c for c in changes if "password" not in c], by=who)
             return UserInfo.of(user)
 
@@ -272,6 +275,7 @@ class UserDirectory:
             row.revoked = True
             self._audit(db, who, "token.revoke", token_id)
             db.commit()
+            self.generation += 1
 
     def authenticate_token(self, token: str) -> UserInfo | None:
         """The user behind a valid, unexpired, unrevoked token of an enabled user, else None."""
@@ -326,6 +330,7 @@ class UserDirectory:
                 .values(revoked=True)
             )
             db.commit()
+            self.generation += 1
 
     @staticmethod
     def _end_sessions(db: Session, user_id: int) -> None:

@@ -95,6 +95,13 @@ def test_bearer_tokens_need_no_csrf(console: Console) -> None:
     assert r.status_code == 201
 
 
+def _after_cache_ttl(console: Console) -> None:
+    """Move the credential cache's clock past its lifetime (what a second of real time would do)."""
+    cache = console.app.state.auth.cache  # type: ignore[attr-defined]
+    now = cache.clock()
+    cache.clock = lambda: now + cache.ttl_s + 1
+
+
 def test_expired_token_is_refused(console: Console) -> None:
     headers = console.bearer("observer")
     assert console.client().get("/api/session", headers=headers).status_code == 200
@@ -102,6 +109,21 @@ def test_expired_token_is_refused(console: Console) -> None:
     with Session(console.users.engine) as db:
         db.execute(update(ApiToken).where(ApiToken.id == token_id).values(expires_at=utcnow()))
         db.commit()
+    _after_cache_ttl(console)
+    assert console.client().get("/api/session", headers=headers).status_code == 401
+
+
+def test_changes_by_another_process_apply_within_the_cache_lifetime(console: Console) -> None:
+    """A token revoked from a shell (another process) still works for at most the cache's lifetime;
+    one revoked through this server stops at once (test_revoked_token_is_refused)."""
+    headers = console.bearer("operator")
+    assert console.client().get("/api/session", headers=headers).status_code == 200
+    token_id = console.tokens["operator"].removeprefix("sdl_").split(".")[0]
+    with Session(console.users.engine) as db:
+        db.execute(update(ApiToken).where(ApiToken.id == token_id).values(revoked=True))
+        db.commit()
+    assert console.client().get("/api/session", headers=headers).status_code == 200  # cached
+    _after_cache_ttl(console)
     assert console.client().get("/api/session", headers=headers).status_code == 401
 
 
@@ -110,6 +132,7 @@ def test_expired_session_is_refused(console: Console) -> None:
     with Session(console.users.engine) as db:
         db.execute(update(BrowserSession).values(expires_at=utcnow() - timedelta(seconds=1)))
         db.commit()
+    _after_cache_ttl(console)
     assert client.get("/api/session").status_code == 401
 
 
