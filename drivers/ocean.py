@@ -1,0 +1,285 @@
+"""Ocean Insight (Ocean Optics) spectrometers through python-seabreeze.
+
+python-seabreeze is an optional extra (``pip install sdl-orchestrator[ocean]``) and is imported only
+when a real device is connected, so the package works without it. The driver prefers the
+``cseabreeze`` backend (Ocean's C library) and falls back to the pure-Python ``pyseabreeze``.
+
+``backend``: any object with the seabreeze ``Spectrometer`` API (``wavelengths()``,
+``intensities(correct_dark_counts, correct_nonlinearity)``, ``integration_time_micros(t)``,
+``integration_time_micros_limits``, ``max_intensity``, ``features``, ``serial_number``, ``model``,
+``close()``). ``simulators.spectrometer.SimulatedSeabreezeSpectrometer`` is one, so dry runs execute
+this same driver code.
+
+Not yet checked on hardware: the method calls follow the python-seabreeze 2.x documentation.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import structlog
+
+from drivers.errors import (
+    DeviceError,
+    DeviceTimeout,
+    NoDeviceFound,
+    OutOfRange,
+    SpectrometerError,
+    UsbPermissionDenied,
+)
+
+log = structlog.get_logger("drivers.ocean")
+
+BACKENDS = ("cseabreeze", "pyseabreeze")
+INSTALL_HINT = (
+    "python-seabreeze is needed to talk to an Ocean Insight spectrometer: "
+    "`pip install sdl-orchestrator[ocean]`, then `seabreeze_os_setup` once to install the udev rule."
+)
+_PERMISSION_MARKERS = (
+    "access denied",
+    "insufficient permissions",
+    "permission denied",
+    "libusb_error_access",
+)
+
+
+def load_seabreeze() -> ModuleType:
+    """``seabreeze.spectrometers`` on the first backend that loads (cseabreeze, then pyseabreeze)."""
+    try:
+        seabreeze = importlib.import_module("seabreeze")
+    except ImportError as exc:
+        raise SpectrometerError("python-seabreeze is not installed", hint=INSTALL_HINT) from exc
+    failures = []
+    for name in BACKENDS:
+        try:
+            seabreeze.use(name)
+            importlib.import_module("seabreeze.backends").get_backend()
+            return importlib.import_module("seabreeze.spectrometers")
+        except ImportError as exc:
+            failures.append(f"{name}: {exc}")
+    raise SpectrometerError(
+        f"no python-seabreeze backend could be loaded ({'; '.join(failures)})",
+        hint="Reinstall with `pip install sdl-orchestrator[ocean]`; the pyseabreeze backend also needs pyusb "
+        "and libusb-1.0 (`apt install libusb-1.0-0`).",
+    )
+
+
+def is_permission_error(exc: BaseException) -> bool:
+    """USB access refused: errno 13 from pyusb/libusb, or libseabreeze's claim-interface message."""
+    if (
+        getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM)
+        or getattr(exc, "backend_error_code", None) == -3
+    ):
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in _PERMISSION_MARKERS) or "usb_claim_interface" in text
+
+
+class OceanSpectrometer:
+    """An Ocean Insight spectrometer (FLAME, USB2000+/4000, HR4000, ...) as a ``drivers.base.Spectrometer``."""
+
+    def __init__(
+        self,
+        name: str = "spectrometer",
+        *,
+        serial_number: str | None = None,
+        integration_time_us: int = 10_000,
+        scans_to_average: int = 1,
+        correct_dark_counts: bool = True,
+        correct_nonlinearity: bool = True,
+        backend: Any | None = None,
+    ) -> None:
+        if scans_to_average < 1:
+            raise OutOfRange(f"scans_to_average must be >= 1, got {scans_to_average}", device=name)
+        self.name = name
+        self.serial_number = serial_number
+        self.scans_to_average = int(scans_to_average)
+        self.correct_dark_counts = correct_dark_counts
+        self.correct_nonlinearity = correct_nonlinearity
+        self._requested_integration_us = int(integration_time_us)
+        self._backend = backend
+        self._dev: Any | None = None
+        self._wavelengths: np.ndarray | None = None
+        self._integration_us: int | None = None
+
+    # ---- connection ---------------------------------------------------------------------------
+    def connect(self) -> None:
+        if self._dev is not None:
+            return
+        dev = self._backend if self._backend is not None else self._open_real_device()
+        if self._backend is not None and getattr(dev, "is_open", True) is False:
+            # a backend closed by close() or re-plugged after a disconnect: open it again
+            self._call(dev.open)
+        self._dev = dev
+        try:
+            self._wavelengths = np.asarray(self._call(dev.wavelengths), dtype=float)
+            self.set_integration_time_us(self._requested_integration_us)
+        except Exception:
+            self._dev = None
+            raise
+        log.info(
+            "spectrometer connected",
+            device=self.name,
+            model=getattr(dev, "model", "?"),
+            serial=getattr(dev, "serial_number", "?"),
+            pixels=len(self._wavelengths),
+        )
+
+    def _open_real_device(self) -> Any:
+        sb = load_seabreeze()
+        try:
+            devices = list(sb.list_devices())
+        except Exception as exc:  # noqa: BLE001 - the backend raises many kinds; classify them
+            raise self._classify(exc, "listing USB spectrometers failed") from exc
+        if not devices:
+            raise NoDeviceFound("no Ocean Insight spectrometer found on USB", device=self.name)
+        if self.serial_number is not None:
+            matching = [d for d in devices if str(getattr(d, "serial_number", "")) == str(self.serial_number)]
+            if not matching:
+                found = ", ".join(str(getattr(d, "serial_number", "?")) for d in devices)
+                raise NoDeviceFound(
+                    f"no spectrometer with serial number {self.serial_number!r} (found: {found})",
+                    device=self.name,
+                    hint="Check the serial number in the rig file against the label on the spectrometer.",
+                )
+            device = matching[0]
+        else:
+            device = devices[0]
+        if getattr(device, "is_open", False):
+            raise SpectrometerError(
+                f"spectrometer {getattr(device, 'serial_number', '?')} is already open",
+                device=self.name,
+                hint="Another program (OceanView, another sdl process) holds it: close that program.",
+            )
+        try:
+            return sb.Spectrometer(device)
+        except Exception as exc:  # noqa: BLE001
+            raise self._classify(exc, "opening the spectrometer failed") from exc
+
+    def close(self) -> None:
+        dev, self._dev = self._dev, None
+        if dev is not None:
+            try:
+                dev.close()
+            except Exception as exc:  # noqa: BLE001 - closing a vanished device must not raise
+                log.warning("spectrometer close failed", device=self.name, error=str(exc))
+
+    # ---- reading ------------------------------------------------------------------------------
+    def wavelengths_nm(self) -> np.ndarray:
+        self._require()
+        assert self._wavelengths is not None
+        return self._wavelengths.copy()
+
+    @property
+    def integration_time_us(self) -> int:
+        self._require()
+        assert self._integration_us is not None
+        return self._integration_us
+
+    def integration_time_limits_us(self) -> tuple[int, int]:
+        dev = self._require()
+        lo, hi = self._call(lambda: dev.integration_time_micros_limits)
+        return int(lo), int(hi)
+
+    def set_integration_time_us(self, integration_time_us: int) -> None:
+        dev = self._require()
+        t = int(integration_time_us)
+        lo, hi = self.integration_time_limits_us()
+        if not lo <= t <= hi:
+            raise OutOfRange(
+                f"integration time {t} us is outside this spectrometer's {lo}-{hi} us",
+                device=self.name,
+                hint="Set integration_time_us in the rig file within the spectrometer's limits.",
+            )
+        self._call(lambda: dev.integration_time_micros(t))
+        self._integration_us = t
+
+    @property
+    def saturation_counts(self) -> float:
+        dev = self._require()
+        return float(self._call(lambda: dev.max_intensity))
+
+    def acquire_counts(self) -> np.ndarray:
+        """One spectrum (the mean of ``scans_to_average`` scans) of dark- and nonlinearity-corrected counts."""
+        dev = self._require()
+        scans = [self._read_once(dev) for _ in range(self.scans_to_average)]
+        return np.mean(scans, axis=0) if len(scans) > 1 else scans[0]
+
+    def _read_once(self, dev: Any) -> np.ndarray:
+        try:
+            return np.asarray(
+                dev.intensities(
+                    correct_dark_counts=self.correct_dark_counts,
+                    correct_nonlinearity=self.correct_nonlinearity,
+                ),
+                dtype=float,
+            )
+        except Exception as exc:  # noqa: BLE001
+            if "does not support" in str(exc).lower() and (
+                self.correct_dark_counts or self.correct_nonlinearity
+            ):
+                # some units store no nonlinearity coefficients or electric dark pixels: read uncorrected
+                log.warning(
+                    "spectrometer cannot correct; reading raw counts", device=self.name, reason=str(exc)
+                )
+                self.correct_dark_counts = self.correct_nonlinearity = False
+                return self._read_once(dev)
+            raise self._classify(exc, "reading a spectrum failed") from exc
+
+    # ---- lamp ---------------------------------------------------------------------------------
+    def set_lamp_enabled(self, enabled: bool) -> None:
+        dev = self._require()
+        features = self._call(lambda: dict(getattr(dev, "features", {}) or {}))
+        if features.get("light_source"):
+            self._call(lambda: features["light_source"][0].set_enable(0, bool(enabled)))
+        elif features.get("strobe_lamp"):
+            self._call(lambda: features["strobe_lamp"][0].enable_lamp(bool(enabled)))
+        else:
+            raise SpectrometerError(
+                "this spectrometer cannot switch its lamp",
+                device=self.name,
+                hint="Wire the lamp's TTL/shutter input to the spectrometer's strobe output, or take dark "
+                "spectra with the lamp shutter closed by hand.",
+            )
+
+    def safe_state(self) -> None:
+        """Nothing to make safe: the lamp stays as it is (a deuterium lamp needs ~30 min to restabilise)."""
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _require(self) -> Any:
+        if self._dev is None:
+            raise SpectrometerError(
+                "spectrometer used before connect()", device=self.name, hint="Call connect() first."
+            )
+        return self._dev
+
+    def _call(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except DeviceError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._classify(exc, "the spectrometer refused a command") from exc
+
+    def _classify(self, exc: BaseException, what: str) -> SpectrometerError | DeviceTimeout:
+        detail = f"{what}: {exc}"
+        if is_permission_error(exc):
+            return UsbPermissionDenied(detail, device=self.name)
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+            return DeviceTimeout(
+                detail,
+                device=self.name,
+                hint="The spectrometer did not answer on USB: check the cable and hub, then re-plug it; an "
+                "integration time longer than the USB timeout also causes this.",
+            )
+        if getattr(exc, "errno", None) == errno.ENODEV or "no such device" in str(exc).lower():
+            return SpectrometerError(
+                detail,
+                device=self.name,
+                hint="The spectrometer disappeared from USB: check the cable and re-plug it.",
+            )
+        return SpectrometerError(detail, device=self.name)
