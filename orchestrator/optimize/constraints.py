@@ -86,3 +86,53 @@ def sample_feasible(
     if len(out) < n:
         out = np.concatenate([out, make_feasible(space, scaler.from_unit(rng.random((n - len(out), d))))])
     return out
+
+
+def perturb_feasible(
+    space: Space, centres: np.ndarray, scaler: UnitScaler, rng: np.random.Generator, scale: float, n_each: int
+) -> np.ndarray:
+    """Gaussian perturbations (sd ``scale`` in the scaler's unit cube) of each centre, feasible rows only."""
+    if len(centres) == 0 or n_each <= 0:
+        return np.empty((0, len(space.variables)))
+    u = scaler.to_unit(np.atleast_2d(centres))
+    probe = u[:, None, :] + scale * rng.standard_normal((len(u), n_each, u.shape[1]))
+    x = scaler.from_unit(probe.reshape(-1, u.shape[1]))
+    # clipping into the box keeps the many proposals that step just over an edge, where optima sit
+    x = make_feasible(space, x)
+    return x
+
+
+def candidate_set(
+    space: Space,
+    rng: np.random.Generator,
+    *,
+    scaler: UnitScaler,
+    n_global: int,
+    anchors: np.ndarray | None = None,
+    n_local: int = 0,
+    scales: tuple[float, ...] = (0.02, 0.06, 0.15),
+) -> np.ndarray:
+    """Feasible candidates for maximising an acquisition: uniform over ``space`` plus Gaussian clouds
+    around ``anchors`` (the promising points) at several scales."""
+    parts = [sample_feasible(space, n_global, rng)]
+    if anchors is not None and len(anchors) and n_local > 0:
+        per = max(1, n_local // (len(anchors) * len(scales)))
+        parts += [perturb_feasible(space, anchors, scaler, rng, s, per) for s in scales]
+    return np.concatenate(parts)
+
+
+def refine_locally(
+    score, space: Space, x0: np.ndarray, scaler: UnitScaler, rng: np.random.Generator,
+    *, scales: tuple[float, ...] = (0.03, 0.01, 0.003), n_each: int = 48,
+) -> tuple[np.ndarray, float]:
+    """Derivative-free hill climb from ``x0`` (shrinking Gaussian clouds); ``score`` maps physical rows
+    to values to maximise. Returns the best point and its score (``x0`` itself if nothing beats it)."""
+    best_x = np.atleast_2d(x0)[0]
+    best_s = float(score(best_x[None, :])[0])
+    for s in scales:
+        cloud = perturb_feasible(space, best_x[None, :], scaler, rng, s, n_each)
+        values = score(cloud)
+        k = int(np.argmax(values))
+        if values[k] > best_s:
+            best_x, best_s = cloud[k], float(values[k])
+    return best_x, best_s

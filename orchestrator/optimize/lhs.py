@@ -65,3 +65,11 @@ class RandomOptimizer:
     def suggest(self, history: History, space: Space, n: int) -> Suggestion:
         x = sample_feasible(space, n, round_rng(self.seed, history.round_index))
         return Suggestion(batch=space.to_dicts(x), space=space, sources=[self.name] * len(x))
+
+
+def design_suggestion(name: str, seed: int, history: History, space: Space, n: int, why: str) -> Suggestion:
+    """What a model-based strategy proposes before it has data to model: a Latin hypercube."""
+    x = latin_hypercube(space, n, round_rng(seed, history.round_index))
+    return Suggestion(
+        batch=space.to_dicts(x), space=space, sources=["lhs"] * len(x), notes={"widening": [], "fallback": why}
+    )

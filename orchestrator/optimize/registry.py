@@ -33,6 +33,10 @@ _FACTORIES: dict[str, str | Factory] = {
     "random": "orchestrator.optimize.registry:_make_random",
     "two_step": "orchestrator.optimize.twostep:make_two_step",
     "dnn": "orchestrator.optimize.twostep:make_dnn",
+    "gp_ei_lp": "orchestrator.optimize.registry:_make_gp_ei_lp",
+    "gp_ei_lp_paper": "orchestrator.optimize.registry:_make_gp_ei_lp_paper",
+    "composite": "orchestrator.optimize.composite:build",
+    "qnei_botorch": "orchestrator.optimize.qnei:build",
 }
 
 
@@ -105,3 +109,16 @@ def _make_random(settings: dict[str, Any], widening: dict[str, Any] | None, seed
 
     take_settings("random", settings, {})
     return RandomOptimizer(seed)
+
+
+def _make_gp_ei_lp(settings: dict[str, Any], widening: dict[str, Any] | None, seed: int) -> Optimizer:
+    from orchestrator.optimize.ei_lp import build
+
+    return build("gp_ei_lp", settings, widening, seed, ard=True, use_log=True, rule="gated")
+
+
+def _make_gp_ei_lp_paper(settings: dict[str, Any], widening: dict[str, Any] | None, seed: int) -> Optimizer:
+    """The paper's form: one length scale, linear inputs, the plain widening rule."""
+    from orchestrator.optimize.ei_lp import build
+
+    return build("gp_ei_lp_paper", settings, widening, seed, ard=False, use_log=False, rule="plain")

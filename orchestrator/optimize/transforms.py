@@ -33,8 +33,9 @@ class UnitScaler:
         return cls(lo=lo, hi=hi, log=log)
 
     def _warp(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=float)
-        return np.where(self.log, np.log(np.clip(x, 1e-300, None)), x)
+        x = np.array(x, dtype=float)
+        x[..., self.log] = np.log(np.clip(x[..., self.log], 1e-300, None))
+        return x
 
     @property
     def _wlo(self) -> np.ndarray:
@@ -50,4 +51,5 @@ class UnitScaler:
 
     def from_unit(self, u: np.ndarray) -> np.ndarray:
         w = self._wlo + np.asarray(u, dtype=float) * (self._whi - self._wlo)
-        return np.where(self.log, np.exp(w), w)
+        w[..., self.log] = np.exp(np.clip(w[..., self.log], -700.0, 700.0))
+        return w

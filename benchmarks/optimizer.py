@@ -1,0 +1,447 @@
+"""Optimiser quality on simulated chemistry: how fast each strategy finds a condition whose true
+(noise-free) loss is low.
+
+Each seed draws a hidden optimum x* (``inside`` the initial bounds, or ``outside`` them: one input
+beyond its upper bound) and uses the noise-free spectrum there as the target, so a loss of 0 is
+reachable and the thresholds 0.05 / 0.02 / 0.01 mean the same thing for every seed. An ``outside``
+draw is kept only if the best condition inside the initial bounds has a true loss above 0.05, so the
+strategy must widen to win. The chemistry is ``simulators.chemistry:AgNanoprism`` (the rig's
+simulator) or ``bands``, a small generic model defined here, so that tuning on one model shows up
+as a loss on the other.
+
+A round is 15 conditions x 10 droplet replicates: replicates screened like the engine does (non-finite
+or empty spectra, losses beyond 5 MADs), the condition's median loss is what the optimiser sees, and
+the score is the true loss of the condition with the best median loss so far. Seeds are paired: every
+strategy gets the same x*, the same round-1 Latin hypercube and the same noise stream per
+(round, condition, replicate).
+
+    python -m benchmarks.optimizer --seeds 20 --rounds 8 --scenario both --write   # the full table
+    python -m benchmarks.optimizer --seeds 3 --rounds 4 --strategies lhs,composite  # a quick look
+
+Data: Mekki-Berrada et al., npj Comput. Mater. 7, 55 (2021), whose first round was a 15-point Latin
+hypercube over the bounds used here (shared/data/agbonn/README.md; Liang et al. 2021 published the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.optimize.base import History, Observation, Space, Variable
+from orchestrator.optimize.constraints import sample_feasible
+from orchestrator.optimize.lhs import LatinHypercubeOptimizer
+from orchestrator.optimize.registry import make_optimizer
+from orchestrator.spectra import SpectrumLoss, wavelength_grid
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "optimizer_benchmark.md"
+THRESHOLDS = (0.05, 0.02, 0.01)
+BATCH = 15
+REPLICATES = 10
+WIDENING = {"enabled": True, "edge_fraction": 0.05, "trigger_fraction": 0.3, "step_fraction": 0.25}
+# strategies and how long each runs; the paper baseline runs longer so its counts are not cut off
+DEFAULT_STRATEGIES = ("lhs", "gp_ei_lp_paper", "qnei_botorch", "composite")
+BASELINE = "gp_ei_lp_paper"
+
+
+def paper_space() -> Space:
+    """The paper's first-round bounds (README of shared/data/agbonn) with generous hard limits."""
+    pct = (("Q_AgNO3", 4.0, 20.0), ("Q_PVA", 10.0, 40.0), ("Q_TSC", 4.0, 20.0), ("Q_seed", 4.0, 20.0))
+    return Space(
+        variables=(
+            *(Variable(name, lo, hi, 0.5, 80.0) for name, lo, hi in pct),
+            Variable("Q_total", 200.0, 1000.0, 100.0, 2000.0, kind="total", log=True),
+        ),
+        percent_sum_max=90.0,
+    )
+
+
+# ---- a second, generic chemistry ----------------------------------------------------------------
+class Bands:
+    """A generic colloid: a main band whose position follows the precursor/seed ratio (shifted by the
+    capping agent), width by the stabiliser and the residence time, height by the converted precursor;
+    a seed band near 400 nm. Not silver prisms, on purpose: a check against tuning to AgNanoprism."""
+
+    def __init__(self, ratio_scale: float = 2.5, shift_nm: float = 300.0, conversion_flow: float = 600.0) -> None:
+        self.ratio_scale, self.shift_nm, self.conversion_flow = ratio_scale, shift_nm, conversion_flow
+
+    def spectra(self, x: np.ndarray, wl: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(x)
+        ag, cap, stab, seed, qt = (x[:, i : i + 1] for i in range(5))
+        ratio = ag / (seed + 0.5)
+        centre = 410.0 + self.shift_nm * (1 - np.exp(-ratio / self.ratio_scale)) * ag / (ag + 15.0) / (1 + cap / 50.0)
+        width = 15.0 + 500.0 / (stab + 5.0) + 12.0 * np.log(qt / 500.0) ** 2
+        converted = 1 - np.exp(-self.conversion_flow / qt)
+        height = 1.8 * (1 - np.exp(-ag / 12.0)) * converted * stab / (stab + 3.0)
+        main = height * np.exp(-0.5 * ((wl[None, :] - centre) / width) ** 2)
+        seed_band = 0.02 * seed * np.exp(-0.5 * ((wl[None, :] - 400.0) / 30.0) ** 2)
+        return main + seed_band + 0.002 * (ag + seed) * (400.0 / wl[None, :]) ** 4
+
+    def spectrum(self, inputs: Mapping[str, float], wavelengths: np.ndarray) -> np.ndarray:
+        return self.spectra(_row(inputs), wavelengths)[0]
+
+    def droplet(self, inputs: Mapping[str, float], wavelengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        u, jitter, vol, base, pix = rng.random(), rng.standard_normal(4), rng.standard_normal(), rng.standard_normal(), rng.standard_normal(len(wavelengths))
+        if u < 0.02:
+            return 0.003 * base + 0.002 * pix
+        x = _row(inputs)
+        x[0, :4] *= 1 + 0.03 * jitter
+        return np.exp(0.02 * vol) * self.spectra(x, wavelengths)[0] + 0.003 * base + 0.003 * pix
+
+
+INPUTS = ("Q_AgNO3", "Q_PVA", "Q_TSC", "Q_seed", "Q_total")
+
+
+def _row(inputs: Mapping[str, float]) -> np.ndarray:
+    return np.array([[float(inputs[n]) for n in INPUTS]])
+
+
+def make_chemistry(name: str, rng: np.random.Generator):
+    """The chemistry of one seed, its constants drawn so that no single optimum is learned by heart."""
+    if name == "bands":
+        return Bands(ratio_scale=rng.uniform(1.5, 4.0), shift_nm=rng.uniform(200, 350),
+                     conversion_flow=rng.uniform(300, 900))
+    from simulators.chemistry import AgNanoprism
+
+    d = AgNanoprism().params
+    return AgNanoprism(agno3_stock=rng.uniform(0.7, 2.5), seed_stock=rng.uniform(0.7, 1.4),
+                       shift_nm=d.shift_nm * rng.uniform(0.9, 1.1), width_ev=d.width_ev * rng.uniform(0.85, 1.15),
+                       pva_cap=d.pva_cap * rng.uniform(0.7, 1.4))
+
+
+def model_spectra(model, x: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """Noise-free spectra of many conditions (vectorised when the model offers ``spectra``)."""
+    if hasattr(model, "spectra"):
+        return model.spectra(np.atleast_2d(x), wl)
+    return np.array([model.spectrum(dict(zip(INPUTS, row, strict=True)), wl) for row in np.atleast_2d(x)])
+
+
+# ---- problems -----------------------------------------------------------------------------------
+@dataclass
+class Problem:
+    model: object
+    seed: int
+    scenario: str
+    loss: SpectrumLoss
+    wavelengths: np.ndarray
+    space: Space  # the initial bounds
+    x_best: np.ndarray  # the best condition within the hard limits (found by search)
+    f_best: float  # its true loss: scores are regrets above it
+    f_best_inside: float  # the best true loss inside the initial bounds
+
+    def regret(self, x: np.ndarray) -> np.ndarray:
+        return np.atleast_1d(self.loss(model_spectra(self.model, x, self.wavelengths))) - self.f_best
+
+
+def best_condition(model, space: Space, loss: SpectrumLoss, wl: np.ndarray, rng: np.random.Generator,
+                   n_random: int = 20000) -> tuple[np.ndarray, float]:
+    """The lowest true loss inside ``space``: random search, shrinking clouds, then Nelder-Mead polish."""
+    from scipy.optimize import minimize
+
+    from orchestrator.optimize.constraints import make_feasible, perturb_feasible
+    from orchestrator.optimize.transforms import UnitScaler
+
+    scaler = UnitScaler.for_space(space)
+    x = sample_feasible(space, n_random, rng)
+    f = loss(model_spectra(model, x, wl))
+    for scale in (0.1, 0.03, 0.01, 0.003):
+        top = x[np.argsort(f)[:10]]
+        x = np.vstack([top, perturb_feasible(space, top, scaler, rng, scale, 200)])
+        f = loss(model_spectra(model, x, wl))
+    best_x, best_f = x[np.argmin(f)], float(f.min())
+    for start in x[np.argsort(f)[:3]]:
+        def objective(u: np.ndarray) -> float:
+            return float(loss(model_spectra(model, make_feasible(space, scaler.from_unit(u[None, :])), wl))[0])
+
+        res = minimize(objective, scaler.to_unit(start[None, :])[0], method="Nelder-Mead",
+                       options={"xatol": 1e-5, "fatol": 1e-7, "maxfev": 1500})
+        if res.fun < best_f:
+            best_f, best_x = float(res.fun), make_feasible(space, scaler.from_unit(res.x[None, :]))[0]
+    return best_x, best_f
+
+
+def paper_target(wl: np.ndarray) -> SpectrumLoss:
+    from orchestrator.spectra import interpolate_target, read_target_csv
+
+    return SpectrumLoss(interpolate_target(*read_target_csv(REPO / "protocols" / "targets" / "ag_nanoprism.csv"), wl))
+
+
+def hard_space(space: Space) -> Space:
+    return space.with_bounds({v.name: (v.hard_low, v.hard_high) for v in space.variables})
+
+
+def box_around(x: np.ndarray, like: Space, rng: np.random.Generator) -> Space:
+    """Bounds as wide as ``like``'s, placed at random so that ``x`` lies in their inner 60 %."""
+    bounds = {}
+    for v, xi in zip(like.variables, x, strict=True):
+        warp, unwarp = (np.log, np.exp) if v.log else ((lambda t: t), (lambda t: t))
+        width = warp(v.high) - warp(v.low)
+        lo = warp(xi) - rng.uniform(0.2, 0.8) * width
+        lo = float(np.clip(lo, warp(v.hard_low), warp(v.hard_high) - width))
+        bounds[v.name] = (float(unwarp(lo)), float(unwarp(lo + width)))
+    return like.with_bounds(bounds)
+
+
+@lru_cache(maxsize=64)
+def draw_problem(seed: int, scenario: str, chemistry: str) -> Problem:
+    """The paper's target spectrum, chemistry constants drawn for this seed, and initial bounds that
+    hold the best condition (``inside``) or the paper's bounds where the best inside them is at least
+    0.05 worse than the best within the hard limits (``outside``)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 104729, 0 if scenario == "inside" else 1]))
+    wl = wavelength_grid()
+    loss = paper_target(wl)
+    for _ in range(100):
+        model = make_chemistry(chemistry, rng)
+        x_best, f_best = best_condition(model, hard_space(paper_space()), loss, wl, rng)
+        if scenario == "outside":
+            space = paper_space()
+            _, f_in = best_condition(model, space, loss, wl, rng, n_random=6000)
+            if f_in - f_best < 0.05:
+                continue
+        else:
+            space = box_around(x_best, paper_space(), rng)
+            f_in = f_best
+        return Problem(model, seed, scenario, loss, wl, space, x_best, f_best, f_in)
+    raise RuntimeError(f"no {scenario} problem found for seed {seed}")
+
+
+# ---- measuring a batch --------------------------------------------------------------------------
+def measure(problem: Problem, batch: Sequence[Mapping[str, float]], round_index: int,
+            source: str) -> list[Observation]:
+    """Replicate droplets of each condition, screened like the engine: drop non-finite and empty spectra
+    (peak < 0.02), then losses further than 5 MADs from the median; the median needs 5 accepted."""
+    out = []
+    for c, inputs in enumerate(batch):
+        spectra = []
+        for r in range(REPLICATES):
+            rng = np.random.default_rng(np.random.SeedSequence([problem.seed, round_index, c, r, 7919]))
+            a = np.asarray(problem.model.droplet(inputs, problem.wavelengths, rng), dtype=float)
+            if np.all(np.isfinite(a)) and a.max() >= 0.02:
+                spectra.append(a)
+        losses = np.atleast_1d(problem.loss(np.array(spectra))) if spectra else np.empty(0)
+        if len(losses):
+            med = np.median(losses)
+            mad = np.median(np.abs(losses - med)) * 1.4826
+            keep = np.abs(losses - med) <= 5 * mad + 1e-12
+            spectra = [s for s, k in zip(spectra, keep, strict=True) if k]
+            losses = losses[keep]
+        failed = len(losses) < REPLICATES // 2
+        out.append(Observation(
+            round_index=round_index, inputs=dict(inputs),
+            median_loss=None if failed else float(np.median(losses)),
+            mad=None if failed else float(np.median(np.abs(losses - np.median(losses)))),
+            failed=failed, spectra=np.array(spectra) if not failed else None, source=source,
+        ))
+    return out
+
+
+@dataclass
+class Run:
+    strategy: str
+    seed: int
+    scenario: str
+    best_true: list[float] = field(default_factory=list)  # per round, of the best-median condition
+    suggest_s: list[float] = field(default_factory=list)
+    bounds: list[dict[str, list[float]]] = field(default_factory=list)
+
+
+def run_campaign(strategy: str, problem: Problem, rounds: int) -> Run:
+    run = Run(strategy, problem.seed, problem.scenario)
+    space = problem.space
+    history = History([], problem.wavelengths, problem.loss, round_index=1)
+    optimizer = None if strategy == "lhs" else make_optimizer(strategy, {}, WIDENING, seed=problem.seed)
+    design = LatinHypercubeOptimizer(seed=problem.seed)  # round 1 of every strategy, and all of "lhs"
+    best_median, best_regret = np.inf, np.nan
+    for r in range(1, rounds + 1):
+        history.round_index = r
+        t0 = time.perf_counter()
+        if r == 1 or optimizer is None:
+            suggestion = design.suggest(history, space, BATCH)
+        else:
+            suggestion = optimizer.suggest(history, space, BATCH)
+        run.suggest_s.append(time.perf_counter() - t0)
+        space = suggestion.space
+        run.bounds.append({v.name: [v.low, v.high] for v in space.variables})
+        obs = measure(problem, suggestion.batch, r, strategy)
+        history.observations.extend(obs)
+        for o in obs:
+            if o.median_loss is not None and o.median_loss < best_median:
+                best_median = o.median_loss
+                best_regret = float(problem.regret(space.to_array([o.inputs]))[0])
+        run.best_true.append(best_regret)
+    return run
+
+
+# ---- statistics and tables ----------------------------------------------------------------------
+def rounds_to(values: Sequence[float], threshold: float) -> float:
+    """First round (1-based) whose best true loss is at or below ``threshold``; inf if never."""
+    for i, v in enumerate(values):
+        if v <= threshold:
+            return float(i + 1)
+    return float("inf")
+
+
+def _fmt_rounds(values: np.ndarray, rounds: int) -> str:
+    med = float(np.median(values))
+    return f">{rounds}" if not np.isfinite(med) else f"{med:g}"
+
+
+def summarise(runs: list[Run], strategies: Sequence[str], scenario: str, rounds_of: Mapping[str, int]) -> str:
+    from scipy.stats import wilcoxon
+
+    by = {s: sorted((r for r in runs if r.strategy == s and r.scenario == scenario), key=lambda r: r.seed)
+          for s in strategies}
+    by = {s: v for s, v in by.items() if v}
+    if not by:
+        return ""
+    n_seeds = min(len(v) for v in by.values())
+    max_r = max(rounds_of[s] for s in by)
+    lines = [f"### Scenario `{scenario}` ({n_seeds} seeds)", "",
+             "Median over seeds of the true loss of the best-median condition, per round:", ""]
+    lines.append("| strategy | " + " | ".join(str(i) for i in range(1, max_r + 1)) + " |")
+    lines.append("|---|" + "---|" * max_r)
+    for s, rs in by.items():
+        arr = np.array([r.best_true for r in rs])
+        cells = [f"{np.median(arr[:, i]):.4f}" if i < arr.shape[1] else "" for i in range(max_r)]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "Rounds to reach a true loss (median over seeds; censored at the run length) and hit rates:", ""]
+    head = " | ".join(f"rounds to {t} | hit by 6 | hit by end" for t in THRESHOLDS)
+    lines.append(f"| strategy | {head} | median s/suggestion |")
+    lines.append("|---|" + "---|" * (3 * len(THRESHOLDS) + 1))
+    reach = {}
+    for s, rs in by.items():
+        cells = []
+        for t in THRESHOLDS:
+            k = np.array([rounds_to(r.best_true, t) for r in rs])
+            reach[(s, t)] = k
+            cells += [_fmt_rounds(k, rounds_of[s]), f"{np.mean(k <= 6):.0%}", f"{np.mean(np.isfinite(k)):.0%}"]
+        times = [t for r in rs for t in r.suggest_s[1:]]
+        cells.append(f"{np.median(times):.2f}" if times else "-")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    if BASELINE in by:
+        lines += ["", f"Paired Wilcoxon signed-rank tests against `{BASELINE}` (two-sided; rounds censored at "
+                  f"{max_r + 1}; loss at round 6):", "",
+                  "| strategy | quantity | median difference | p |", "|---|---|---|---|"]
+        base = by[BASELINE]
+        for s, rs in by.items():
+            if s == BASELINE:
+                continue
+            pairs = {
+                **{f"rounds to {t}": (np.minimum(reach[(s, t)], max_r + 1), np.minimum(reach[(BASELINE, t)], max_r + 1))
+                   for t in THRESHOLDS},
+                "true loss at round 6": (np.array([r.best_true[min(5, len(r.best_true) - 1)] for r in rs]),
+                                         np.array([r.best_true[min(5, len(r.best_true) - 1)] for r in base])),
+            }
+            for q, (a, b) in pairs.items():
+                diff = a[:n_seeds] - b[:n_seeds]
+                p = float(wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+                lines.append(f"| {s} | {q} | {np.median(diff):+.4g} | {p:.3g} |")
+    if scenario == "outside":
+        widened = {s: np.mean([any(b != rs[0].bounds[0] for b in r.bounds) for r in rs]) for s, rs in by.items()}
+        lines += ["", "Share of seeds whose bounds widened at least once: "
+                  + ", ".join(f"{s} {w:.0%}" for s, w in widened.items())]
+    return "\n".join(lines) + "\n"
+
+
+# ---- running --------------------------------------------------------------------------------------
+def _job(args: tuple[str, int, str, str, int]) -> Run:
+    strategy, seed, scenario, chemistry, rounds = args
+    return run_campaign(strategy, draw_problem(seed, scenario, chemistry), rounds)
+
+
+def run_all(strategies: Sequence[str], seeds: Sequence[int], scenarios: Sequence[str], chemistry: str,
+            rounds_of: Mapping[str, int], jobs: int, progress: Callable[[Run], None]) -> list[Run]:
+    work = [(s, seed, sc, chemistry, rounds_of[s]) for sc in scenarios for seed in seeds for s in strategies]
+    if jobs <= 1:
+        out = []
+        for w in work:
+            out.append(_job(w))
+            progress(out[-1])
+        return out
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = []
+    with ProcessPoolExecutor(max_workers=jobs, initializer=limit_threads) as pool:
+        for run in pool.map(_job, work):
+            out.append(run)
+            progress(run)
+    return out
+
+
+def limit_threads(n: int = 1) -> None:
+    """Oversubscribed cores make torch and BLAS spin: pin both to ``n`` threads in this process."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--baseline-rounds", type=int, default=12)
+    parser.add_argument("--scenario", choices=("inside", "outside", "both"), default="both")
+    parser.add_argument("--chemistry", choices=("agnanoprism", "bands"), default="agnanoprism")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch/BLAS threads per process (1: fair and steady on shared cores)")
+    parser.add_argument("--save", type=Path, help="write the raw per-round results (JSON)")
+    parser.add_argument("--load", type=Path, nargs="*", help="tabulate saved results instead of running")
+    parser.add_argument("--write", action="store_true", help=f"write the tables into {DOC.relative_to(REPO)}")
+    args = parser.parse_args(argv)
+    limit_threads(args.threads)
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    scenarios = ["inside", "outside"] if args.scenario == "both" else [args.scenario]
+    rounds_of = {s: (args.baseline_rounds if s == BASELINE else args.rounds) for s in strategies}
+    if args.load:
+        runs = [Run(**r) for path in args.load for r in json.loads(path.read_text())["runs"]]
+        strategies = [s for s in strategies if any(r.strategy == s for r in runs)]
+        for r in runs:
+            rounds_of[r.strategy] = max(rounds_of.get(r.strategy, 0), len(r.best_true))
+    else:
+        t0 = time.time()
+
+        def progress(run: Run) -> None:
+            print(f"[{time.time() - t0:7.0f} s] {run.scenario:8s} seed {run.seed:3d} {run.strategy:16s} "
+                  f"best true loss by round: {' '.join(f'{v:.3f}' for v in run.best_true)}", file=sys.stderr)
+
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        runs = run_all(strategies, seeds, scenarios, args.chemistry, rounds_of, args.jobs, progress)
+        if args.save:
+            args.save.parent.mkdir(parents=True, exist_ok=True)
+            args.save.write_text(json.dumps({"chemistry": args.chemistry, "runs": [r.__dict__ for r in runs]}))
+    text = "\n".join(summarise(runs, strategies, sc, rounds_of) for sc in scenarios)
+    print(text)
+    if args.write:
+        write_section(DOC, f"optimizer-{args.chemistry}", text, " ".join(["python -m benchmarks.optimizer", *(argv or sys.argv[1:])]))
+    return 0
+
+
+def write_section(path: Path, key: str, body: str, command: str) -> None:
+    """Replace (or append) the block between markers ``<!-- key -->`` ... ``<!-- /key -->``."""
+    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    block = f"{start}\nCommand: `{command}`\n\n{body}{end}"
+    text = path.read_text() if path.exists() else "# Optimiser benchmark\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

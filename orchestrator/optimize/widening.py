@@ -1,0 +1,239 @@
+"""Bound widening: open an edge of the search box when the search presses against it.
+
+Two rules, both driven by the protocol's ``optimizer.widening`` (``edge_fraction``, ``trigger_fraction``,
+``step_fraction``) and never past the hard limits:
+
+* ``plain`` (the paper's rule, kept for the baseline): widen every edge that at least
+  ``trigger_fraction`` of the batch crowds (lies within ``edge_fraction`` of the range of it). It fires
+  on any edge the acquisition likes, and an acquisition likes edges (the model is least certain
+  there), so it runs away: in a pilot it pushed AgNO3's upper bound from 45 % to over 100 % of range in
+  six rounds though the optimum was inside.
+* ``gated`` (default): a crowded edge is widened only if the best measured or the predicted-best
+  condition sits on it *and* the model predicts a lower loss a half step outward than on the edge.
+  One step per edge per round, and at most ``max_new`` of the batch go into the newly opened strip
+  (they replace the last, least valuable picks of the batch), so a wrong guess costs a few conditions.
+
+Every change is returned as a note (the engine journals ``Suggestion.notes["widening"]``) and the
+widened box as ``Suggestion.space``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from orchestrator.optimize.base import History, Space
+from orchestrator.optimize.constraints import InfeasibleSpaceError, check_space, make_feasible
+from orchestrator.optimize.transforms import UnitScaler
+
+Rule = Literal["gated", "plain"]
+_PROTOCOL_KEYS = {"enabled", "edge_fraction", "trigger_fraction", "step_fraction"}
+
+
+class WideningSettingsError(ValueError):
+    """The protocol's ``optimizer.widening`` holds a key or value the optimiser cannot use."""
+
+
+class Surrogate(Protocol):
+    """What widening needs from a fitted model (inputs in physical units)."""
+
+    def select(self, space: Space, n: int, pending: np.ndarray) -> np.ndarray:
+        """``n`` new conditions inside ``space``, chosen greedily (best first) given ``pending`` ones."""
+        ...
+
+    def predicted_loss(self, x: np.ndarray) -> np.ndarray: ...
+
+    def predicted_best(self, space: Space) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class WideningPolicy:
+    enabled: bool = True
+    edge_fraction: float = 0.05
+    trigger_fraction: float = 0.3
+    step_fraction: float = 0.25
+    rule: Rule = "gated"
+    max_new: int = 3
+
+    @classmethod
+    def from_protocol(cls, widening: Mapping[str, Any] | None, *, rule: Rule, max_new: int = 3) -> WideningPolicy:
+        """The protocol's widening dict (None: off), plus the rule and quota the strategy chose."""
+        if widening is None:
+            return cls(enabled=False, rule=rule, max_new=max_new)
+        unknown = sorted(set(widening) - _PROTOCOL_KEYS)
+        if unknown:
+            raise WideningSettingsError(
+                f"optimizer.widening has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_PROTOCOL_KEYS))}"
+            )
+        policy = replace(cls(rule=rule, max_new=max_new), **dict(widening))
+        for key in ("edge_fraction", "trigger_fraction", "step_fraction"):
+            value = getattr(policy, key)
+            if not 0 < value <= 1:
+                raise WideningSettingsError(f"optimizer.widening.{key} must lie in (0, 1], got {value!r}")
+        if rule not in ("gated", "plain"):
+            raise WideningSettingsError(f"widening rule must be 'gated' or 'plain', got {rule!r}")
+        if max_new < 0:
+            raise WideningSettingsError(f"the new-ground quota must be >= 0, got {max_new}")
+        return policy
+
+    @property
+    def gate_fraction(self) -> float:
+        # the best measured point rarely lies exactly on the edge: nobody has measured there yet
+        return max(2 * self.edge_fraction, 0.1)
+
+
+@dataclass(frozen=True)
+class EdgeChange:
+    variable: str
+    edge: Literal["low", "high"]
+    old: float
+    new: float
+    reason: str
+
+    def note(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _side_index(side: str) -> int:
+    return 0 if side == "low" else 1
+
+
+def stepped_edge(space: Space, i: int, side: str, step_fraction: float) -> float | None:
+    """The edge one step out (a fraction of the current range, in log units for log variables),
+    capped at the hard limit; None when the edge already sits on the hard limit."""
+    v = space.variables[i]
+    warp = (np.log, np.exp) if UnitScaler.for_space(space).log[i] else (float, float)
+    lo, hi = warp[0](v.low), warp[0](v.high)
+    new = float(warp[1](lo - step_fraction * (hi - lo) if side == "low" else hi + step_fraction * (hi - lo)))
+    if side == "low":
+        new = max(new, v.hard_low)
+        return new if new < v.low - 1e-12 else None
+    new = min(new, v.hard_high)
+    return new if new > v.high + 1e-12 else None
+
+
+def crowded_edges(space: Space, batch: np.ndarray, policy: WideningPolicy) -> list[tuple[int, str, float]]:
+    """(variable index, side, crowding fraction) of every edge at least ``trigger_fraction`` crowd."""
+    if len(batch) == 0:
+        return []
+    u = UnitScaler.for_space(space).to_unit(batch)
+    out = []
+    for i in range(len(space.variables)):
+        for side, near in (("low", u[:, i] <= policy.edge_fraction), ("high", u[:, i] >= 1 - policy.edge_fraction)):
+            frac = float(near.mean())
+            if frac >= policy.trigger_fraction:
+                out.append((i, side, frac))
+    return out
+
+
+def _best_measured(history: History, space: Space) -> np.ndarray | None:
+    measured = history.measured()
+    if not measured:
+        return None
+    best = min(measured, key=lambda o: o.median_loss if o.median_loss is not None else np.inf)
+    return space.to_array([best.inputs])[0]
+
+
+def _gate(
+    space: Space, widened: Space, surrogate: Surrogate, anchors: dict[str, np.ndarray], i: int, side: str,
+    policy: WideningPolicy,
+) -> tuple[bool, str]:
+    scaler = UnitScaler.for_space(space)
+    for label, x in anchors.items():
+        u = scaler.to_unit(x[None, :])[0]
+        on_edge = u[i] <= policy.gate_fraction if side == "low" else u[i] >= 1 - policy.gate_fraction
+        if not on_edge:
+            continue
+        edge_u, out_u = (0.0, -0.5 * policy.step_fraction) if side == "low" else (1.0, 1.0 + 0.5 * policy.step_fraction)
+        pair = np.repeat(u[None, :], 2, axis=0)
+        pair[:, i] = [edge_u, out_u]
+        x_edge = make_feasible(space, scaler.from_unit(pair[:1]))
+        x_out = make_feasible(widened, scaler.from_unit(pair[1:]))
+        if np.allclose(x_edge, x_out):
+            continue  # the sum constraint leaves no room outward
+        f_edge, f_out = surrogate.predicted_loss(np.vstack([x_edge, x_out]))
+        if f_out < f_edge:
+            return True, f"{label} sits on the edge; predicted loss {f_edge:.4f} -> {f_out:.4f} a half step out"
+    return False, "neither the best measured nor the predicted-best condition sits on it with a better loss outward"
+
+
+def _strip(widened: Space, space: Space, i: int, side: str) -> Space:
+    v_old, v_new = space.variables[i], widened.variables[i]
+    lo, hi = (v_new.low, v_old.low) if side == "low" else (v_old.high, v_new.high)
+    return widened.with_bounds({**widened.bounds, v_new.name: (lo, hi)})
+
+
+def select_with_widening(
+    surrogate: Surrogate, history: History, space: Space, n: int, policy: WideningPolicy
+) -> tuple[np.ndarray, Space, dict[str, Any]]:
+    """The batch, the (possibly widened) space and notes for the journal."""
+    d = len(space.variables)
+    batch = surrogate.select(space, n, np.empty((0, d)))
+    notes: dict[str, Any] = {"widening": []}
+    if not policy.enabled:
+        return batch, space, notes
+    crowded = crowded_edges(space, batch, policy)
+    if not crowded:
+        return batch, space, notes
+
+    if policy.rule == "plain":
+        bounds = dict(space.bounds)
+        changes = []
+        for i, side, frac in crowded:
+            new = stepped_edge(space, i, side, policy.step_fraction)
+            if new is None:
+                continue
+            v = space.variables[i]
+            lo, hi = bounds[v.name]
+            bounds[v.name] = (new, hi) if side == "low" else (lo, new)
+            changes.append(EdgeChange(v.name, side, (v.low, v.high)[_side_index(side)], new,
+                                      f"plain rule: {frac:.0%} of the batch crowds it"))
+        notes["widening"] = [c.note() for c in changes]
+        return batch, space.with_bounds(bounds), notes
+
+    anchors = {"the best measured condition": _best_measured(history, space),
+               "the predicted-best condition": surrogate.predicted_best(space)}
+    anchors = {k: v for k, v in anchors.items() if v is not None}
+    changes, strips, refused = [], [], []
+    bounds = dict(space.bounds)
+    for i, side, frac in crowded:
+        v = space.variables[i]
+        new = stepped_edge(space, i, side, policy.step_fraction)
+        if new is None:
+            refused.append({"variable": v.name, "edge": side, "reason": "already at the hard limit"})
+            continue
+        lo, hi = bounds[v.name]
+        trial = space.with_bounds({**space.bounds, v.name: (new, v.high) if side == "low" else (v.low, new)})
+        ok, why = _gate(space, trial, surrogate, anchors, i, side, policy)
+        if not ok:
+            refused.append({"variable": v.name, "edge": side, "reason": why})
+            continue
+        try:
+            check_space(_strip(trial, space, i, side))
+        except InfeasibleSpaceError:
+            refused.append({"variable": v.name, "edge": side, "reason": "no feasible ground beyond it under the sum limit"})
+            continue
+        bounds[v.name] = (new, hi) if side == "low" else (lo, new)
+        changes.append(EdgeChange(v.name, side, (v.low, v.high)[_side_index(side)], new,
+                                  f"gated rule: {frac:.0%} of the batch crowds it; {why}"))
+        strips.append((i, side))
+    if refused:
+        notes["widening_refused"] = refused
+    if not changes:
+        return batch, space, notes
+
+    widened = space.with_bounds(bounds)
+    quota = min(policy.max_new, n)
+    keep = batch[: n - quota]
+    new_pts: list[np.ndarray] = []
+    for j in range(quota):
+        i, side = strips[j % len(strips)]
+        pending = np.vstack([keep, *new_pts]) if new_pts else keep
+        new_pts.append(surrogate.select(_strip(widened, space, i, side), 1, pending))
+    batch = np.vstack([keep, *new_pts])
+    notes["widening"] = [c.note() for c in changes]
+    notes["new_ground_conditions"] = quota
+    return batch, widened, notes

@@ -1,0 +1,153 @@
+"""Bound widening: the plain rule fires on crowding alone; the gated rule needs the best conditions on
+the edge and a predicted improvement outward, steps once per edge and spends few conditions outside."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orchestrator.optimize.base import History, Observation, Space, Variable
+from orchestrator.optimize.registry import make_optimizer
+from orchestrator.optimize.widening import (
+    WideningPolicy,
+    WideningSettingsError,
+    crowded_edges,
+    select_with_widening,
+    stepped_edge,
+)
+from orchestrator.spectra import SpectrumLoss
+
+WIDENING = {"enabled": True, "edge_fraction": 0.05, "trigger_fraction": 0.3, "step_fraction": 0.25}
+
+
+def space2(high: float = 20.0) -> Space:
+    return Space(
+        variables=(Variable("a", 0.0, high, 0.0, 80.0), Variable("b", 0.0, 20.0, 0.0, 80.0)),
+        percent_sum_max=90.0,
+    )
+
+
+class BowlSurrogate:
+    """A fake model: loss = |x - centre|^2 / 100; its picks hug the upper edge of ``a``."""
+
+    def __init__(self, centre: tuple[float, float]) -> None:
+        self.centre = np.array(centre)
+        self.selected_spaces: list[Space] = []
+
+    def predicted_loss(self, x: np.ndarray) -> np.ndarray:
+        return ((np.atleast_2d(x) - self.centre) ** 2).sum(axis=1) / 100.0
+
+    def predicted_best(self, space: Space) -> np.ndarray:
+        lo = np.array([v.low for v in space.variables])
+        hi = np.array([v.high for v in space.variables])
+        return np.clip(self.centre, lo, hi)
+
+    def select(self, space: Space, n: int, pending: np.ndarray) -> np.ndarray:
+        self.selected_spaces.append(space)
+        a = space.variables[0]
+        b = np.linspace(space.variables[1].low, space.variables[1].high, n)
+        return np.column_stack([np.full(n, a.high), b])
+
+
+def history_at(points: list[tuple[float, float]], losses: list[float]) -> History:
+    wl = np.linspace(380, 800, 5)
+    obs = [Observation(1, {"a": p[0], "b": p[1]}, v) for p, v in zip(points, losses, strict=True)]
+    return History(obs, wl, SpectrumLoss(np.arange(5.0)), round_index=2)
+
+
+def test_stepped_edge_is_a_fraction_of_range_and_capped_at_the_hard_limit() -> None:
+    assert stepped_edge(space2(20.0), 0, "high", 0.25) == pytest.approx(25.0)
+    assert stepped_edge(space2(78.0), 0, "high", 0.25) == pytest.approx(80.0)
+    assert stepped_edge(space2(80.0), 0, "high", 0.25) is None
+    assert stepped_edge(space2(), 0, "low", 0.25) is None  # low already on the hard limit 0
+
+
+def test_log_variables_step_in_log_units() -> None:
+    space = Space((Variable("q", 100.0, 1000.0, 10.0, 5000.0, kind="total", log=True),))
+    assert stepped_edge(space, 0, "high", 0.5) == pytest.approx(1000.0 * 10**0.5)
+
+
+def test_crowding_counts_the_fraction_near_each_edge() -> None:
+    batch = np.array([[20.0, 5.0], [19.5, 6.0], [10.0, 7.0], [1.0, 8.0]])
+    assert crowded_edges(space2(), batch, WideningPolicy(trigger_fraction=0.5)) == [(0, "high", 0.5)]
+
+
+def test_plain_rule_widens_every_crowded_edge() -> None:
+    policy = WideningPolicy.from_protocol(WIDENING, rule="plain")
+    hist = history_at([(5.0, 5.0)], [0.5])
+    batch, space, notes = select_with_widening(BowlSurrogate((5.0, 5.0)), hist, space2(), 15, policy)
+    assert space.variables[0].high == pytest.approx(25.0)
+    assert notes["widening"][0] | {"reason": ""} == {"variable": "a", "edge": "high", "old": 20.0, "new": 25.0, "reason": ""}
+    assert np.all(batch[:, 0] <= 20.0)
+
+
+def test_gated_rule_refuses_when_the_best_is_inside() -> None:
+    policy = WideningPolicy.from_protocol(WIDENING, rule="gated")
+    hist = history_at([(8.0, 8.0), (20.0, 2.0)], [0.1, 0.6])
+    batch, space, notes = select_with_widening(BowlSurrogate((8.0, 8.0)), hist, space2(), 15, policy)
+    assert space == space2()
+    assert notes["widening"] == []
+    assert notes["widening_refused"][0]["variable"] == "a"
+
+
+def test_gated_rule_widens_one_step_and_spends_at_most_max_new_outside() -> None:
+    policy = WideningPolicy.from_protocol(WIDENING, rule="gated", max_new=3)
+    hist = history_at([(19.5, 8.0), (5.0, 8.0)], [0.1, 0.6])
+    surrogate = BowlSurrogate((40.0, 8.0))
+    batch, space, notes = select_with_widening(surrogate, hist, space2(), 15, policy)
+    assert space.variables[0].high == pytest.approx(25.0)  # one step, not all the way to 40
+    assert [c["variable"] for c in notes["widening"]] == ["a"]
+    assert len(batch) == 15
+    assert int(np.sum(batch[:, 0] > 20.0 + 1e-9)) == 3
+    assert space.feasible(batch).all()
+
+
+def test_widening_settings_are_validated() -> None:
+    with pytest.raises(WideningSettingsError, match="unknown key"):
+        WideningPolicy.from_protocol({"enabled": True, "step": 0.1}, rule="gated")
+    with pytest.raises(WideningSettingsError, match="step_fraction"):
+        WideningPolicy.from_protocol({"step_fraction": 0.0}, rule="gated")
+    assert not WideningPolicy.from_protocol(None, rule="gated").enabled
+
+
+# ---- the real optimiser over several rounds ----------------------------------------------------------
+def toy_space() -> Space:
+    return Space(
+        variables=(Variable("a", 5.0, 20.0, 0.5, 80.0), Variable("b", 5.0, 20.0, 0.5, 80.0)),
+        percent_sum_max=90.0,
+    )
+
+
+def run_rounds(strategy: str, optimum: tuple[float, float], rounds: int, seed: int = 0) -> list[Space]:
+    """A smooth scalar loss with a noise floor; returns the space after every round."""
+    rng = np.random.default_rng(seed)
+    space = toy_space()
+    wl = np.linspace(380, 800, 5)
+    history = History([], wl, SpectrumLoss(np.arange(5.0)), round_index=1)
+    opt = make_optimizer(strategy, {"n_global": 400, "n_local": 200, "restarts": 0}, WIDENING, seed)
+    spaces = []
+    for r in range(1, rounds + 1):
+        history.round_index = r
+        sug = opt.suggest(history, space, 15)
+        space = sug.space
+        spaces.append(space)
+        x = space.to_array(sug.batch)
+        loss = 1 - np.exp(-(((x - np.array(optimum)) / 12.0) ** 2).sum(axis=1)) + 0.005 * rng.standard_normal(len(x))
+        history.observations += [Observation(r, row, float(v)) for row, v in zip(sug.batch, loss, strict=True)]
+    return spaces
+
+
+def test_gated_rule_does_not_run_away_when_the_optimum_is_inside() -> None:
+    # the optimum sits inside, in a corner: the plain rule keeps firing on the crowded edges
+    step = 0.25 * 15.0
+    plain = run_rounds("gp_ei_lp_paper", optimum=(19.5, 19.5), rounds=6)
+    assert max(v.high for v in plain[-1].variables) > 20.0 + step
+    gated = run_rounds("gp_ei_lp", optimum=(19.5, 19.5), rounds=6)
+    for v in gated[-1].variables:
+        assert v.high <= 20.0 + step + 1e-9 and v.low >= 5.0 - step - 1e-9
+
+
+def test_gated_rule_widens_towards_an_optimum_outside() -> None:
+    spaces = run_rounds("gp_ei_lp", optimum=(40.0, 12.0), rounds=5)
+    assert spaces[-1].variables[0].high > 25.0  # at least two steps towards 40
+    assert spaces[-1].variables[1].high <= 20.0 + 0.25 * 15.0 + 1e-9
