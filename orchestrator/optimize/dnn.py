@@ -24,7 +24,7 @@ distance between picks so that the batch does not pile onto one point.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -441,27 +441,18 @@ def search_batch(
     cand = sample_feasible(space, settings.candidates, rng, scaler=unit)
     score, mean, spread = _score(ensemble, cand, loss, kappa)
 
-    # local refinement of the best starts: a few rounds of shrinking Gaussian perturbations in the
-    # unit-scaled box (derivative-free: the loss has kinks where the amplitude factor switches)
     if settings.refine_starts and settings.refine_iterations:
-        order = np.argsort(score)[: settings.refine_starts]
-        starts, s_score = cand[order], score[order]
-        step = settings.refine_step
-        pool = [cand]
-        for _ in range(settings.refine_iterations):
-            u0 = unit.to_unit(starts)
-            trial_u = u0[:, None, :] + step * rng.standard_normal((len(starts), settings.refine_samples, d))
-            trial = make_feasible(space, unit.from_unit(np.clip(trial_u, 0.0, 1.0).reshape(-1, d)))
-            t_score, _, _ = _score(ensemble, trial, loss, kappa)
-            t_score = t_score.reshape(len(starts), settings.refine_samples)
-            best = t_score.argmin(axis=1)
-            improved = t_score[np.arange(len(starts)), best] < s_score
-            trial = trial.reshape(len(starts), settings.refine_samples, d)
-            starts = np.where(improved[:, None], trial[np.arange(len(starts)), best], starts)
-            s_score = np.where(improved, t_score[np.arange(len(starts)), best], s_score)
-            pool.append(trial.reshape(-1, d))
-            step *= 0.5
-        cand = np.concatenate(pool)
+        starts = cand[np.argsort(score)[: settings.refine_starts]]
+        tried = refine_minimum(
+            lambda x: _score(ensemble, x, loss, kappa)[0],
+            space,
+            starts,
+            rng,
+            iterations=settings.refine_iterations,
+            samples=settings.refine_samples,
+            step=settings.refine_step,
+        )
+        cand = np.concatenate([cand, tried])
         score, mean, spread = _score(ensemble, cand, loss, kappa)
 
     keep = space.feasible(cand)
@@ -503,6 +494,86 @@ def search_batch(
         predicted_best=float(mean[best_i]) if best_i >= 0 else float("nan"),
         predicted_best_x=cand[best_i] if best_i >= 0 else np.full(d, np.nan),
     )
+
+
+def refine_minimum(
+    score: Callable[[np.ndarray], np.ndarray],
+    space: Space,
+    starts: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    iterations: int = 4,
+    samples: int = 24,
+    step: float = 0.06,
+) -> np.ndarray:
+    """Local search for lower ``score`` around each start: rounds of shrinking Gaussian perturbations
+    in the unit-scaled box, each start moving to its best perturbation when that is better.
+    Derivative-free, because the loss has kinks where the amplitude factor switches. Returns every
+    feasible point tried, (iterations * len(starts) * samples, d)."""
+    unit = UnitScaler.for_space(space)
+    d = len(space.variables)
+    starts = np.atleast_2d(starts)
+    s_score = score(starts)
+    rows = np.arange(len(starts))
+    tried = []
+    for _ in range(iterations):
+        trial_u = unit.to_unit(starts)[:, None, :] + step * rng.standard_normal((len(starts), samples, d))
+        trial = make_feasible(space, unit.from_unit(np.clip(trial_u, 0.0, 1.0).reshape(-1, d)))
+        t_score = score(trial).reshape(len(starts), samples)
+        best = t_score.argmin(axis=1)
+        improved = t_score[rows, best] < s_score
+        trial = trial.reshape(len(starts), samples, d)
+        starts = np.where(improved[:, None], trial[rows, best], starts)
+        s_score = np.where(improved, t_score[rows, best], s_score)
+        tried.append(trial.reshape(-1, d))
+        step *= 0.5
+    return np.concatenate(tried) if tried else np.empty((0, d))
+
+
+class NetworkSurrogate:
+    """The ensemble seen by bound widening (:class:`orchestrator.optimize.widening.Surrogate`): picks
+    by :func:`search_batch`, predicted loss = the members' mean. Remembers the lowest predicted loss
+    any of its searches found (``best``, ``best_x``)."""
+
+    def __init__(
+        self,
+        ensemble: SpectrumEnsemble,
+        loss: SpectrumLoss,
+        settings: SearchSettings,
+        rng: np.random.Generator,
+        *,
+        measured: np.ndarray | None = None,
+        failed: np.ndarray | None = None,
+    ) -> None:
+        self.ensemble, self.loss, self.settings, self.rng = ensemble, loss, settings, rng
+        self.measured, self.failed = measured, failed
+        self.best = float("inf")
+        self.best_x: np.ndarray | None = None
+
+    def _search(self, space: Space, n: int, pending: np.ndarray | None) -> DnnBatch:
+        batch = search_batch(
+            self.ensemble,
+            space,
+            self.loss,
+            n,
+            self.rng,
+            self.settings,
+            avoid=pending,
+            measured=self.measured,
+            failed=self.failed,
+        )
+        if batch.predicted_best < self.best:
+            self.best, self.best_x = batch.predicted_best, batch.predicted_best_x
+        return batch
+
+    def select(self, space: Space, n: int, pending: np.ndarray) -> np.ndarray:
+        return self._search(space, n, pending).x
+
+    def predicted_loss(self, x: np.ndarray) -> np.ndarray:
+        return self.ensemble.predict_loss(x, self.loss).mean(axis=0)
+
+    def predicted_best(self, space: Space) -> np.ndarray:
+        return self._search(space, 1, None).predicted_best_x
 
 
 def _min_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:

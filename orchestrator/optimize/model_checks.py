@@ -13,6 +13,7 @@ predictions the engine stored with each observation (``Observation.prediction``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -131,6 +132,26 @@ def accuracy_from_history(history: History, round_index: int | None = None) -> A
     losses = [ml for _, _, ml in pairs[r]]
     measured_loss = None if any(ml is None for ml in losses) else np.array(losses, dtype=float)
     return agreement(pred, meas, loss=history.loss, reference_loss=measured_loss)
+
+
+def accuracy_of(
+    predict: Callable[[np.ndarray], np.ndarray],
+    observations: list[Observation],
+    space: Space,
+    loss: SpectrumLoss,
+) -> Agreement | None:
+    """Accuracy of a model that did not see ``observations`` (``predict``: inputs -> spectra) on their
+    measured spectra; None when none of them has spectra. For a history whose predictions were not
+    recorded, the model trained without the latest round gives the same numbers as the ones recorded."""
+    pairs = [(o, measured_spectrum(o)) for o in observations if not o.failed]
+    pairs = [(o, m) for o, m in pairs if m is not None]
+    if not pairs:
+        return None
+    predicted = predict(space.to_array([o.inputs for o, _ in pairs]))
+    measured = np.array([m for _, m in pairs])
+    losses = [o.median_loss for o, _ in pairs]
+    reference = None if any(v is None for v in losses) else np.array(losses, dtype=float)
+    return agreement(predicted, measured, loss=loss, reference_loss=reference)
 
 
 def accuracy_by_round(history: History) -> dict[int, Agreement]:
