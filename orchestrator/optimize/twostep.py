@@ -10,9 +10,12 @@ round, with every number it used journaled in ``Suggestion.notes``:
   stores those predictions, so the next round can score them against what was measured (accuracy).
 * The model trained without the latest batch and the model trained with it predict the same fixed
   probe conditions (stability, :mod:`orchestrator.optimize.model_checks`).
+  Where the predictions were not stored, the model trained without the latest round (the one that
+  made them) is retrained and gives the same numbers.
 * Once both pass their gates the network gets ``k`` of the ``n`` conditions, from ``min_share`` of
   the batch at the accuracy gate up to ``max_share`` at ``full_accuracy_cosine``; BO (any registered
-  strategy, with its bound widening) proposes the rest.
+  strategy, with its bound widening) proposes the rest. In a round the network has to itself, its
+  picks and predicted losses drive the same gated widening (:mod:`orchestrator.optimize.widening`).
 * Stop rule: an accurate, stable model whose predicted best loss no longer improves between
   successive models, and that predicts no worthwhile gain over the best measured condition, sets
   ``notes["stop"]`` to the reason.
@@ -31,8 +34,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from orchestrator.optimize import dnn as net
 from orchestrator.optimize.base import History, Optimizer, Space, Suggestion
-from orchestrator.optimize.model_checks import Agreement, accuracy_from_history, probe_points, stability
+from orchestrator.optimize.model_checks import (
+    Agreement,
+    accuracy_from_history,
+    accuracy_of,
+    probe_points,
+    stability,
+)
 from orchestrator.optimize.registry import OptimizerSettingsError, make_optimizer, resolve
+from orchestrator.optimize.widening import WideningPolicy, select_with_widening
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +71,13 @@ class PolicySettings(_Strict):
     )
     min_share: float = Field(0.2, ge=0, le=1, description="network's share of the batch once the gates open")
     max_share: float = Field(1.0, ge=0, le=1)
+    probation_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share the network gets while its gates are still closed (after bo_only_rounds), "
+        "so that it is judged on its own picks too",
+    )
     fixed_share: float | None = Field(
         None,
         ge=0,
@@ -150,26 +167,10 @@ def decide_share(
     if settings.fixed_share is not None:
         k = int(round(settings.fixed_share * n))
         return PolicyDecision(k, f"fixed network share {settings.fixed_share:g}")
-    if accuracy is None:
-        return PolicyDecision(0, "BO only: no measured batch with recorded network predictions yet")
-    if stability is None:
-        return PolicyDecision(0, "BO only: no earlier model to judge stability against")
-    if accuracy.cosine_mean < settings.accuracy_cosine:
-        return PolicyDecision(
-            0, f"BO only: accuracy cosine {accuracy.cosine_mean:.4f} < {settings.accuracy_cosine:g}"
-        )
-    if stability.cosine_mean < settings.stability_cosine:
-        return PolicyDecision(
-            0, f"BO only: stability cosine {stability.cosine_mean:.4f} < {settings.stability_cosine:g}"
-        )
-    if (
-        settings.max_loss_error is not None
-        and accuracy.loss_mae is not None
-        and accuracy.loss_mae > settings.max_loss_error
-    ):
-        return PolicyDecision(
-            0, f"BO only: predicted loss off by {accuracy.loss_mae:.4f} > {settings.max_loss_error:g}"
-        )
+    closed = _closed_gate(settings, accuracy, stability)
+    if closed is not None:
+        k = int(round(settings.probation_share * n))
+        return PolicyDecision(k, f"{'BO only' if k == 0 else f'network on probation, {k} of {n}'}: {closed}")
     span = settings.full_accuracy_cosine - settings.accuracy_cosine
     progress = (
         1.0 if span <= 0 else float(np.clip((accuracy.cosine_mean - settings.accuracy_cosine) / span, 0, 1))
@@ -181,6 +182,27 @@ def decide_share(
         f"network trusted (accuracy {accuracy.cosine_mean:.4f}, stability {stability.cosine_mean:.4f}): "
         f"{k} of {n}",
     )
+
+
+def _closed_gate(
+    settings: PolicySettings, accuracy: Agreement | None, stability: Agreement | None
+) -> str | None:
+    """Why the network is not trusted yet, or None when every gate is open."""
+    if accuracy is None:
+        return "no measured batch the network predicted yet"
+    if stability is None:
+        return "no earlier model to judge stability against"
+    if accuracy.cosine_mean < settings.accuracy_cosine:
+        return f"accuracy cosine {accuracy.cosine_mean:.4f} < {settings.accuracy_cosine:g}"
+    if stability.cosine_mean < settings.stability_cosine:
+        return f"stability cosine {stability.cosine_mean:.4f} < {settings.stability_cosine:g}"
+    if (
+        settings.max_loss_error is not None
+        and accuracy.loss_mae is not None
+        and accuracy.loss_mae > settings.max_loss_error
+    ):
+        return f"predicted loss off by {accuracy.loss_mae:.4f} > {settings.max_loss_error:g}"
+    return None
 
 
 def stop_reason(
@@ -260,6 +282,7 @@ class TwoStepOptimizer:
         self.settings = settings
         self.seed = int(seed)
         self.bo = bo if bo is not None else make_optimizer(settings.bo, settings.bo_settings, widening, seed)
+        self.widening = WideningPolicy.from_protocol(widening, rule="gated")
         # trained models by (data fingerprint, seed): next round's "previous model" is this round's
         # model, so each round trains once; a resumed process retrains the same weights
         self._models: OrderedDict[tuple[str, int], net.SpectrumEnsemble] = OrderedDict()
@@ -298,7 +321,14 @@ class TwoStepOptimizer:
         model = self._model(history, space, last) if last is not None else None
         previous = self._model(history, space, measured_rounds[-2]) if len(measured_rounds) > 1 else None
 
-        accuracy = accuracy_from_history(history)
+        accuracy = accuracy_from_history(history, last) if last is not None else None
+        accuracy_from = "recorded"
+        if accuracy is None and previous is not None and last is not None:
+            # predictions not recorded (an engine or benchmark that drops them): the model trained
+            # without the latest round is the one that would have predicted it
+            latest = [o for o in history.observations if o.round_index == last]
+            accuracy = accuracy_of(lambda x: previous.predict(x)[0], latest, space, history.loss)
+            accuracy_from = "recomputed"
         probes = probe_points(space, policy.probes, self.seed) if model is not None else None
         stab = None
         if model is not None and previous is not None and probes is not None:
@@ -318,24 +348,30 @@ class TwoStepOptimizer:
             next_space = bo_sugg.space
             batch_x = next_space.to_array(bo_sugg.batch)
             sources = list(bo_sugg.sources)
-            notes["bo"] = bo_sugg.notes
-        dnn_batch = None
+            notes.update(bo_sugg.notes)  # BO's widening notes stay where the engine reads them
+        surrogate = None
         if k > 0 and model is not None:
             measured = [o for o in history.observations if not o.failed]
             failed = [o for o in history.observations if o.failed]
-            dnn_batch = net.search_batch(
+            surrogate = net.NetworkSurrogate(
                 model,
-                next_space,
                 history.loss,
-                k,
-                np.random.default_rng(_seed(self.seed, rnd, _FIT_TAG)),
                 self.settings.dnn.search,
-                avoid=batch_x,
+                np.random.default_rng(_seed(self.seed, rnd, _FIT_TAG)),
                 measured=space.to_array([o.inputs for o in measured]) if measured else None,
                 failed=space.to_array([o.inputs for o in failed]) if failed else None,
             )
-            batch_x = np.concatenate([batch_x, dnn_batch.x])
-            sources += [net.SOURCE] * len(dnn_batch.x)
+            if k == n and self.widening.enabled:
+                # no BO this round: the network's own picks and predictions drive the (gated) widening
+                dnn_x, next_space, widening_notes = select_with_widening(
+                    surrogate, history, space, n, self.widening
+                )
+                notes.update(widening_notes)
+            else:
+                dnn_x = surrogate.select(next_space, k, batch_x)
+            batch_x = np.concatenate([batch_x, dnn_x])
+            sources += [net.SOURCE] * len(dnn_x)
+        dnn_count = sources.count(net.SOURCE)
 
         predictions: list[np.ndarray | None]
         if model is not None and len(batch_x):
@@ -357,8 +393,8 @@ class TwoStepOptimizer:
             )
             now_loss = np.atleast_1d(history.loss(model.predict(where)[0]))
             best_now, best_x = float(now_loss.min()), where[int(now_loss.argmin())]
-            if dnn_batch is not None and dnn_batch.predicted_best < best_now:
-                best_now, best_x = dnn_batch.predicted_best, dnn_batch.predicted_best_x
+            if surrogate is not None and surrogate.best_x is not None and surrogate.best < best_now:
+                best_now, best_x = surrogate.best, surrogate.best_x
             if previous is not None:
                 best_prev = float(np.min(history.loss(previous.predict(where)[0])))
         reason = stop_reason(
@@ -374,10 +410,11 @@ class TwoStepOptimizer:
             else None,
         )
         notes["policy"] = {
-            "dnn_count": len(dnn_batch.x) if dnn_batch is not None else 0,
-            "bo_count": len(batch_x) - (len(dnn_batch.x) if dnn_batch is not None else 0),
+            "dnn_count": dnn_count,
+            "bo_count": len(batch_x) - dnn_count,
             "reason": decision.reason,
             "accuracy": accuracy.to_dict() if accuracy is not None else None,
+            "accuracy_from": accuracy_from if accuracy is not None else None,
             "stability": stab.to_dict() if stab is not None else None,
             "predicted_best": best_now,
             "previous_predicted_best": best_prev,

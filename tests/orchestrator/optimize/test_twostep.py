@@ -83,6 +83,18 @@ def test_optional_loss_error_gate_and_fixed_share() -> None:
     assert d.dnn_count == 5
 
 
+def test_probation_share_while_the_gates_are_closed() -> None:
+    policy = PolicySettings(probation_share=0.2, bo_only_rounds=1)
+    closed = decide_share(policy, round_index=2, n=15, model_ready=True, accuracy=metric(0.9), stability=None)
+    assert closed.dnn_count == 3 and "probation" in closed.reason
+    young = decide_share(policy, round_index=0, n=15, model_ready=True, accuracy=None, stability=None)
+    assert young.dnn_count == 0  # still in the BO-only rounds
+    opened = decide_share(
+        policy, round_index=2, n=15, model_ready=True, accuracy=metric(1.0), stability=metric(1.0)
+    )
+    assert opened.dnn_count == 15
+
+
 def test_share_grows_with_accuracy() -> None:
     policy = PolicySettings()
     counts = [
@@ -198,7 +210,9 @@ def test_network_share_predictions_and_notes() -> None:
     assert all(p is not None and p.shape == WAVELENGTHS.shape for p in s.predictions)
     policy = s.notes["policy"]
     assert policy["dnn_count"] == 5 and policy["bo_count"] == 10
-    assert policy["stability"] is not None and policy["accuracy"] is None
+    assert policy["stability"] is not None
+    # nothing recorded in this history: the model trained without round 1 judged round 1
+    assert policy["accuracy_from"] == "recomputed" and policy["accuracy"]["n"] == 15
     assert set(policy["predicted_best_inputs"]) == set(toy_space().names)
     json.dumps(s.notes)  # the engine journals the notes as JSON
 
@@ -214,7 +228,15 @@ def test_accuracy_measured_from_recorded_predictions_and_gates() -> None:
     later = History(history.observations + measured, WAVELENGTHS, toy_loss(), 3)
     second = opt.suggest(later, toy_space(), 15)
     acc = second.notes["policy"]["accuracy"]
+    assert second.notes["policy"]["accuracy_from"] == "recorded"
     assert acc is not None and acc["n"] == 15 and acc["cosine_mean"] > 0.9
+    # the same numbers when the predictions were not stored: the previous model is recomputed
+    for obs in measured:
+        obs.prediction = None
+    fresh, _ = make({"bo_only_rounds": 0})
+    again = fresh.suggest(later, toy_space(), 15).notes["policy"]
+    assert again["accuracy_from"] == "recomputed"
+    assert again["accuracy"] == pytest.approx(acc, rel=1e-5)
     dnn_count = second.notes["policy"]["dnn_count"]
     expected = decide_share(
         opt.settings.policy,
