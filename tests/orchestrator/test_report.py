@@ -1,0 +1,147 @@
+"""Knowledge extraction: figures and the HTML page from a small campaign."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.optimize.base import History, Observation
+from orchestrator.optimize.constraints import sample_feasible
+from orchestrator.protocol import load_protocol
+from orchestrator.report import (
+    ReportData,
+    ReportError,
+    RoundInfo,
+    gp_model,
+    model_check_rows,
+    predicted_optimum,
+    shap_importance,
+    write_report,
+)
+from simulators.chemistry import AgNanoprism
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def small_campaign(rounds: int = 3, per_round: int = 8, replicates: int = 4) -> ReportData:
+    """A campaign measured on the simulated chemistry: random conditions, the last round with recorded
+    predictions (the truth, slightly off), one failed condition."""
+    protocol = load_protocol(REPO / "protocols" / "ag_nanoprism.yaml")
+    space, wl, loss = protocol.space(), protocol.wavelengths(), protocol.loss()
+    chem = AgNanoprism()
+    rng = np.random.default_rng(0)
+    obs: list[Observation] = []
+    infos = []
+    for r in range(rounds):
+        infos.append(
+            RoundInfo(r, "lhs" if r == 0 else "two_step", space.bounds, {"policy": {"dnn_count": 0}})
+        )
+        for x in sample_feasible(space, per_round, rng):
+            inputs = space.to_dicts(x)[0]
+            spectra = np.array([chem.droplet(inputs, wl, rng) for _ in range(replicates)])
+            losses = loss(spectra)
+            prediction = chem.spectrum(inputs, wl) * 1.05 if r == rounds - 1 else None
+            obs.append(
+                Observation(
+                    r,
+                    inputs,
+                    float(np.median(losses)),
+                    mad=0.01,
+                    spectra=spectra,
+                    source="lhs" if r == 0 else "dnn",
+                    prediction=prediction,
+                )
+            )
+    obs[-1].failed, obs[-1].median_loss, obs[-1].spectra = True, None, None
+    widened = space.with_bounds({**space.bounds, "Q_AgNO3": (4.0, 24.0)})
+    infos[-1] = RoundInfo(rounds - 1, "two_step", widened.bounds, {"policy": {"dnn_count": 3}, "stop": None})
+    return ReportData(
+        campaign_id="c-test",
+        name=protocol.name,
+        status="finished",
+        status_reason="max_rounds reached",
+        history=History(obs, wl, loss, rounds),
+        space=widened,
+        rounds=infos,
+        strategy="two_step",
+        loss_threshold=0.15,
+        optimizer_settings={"dnn": {"model": {"members": 2, "max_epochs": 300}}},
+    )
+
+
+@pytest.fixture(scope="module")
+def campaign() -> ReportData:
+    return small_campaign()
+
+
+def test_writes_figures_and_a_page_that_shows_them(campaign: ReportData, tmp_path: Path) -> None:
+    result = write_report(
+        campaign, tmp_path, maps=[("Q_seed", "Q_AgNO3"), ("Q_TSC", "Q_total")], shap_explain=12
+    )
+    expected = {
+        "loss_by_round",
+        "bounds_by_round",
+        "model_checks",
+        "loss_map_Q_seed__Q_AgNO3",
+        "loss_map_Q_TSC__Q_total",
+        "importance",
+        "best_spectra",
+    }
+    assert set(result.images) == expected
+    for path in result.images.values():
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path.name
+    page = result.html.read_text()
+    for path in result.images.values():
+        assert f'href="{path.name}"' in page  # linked to its file ...
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == len(expected)  # ... and embedded
+    # the best conditions and the campaign's state are on the page
+    best = min(o.median_loss for o in campaign.measured())
+    assert f"{best:.4g}" in page
+    assert "finished" in page and "c-test" in page and "conditions failed" in page
+    assert (tmp_path / "report.json").exists()
+
+
+def test_report_without_enough_spectra_uses_the_gp(tmp_path: Path) -> None:
+    data = small_campaign(rounds=1, per_round=6)
+    result = write_report(data, tmp_path, shap_explain=6)
+    assert any("spectrum network" in n for n in result.notes)
+    assert "loss_map_Q_seed__Q_AgNO3" in result.images and "model_checks" in result.images
+
+
+def test_refuses_an_empty_campaign_and_unknown_map_inputs(campaign: ReportData, tmp_path: Path) -> None:
+    empty = ReportData(
+        "c-empty",
+        "x",
+        "running",
+        History([], campaign.history.wavelengths, campaign.history.loss),
+        campaign.space,
+        [],
+    )
+    with pytest.raises(ReportError, match="no measured condition"):
+        write_report(empty, tmp_path)
+    with pytest.raises(ReportError, match="no input named 'Q_gold'"):
+        write_report(campaign, tmp_path, maps=[("Q_gold", "Q_AgNO3")], shap_explain=6)
+
+
+def test_shap_finds_the_inputs_that_matter(campaign: ReportData) -> None:
+    """On the GP of the simulated chemistry, AgNO3 (it sets the prism size) outweighs the total flow."""
+    model = gp_model(campaign)
+    assert model is not None
+    imp = shap_importance(campaign, model, explain=10)
+    assert imp.values.shape == (10, 5)
+    weights = dict(zip(imp.names, imp.mean_abs, strict=True))
+    assert weights["Q_AgNO3"] > weights["Q_total"]
+    x_opt, f_opt = predicted_optimum(model, campaign.space, seed=0)
+    assert campaign.space.feasible(x_opt[None, :]).all() and np.isfinite(f_opt)
+
+
+def test_model_check_rows_follow_the_rounds(campaign: ReportData) -> None:
+    rows = model_check_rows(campaign)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[2]["accuracy_cosine"] is not None and rows[2]["accuracy_cosine"] > 0.9
+    assert rows[0]["accuracy_cosine"] is None
+    assert rows[2]["dnn_count"] == 3
