@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -39,6 +42,12 @@ INSTALL_HINT = (
     "python-seabreeze is needed to talk to an Ocean Insight spectrometer: "
     "`pip install sdl-orchestrator[ocean]`, then `seabreeze_os_setup` once to install the udev rule."
 )
+UDEV_RULE = "/etc/udev/rules.d/10-oceanoptics.rules"
+# USB vendor ids: Ocean Optics (USB2000+, FLAME, HR4000, ...) and Ocean Insight's newer units (ST, SR2, HR2)
+OCEAN_USB_VENDORS = ("2457", "0999")
+# where Linux shows USB devices; module attributes so tests can point them at a fake tree
+SYSFS_USB = Path("/sys/bus/usb/devices")
+DEVFS_USB = Path("/dev/bus/usb")
 _PERMISSION_MARKERS = (
     "access denied",
     "insufficient permissions",
@@ -77,6 +86,40 @@ def is_permission_error(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return any(m in text for m in _PERMISSION_MARKERS) or "usb_claim_interface" in text
+
+
+def _can_read_write(node: Path) -> bool:
+    return os.access(node, os.R_OK | os.W_OK)
+
+
+def unopenable_ocean_usb_devices(
+    sysfs: Path | None = None,
+    devfs: Path | None = None,
+    can_open: Callable[[Path], bool] | None = None,
+) -> list[str]:
+    """Ocean spectrometers the kernel sees on USB but this user may not open (``/dev/bus/usb/BBB/DDD``
+    not read-write): the reason the cseabreeze backend lists no device when the udev rule is missing."""
+    sysfs = SYSFS_USB if sysfs is None else sysfs
+    devfs = DEVFS_USB if devfs is None else devfs
+    can_open = _can_read_write if can_open is None else can_open
+    blocked = []
+    try:
+        entries = sorted(sysfs.iterdir())
+    except OSError:  # not Linux, or no sysfs in a container: nothing to say
+        return []
+    for entry in entries:
+        try:
+            vendor = (entry / "idVendor").read_text().strip().lower()
+            if vendor not in OCEAN_USB_VENDORS:
+                continue
+            product = (entry / "idProduct").read_text().strip().lower()
+            bus, address = int((entry / "busnum").read_text()), int((entry / "devnum").read_text())
+            node = devfs / f"{bus:03d}" / f"{address:03d}"
+        except (OSError, ValueError):
+            continue
+        if node.exists() and not can_open(node):
+            blocked.append(f"{node} (USB {vendor}:{product})")
+    return blocked
 
 
 class OceanSpectrometer:
@@ -136,6 +179,12 @@ class OceanSpectrometer:
         except Exception as exc:  # noqa: BLE001 - the backend raises many kinds; classify them
             raise self._classify(exc, "listing USB spectrometers failed") from exc
         if not devices:
+            blocked = unopenable_ocean_usb_devices()
+            if blocked:
+                raise UsbPermissionDenied(
+                    f"an Ocean spectrometer is on USB ({', '.join(blocked)}) but this user may not open it",
+                    device=self.name,
+                )
             raise NoDeviceFound("no Ocean Insight spectrometer found on USB", device=self.name)
         if self.serial_number is not None:
             matching = [d for d in devices if str(getattr(d, "serial_number", "")) == str(self.serial_number)]
@@ -219,14 +268,23 @@ class OceanSpectrometer:
                 dtype=float,
             )
         except Exception as exc:  # noqa: BLE001
-            if "does not support" in str(exc).lower() and (
-                self.correct_dark_counts or self.correct_nonlinearity
-            ):
-                # some units store no nonlinearity coefficients or electric dark pixels: read uncorrected
+            # some units store no nonlinearity coefficients or have no electric dark pixels: seabreeze
+            # says "This device does not support dark count/nonlinearity correction."; drop that one
+            text = str(exc).lower()
+            if "does not support" in text:
+                if "nonlinearity" in text and self.correct_nonlinearity:
+                    self.correct_nonlinearity = False
+                    dropped = "nonlinearity"
+                elif "dark" in text and self.correct_dark_counts:
+                    self.correct_dark_counts = False
+                    dropped = "dark-pixel"
+                else:
+                    raise self._classify(exc, "reading a spectrum failed") from exc
                 log.warning(
-                    "spectrometer cannot correct; reading raw counts", device=self.name, reason=str(exc)
+                    f"spectrometer has no {dropped} correction; reading without it",
+                    device=self.name,
+                    reason=str(exc),
                 )
-                self.correct_dark_counts = self.correct_nonlinearity = False
                 return self._read_once(dev)
             raise self._classify(exc, "reading a spectrum failed") from exc
 
@@ -275,6 +333,13 @@ class OceanSpectrometer:
                 device=self.name,
                 hint="The spectrometer did not answer on USB: check the cable and hub, then re-plug it; an "
                 "integration time longer than the USB timeout also causes this.",
+            )
+        if "no pyusb backend" in str(exc).lower():
+            return SpectrometerError(
+                detail,
+                device=self.name,
+                hint="The pyseabreeze backend needs libusb: `apt install libusb-1.0-0` (or install the "
+                "cseabreeze wheel for this platform), then retry.",
             )
         if getattr(exc, "errno", None) == errno.ENODEV or "no such device" in str(exc).lower():
             return SpectrometerError(
