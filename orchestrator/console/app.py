@@ -52,15 +52,16 @@ def create_app(
     the notifier: for tests and for a second, read-mostly server on the same store.
     ``password_hasher`` defaults to argon2id at argon2-cffi's recommended cost; ``source`` to the
     campaign store at ``store_url``; ``notify`` to the SDL_NOTIFY_*/SDL_SMTP_* environment."""
-    engine = db.engine_for(store_url)
-    db.ensure_console_schema(engine)
-    directory = UserDirectory(engine, password_hasher)
-    signing = secret or os.environ.get(SECRET_ENV) or directory.signing_secret()
     if source is None:
+        # first: opening the store creates or upgrades its schema (and a SQLite file's folder)
         from orchestrator.console.store_source import StoreSource
 
         source = StoreSource(store_url)
     campaign_source = source
+    engine = db.engine_for(store_url)
+    db.ensure_console_schema(engine)
+    directory = UserDirectory(engine, password_hasher)
+    signing = secret or os.environ.get(SECRET_ENV) or directory.signing_secret()
     scheduler = ConsoleScheduler(store_url)
     set_job_context(
         JobContext(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -11,8 +11,14 @@ from orchestrator.console.models import ConsoleBase
 
 
 def engine_for(url: str) -> Engine:
+    from orchestrator.store import normalise_url  # postgresql:// means psycopg 3, as for the store
+
+    url = normalise_url(url)
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
+        database = make_url(url).database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -35,9 +41,9 @@ def redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-DB_ENV = "SDL_DB"
-
-
 def default_url() -> str:
-    """The store URL when none is given: $SDL_DB, else ./sdl.db (SQLite)."""
-    return os.environ.get(DB_ENV, "sqlite:///sdl.db")
+    """The store URL when none is given, the same as every other ``sdl`` command's:
+    $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db."""
+    from orchestrator.store import default_db_url
+
+    return default_db_url()
