@@ -139,7 +139,8 @@ class PumpConfig(_Strict):
                         "give sim:// ports without a query (sim://<driver>/<bus>); the rig sets address and world",
                     )
                 )
-        if self.syringe_volume_ul is not None:
+        if self.syringe_volume_ul is not None and dia_low <= self.syringe_diameter_mm <= dia_high:
+            # (only for a diameter the driver takes: 1e200 mm or 5e-324 mm would overflow or divide by 0)
             # a syringe's barrel is longer than wide: a volume/diameter pair that gives a stroke under
             # 10 mm or over 200 mm is almost surely a typo (mL for uL, radius for diameter)
             stroke_mm = self.syringe_volume_ul / (math.pi * (self.syringe_diameter_mm / 2) ** 2)
