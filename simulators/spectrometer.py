@@ -184,7 +184,10 @@ class SimulatedSeabreezeSpectrometer:
 
     def open(self) -> None:
         if self.faults.holds("disconnect", self._elapsed()):
-            raise SeaBreezeError(f"No device attached with serial number '{self._serial}'.")
+            raise SeaBreezeError(
+                "Failed to open device: [Errno 19] No such device (it may have been disconnected)",
+                error_code=19,
+            )
         self._open = True
         self._opened_at_s = self._elapsed()
 

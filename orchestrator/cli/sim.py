@@ -34,17 +34,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         help="pump address on the line (repeat for a chain; default 0)",
     )
-    pump.add_argument("--baud", type=int, default=19200, help="the emulated pumps' baud rate (default 19200)")
+    pump.add_argument(
+        "--baud",
+        type=int,
+        default=None,
+        help="the emulated pumps' baud rate (default: the family's factory setting, newera 19200, harvard 115200)",
+    )
     pump.add_argument("--bus", default="pty", help="bus name the pumps report their flows under")
     pump.add_argument("--world", default="pty", help="name of the (wall-clock) simulated world")
     pump.set_defaults(func=_run_pump)
+
+
+# factory baud rates: New Era NE-1000 family 19200, Harvard PHD ULTRA / Pump 11 Elite / Legato 115200
+DEFAULT_BAUD = {"newera": 19200, "harvard": 115200}
 
 
 def serve_pump(
     protocol: str,
     addresses: Sequence[int],
     *,
-    baud: int = 19200,
+    baud: int | None = None,
     bus: str = "pty",
     world_name: str = "pty",
     stop: threading.Event | None = None,
@@ -53,6 +62,7 @@ def serve_pump(
     """Serve the pumps on a pty until ``stop`` is set (or Ctrl-C); ``ready(path)`` once it listens."""
     if protocol not in KNOWN_PROTOCOLS:
         raise ValueError(f"unknown pump protocol {protocol!r}; known: {', '.join(sorted(KNOWN_PROTOCOLS))}")
+    baud = baud if baud is not None else DEFAULT_BAUD.get(protocol, 19200)
     set_world(world_name, World(clock=WallClock()))  # other programs talk in real time
     drop_bus(protocol, bus)
     query = {"address": [str(a) for a in addresses], "baud": [str(baud)], "world": [world_name]}
@@ -75,11 +85,12 @@ def serve_pump(
 def _run_pump(args: argparse.Namespace) -> int:
     console = Console()
     addresses = args.address or [0]
+    baud = args.baud if args.baud is not None else DEFAULT_BAUD.get(args.protocol, 19200)
 
     def announce(path: str) -> None:
         console.print(path, highlight=False, soft_wrap=True)
         console.print(
-            f"[dim]{args.protocol} pumps at address {', '.join(map(str, addresses))}, {args.baud} baud; "
+            f"[dim]{args.protocol} pumps at address {', '.join(map(str, addresses))}, {baud} baud; "
             "Ctrl-C to stop[/dim]",
         )
 
@@ -88,7 +99,7 @@ def _run_pump(args: argparse.Namespace) -> int:
     return serve_pump(
         args.protocol,
         addresses,
-        baud=args.baud,
+        baud=baud,
         bus=args.bus,
         world_name=args.world,
         stop=stop,
