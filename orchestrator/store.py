@@ -1,0 +1,1376 @@
+"""The campaign store: campaigns, rounds, conditions, replicates, the event journal, control
+requests and e-stop latches, in one SQL database (SQLAlchemy 2.x Core).
+
+SQLite file by default (WAL, foreign keys on, a busy timeout, write transactions ``BEGIN IMMEDIATE``
+so two processes never deadlock upgrading a read lock), PostgreSQL by URL
+(``postgresql+psycopg://user@host/db``). The schema is created and upgraded by the Alembic
+migrations in :mod:`orchestrator.migrations` whenever :func:`open_store` opens a store.
+
+Every method that changes something does it in ONE transaction together with its journal event, so
+the journal and the data never disagree, whatever moment a process is killed at. Event ids grow in
+commit order (PostgreSQL: writers of events take a transaction-scoped advisory lock), so a reader
+that polls ``events(after_id=last)`` never misses one. The API is agreed in
+``/work/notes/STORE_API.md``; names listed there are never renamed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from orchestrator import state
+from orchestrator.state import InvalidTransition
+
+log = structlog.get_logger(__name__)
+
+DB_ENV = "SDL_DB_URL"
+# the console and deploy/ read SDL_DB; honour it too so every part opens the same database
+CONSOLE_DB_ENV = "SDL_DB"
+FALLBACK_DB_URL = "sqlite:///runs/sdl.db"
+
+
+def default_db_url() -> str:
+    """$SDL_DB_URL, else $SDL_DB, else ``sqlite:///runs/sdl.db`` (relative to the working directory)."""
+    return os.environ.get(DB_ENV) or os.environ.get(CONSOLE_DB_ENV) or FALLBACK_DB_URL
+
+
+DEFAULT_DB_URL = default_db_url()  # read at import; call default_db_url() for the current environment
+
+# a claim without a heartbeat for this long is stale: its process is presumed dead
+STALE_AFTER_S = 60.0
+# heartbeat at least this often (a background thread in the runner), well inside STALE_AFTER_S
+HEARTBEAT_EVERY_S = 15.0
+
+CONDITION_STATUSES = ("planned", "measuring", "done", "failed")
+ROUND_STATUSES = ("planned", "measuring", "done")
+
+# PostgreSQL advisory-lock keys (arbitrary constants, one per purpose)
+_PG_EVENTS_LOCK = 0x5D1_0001
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+
+class StoreError(RuntimeError):
+    """The store refused an operation; the message says why and what to do."""
+
+
+class UnknownCampaign(StoreError, LookupError):
+    def __init__(self, campaign_id: str) -> None:
+        self.campaign_id = campaign_id
+        super().__init__(f"no campaign {campaign_id!r} in this store: `sdl status` lists the campaigns")
+
+
+class DuplicateReplicate(StoreError):
+    """That (campaign, round, condition, attempt, replicate) is already stored: never measure twice."""
+
+
+class CampaignClaimed(StoreError):
+    """Another live process drives this campaign."""
+
+
+class ClaimLost(StoreError):
+    """This process no longer holds the campaign (another took it over after a stale heartbeat)."""
+
+
+# ---------------------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class PlannedCondition:
+    inputs: dict[str, float]
+    source: str
+    prediction: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    id: str
+    name: str
+    status: str
+    reason: str
+    status_by: str
+    status_at: datetime
+    protocol_yaml: str
+    protocol_path: str
+    rig_yaml: str
+    rig_path: str
+    rig_name: str
+    seed: int
+    options: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    owner: str | None = None
+    heartbeat_at: datetime | None = None
+    claimed_at: datetime | None = None
+    queued_for_rig: str | None = None
+
+    @property
+    def campaign_id(self) -> str:
+        return self.id
+
+    @property
+    def ended(self) -> bool:
+        return self.status in state.ENDED
+
+    @property
+    def description(self) -> str:
+        """``"paused by alice at 02:14: bubble in line"``"""
+        return state.describe(self.status, self.reason, self.status_by, self.status_at)
+
+    def is_live(self, now: datetime, stale_after_s: float = STALE_AFTER_S) -> bool:
+        """Whether a process holds the campaign and heartbeated within ``stale_after_s``."""
+        return (
+            self.owner is not None
+            and self.heartbeat_at is not None
+            and now - self.heartbeat_at < timedelta(seconds=stale_after_s)
+        )
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    campaign_id: str
+    index: int
+    strategy: str
+    bounds: dict[str, tuple[float, float]]
+    notes: dict[str, Any]
+    status: str  # planned | measuring | done
+    planned_at: datetime
+    finished_at: datetime | None = None
+    bounds_next: dict[str, tuple[float, float]] | None = None
+
+
+@dataclass(frozen=True)
+class ConditionRow:
+    campaign_id: str
+    round: int
+    index: int
+    inputs: dict[str, float]
+    source: str
+    prediction: np.ndarray | None
+    status: str  # planned | measuring | done | failed
+    attempt: int
+    median_loss: float | None
+    mad: float | None
+    accepted: int
+    rates: dict[str, float] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+@dataclass(frozen=True)
+class ReplicateRow:
+    campaign_id: str
+    round: int
+    condition: int
+    attempt: int
+    index: int
+    absorbance: np.ndarray
+    raw: dict[str, np.ndarray]
+    loss: float | None
+    accepted: bool
+    reject_reason: str | None
+    set_aside: bool
+    clock_s: float
+    at: datetime
+    set_aside_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    campaign_id: str | None
+    at: datetime
+    kind: str
+    who: str
+    reason: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControlRow:
+    id: int
+    campaign_id: str
+    action: str
+    who: str
+    reason: str
+    at: datetime
+    handled_at: datetime | None = None
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class EstopRow:
+    id: int
+    rig: str | None  # None: every rig
+    who: str
+    reason: str
+    at: datetime
+    cleared_at: datetime | None = None
+    cleared_by: str | None = None
+    clear_reason: str | None = None
+
+
+# ---------------------------------------------------------------------------------------- schema
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite (naive text) and PostgreSQL alike."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store takes timezone-aware UTC times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# integer primary keys that are 64-bit on PostgreSQL and ROWID aliases on SQLite
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData()
+
+campaigns_t = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("status_by", sa.String(200), nullable=False),
+    sa.Column("status_at", UTCDateTime(), nullable=False),
+    sa.Column("protocol_yaml", sa.Text(), nullable=False),
+    sa.Column("protocol_path", sa.Text(), nullable=False),
+    sa.Column("rig_yaml", sa.Text(), nullable=False),
+    sa.Column("rig_path", sa.Text(), nullable=False),
+    sa.Column("rig_name", sa.String(200), nullable=False),
+    sa.Column("seed", sa.BigInteger(), nullable=False),
+    sa.Column("options", sa.JSON(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=True),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=True),
+    sa.Column("claimed_at", UTCDateTime(), nullable=True),
+    sa.Column("queued_for_rig", sa.String(200), nullable=True),
+    sa.Index("ix_campaigns_status", "status"),
+    sa.Index("ix_campaigns_queued_for_rig", "queued_for_rig"),
+)
+
+rounds_t = sa.Table(
+    "rounds",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("campaign_id", sa.String(64), sa.ForeignKey("campaigns.id"), nullable=False),
+    sa.Column("round_index", sa.Integer(), nullable=False),
+    sa.Column("strategy", sa.String(100), nullable=False),
+    sa.Column("bounds", sa.JSON(), nullable=False),
+    sa.Column("notes", sa.JSON(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("bounds_next", sa.JSON(), nullable=True),
+    sa.Column("planned_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("campaign_id", "round_index", name="uq_rounds_campaign_round"),
+)
+
+conditions_t = sa.Table(
+    "conditions",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("campaign_id", sa.String(64), nullable=False),
+    sa.Column("round_index", sa.Integer(), nullable=False),
+    sa.Column("condition_index", sa.Integer(), nullable=False),
+    sa.Column("inputs", sa.JSON(), nullable=False),
+    sa.Column("source", sa.String(100), nullable=False),
+    sa.Column("prediction", sa.LargeBinary(), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("median_loss", sa.Float(), nullable=True),
+    sa.Column("mad", sa.Float(), nullable=True),
+    sa.Column("accepted", sa.Integer(), nullable=False),
+    sa.Column("rates", sa.JSON(), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("campaign_id", "round_index", "condition_index", name="uq_conditions_key"),
+    sa.ForeignKeyConstraint(
+        ["campaign_id", "round_index"],
+        ["rounds.campaign_id", "rounds.round_index"],
+        name="fk_conditions_round",
+    ),
+)
+
+replicates_t = sa.Table(
+    "replicates",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("campaign_id", sa.String(64), nullable=False),
+    sa.Column("round_index", sa.Integer(), nullable=False),
+    sa.Column("condition_index", sa.Integer(), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("replicate_index", sa.Integer(), nullable=False),
+    sa.Column("absorbance", sa.LargeBinary(), nullable=False),
+    sa.Column("raw", sa.LargeBinary(), nullable=False),
+    sa.Column("loss", sa.Float(), nullable=True),
+    sa.Column("accepted", sa.Boolean(), nullable=False),
+    sa.Column("reject_reason", sa.Text(), nullable=True),
+    sa.Column("set_aside", sa.Boolean(), nullable=False),
+    sa.Column("set_aside_reason", sa.Text(), nullable=True),
+    sa.Column("clock_s", sa.Float(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint(
+        "campaign_id",
+        "round_index",
+        "condition_index",
+        "attempt",
+        "replicate_index",
+        name="uq_replicates_key",
+    ),
+    sa.ForeignKeyConstraint(
+        ["campaign_id", "round_index", "condition_index"],
+        ["conditions.campaign_id", "conditions.round_index", "conditions.condition_index"],
+        name="fk_replicates_condition",
+    ),
+)
+
+events_t = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("campaign_id", sa.String(64), sa.ForeignKey("campaigns.id"), nullable=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("data", sa.JSON(), nullable=False),
+    sa.Index("ix_events_campaign_id", "campaign_id", "id"),
+)
+
+control_requests_t = sa.Table(
+    "control_requests",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("campaign_id", sa.String(64), sa.ForeignKey("campaigns.id"), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("handled_at", UTCDateTime(), nullable=True),
+    sa.Column("outcome", sa.Text(), nullable=True),
+    sa.Index("ix_control_requests_pending", "campaign_id", "handled_at"),
+)
+
+estops_t = sa.Table(
+    "estops",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("rig", sa.String(200), nullable=True),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("latched_at", UTCDateTime(), nullable=False),
+    sa.Column("cleared_at", UTCDateTime(), nullable=True),
+    sa.Column("cleared_by", sa.String(200), nullable=True),
+    sa.Column("clear_reason", sa.Text(), nullable=True),
+    sa.Index("ix_estops_active", "cleared_at"),
+)
+
+
+# ---------------------------------------------------------------------------------------- codecs
+
+
+def array_to_bytes(a: np.ndarray | Sequence[float]) -> bytes:
+    """float64 array -> ``.npy`` bytes (shape and dtype kept, no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a, dtype=np.float64), allow_pickle=False)
+    return buf.getvalue()
+
+
+def array_from_bytes(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+def arrays_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """{name: array} -> ``.npz`` bytes; each array keeps its dtype (raw counts may be integers)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{str(k): np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def arrays_from_bytes(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON for the journal: numpy scalars and arrays to Python, NaN/inf to None (PostgreSQL's
+    json refuses them), tuples to lists, datetimes to ISO text."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _bounds_json(bounds: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    return {str(k): [float(v[0]), float(v[1])] for k, v in bounds.items()}
+
+
+def _bounds_from(data: Mapping[str, Sequence[float]] | None) -> dict[str, tuple[float, float]] | None:
+    if data is None:
+        return None
+    return {k: (float(v[0]), float(v[1])) for k, v in data.items()}
+
+
+def _opt_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------------------- engine
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 here (the only PostgreSQL driver installed)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the store's connection settings (SQLite: WAL, foreign keys, busy timeout, and
+    ``BEGIN IMMEDIATE`` for write transactions)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if in_memory:
+        engine = sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa_event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_conn: Any, _record: object) -> None:
+        # the driver's own implicit BEGIN is off: SQLAlchemy's "begin" event below emits it
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
+        cur.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Connection) -> None:
+        # a writer takes the write lock up front: no deadlock between two read-then-write transactions
+        mode = "IMMEDIATE" if conn.get_execution_options().get("sdl_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def open_store(
+    url: str | None = None, *, clock: Callable[[], datetime] | None = None, upgrade: bool = True
+) -> Store:
+    """Open the store at ``url`` (default :func:`default_db_url`), creating or upgrading its schema
+    with the Alembic migrations (``upgrade head``). ``clock`` returns the current UTC time (tests)."""
+    from orchestrator import migrations  # late: alembic is only needed here
+
+    url = normalise_url(url or default_db_url())
+    engine = make_engine(url)
+    if upgrade:
+        migrations.upgrade(engine)
+    return Store(engine, url, clock=clock)
+
+
+# ---------------------------------------------------------------------------------------- store
+
+
+class Store:
+    """All reads and writes of campaign data. Thread-safe (one connection per call)."""
+
+    def __init__(self, engine: Engine, url: str, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.engine = engine
+        self.url = url
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    # -- transactions
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(sdl_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _event(
+        self,
+        conn: Connection,
+        campaign_id: str | None,
+        kind: str,
+        *,
+        who: str = "system",
+        reason: str = "",
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        if conn.dialect.name == "postgresql":
+            # ids in commit order: the lock is held until this transaction ends
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_EVENTS_LOCK)))
+        result = conn.execute(
+            events_t.insert().values(
+                campaign_id=campaign_id,
+                at=self.now(),
+                kind=kind,
+                who=who,
+                reason=reason or "",
+                data=jsonable(dict(data or {})),
+            )
+        )
+        assert result.inserted_primary_key is not None
+        return int(result.inserted_primary_key[0])
+
+    def _campaign_row(self, conn: Connection, campaign_id: str, *, for_update: bool = False) -> CampaignRow:
+        query = sa.select(campaigns_t).where(campaigns_t.c.id == campaign_id)
+        if for_update and conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise UnknownCampaign(campaign_id)
+        return CampaignRow(**row)
+
+    # -- campaigns
+
+    def create_campaign(
+        self,
+        *,
+        name: str,
+        protocol_yaml: str,
+        protocol_path: str,
+        rig_yaml: str,
+        rig_path: str,
+        rig_name: str,
+        seed: int,
+        options: Mapping[str, Any],
+        status: str = state.CREATED,
+        who: str = "system",
+    ) -> str:
+        """Store a new campaign and return its id, e.g. ``c-20261129-0153-ab12``."""
+        if status not in (state.CREATED, state.QUEUED, state.RUNNING):
+            raise InvalidTransition(
+                "(new)", status, f"a new campaign starts as created, queued or running, not {status!r}"
+            )
+        now = self.now()
+        with self._write() as conn:
+            while True:
+                campaign_id = f"c-{now:%Y%m%d-%H%M}-{secrets.token_hex(2)}"
+                taken = conn.execute(
+                    sa.select(campaigns_t.c.id).where(campaigns_t.c.id == campaign_id)
+                ).first()
+                if taken is None:
+                    break
+            conn.execute(
+                campaigns_t.insert().values(
+                    id=campaign_id,
+                    name=name,
+                    status=status,
+                    reason="",
+                    status_by=who,
+                    status_at=now,
+                    protocol_yaml=protocol_yaml,
+                    protocol_path=str(protocol_path),
+                    rig_yaml=rig_yaml,
+                    rig_path=str(rig_path),
+                    rig_name=rig_name,
+                    seed=int(seed),
+                    options=jsonable(dict(options)),
+                    created_at=now,
+                    updated_at=now,
+                    queued_for_rig=rig_name if status == state.QUEUED else None,
+                )
+            )
+            self._event(
+                conn,
+                campaign_id,
+                "campaign_created",
+                who=who,
+                data={
+                    "name": name,
+                    "status": status,
+                    "rig": rig_name,
+                    "seed": int(seed),
+                    "protocol": str(protocol_path),
+                },
+            )
+        log.info("campaign_created", campaign=campaign_id, name=name, rig=rig_name)
+        return campaign_id
+
+    def campaign(self, campaign_id: str) -> CampaignRow:
+        with self._read() as conn:
+            return self._campaign_row(conn, campaign_id)
+
+    def campaigns(self) -> list[CampaignRow]:
+        """Every campaign, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(campaigns_t).order_by(campaigns_t.c.created_at.desc(), campaigns_t.c.id.desc())
+            ).mappings()
+            return [CampaignRow(**r) for r in rows]
+
+    def set_status(
+        self,
+        campaign_id: str,
+        status: str,
+        *,
+        reason: str = "",
+        who: str = "system",
+        kind: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Change the status (checked by :func:`orchestrator.state.check_transition`), with its
+        reason, and journal it, in one transaction. Becoming ``running`` is refused while an e-stop
+        latch holds the campaign's rig."""
+        with self._write() as conn:
+            row = self._campaign_row(conn, campaign_id, for_update=True)
+            state.check_transition(row.status, status)
+            if status == state.RUNNING:
+                latch = self._active_latch(conn, row.rig_name)
+                if latch is not None:
+                    scope = "every rig" if latch.rig is None else f"rig {latch.rig!r}"
+                    raise InvalidTransition(
+                        row.status,
+                        status,
+                        f"an e-stop is latched on {scope} "
+                        f"({state.describe('estop', latch.reason, latch.who, latch.at)}); "
+                        "clear it with `sdl estop --clear --reason TEXT` before resuming",
+                    )
+            now = self.now()
+            values: dict[str, Any] = {
+                "status": status,
+                "reason": reason or "",
+                "status_by": who,
+                "status_at": now,
+                "updated_at": now,
+            }
+            if status == state.QUEUED:
+                values["queued_for_rig"] = row.rig_name
+            elif row.status == state.QUEUED:
+                values["queued_for_rig"] = None
+            conn.execute(campaigns_t.update().where(campaigns_t.c.id == campaign_id).values(**values))
+            self._event(
+                conn,
+                campaign_id,
+                kind or status,
+                who=who,
+                reason=reason,
+                data={"from": row.status, "to": status, **dict(data or {})},
+            )
+        log.info("campaign_status", campaign=campaign_id, old=row.status, new=status, who=who, reason=reason)
+
+    # -- claims: which process drives a campaign
+
+    def claim(self, campaign_id: str, owner: str, *, stale_after_s: float = STALE_AFTER_S) -> None:
+        """Take the campaign for ``owner`` (re-claiming your own is fine). Refused while another owner
+        heartbeats within ``stale_after_s``, and for a campaign that has ended."""
+        with self._write() as conn:
+            row = self._campaign_row(conn, campaign_id, for_update=True)
+            now = self.now()
+            if row.ended:
+                raise StoreError(f"campaign {campaign_id} is {row.status}: it is final, nothing to run")
+            if row.owner not in (None, owner) and row.is_live(now, stale_after_s):
+                raise CampaignClaimed(
+                    f"campaign {campaign_id} is driven by {row.owner} (heartbeat at "
+                    f"{row.heartbeat_at:%H:%M:%S} UTC); stop that process first, or wait "
+                    f"{stale_after_s:.0f} s after it died"
+                )
+            conn.execute(
+                campaigns_t.update()
+                .where(campaigns_t.c.id == campaign_id)
+                .values(owner=owner, heartbeat_at=now, claimed_at=now)
+            )
+            self._event(conn, campaign_id, "claimed", who=owner, data={"owner": owner, "previous": row.owner})
+
+    def heartbeat(self, campaign_id: str, owner: str) -> None:
+        """Prove ``owner`` is alive; raises :class:`ClaimLost` if another process took the campaign."""
+        with self._write() as conn:
+            done = conn.execute(
+                campaigns_t.update()
+                .where(campaigns_t.c.id == campaign_id, campaigns_t.c.owner == owner)
+                .values(heartbeat_at=self.now())
+            ).rowcount
+            if not done:
+                row = self._campaign_row(conn, campaign_id)
+                raise ClaimLost(
+                    f"campaign {campaign_id} is no longer held by {owner} (owner now: {row.owner or 'nobody'}); "
+                    "stop driving the rig"
+                )
+
+    def release(self, campaign_id: str, owner: str) -> None:
+        """Let go of the campaign (no-op if ``owner`` does not hold it)."""
+        with self._write() as conn:
+            done = conn.execute(
+                campaigns_t.update()
+                .where(campaigns_t.c.id == campaign_id, campaigns_t.c.owner == owner)
+                .values(owner=None, heartbeat_at=None)
+            ).rowcount
+            if done:
+                self._event(conn, campaign_id, "released", who=owner, data={"owner": owner})
+
+    def live_owner(self, campaign_id: str, *, stale_after_s: float = STALE_AFTER_S) -> str | None:
+        """The process driving the campaign now, or None if nobody heartbeats it."""
+        row = self.campaign(campaign_id)
+        return row.owner if row.is_live(self.now(), stale_after_s) else None
+
+    def claim_next(self, rig_name: str, owner: str, *, stale_after_s: float = STALE_AFTER_S) -> str | None:
+        """For an agent: claim the oldest queued campaign for ``rig_name`` nobody live holds; its id or None."""
+        with self._write() as conn:
+            query = (
+                sa.select(campaigns_t)
+                .where(campaigns_t.c.status == state.QUEUED, campaigns_t.c.queued_for_rig == rig_name)
+                .order_by(campaigns_t.c.created_at, campaigns_t.c.id)
+            )
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            now = self.now()
+            for r in conn.execute(query).mappings().all():
+                row = CampaignRow(**r)
+                if row.owner not in (None, owner) and row.is_live(now, stale_after_s):
+                    continue
+                conn.execute(
+                    campaigns_t.update()
+                    .where(campaigns_t.c.id == row.id)
+                    .values(owner=owner, heartbeat_at=now, claimed_at=now)
+                )
+                self._event(conn, row.id, "claimed", who=owner, data={"owner": owner, "previous": row.owner})
+                return row.id
+        return None
+
+    # -- rounds and conditions
+
+    def add_round(
+        self,
+        campaign_id: str,
+        index: int,
+        *,
+        strategy: str,
+        bounds: Mapping[str, Sequence[float]],
+        conditions: Sequence[PlannedCondition],
+        notes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Persist a planned batch: the round, its conditions and event ``batch_planned``, at once.
+        A round index that already exists raises :class:`StoreError` (the batch is planned once)."""
+        with self._write() as conn:
+            self._campaign_row(conn, campaign_id, for_update=True)
+            exists = conn.execute(
+                sa.select(rounds_t.c.id).where(
+                    rounds_t.c.campaign_id == campaign_id, rounds_t.c.round_index == index
+                )
+            ).first()
+            if exists is not None:
+                raise StoreError(
+                    f"round {index} of campaign {campaign_id} is already planned; "
+                    "resume it instead of planning it again"
+                )
+            now = self.now()
+            conn.execute(
+                rounds_t.insert().values(
+                    campaign_id=campaign_id,
+                    round_index=int(index),
+                    strategy=strategy,
+                    bounds=_bounds_json(bounds),
+                    notes=jsonable(dict(notes or {})),
+                    status="planned",
+                    planned_at=now,
+                )
+            )
+            if conditions:
+                conn.execute(
+                    conditions_t.insert(),
+                    [
+                        {
+                            "campaign_id": campaign_id,
+                            "round_index": int(index),
+                            "condition_index": i,
+                            "inputs": {str(k): float(v) for k, v in c.inputs.items()},
+                            "source": c.source,
+                            "prediction": None if c.prediction is None else array_to_bytes(c.prediction),
+                            "status": "planned",
+                            "attempt": 0,
+                            "accepted": 0,
+                        }
+                        for i, c in enumerate(conditions)
+                    ],
+                )
+            self._event(
+                conn,
+                campaign_id,
+                "batch_planned",
+                data={
+                    "round": int(index),
+                    "strategy": strategy,
+                    "bounds": _bounds_json(bounds),
+                    "conditions": [{"inputs": c.inputs, "source": c.source} for c in conditions],
+                },
+            )
+
+    def rounds(self, campaign_id: str) -> list[RoundRow]:
+        with self._read() as conn:
+            self._campaign_row(conn, campaign_id)
+            rows = conn.execute(
+                sa.select(rounds_t)
+                .where(rounds_t.c.campaign_id == campaign_id)
+                .order_by(rounds_t.c.round_index)
+            ).mappings()
+            return [
+                RoundRow(
+                    campaign_id=r["campaign_id"],
+                    index=r["round_index"],
+                    strategy=r["strategy"],
+                    bounds=_bounds_from(r["bounds"]) or {},
+                    notes=dict(r["notes"] or {}),
+                    status=r["status"],
+                    planned_at=r["planned_at"],
+                    finished_at=r["finished_at"],
+                    bounds_next=_bounds_from(r["bounds_next"]),
+                )
+                for r in rows
+            ]
+
+    def conditions(self, campaign_id: str, round_index: int | None = None) -> list[ConditionRow]:
+        with self._read() as conn:
+            self._campaign_row(conn, campaign_id)
+            query = sa.select(conditions_t).where(conditions_t.c.campaign_id == campaign_id)
+            if round_index is not None:
+                query = query.where(conditions_t.c.round_index == round_index)
+            rows = conn.execute(
+                query.order_by(conditions_t.c.round_index, conditions_t.c.condition_index)
+            ).mappings()
+            return [
+                ConditionRow(
+                    campaign_id=r["campaign_id"],
+                    round=r["round_index"],
+                    index=r["condition_index"],
+                    inputs=dict(r["inputs"]),
+                    source=r["source"],
+                    prediction=None if r["prediction"] is None else array_from_bytes(r["prediction"]),
+                    status=r["status"],
+                    attempt=r["attempt"],
+                    median_loss=r["median_loss"],
+                    mad=r["mad"],
+                    accepted=r["accepted"],
+                    rates=None if r["rates"] is None else dict(r["rates"]),
+                    started_at=r["started_at"],
+                    finished_at=r["finished_at"],
+                )
+                for r in rows
+            ]
+
+    def _condition_key(self, campaign_id: str, round_index: int, condition_index: int) -> list[Any]:
+        return [
+            conditions_t.c.campaign_id == campaign_id,
+            conditions_t.c.round_index == round_index,
+            conditions_t.c.condition_index == condition_index,
+        ]
+
+    def _require_condition(
+        self, conn: Connection, campaign_id: str, round_index: int, condition_index: int
+    ) -> None:
+        found = conn.execute(
+            sa.select(conditions_t.c.id).where(
+                *self._condition_key(campaign_id, round_index, condition_index)
+            )
+        ).first()
+        if found is None:
+            self._campaign_row(conn, campaign_id)
+            raise StoreError(
+                f"campaign {campaign_id} has no planned round {round_index} condition {condition_index}; "
+                "add_round must persist the batch before it is measured"
+            )
+
+    def start_condition(
+        self,
+        campaign_id: str,
+        round_index: int,
+        condition_index: int,
+        attempt: int,
+        *,
+        rates: Mapping[str, float] | None = None,
+    ) -> None:
+        """Mark the condition measuring (attempt ``attempt``) and journal ``condition_started`` with the
+        pump rates set for it (uL/min per pump or stream)."""
+        with self._write() as conn:
+            self._require_condition(conn, campaign_id, round_index, condition_index)
+            now = self.now()
+            rates_json = None if rates is None else {str(k): float(v) for k, v in rates.items()}
+            conn.execute(
+                conditions_t.update()
+                .where(*self._condition_key(campaign_id, round_index, condition_index))
+                .values(status="measuring", attempt=int(attempt), rates=rates_json, started_at=now)
+            )
+            conn.execute(
+                rounds_t.update()
+                .where(
+                    rounds_t.c.campaign_id == campaign_id,
+                    rounds_t.c.round_index == round_index,
+                    rounds_t.c.status == "planned",
+                )
+                .values(status="measuring")
+            )
+            self._event(
+                conn,
+                campaign_id,
+                "condition_started",
+                data={
+                    "round": round_index,
+                    "condition": condition_index,
+                    "attempt": attempt,
+                    "rates": rates_json,
+                },
+            )
+
+    def add_replicate(
+        self,
+        campaign_id: str,
+        round_index: int,
+        condition_index: int,
+        attempt: int,
+        replicate_index: int,
+        *,
+        absorbance: np.ndarray,
+        raw: Mapping[str, np.ndarray],
+        loss: float | None,
+        accepted: bool,
+        reject_reason: str | None,
+        clock_s: float,
+    ) -> None:
+        """Store one measured replicate with event ``replicate_acquired``; the same key twice raises
+        :class:`DuplicateReplicate`."""
+        key = (campaign_id, round_index, condition_index, attempt, replicate_index)
+        duplicate = DuplicateReplicate(
+            f"campaign {campaign_id} round {round_index} condition {condition_index} attempt {attempt} "
+            f"replicate {replicate_index} is already stored; a resumed run must continue after it"
+        )
+        loss_value = None if loss is None else float(loss)
+        try:
+            with self._write() as conn:
+                self._require_condition(conn, campaign_id, round_index, condition_index)
+                taken = conn.execute(
+                    sa.select(replicates_t.c.id).where(
+                        replicates_t.c.campaign_id == key[0],
+                        replicates_t.c.round_index == key[1],
+                        replicates_t.c.condition_index == key[2],
+                        replicates_t.c.attempt == key[3],
+                        replicates_t.c.replicate_index == key[4],
+                    )
+                ).first()
+                if taken is not None:
+                    raise duplicate
+                conn.execute(
+                    replicates_t.insert().values(
+                        campaign_id=campaign_id,
+                        round_index=int(round_index),
+                        condition_index=int(condition_index),
+                        attempt=int(attempt),
+                        replicate_index=int(replicate_index),
+                        absorbance=array_to_bytes(absorbance),
+                        raw=arrays_to_bytes(raw),
+                        loss=loss_value,
+                        accepted=bool(accepted),
+                        reject_reason=reject_reason,
+                        set_aside=False,
+                        clock_s=float(clock_s),
+                        at=self.now(),
+                    )
+                )
+                self._event(
+                    conn,
+                    campaign_id,
+                    "replicate_acquired",
+                    data={
+                        "round": round_index,
+                        "condition": condition_index,
+                        "attempt": attempt,
+                        "replicate": replicate_index,
+                        "loss": loss_value,
+                        "accepted": bool(accepted),
+                        "reject_reason": reject_reason,
+                        "clock_s": float(clock_s),
+                    },
+                )
+        except IntegrityError as exc:  # a concurrent writer won the race for the same key
+            raise duplicate from exc
+
+    def replicates(
+        self,
+        campaign_id: str,
+        round_index: int | None = None,
+        condition_index: int | None = None,
+        *,
+        include_set_aside: bool = False,
+    ) -> list[ReplicateRow]:
+        """Replicates in measurement order (round, condition, attempt, index)."""
+        with self._read() as conn:
+            self._campaign_row(conn, campaign_id)
+            c = replicates_t.c
+            query = sa.select(replicates_t).where(c.campaign_id == campaign_id)
+            if round_index is not None:
+                query = query.where(c.round_index == round_index)
+            if condition_index is not None:
+                query = query.where(c.condition_index == condition_index)
+            if not include_set_aside:
+                query = query.where(c.set_aside.is_(False))
+            query = query.order_by(c.round_index, c.condition_index, c.attempt, c.replicate_index)
+            return [
+                ReplicateRow(
+                    campaign_id=r["campaign_id"],
+                    round=r["round_index"],
+                    condition=r["condition_index"],
+                    attempt=r["attempt"],
+                    index=r["replicate_index"],
+                    absorbance=array_from_bytes(r["absorbance"]),
+                    raw=arrays_from_bytes(r["raw"]),
+                    loss=r["loss"],
+                    accepted=bool(r["accepted"]),
+                    reject_reason=r["reject_reason"],
+                    set_aside=bool(r["set_aside"]),
+                    clock_s=r["clock_s"],
+                    at=r["at"],
+                    set_aside_reason=r["set_aside_reason"],
+                )
+                for r in conn.execute(query).mappings()
+            ]
+
+    def set_aside(
+        self, campaign_id: str, round_index: int, condition_index: int, attempt: int, reason: str
+    ) -> None:
+        """Set aside every replicate of that attempt (kept, but no longer counted), journaled."""
+        with self._write() as conn:
+            self._require_condition(conn, campaign_id, round_index, condition_index)
+            c = replicates_t.c
+            count = conn.execute(
+                replicates_t.update()
+                .where(
+                    c.campaign_id == campaign_id,
+                    c.round_index == round_index,
+                    c.condition_index == condition_index,
+                    c.attempt == attempt,
+                    c.set_aside.is_(False),
+                )
+                .values(set_aside=True, set_aside_reason=reason)
+            ).rowcount
+            self._event(
+                conn,
+                campaign_id,
+                "replicates_set_aside",
+                reason=reason,
+                data={"round": round_index, "condition": condition_index, "attempt": attempt, "count": count},
+            )
+
+    def finish_condition(
+        self,
+        campaign_id: str,
+        round_index: int,
+        condition_index: int,
+        *,
+        median_loss: float | None,
+        mad: float | None,
+        accepted: int,
+        failed: bool,
+    ) -> None:
+        """Record the condition's observation (median and MAD of accepted losses) or its failure;
+        journals ``condition_done`` or ``condition_failed``."""
+        status = "failed" if failed else "done"
+        with self._write() as conn:
+            self._require_condition(conn, campaign_id, round_index, condition_index)
+            conn.execute(
+                conditions_t.update()
+                .where(*self._condition_key(campaign_id, round_index, condition_index))
+                .values(
+                    status=status,
+                    median_loss=_opt_float(median_loss),
+                    mad=_opt_float(mad),
+                    accepted=int(accepted),
+                    finished_at=self.now(),
+                )
+            )
+            self._event(
+                conn,
+                campaign_id,
+                f"condition_{status}",
+                data={
+                    "round": round_index,
+                    "condition": condition_index,
+                    "median_loss": median_loss,
+                    "mad": mad,
+                    "accepted": int(accepted),
+                    "failed": failed,
+                },
+            )
+
+    def finish_round(
+        self, campaign_id: str, round_index: int, *, bounds_next: Mapping[str, Sequence[float]] | None = None
+    ) -> None:
+        """Mark the round done (``bounds_next``: the bounds the next round will use), journals ``round_done``."""
+        with self._write() as conn:
+            self._campaign_row(conn, campaign_id)
+            done = conn.execute(
+                rounds_t.update()
+                .where(rounds_t.c.campaign_id == campaign_id, rounds_t.c.round_index == round_index)
+                .values(
+                    status="done",
+                    finished_at=self.now(),
+                    bounds_next=None if bounds_next is None else _bounds_json(bounds_next),
+                )
+            ).rowcount
+            if not done:
+                raise StoreError(f"campaign {campaign_id} has no round {round_index} to finish")
+            self._event(
+                conn,
+                campaign_id,
+                "round_done",
+                data={
+                    "round": round_index,
+                    "bounds_next": None if bounds_next is None else _bounds_json(bounds_next),
+                },
+            )
+
+    # -- journal
+
+    def journal(
+        self,
+        campaign_id: str | None,
+        kind: str,
+        *,
+        who: str = "system",
+        reason: str = "",
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append an event (e.g. ``rates_set``, ``paused``) and return its id."""
+        with self._write() as conn:
+            if campaign_id is not None:
+                self._campaign_row(conn, campaign_id)
+            return self._event(conn, campaign_id, kind, who=who, reason=reason, data=data)
+
+    def events(self, campaign_id: str | None = None, after_id: int = 0, limit: int = 200) -> list[EventRow]:
+        """Events with id > ``after_id``, oldest first (``campaign_id=None``: every campaign's and the
+        rig-wide ones)."""
+        with self._read() as conn:
+            query = sa.select(events_t).where(events_t.c.id > after_id)
+            if campaign_id is not None:
+                query = query.where(events_t.c.campaign_id == campaign_id)
+            rows = conn.execute(query.order_by(events_t.c.id).limit(limit)).mappings()
+            return [
+                EventRow(
+                    id=r["id"],
+                    campaign_id=r["campaign_id"],
+                    at=r["at"],
+                    kind=r["kind"],
+                    who=r["who"],
+                    reason=r["reason"],
+                    data=dict(r["data"] or {}),
+                )
+                for r in rows
+            ]
+
+    def latest_event_id(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events_t.c.id), 0))).scalar_one())
+
+    # -- control requests
+
+    def request_control(self, campaign_id: str, action: str, *, who: str, reason: str) -> int:
+        """Ask the process running the campaign for ``action`` (honoured at its next checkpoint);
+        journals ``control_requested``. Returns the request id."""
+        if action not in state.CONTROL_ACTIONS:
+            raise StoreError(
+                f"unknown control action {action!r}: use one of {', '.join(sorted(state.CONTROL_ACTIONS))}"
+            )
+        with self._write() as conn:
+            row = self._campaign_row(conn, campaign_id)
+            if row.ended:
+                raise InvalidTransition(
+                    row.status,
+                    row.status,
+                    f"campaign {campaign_id} is {row.status}: it is final, nothing to {action}",
+                )
+            result = conn.execute(
+                control_requests_t.insert().values(
+                    campaign_id=campaign_id, action=action, who=who, reason=reason or "", at=self.now()
+                )
+            )
+            assert result.inserted_primary_key is not None
+            request_id = int(result.inserted_primary_key[0])
+            self._event(
+                conn,
+                campaign_id,
+                "control_requested",
+                who=who,
+                reason=reason,
+                data={"request_id": request_id, "action": action},
+            )
+        return request_id
+
+    def pending_controls(self, campaign_id: str) -> list[ControlRow]:
+        """Requests not yet handled, oldest first."""
+        with self._read() as conn:
+            c = control_requests_t.c
+            rows = conn.execute(
+                sa.select(control_requests_t)
+                .where(c.campaign_id == campaign_id, c.handled_at.is_(None))
+                .order_by(c.id)
+            ).mappings()
+            return [ControlRow(**r) for r in rows]
+
+    def mark_control_handled(self, request_id: int, outcome: str) -> None:
+        """Close a request with what came of it ("paused", "refused: already paused"); journals
+        ``control_handled``. Closing a closed request again changes nothing."""
+        with self._write() as conn:
+            c = control_requests_t.c
+            row = conn.execute(sa.select(control_requests_t).where(c.id == request_id)).mappings().first()
+            if row is None:
+                raise StoreError(f"no control request {request_id}")
+            if row["handled_at"] is not None:
+                return
+            conn.execute(
+                control_requests_t.update()
+                .where(c.id == request_id)
+                .values(handled_at=self.now(), outcome=outcome)
+            )
+            self._event(
+                conn,
+                row["campaign_id"],
+                "control_handled",
+                data={"request_id": request_id, "action": row["action"], "outcome": outcome},
+            )
+
+    # -- e-stop latch
+
+    def _active_latch(self, conn: Connection, rig: str | None) -> EstopRow | None:
+        c = estops_t.c
+        scope = c.rig.is_(None) if rig is None else sa.or_(c.rig.is_(None), c.rig == rig)
+        row = (
+            conn.execute(sa.select(estops_t).where(c.cleared_at.is_(None), scope).order_by(c.id).limit(1))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        return EstopRow(
+            id=row["id"],
+            rig=row["rig"],
+            who=row["who"],
+            reason=row["reason"],
+            at=row["latched_at"],
+            cleared_at=row["cleared_at"],
+            cleared_by=row["cleared_by"],
+            clear_reason=row["clear_reason"],
+        )
+
+    def latch_estop(self, *, who: str, reason: str, rig: str | None = None) -> int:
+        """Latch an e-stop on ``rig`` (None: every rig); journals ``estop``. Returns the latch id.
+        Running campaigns see it at once (:meth:`estop_latched`) and stop their pumps."""
+        with self._write() as conn:
+            result = conn.execute(
+                estops_t.insert().values(rig=rig, who=who, reason=reason or "", latched_at=self.now())
+            )
+            assert result.inserted_primary_key is not None
+            latch_id = int(result.inserted_primary_key[0])
+            self._event(conn, None, "estop", who=who, reason=reason, data={"rig": rig, "estop_id": latch_id})
+        log.warning("estop_latched", rig=rig or "*", who=who, reason=reason)
+        return latch_id
+
+    def estop_latched(self, rig: str | None) -> EstopRow | None:
+        """The oldest uncleared latch that holds ``rig`` (its own or an every-rig one);
+        ``rig=None`` asks about every-rig latches only."""
+        with self._read() as conn:
+            return self._active_latch(conn, rig)
+
+    def active_estops(self) -> list[EstopRow]:
+        """Every uncleared latch, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(estops_t).where(estops_t.c.cleared_at.is_(None)).order_by(estops_t.c.id)
+            ).mappings()
+            return [
+                EstopRow(id=r["id"], rig=r["rig"], who=r["who"], reason=r["reason"], at=r["latched_at"])
+                for r in rows
+            ]
+
+    def clear_estop(self, *, who: str, reason: str, rig: str | None = None) -> int:
+        """Clear latches: ``rig=None`` clears every latch, ``rig="X"`` the latches on X only (an
+        every-rig latch still holds X). A reason is required. Journals ``estop_cleared``; returns how
+        many latches were cleared (0: nothing was latched, nothing journaled)."""
+        if not reason or not reason.strip():
+            raise StoreError("clearing an e-stop needs a reason (what was checked): --reason TEXT")
+        with self._write() as conn:
+            c = estops_t.c
+            query = estops_t.update().where(c.cleared_at.is_(None))
+            if rig is not None:
+                query = query.where(c.rig == rig)
+            count = conn.execute(
+                query.values(cleared_at=self.now(), cleared_by=who, clear_reason=reason)
+            ).rowcount
+            if count:
+                self._event(
+                    conn, None, "estop_cleared", who=who, reason=reason, data={"rig": rig, "count": count}
+                )
+        if count:
+            log.warning("estop_cleared", rig=rig or "*", who=who, reason=reason, count=count)
+        return count
