@@ -544,12 +544,19 @@ def event_text(kind: str, reason: str, who: str | None, at: datetime, data: Mapp
         action = data.get("action", "control")
         return f"{action} requested" + (f": {reason}" if reason else "")
     if kind == "batch_planned":
-        n = data.get("conditions") or data.get("n")
+        planned = data.get("conditions")
+        n = len(planned) if isinstance(planned, list) else planned
         strategy = data.get("strategy")
         text = f"{where or 'next round'} planned"
-        if n:
-            text += f": {n} conditions"
+        if isinstance(n, int):
+            text += f": {n} condition{'' if n == 1 else 's'}"
         return text + (f" ({strategy})" if strategy else "")
+    if kind in ("condition_done", "condition_failed"):
+        loss = data.get("median_loss")
+        text = f"{where}: " + ("failed" if kind == "condition_failed" else "done")
+        if isinstance(loss, int | float) and math.isfinite(loss):
+            text += f", median loss {loss:.3f} of {data.get('accepted', 0)} accepted droplets"
+        return text + (f": {reason}" if reason else "")
     text = kind.replace("_", " ")
     if where:
         text = f"{where}: {text}"

@@ -1,0 +1,272 @@
+"""The console over a real SQLite campaign store: what a campaign process writes is what the console
+shows, and what the console asks for lands in the store for that process to obey."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from orchestrator import state
+from orchestrator.console import create_app
+from orchestrator.console.events import CONTROL, ESTOP, PAUSED, PROGRESS
+from orchestrator.console.source import ControlRefused, UnknownCampaign
+from orchestrator.console.store_source import StoreSource, event_text
+from orchestrator.console.users import Role
+from orchestrator.store import PlannedCondition, Store, open_store
+
+from .conftest import FAST_HASHER
+
+REPO = Path(__file__).resolve().parents[3]
+PROTOCOL = REPO / "protocols" / "ag_nanoprism.yaml"
+RIG = REPO / "deploy" / "rigs" / "simulated.yaml"
+VARS = ["Q_AgNO3", "Q_PVA", "Q_TSC", "Q_seed", "Q_total"]
+GRID = np.linspace(380, 800, 421)
+
+
+def _inputs(x: float) -> dict[str, float]:
+    return {"Q_AgNO3": 10 + x, "Q_PVA": 20.0, "Q_TSC": 8.0, "Q_seed": 6.0, "Q_total": 500.0}
+
+
+def _bounds(seed_low: float = 4.0) -> dict[str, tuple[float, float]]:
+    return {
+        "Q_AgNO3": (4, 20),
+        "Q_PVA": (10, 40),
+        "Q_TSC": (4, 20),
+        "Q_seed": (seed_low, 20),
+        "Q_total": (200, 1000),
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    protocol = yaml.safe_load(PROTOCOL.read_text())
+    protocol["batch_size"] = 3
+    protocol["replicates"]["n"] = 4
+    protocol["stop"]["max_rounds"] = 2
+    protocol["stop"]["max_conditions"] = 6
+    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    s.create_campaign(
+        name="ag_nanoprism",
+        protocol_yaml=yaml.safe_dump(protocol),
+        protocol_path=str(PROTOCOL),
+        rig_yaml=RIG.read_text(),
+        rig_path=str(RIG),
+        rig_name="simulated",
+        seed=3,
+        options={},
+        status=state.RUNNING,
+    )
+    yield s
+    s.close()
+
+
+def _campaign(store: Store) -> str:
+    return store.campaigns()[0].id
+
+
+def _droplet(peak_nm: float) -> np.ndarray:
+    return 0.9 * np.exp(-(((GRID - peak_nm) / 60) ** 2)) + 0.02
+
+
+def _measure(store: Store, cid: str, round_index: int, condition: int, replicates: int, loss: float) -> None:
+    store.start_condition(cid, round_index, condition, 0, rates={"AgNO3": 50.0})
+    for r in range(replicates):
+        store.add_replicate(
+            cid,
+            round_index,
+            condition,
+            0,
+            r,
+            absorbance=_droplet(600 + 5 * r),
+            raw={"counts": np.ones(4)},
+            loss=loss + 0.01 * r,
+            accepted=r != 1,
+            reject_reason=None if r != 1 else "bubble",
+            clock_s=10.0 * r,
+        )
+
+
+def test_progress_spectra_losses_and_bounds_follow_the_store(store: Store) -> None:
+    source = StoreSource(store)
+    cid = _campaign(store)
+    assert source.campaign(cid).progress.round is None  # nothing planned yet
+
+    store.add_round(
+        cid,
+        0,
+        strategy="lhs",
+        bounds=_bounds(),
+        conditions=[PlannedCondition(_inputs(i), "lhs") for i in range(3)],
+    )
+    _measure(store, cid, 0, 0, 4, 0.40)
+    store.finish_condition(cid, 0, 0, median_loss=0.41, mad=0.01, accepted=3, failed=False)
+    _measure(store, cid, 0, 1, 2, 0.30)
+
+    detail = source.campaign(cid)
+    p = detail.progress
+    assert (p.round, p.rounds_max, p.condition, p.conditions, p.replicate, p.replicates) == (1, 2, 2, 3, 2, 4)
+    assert p.fraction == pytest.approx((4 + 2) / (6 * 4))
+    assert detail.best is not None and detail.best.loss == pytest.approx(0.41)
+    assert detail.current_inputs == _inputs(1)
+    assert detail.variables == VARS
+    assert detail.reason.startswith("running at ")
+
+    spectra = source.spectra(cid, 20)
+    assert len(spectra.wavelengths_nm) == len(spectra.target) == 211  # every 2 nm of 380-800
+    assert [d.replicate for d in spectra.droplets] == [1, 2]  # the condition being measured
+    assert {(d.round, d.condition) for d in spectra.droplets} == {(1, 2)}
+    assert [d.accepted for d in spectra.droplets] == [True, False]
+    assert max(spectra.target) == pytest.approx(max(spectra.target))  # finite numbers, JSON-ready
+    assert np.argmax(spectra.droplets[0].absorbance) == pytest.approx((600 - 380) / 2, abs=1)
+
+    _measure(store, cid, 0, 1, 0, 0.3)
+    store.finish_condition(cid, 0, 1, median_loss=0.25, mad=0.02, accepted=2, failed=False)
+    store.finish_condition(cid, 0, 2, median_loss=None, mad=None, accepted=0, failed=True)
+    store.finish_round(cid, 0, bounds_next=_bounds(1.0))
+    store.add_round(
+        cid, 1, strategy="bo", bounds=_bounds(1.0), conditions=[PlannedCondition(_inputs(5), "bo")]
+    )
+    _measure(store, cid, 1, 0, 1, 0.5)
+    store.finish_condition(cid, 1, 0, median_loss=0.5, mad=0.0, accepted=1, failed=False)
+
+    losses = source.losses(cid)
+    assert [(r.index, r.strategy) for r in losses.rounds] == [(1, "lhs"), (2, "bo")]
+    assert [c.median_loss for c in losses.rounds[0].conditions] == [0.41, 0.25, None]
+    assert [c.index for c in losses.rounds[0].conditions] == [1, 2, 3]
+    assert losses.best_so_far == [{"round": 1, "loss": 0.25}, {"round": 2, "loss": 0.25}]
+
+    bounds = source.bounds(cid)
+    assert [(v.name, v.hard_limits, v.unit) for v in bounds.variables][-1] == (
+        "Q_total",
+        (50.0, 2000.0),
+        "uL/min",
+    )
+    assert bounds.variables[0].unit == "%"
+    assert [s.widened for s in bounds.history] == [[], ["Q_seed"]]
+    assert bounds.history[1].bounds["Q_seed"] == (1.0, 20.0)
+    assert source.campaign(cid).progress.round == 2  # the cache moved with the journal
+
+
+def test_events_read_as_sentences_with_categories(store: Store) -> None:
+    source = StoreSource(store)
+    cid = _campaign(store)
+    store.add_round(
+        cid, 0, strategy="lhs", bounds=_bounds(), conditions=[PlannedCondition(_inputs(0), "lhs")]
+    )
+    _measure(store, cid, 0, 0, 2, 0.3)
+    events = source.recent_events(cid, 50)
+    texts = [e.text for e in events]
+    assert "round 1 planned: 1 condition (lhs)" in texts
+    assert "round 1 condition 1 replicate 1: loss 0.300" in texts
+    assert "round 1 condition 1 replicate 2: loss 0.310, rejected: bubble" in texts
+    assert {e.category for e in events if e.kind == "replicate_acquired"} == {PROGRESS}
+    assert all(e.campaign_name == "ag_nanoprism" for e in events)
+    assert source.recent_events(cid, 2) == list(events[-2:])
+    after = events[-3].id
+    assert [e.id for e in source.events(cid, after, 10)] == [e.id for e in events[-2:]]
+    assert source.latest_event_id() == events[-1].id
+
+
+def test_control_requests_land_in_the_store_for_the_campaign_process(store: Store) -> None:
+    source = StoreSource(store)
+    cid = _campaign(store)
+    receipt = source.request_control(cid, "pause", "alice", "bubble in line")
+    pending = store.pending_controls(cid)
+    assert [(c.id, c.action, c.who, c.reason) for c in pending] == [
+        (receipt.request_id, "pause", "alice", "bubble in line")
+    ]
+    requested = source.recent_events(cid, 1)[-1]
+    assert (requested.category, requested.who, requested.text) == (
+        CONTROL,
+        "alice",
+        "pause requested: bubble in line",
+    )
+
+    # the campaign process honours it at its checkpoint: the console shows who paused and why
+    store.set_status(cid, state.PAUSED, reason="bubble in line", who="alice")
+    summary = source.list_campaigns()[0]
+    assert summary.state == "paused"
+    assert summary.reason.startswith("paused by alice at ") and summary.reason.endswith(": bubble in line")
+    assert source.recent_events(cid, 1)[-1].category == PAUSED
+
+
+def test_estop_latches_the_rig_and_only_an_admin_clear_releases_it(store: Store) -> None:
+    source = StoreSource(store)
+    cid = _campaign(store)
+    source.request_control(cid, "estop", "otto", "smoke")
+    latch = store.estop_latched("simulated")
+    assert latch is not None and (latch.who, latch.reason, latch.rig) == ("otto", "smoke", "simulated")
+    assert [c.action for c in store.pending_controls(cid)] == ["estop"]
+    estop_events = [e for e in source.events(None, 0, 100) if e.kind == "estop"]
+    assert [e.category for e in estop_events] == [ESTOP]
+
+    store.set_status(cid, state.ESTOPPED, reason="smoke", who="otto")
+    source.request_control(cid, "estop-clear", "ada", "checked the pumps")
+    assert store.estop_latched("simulated") is None
+
+    store.latch_estop(who="cli", reason="fire drill", rig=None)  # every rig: not the console's to clear
+    with pytest.raises(ControlRefused, match="every rig"):
+        source.request_control(cid, "estop-clear", "ada", "checked")
+    assert store.estop_latched("simulated") is not None
+
+
+def test_ended_and_unknown_campaigns(store: Store) -> None:
+    source = StoreSource(store)
+    cid = _campaign(store)
+    with pytest.raises(UnknownCampaign):
+        source.campaign("c-nope")
+    with pytest.raises(UnknownCampaign):
+        source.request_control("c-nope", "pause", "alice", "x")
+    assert source.health("c-nope") is None
+    store.set_status(cid, state.FINISHED, reason="loss below threshold")
+    with pytest.raises(ControlRefused, match="finished"):
+        source.request_control(cid, "resume", "alice", "again")
+    assert store.pending_controls(cid) == []
+    assert source.list_campaigns()[0].progress.fraction == 1.0
+
+
+def test_health_names_the_rig_ports_and_the_time_since_progress(store: Store) -> None:
+    source = StoreSource(store)
+    cid = _campaign(store)
+    health = source.health(cid)
+    assert health is not None and health.active
+    assert health.rig_ports["seed"] == "sim://harvard/harvard-line"
+    assert 0 <= health.seconds_since_last_event < 60
+    store.set_status(cid, state.PAUSED, reason="x", who="alice")
+    assert not source.health(cid).active  # type: ignore[union-attr]
+
+
+def test_event_text_for_kinds_it_does_not_know() -> None:
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 1, 1, 2, 14, tzinfo=UTC)
+    assert event_text("paused", "bubble", "alice", at, {}) == "paused by alice at 02:14: bubble"
+    assert (
+        event_text("rates_set", "", "system", at, {"round": 0, "condition": 2})
+        == "round 1 condition 3: rates set"
+    )
+
+
+def test_the_api_over_a_real_store(store: Store) -> None:
+    """The routes over the store source: read a campaign, pause it, find the request in the store."""
+    app = create_app(store.url, secret="s" * 48, background=False, password_hasher=FAST_HASHER)
+    directory = app.state.auth.users
+    directory.add_user("otto", Role.OPERATOR, None, who="test")
+    token, _ = directory.issue_token("otto", days=1, who="test")
+    cid = _campaign(store)
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(app) as client:
+        r = client.get(f"/api/campaigns/{cid}", headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "running" and "pause" in r.json()["actions"]
+        r = client.post(f"/api/campaigns/{cid}/pause", json={"reason": "bubble"}, headers=headers)
+        assert r.status_code == 202, r.text
+        assert [c.action for c in store.pending_controls(cid)] == ["pause"]
+        for path in ("/events", "/spectra", "/losses", "/bounds"):
+            assert client.get(f"/api/campaigns/{cid}{path}", headers=headers).status_code == 200
+        assert client.get("/api/campaigns/c-nope", headers=headers).status_code == 404
