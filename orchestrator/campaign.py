@@ -1,0 +1,1055 @@
+"""The campaign runner: a protocol and a rig in, an unattended closed-loop campaign out.
+
+:func:`start_campaign` checks the protocol, the rig and the pair before anything moves, and stores
+everything the campaign needs (protocol and rig YAML text, target spectrum text, seed, options), so
+any process can run or resume it with :func:`run_campaign`.
+
+One round: the optimiser's batch (seeded from ``SeedSequence([seed, round])``) is persisted before
+the first pump moves; each condition's inputs become pump rates (refused beyond the hard limits),
+the rig equilibrates on its own clock (virtual on a simulated rig), and N replicate droplets are
+acquired, screened (:mod:`orchestrator.screening`), scored and stored one transaction each. The
+replicate boundary is the checkpoint: pause, resume, abort and e-stop are honoured there, and a
+process killed anywhere resumes after the last stored replicate. Every replicate's simulated noise
+is seeded from (seed, round, condition, attempt, replicate), so a resumed run equals an
+uninterrupted one. The median and MAD of a condition's accepted losses are its observation.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+import yaml
+
+from drivers.errors import DeviceError, StallAlarm
+from orchestrator import state
+from orchestrator.config_errors import ConfigError, Problem, validate_model
+from orchestrator.logging import bind, unbind
+from orchestrator.optimize.base import History, Observation
+from orchestrator.optimize.registry import (
+    OptimizerSettingsError,
+    UnknownStrategyError,
+    make_optimizer,
+    resolve,
+)
+from orchestrator.protocol import ExperimentProtocol, InfeasibleInputs, load_protocol, protocol_from_dict
+from orchestrator.rig import (
+    Rig,
+    RigConfig,
+    _check_chemistry_takes,
+    build_rig,
+    check_protocol_against_rig,
+    load_rig,
+    make_chemistry,
+)
+from orchestrator.screening import ReplicateScreen, median_mad
+from orchestrator.spectra import TargetFileError, read_target_csv
+from orchestrator.store import ClaimLost, ConditionRow, PlannedCondition, Store, jsonable
+
+log = structlog.get_logger("orchestrator.campaign")
+
+__all__ = [
+    "CampaignError",
+    "CampaignSpec",
+    "ProgressSink",
+    "load_spec",
+    "run_campaign",
+    "start_campaign",
+]
+
+CONTROL_POLL_S = 0.5  # wall seconds between looks at the store while paused, faulted or e-stopped
+ESTOP_POLL_S = 0.2  # wall seconds between looks at the e-stop latch (watcher thread)
+HEARTBEAT_EVERY_S = 5.0  # well inside the store's STALE_AFTER_S
+DEVICE_RETRIES = 3  # retries of a failed device operation before the campaign is faulted
+CALIBRATION_ROUND = 2**31 - 1  # the seed "round" of the dark and reference spectra (never a real round)
+
+
+class CampaignError(RuntimeError):
+    """A campaign that cannot run as stored (and what to do about it)."""
+
+
+class ProgressSink(Protocol):
+    """Receives progress: ``sink(event, **info)`` with event ``start``, ``round``, ``condition``,
+    ``replicate``, ``condition_done``, ``status``. Must be quick; must not raise."""
+
+    def __call__(self, event: str, **info: Any) -> None: ...
+
+
+# -- what a campaign is ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A campaign as the store holds it, validated again (any process can rebuild it)."""
+
+    protocol: ExperimentProtocol
+    rig: RigConfig
+    seed: int
+    chemistry: str | None
+    max_rounds: int | None
+    target_csv: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rounds_limit(self) -> int | None:
+        limits = [v for v in (self.protocol.stop.max_rounds, self.max_rounds) if v is not None]
+        return min(limits) if limits else None
+
+
+def _widening(protocol: ExperimentProtocol) -> dict[str, Any]:
+    return protocol.optimizer.widening.model_dump()
+
+
+def _check_optimizer(protocol: ExperimentProtocol, seed: int, source: str) -> None:
+    spec = protocol.optimizer
+    try:
+        make_optimizer(spec.strategy, spec.settings, _widening(protocol), seed)
+    except (UnknownStrategyError, OptimizerSettingsError, ValueError) as exc:
+        raise ConfigError(source, [Problem("optimizer", str(exc))]) from exc
+
+
+def start_campaign(
+    store: Store,
+    protocol_path: str | Path,
+    rig_path: str | Path,
+    *,
+    seed: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    status: str = state.CREATED,
+    who: str = "system",
+) -> str:
+    """Validate protocol, rig and the pair (and the options: ``chemistry`` module:Class, ``target``
+    CSV path, ``max_rounds``), then store the campaign; returns its id. Nothing moves here."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"chemistry", "target", "max_rounds"})
+    if unknown:
+        raise ValueError(
+            f"unknown campaign option(s) {', '.join(unknown)}; known: chemistry, target, max_rounds"
+        )
+    protocol_path, rig_path = Path(protocol_path), Path(rig_path)
+    protocol = load_protocol(protocol_path)
+    rig_cfg = load_rig(rig_path)
+    check_protocol_against_rig(protocol, rig_cfg, source=f"rig {rig_path} with protocol {protocol_path}")
+    target = options.get("target")
+    try:
+        target_file = Path(target) if target is not None else protocol.target_path
+        protocol.target_spectrum(target_file)  # the grid must lie inside it
+        target_csv = target_file.read_text(encoding="utf-8")
+    except (TargetFileError, OSError) as exc:
+        raise ConfigError(target or protocol_path, [Problem("target", str(exc))]) from exc
+    chemistry = options.get("chemistry")
+    if chemistry is not None:
+        if not rig_cfg.is_simulated:
+            raise ConfigError(
+                rig_path,
+                [
+                    Problem(
+                        "chemistry",
+                        f"--chemistry {chemistry} needs a simulated rig; {rig_cfg.name!r} is real",
+                    )
+                ],
+            )
+        _check_chemistry_takes(make_chemistry(chemistry), chemistry, protocol)
+    max_rounds = options.get("max_rounds")
+    if max_rounds is not None and (not isinstance(max_rounds, int) or max_rounds < 1):
+        raise ValueError(f"max_rounds must be a whole number >= 1, got {max_rounds!r}")
+    if seed is None:
+        seed = protocol.seed if protocol.seed is not None else secrets.randbelow(2**31)
+    _check_optimizer(protocol, int(seed), str(protocol_path))
+    stored = {
+        "chemistry": chemistry,
+        "target_csv": target_csv,
+        "target_file": str(Path(target).resolve() if target is not None else protocol.target_path.resolve()),
+        "max_rounds": max_rounds,
+    }
+    return store.create_campaign(
+        name=protocol.name,
+        protocol_yaml=protocol_path.read_text(encoding="utf-8"),
+        protocol_path=str(protocol_path.resolve()),
+        rig_yaml=rig_path.read_text(encoding="utf-8"),
+        rig_path=str(rig_path.resolve()),
+        rig_name=rig_cfg.name,
+        seed=int(seed),
+        options=stored,
+        status=status,
+        who=who,
+    )
+
+
+def load_spec(row: Any, workdir: Path) -> CampaignSpec:
+    """Rebuild a stored campaign's protocol and rig; the target comes from the stored CSV text
+    (written into ``workdir``), so the campaign no longer depends on files that may have moved."""
+    options = dict(row.options or {})
+    target_file = workdir / "target.csv"
+    target_file.write_text(options.get("target_csv", ""), encoding="utf-8")
+    source = f"campaign {row.id} protocol ({row.protocol_path})"
+    try:
+        data = yaml.safe_load(row.protocol_yaml)
+        rig_data = yaml.safe_load(row.rig_yaml)
+    except yaml.YAMLError as exc:
+        raise CampaignError(f"campaign {row.id}: stored YAML no longer parses ({exc})") from exc
+    data = dict(data)
+    data["target"] = {**dict(data.get("target") or {}), "file": str(target_file)}
+    protocol = protocol_from_dict(data, base_dir=Path(row.protocol_path).parent, source=source)
+    rig = validate_model(RigConfig, dict(rig_data), f"campaign {row.id} rig ({row.rig_path})")
+    return CampaignSpec(
+        protocol=protocol,
+        rig=rig,
+        seed=int(row.seed),
+        chemistry=options.get("chemistry"),
+        max_rounds=options.get("max_rounds"),
+        target_csv=options.get("target_csv", ""),
+        options=options,
+    )
+
+
+# -- control flow inside the runner -------------------------------------------------------------------
+
+
+class _Aborted(Exception):
+    def __init__(self, who: str, reason: str) -> None:
+        super().__init__(reason)
+        self.who, self.reason = who, reason
+
+
+class _Fault(Exception):
+    """A device that kept failing after its retries; the campaign is faulted until resumed."""
+
+
+class _Reequilibrate(Exception):
+    """The flow was interrupted (pause, e-stop, fault): set it again and wait before the next replicate."""
+
+
+class _Restart(Exception):
+    """The pause outlasted the protocol's limit: the attempt's replicates are set aside."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Rep:
+    """What the runner keeps of one stored replicate of the attempt in hand."""
+
+    index: int
+    loss: float | None
+    accepted: bool
+    absorbance: np.ndarray
+
+    @classmethod
+    def of(cls, row: Any) -> _Rep:
+        return cls(row.index, row.loss, row.accepted, row.absorbance)
+
+
+class _Watcher(threading.Thread):
+    """Polls the e-stop latch (stops the pumps the moment it appears) and heartbeats the claim."""
+
+    def __init__(self, runner: _Runner) -> None:
+        super().__init__(name=f"estop-watch-{runner.campaign_id}", daemon=True)
+        self.runner = runner
+        self.stop_event = threading.Event()
+        self.tripped = threading.Event()
+        self.claim_lost: str | None = None
+        self._last_beat = 0.0
+
+    def check(self) -> None:
+        r = self.runner
+        latch = r.store.estop_latched(r.rig_name)
+        if latch is not None and not self.tripped.is_set():
+            r.rig.safe_state()
+            self.tripped.set()
+            log.warning("estop seen: pumps stopped", who=latch.who, reason=latch.reason)
+
+    def run(self) -> None:
+        r = self.runner
+        while not self.stop_event.wait(r.estop_poll_s):
+            try:
+                self.check()
+                now = time.monotonic()
+                if now - self._last_beat >= HEARTBEAT_EVERY_S:
+                    r.store.heartbeat(r.campaign_id, r.owner)
+                    self._last_beat = now
+            except ClaimLost as exc:
+                self.claim_lost = str(exc)
+                r.rig.safe_state()
+                return
+            except Exception as exc:  # noqa: BLE001 - a flaky database must not kill the watcher
+                log.warning("estop watcher: store unreachable", error=str(exc))
+
+
+# -- the runner -----------------------------------------------------------------------------------
+
+
+class _Runner:
+    def __init__(
+        self,
+        store: Store,
+        campaign_id: str,
+        *,
+        owner: str,
+        progress: ProgressSink | None,
+        poll_s: float,
+        estop_poll_s: float,
+        wall: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.store = store
+        self.campaign_id = campaign_id
+        self.owner = owner
+        self.progress = progress
+        self.poll_s = poll_s
+        self.estop_poll_s = estop_poll_s
+        self.wall = wall
+        self.sleep = sleep
+        self.rig: Rig
+        self.rig_name = ""
+        self.watcher: _Watcher | None = None
+        self._flow: dict[str, float] = {}
+        self._flow_since: float | None = None
+        self._flow_ul = 0.0
+        self._clock_offset = 0.0
+        self._reagent_ul: dict[tuple[int, int], float] = {}
+        self._observations: dict[tuple[int, int], Observation] = {}
+        self._recalibrate = False
+        self._pumps_checked_at = 0.0
+        self._rechecks_failed = 0
+
+    # ---- small helpers ------------------------------------------------------------------------
+    def _emit(self, event: str, **info: Any) -> None:
+        if self.progress is not None:
+            try:
+                self.progress(event, **info)
+            except Exception as exc:  # noqa: BLE001 - a display problem must not stop a campaign
+                log.warning("progress display failed", error=str(exc))
+
+    def _status(self) -> str:
+        return self.store.campaign(self.campaign_id).status
+
+    def _set_status(
+        self, new: str, *, reason: str = "", who: str = "system", data: Mapping[str, Any] | None = None
+    ) -> None:
+        current = self._status()
+        if current == new and new != state.ESTOPPED:
+            return
+        if (
+            new not in state.allowed(current)
+            and new == state.ABORTED
+            and state.ABORTING in state.allowed(current)
+        ):
+            self.store.set_status(self.campaign_id, state.ABORTING, reason=reason, who=who)
+        self.store.set_status(self.campaign_id, new, reason=reason, who=who, data=data)
+        log.info("status", status=new, reason=reason, who=who)
+        self._emit("status", status=new, reason=reason, who=who)
+
+    def _clock_s(self) -> float:
+        return self._clock_offset + self.rig.clock.now()
+
+    # ---- flow and reagent accounting ----------------------------------------------------------
+    def _account_flow(self) -> None:
+        if self._flow_since is not None:
+            now = self.rig.clock.now()
+            self._flow_ul += sum(self._flow.values()) * max(0.0, now - self._flow_since) / 60.0
+            self._flow_since = now
+
+    def _stop_flow(self) -> None:
+        self._account_flow()
+        self._flow_since = None
+        self.rig.safe_state()
+
+    def _device(self, what: str, action: Callable[[], Any]) -> Any:
+        """``action()`` with bounded retries on device errors; then a _Fault naming the device."""
+        last: DeviceError | None = None
+        for attempt in range(DEVICE_RETRIES + 1):
+            try:
+                return action()
+            except DeviceError as exc:
+                last = exc
+                log.warning("device error", what=what, attempt=attempt, device=exc.device, error=str(exc))
+                self.store.journal(
+                    self.campaign_id,
+                    "device_error",
+                    reason=str(exc),
+                    data={"what": what, "device": exc.device, "try": attempt + 1},
+                )
+        assert last is not None
+        device = f"{'pump' if last.device in self.rig.pumps else 'spectrometer' if last.device else what} {last.device or ''}".strip()
+        raise _Fault(f"fault: {device} {last.detail}, retried {DEVICE_RETRIES} times ({what}). {last.hint}")
+
+    def _establish_flow(self, rates: Mapping[str, float]) -> None:
+        """Set every pump's rate, run them and check that each one runs (retried as a whole)."""
+
+        def go() -> None:
+            for stream, rate in rates.items():
+                if rate > 0:
+                    self.rig.pump_for_stream[stream].set_rate_ul_min(rate)
+            for stream, rate in rates.items():
+                pump = self.rig.pump_for_stream[stream]
+                if rate > 0:
+                    pump.run()
+                else:
+                    pump.stop()
+            self._check_pumps(rates)
+
+        self._account_flow()
+        self._device("setting pump rates", go)
+        self._flow = {s: r for s, r in rates.items() if r > 0}
+        self._flow_since = self.rig.clock.now()
+        if self.watcher is not None and self.watcher.tripped.is_set():
+            self._stop_flow()  # the e-stop came while the pumps were being started
+            raise _Reequilibrate()
+        self.store.journal(self.campaign_id, "rates_set", data={"rates_ul_min": dict(rates)})
+
+    def _check_interval_s(self, rates: Mapping[str, float]) -> float:
+        """Half the mixer-to-detector transit: a pump that fails is seen before its liquid arrives."""
+        total = sum(rates.values())
+        return 0.5 * (self.rig.dead_volume_ul or 0.0) / total * 60.0 if total > 0 else 0.0
+
+    def _recheck_pumps(self, rates: Mapping[str, float]) -> None:
+        """Between replicates: a pump that stopped sends the flow back to :meth:`_establish_flow`."""
+        try:
+            self._check_pumps(rates)
+        except DeviceError as exc:
+            self._rechecks_failed += 1
+            log.warning("pump check failed", error=str(exc))
+            self.store.journal(
+                self.campaign_id,
+                "device_error",
+                reason=str(exc),
+                data={"what": "checking the pumps", "device": exc.device},
+            )
+            if self._rechecks_failed > DEVICE_RETRIES:
+                raise _Fault(
+                    f"fault: pump {exc.device} {exc.detail}, retried {DEVICE_RETRIES} times. {exc.hint}"
+                ) from exc
+            raise _Reequilibrate() from exc
+
+    def _check_pumps(self, rates: Mapping[str, float]) -> None:
+        self._pumps_checked_at = self.rig.clock.now()
+        for stream, rate in rates.items():
+            if rate <= 0:
+                continue
+            pump = self.rig.pump_for_stream[stream]
+            status = pump.status()
+            if status.alarm == "stall":
+                raise StallAlarm("stalled", device=pump.name)
+            if status.alarm is not None or not status.running:
+                raise DeviceError(
+                    f"not pumping (state {status.state.name.lower()}, alarm {status.alarm or 'none'})",
+                    device=pump.name,
+                    hint="Check the pump's display, its syringe and its line, then resume.",
+                )
+
+    def _equilibrate(self, protocol: ExperimentProtocol, inputs: Mapping[str, float]) -> None:
+        assert self.rig.dead_volume_ul is not None
+        wait = protocol.equilibration_s(self.rig.dead_volume_ul, inputs)
+        self.rig.clock.sleep(wait)
+        self._account_flow()
+
+    # ---- calibration ----------------------------------------------------------------------------
+    def _calibrate(self, spec: CampaignSpec, *, dark_only: bool = False) -> None:
+        spectrometer = self.rig.spectrometer
+        assert spectrometer is not None
+
+        def take() -> None:
+            self._wavelengths = spectrometer.wavelengths_nm()
+            self._saturation = spectrometer.saturation_counts
+            self.rig.seed_replicate(np.random.SeedSequence([spec.seed, CALIBRATION_ROUND, 0]))
+            try:
+                spectrometer.set_lamp_enabled(False)
+            except DeviceError as exc:
+                log.warning("lamp cannot be switched: dark taken as zero counts", error=str(exc))
+                self._dark = np.zeros_like(self._wavelengths)
+            else:
+                try:
+                    self._dark = spectrometer.acquire_counts()
+                finally:
+                    spectrometer.set_lamp_enabled(True)
+            if not dark_only:
+                self.rig.seed_replicate(np.random.SeedSequence([spec.seed, CALIBRATION_ROUND, 1]))
+                self._reference = spectrometer.acquire_counts()
+            # a saturated or dark reference is a rig problem, not a bad droplet
+            from drivers.absorbance import absorbance_on_grid
+
+            absorbance_on_grid(
+                self._reference,
+                self._dark,
+                self._reference,
+                self._wavelengths,
+                spec.protocol.wavelengths(),
+                self._screen(spec).detector,
+                device=spectrometer.name,
+            )
+
+        self._device("taking dark and reference spectra", take)
+        self.store.journal(
+            self.campaign_id,
+            "calibrated",
+            reason="dark re-taken" if dark_only else "dark and reference taken",
+            data={
+                "dark_counts": np.asarray(self._dark).tolist(),
+                "reference_counts": np.asarray(self._reference).tolist(),
+                "wavelengths_nm": np.asarray(self._wavelengths).tolist(),
+            },
+        )
+
+    def _screen(self, spec: CampaignSpec) -> ReplicateScreen:
+        return ReplicateScreen.from_protocol(spec.protocol.replicates, self._saturation)
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def _checkpoint(self, spec: CampaignSpec) -> None:
+        """The replicate boundary: honour the e-stop and pending control requests. Raises
+        _Reequilibrate after a hold (the flow was stopped), _Restart after a too-long pause."""
+        if self.watcher is not None and self.watcher.claim_lost:
+            raise CampaignError(self.watcher.claim_lost)
+        held_s: float | None = None
+        if self.watcher is not None and self.watcher.tripped.is_set():
+            held_s = self._hold_estop(None)
+        for control in self.store.pending_controls(self.campaign_id):
+            if control.action == "pause":
+                self._stop_flow()
+                self.store.mark_control_handled(control.id, "paused")
+                held_s = (held_s or 0.0) + self._hold(state.PAUSED, control.reason, control.who)
+            elif control.action == "abort":
+                self.store.mark_control_handled(control.id, "aborted")
+                raise _Aborted(control.who, control.reason)
+            else:
+                self._side_control(control)
+        if self._recalibrate:
+            self._recalibrate = False
+            self._calibrate(spec, dark_only=True)
+        if held_s is not None:
+            limit = spec.protocol.pause_restart_after_s
+            if held_s > limit:
+                raise _Restart(
+                    f"paused {held_s:.0f} s > pause_restart_after_s {limit:g} s: the droplets in the line have aged"
+                )
+            raise _Reequilibrate()
+
+    def _side_control(self, control: Any) -> None:
+        """Requests that do not change what the runner does next."""
+        action = control.action
+        if action == "resume":
+            self.store.mark_control_handled(control.id, "refused: not paused")
+        elif action == "recalibrate":
+            self._recalibrate = True
+            self.store.mark_control_handled(control.id, "dark spectrum re-taken at this checkpoint")
+        elif action == "estop":
+            self.store.latch_estop(who=control.who, reason=control.reason, rig=self.rig_name)
+            self.store.mark_control_handled(control.id, "e-stop latched")
+        elif action == "estop-clear":
+            self.store.clear_estop(who=control.who, reason=control.reason or "cleared", rig=self.rig_name)
+            self.store.mark_control_handled(control.id, "e-stop cleared")
+        else:
+            self.store.mark_control_handled(control.id, f"refused: unknown action {action!r}")
+
+    def _hold_estop(self, latch: Any) -> float:
+        self._stop_flow()
+        start = self.wall()
+        if latch is None:
+            latch = self.store.estop_latched(self.rig_name)
+        who = latch.who if latch is not None else "system"
+        reason = latch.reason if latch is not None else "e-stop"
+        if self._status() != state.ESTOPPED:
+            self._set_status(state.ESTOPPED, reason=reason, who=who)
+        return (self.wall() - start) + self._hold(state.ESTOPPED, reason, who)
+
+    def _hold(self, status: str, reason: str, who: str) -> float:
+        """Pumps safe, status ``status``; wait (polling the store) for resume or abort. Returns the
+        wall seconds held. An e-stop moves to paused once its latch is cleared."""
+        self._stop_flow()
+        start = self.wall()
+        if self._status() != status:
+            self._set_status(status, reason=reason, who=who)
+        while True:
+            if self.watcher is not None and self.watcher.claim_lost:
+                raise CampaignError(self.watcher.claim_lost)
+            latch = self.store.estop_latched(self.rig_name)
+            if latch is not None and status != state.ESTOPPED:
+                status = state.ESTOPPED
+                self._set_status(status, reason=latch.reason, who=latch.who)
+            if latch is None and status == state.ESTOPPED:
+                if self.watcher is not None:
+                    self.watcher.tripped.clear()
+                status = state.PAUSED
+                self._set_status(status, reason="e-stop cleared; resume when ready")
+            for control in self.store.pending_controls(self.campaign_id):
+                if control.action == "resume":
+                    if status == state.ESTOPPED:
+                        self.store.mark_control_handled(control.id, "refused: the e-stop is still latched")
+                        continue
+                    self.store.mark_control_handled(control.id, "resumed")
+                    self._set_status(state.RUNNING, reason=control.reason or "resumed", who=control.who)
+                    return self.wall() - start
+                if control.action == "abort":
+                    self.store.mark_control_handled(control.id, "aborted")
+                    raise _Aborted(control.who, control.reason)
+                if control.action == "pause":
+                    self.store.mark_control_handled(control.id, f"refused: already {status}")
+                    continue
+                self._side_control(control)
+            self.sleep(self.poll_s)
+
+    # ---- history and stop rules -----------------------------------------------------------------
+    def _load_history(self, spec: CampaignSpec) -> None:
+        by_key: dict[tuple[int, int], list[np.ndarray]] = {}
+        for r in self.store.replicates(self.campaign_id):
+            if r.accepted:
+                by_key.setdefault((r.round, r.condition), []).append(r.absorbance)
+            self._clock_offset = max(self._clock_offset, float(r.clock_s))
+        for c in self.store.conditions(self.campaign_id):
+            if c.status in ("done", "failed"):
+                self._remember(c, by_key.get((c.round, c.index), []))
+        after = 0
+        while True:
+            events = self.store.events(self.campaign_id, after_id=after, limit=500)
+            if not events:
+                break
+            for e in events:
+                if e.kind == "reagent_used":
+                    self._reagent_ul[(int(e.data["round"]), int(e.data["condition"]))] = float(e.data["ul"])
+            after = events[-1].id
+
+    def _remember(self, c: ConditionRow, spectra: list[np.ndarray]) -> None:
+        self._observations[(c.round, c.index)] = Observation(
+            round_index=c.round,
+            inputs=dict(c.inputs),
+            median_loss=c.median_loss,
+            mad=c.mad,
+            failed=c.status == "failed",
+            spectra=np.vstack(spectra) if spectra else None,
+            source=c.source,
+            prediction=c.prediction,
+        )
+
+    def _stop_reason(self, spec: CampaignSpec, rounds_done: int, planned: int) -> str | None:
+        stop = spec.protocol.stop
+        measured = [o for o in self._observations.values() if not o.failed and o.median_loss is not None]
+        if stop.loss_threshold is not None and measured:
+            best = min(measured, key=lambda o: float(o.median_loss))  # type: ignore[arg-type]
+            if float(best.median_loss) <= stop.loss_threshold:  # type: ignore[arg-type]
+                return f"loss threshold reached: {best.median_loss:.4f} <= {stop.loss_threshold:g} (round {best.round_index})"
+        limit = spec.rounds_limit
+        if limit is not None and rounds_done >= limit:
+            return f"round budget spent: {rounds_done} of {limit} rounds"
+        if stop.max_conditions is not None and planned >= stop.max_conditions:
+            return f"condition budget spent: {planned} of {stop.max_conditions} conditions"
+        used_ml = sum(self._reagent_ul.values()) / 1000.0
+        if stop.max_reagent_ml is not None and used_ml >= stop.max_reagent_ml:
+            return f"reagent budget spent: {used_ml:.1f} of {stop.max_reagent_ml:g} mL"
+        return None
+
+    # ---- rounds ---------------------------------------------------------------------------------
+    def _plan_round(self, spec: CampaignSpec, index: int, planned: int, previous_bounds: dict | None) -> bool:
+        """Ask the optimiser for the next batch and persist it; False if the optimiser says stop."""
+        protocol = spec.protocol
+        space = protocol.space()
+        if previous_bounds:
+            space = space.with_bounds(previous_bounds)
+        n = protocol.batch_size
+        if protocol.stop.max_conditions is not None:
+            n = min(n, protocol.stop.max_conditions - planned)
+        strategy = resolve(protocol.optimizer.strategy)
+        optimizer = make_optimizer(
+            protocol.optimizer.strategy, protocol.optimizer.settings, _widening(protocol), spec.seed
+        )
+        history = History(
+            observations=[self._observations[k] for k in sorted(self._observations)],
+            wavelengths=protocol.wavelengths(),
+            loss=self._loss,
+            round_index=index,
+        )
+        suggestion = optimizer.suggest(history, space, n)
+        notes = jsonable(dict(suggestion.notes))
+        if notes.get("stop"):
+            self.store.journal(
+                self.campaign_id, "optimizer_stop", reason=str(notes["stop"]), data={"round": index}
+            )
+            self._stop_note = f"optimiser stop: {notes['stop']}"
+            return False
+        predictions = list(suggestion.predictions) + [None] * (
+            len(suggestion.batch) - len(suggestion.predictions)
+        )
+        conditions = [
+            PlannedCondition(
+                inputs={k: float(v) for k, v in inputs.items()},
+                source=suggestion.sources[i] if i < len(suggestion.sources) else strategy,
+                prediction=None if predictions[i] is None else np.asarray(predictions[i], dtype=float),
+            )
+            for i, inputs in enumerate(suggestion.batch)
+        ]
+        self.store.add_round(
+            self.campaign_id,
+            index,
+            strategy=strategy,
+            bounds=suggestion.space.bounds,
+            conditions=conditions,
+            notes=notes,
+        )
+        log.info("batch planned", round=index, conditions=len(conditions), strategy=strategy)
+        return True
+
+    def _drive(self, spec: CampaignSpec) -> str:
+        self._stop_note: str | None = None
+        while True:
+            self._checkpoint_outside(spec)
+            rounds = self.store.rounds(self.campaign_id)
+            open_rounds = [r for r in rounds if r.status != "done"]
+            if open_rounds:
+                current = open_rounds[0]
+            else:
+                planned = len(self.store.conditions(self.campaign_id))
+                reason = self._stop_reason(spec, len(rounds), planned)
+                if reason is None:
+                    previous = rounds[-1].bounds if rounds else None
+                    if self._plan_round(spec, len(rounds), planned, previous):
+                        continue
+                    reason = self._stop_note
+                self._stop_flow()
+                self._set_status(state.FINISHED, reason=reason or "done")
+                return state.FINISHED
+            bind(round=current.index)
+            conditions = self.store.conditions(self.campaign_id, current.index)
+            self._emit("round", index=current.index, conditions=len(conditions), rounds_max=spec.rounds_limit)
+            for cond in conditions:
+                if cond.status in ("done", "failed"):
+                    self._emit(
+                        "condition_done",
+                        round=cond.round,
+                        index=cond.index,
+                        median=cond.median_loss,
+                        failed=cond.failed,
+                        skipped=True,
+                    )
+                    continue
+                self._measure_condition(spec, cond)
+            self.store.finish_round(self.campaign_id, current.index, bounds_next=current.bounds)
+            unbind("round", "condition", "attempt", "replicate")
+
+    def _checkpoint_outside(self, spec: CampaignSpec) -> None:
+        """A checkpoint between conditions: a hold here needs no re-equilibration of its own."""
+        try:
+            self._checkpoint(spec)
+        except (_Reequilibrate, _Restart):
+            pass
+
+    # ---- one condition ------------------------------------------------------------------------------
+    def _measure_condition(self, spec: CampaignSpec, cond: ConditionRow) -> None:
+        protocol = spec.protocol
+        bind(round=cond.round, condition=cond.index)
+        try:
+            rates = protocol.stream_rates_ul_min(cond.inputs)
+        except InfeasibleInputs as exc:
+            # nothing reaches a pump: the condition is failed and the optimiser learns so
+            log.warning("condition refused", reason=str(exc))
+            self.store.journal(
+                self.campaign_id,
+                "condition_refused",
+                reason=str(exc),
+                data={"round": cond.round, "condition": cond.index},
+            )
+            self._finish(cond, None, None, [], failed=True)
+            return
+        attempt = cond.attempt
+        if cond.status == "planned":
+            self.store.start_condition(self.campaign_id, cond.round, cond.index, attempt, rates=rates)
+        self._flow_ul = 0.0
+        n = protocol.replicates.n
+        while True:
+            bind(attempt=attempt)
+            stored = [
+                _Rep.of(r)
+                for r in self.store.replicates(self.campaign_id, cond.round, cond.index)
+                if r.attempt == attempt
+            ]
+            self._emit(
+                "condition",
+                round=cond.round,
+                index=cond.index,
+                attempt=attempt,
+                replicates=n,
+                done=len(stored),
+            )
+            try:
+                if len(stored) < n:
+                    stored = self._run_attempt(spec, cond, rates, attempt, stored)
+            except _Restart as exc:
+                self.store.set_aside(self.campaign_id, cond.round, cond.index, attempt, exc.reason)
+                attempt += 1
+                self.store.start_condition(self.campaign_id, cond.round, cond.index, attempt, rates=rates)
+                continue
+            good = [r for r in stored if r.accepted and r.loss is not None]
+            if len(good) >= protocol.replicates.min_accepted:
+                self._finish(cond, *median_mad([r.loss for r in good]), good, failed=False)
+                return
+            if self._short_attempts(spec, cond, attempt) < protocol.replicates.max_remeasure:
+                reason = (
+                    f"too few accepted replicates ({len(good)} of {n} < {protocol.replicates.min_accepted}): "
+                    "measured again"
+                )
+                log.warning("remeasure", reason=reason)
+                self.store.set_aside(self.campaign_id, cond.round, cond.index, attempt, reason)
+                attempt += 1
+                self.store.start_condition(self.campaign_id, cond.round, cond.index, attempt, rates=rates)
+                continue
+            median, mad = median_mad([r.loss for r in good]) if good else (None, None)
+            self._finish(cond, median, mad, good, failed=True)
+            return
+
+    def _short_attempts(self, spec: CampaignSpec, cond: ConditionRow, attempt: int) -> int:
+        """Earlier attempts of this condition that completed with too few accepted replicates (a
+        pause-restarted attempt does not count against the remeasure limit)."""
+        rows = self.store.replicates(self.campaign_id, cond.round, cond.index, include_set_aside=True)
+        counts: dict[int, list[int]] = {}
+        for r in rows:
+            if r.attempt < attempt:
+                tally = counts.setdefault(r.attempt, [0, 0])
+                tally[0] += 1
+                tally[1] += int(r.accepted)
+        n, need = spec.protocol.replicates.n, spec.protocol.replicates.min_accepted
+        return sum(1 for total, ok in counts.values() if total >= n and ok < need)
+
+    def _finish(
+        self,
+        cond: ConditionRow,
+        median: float | None,
+        mad: float | None,
+        good: list[_Rep],
+        *,
+        failed: bool,
+    ) -> None:
+        self._account_flow()
+        if not failed or self._flow_ul > 0:
+            self._reagent_ul[(cond.round, cond.index)] = self._flow_ul
+            self.store.journal(
+                self.campaign_id,
+                "reagent_used",
+                data={"round": cond.round, "condition": cond.index, "ul": self._flow_ul},
+            )
+        if failed:
+            median = mad = None
+        self.store.finish_condition(
+            self.campaign_id,
+            cond.round,
+            cond.index,
+            median_loss=median,
+            mad=mad,
+            accepted=len(good),
+            failed=failed,
+        )
+        log.info("condition done", median=median, mad=mad, accepted=len(good), failed=failed)
+        self._observations[(cond.round, cond.index)] = Observation(
+            round_index=cond.round,
+            inputs=dict(cond.inputs),
+            median_loss=median,
+            mad=mad,
+            failed=failed,
+            spectra=np.vstack([r.absorbance for r in good]) if good else None,
+            source=cond.source,
+            prediction=cond.prediction,
+        )
+        self._emit("condition_done", round=cond.round, index=cond.index, median=median, failed=failed)
+
+    def _run_attempt(
+        self,
+        spec: CampaignSpec,
+        cond: ConditionRow,
+        rates: dict[str, float],
+        attempt: int,
+        stored: list[_Rep],
+    ) -> list[_Rep]:
+        """Acquire the attempt's missing replicates; returns all of the attempt's replicates."""
+        protocol = spec.protocol
+        n = protocol.replicates.n
+        reps = {r.index: r for r in stored}
+        screen = self._screen(spec)
+        grid = protocol.wavelengths()
+        spectrometer = self.rig.spectrometer
+        assert spectrometer is not None
+        flowing = False
+        i = 0
+        while i < n:
+            if i in reps:
+                i += 1
+                continue
+            try:
+                self._checkpoint(spec)
+                if not flowing:
+                    self._establish_flow(rates)
+                    self._equilibrate(protocol, cond.inputs)
+                    flowing = True
+                elif self.rig.clock.now() - self._pumps_checked_at >= self._check_interval_s(rates):
+                    self._recheck_pumps(rates)
+                seq = np.random.SeedSequence([spec.seed, cond.round, cond.index, attempt, i])
+
+                def acquire(seq: np.random.SeedSequence = seq) -> np.ndarray:
+                    self.rig.seed_replicate(seq)
+                    return spectrometer.acquire_counts()
+
+                counts = self._device("acquiring a spectrum", acquire)
+                if self.watcher is not None and self.watcher.tripped.is_set():
+                    continue  # taken while the e-stop stopped the flow: not a measurement
+            except _Reequilibrate:
+                flowing = False
+                continue
+            except _Fault as exc:
+                self._stop_flow()
+                log.error("fault", reason=str(exc))
+                held_s = self._hold(state.FAULTED, str(exc), "system")
+                self._rechecks_failed = 0
+                flowing = False
+                if held_s > protocol.pause_restart_after_s:
+                    raise _Restart(
+                        f"faulted {held_s:.0f} s > pause_restart_after_s {protocol.pause_restart_after_s:g} s: "
+                        "the droplets in the line have aged"
+                    ) from exc
+                continue
+            bind(replicate=i)
+            accepted = [reps[k].loss for k in sorted(reps) if reps[k].accepted and reps[k].loss is not None]
+            result = screen.screen(
+                counts, self._dark, self._reference, self._wavelengths, grid, self._loss, accepted
+            )
+            self.store.add_replicate(
+                self.campaign_id,
+                cond.round,
+                cond.index,
+                attempt,
+                i,
+                absorbance=result.absorbance,
+                raw={"counts": np.asarray(counts, dtype=np.float32)},
+                loss=result.loss,
+                accepted=result.accepted,
+                reject_reason=result.reason,
+                clock_s=self._clock_s(),
+            )
+            self._rechecks_failed = 0
+            reps[i] = _Rep(i, result.loss, result.accepted, result.absorbance)
+            if not result.accepted:
+                log.info("replicate rejected", reason=result.reason)
+            self._emit(
+                "replicate",
+                round=cond.round,
+                condition=cond.index,
+                attempt=attempt,
+                index=i,
+                loss=result.loss,
+                accepted=result.accepted,
+            )
+            i += 1
+        return [reps[k] for k in sorted(reps)]
+
+    # ---- the whole run ------------------------------------------------------------------------------
+    def _enter_running(self, row: Any) -> str | None:
+        """Bring the stored status to running; a final status to return at once, or None."""
+        status = row.status
+        if status == state.ABORTING:
+            self._set_status(state.ABORTED, reason=row.reason or "aborted before the process ended")
+            return state.ABORTED
+        if status == state.RUNNING:
+            self.store.journal(
+                self.campaign_id, "resumed", who=self.owner, reason="continued by a new process"
+            )
+            return None
+        if status == state.ESTOPPED:
+            return None  # the first checkpoint holds it until the latch is cleared
+        if self.store.estop_latched(self.rig_name) is not None:
+            return None
+        verb = "started" if status in (state.CREATED, state.QUEUED) else "resumed"
+        self._set_status(state.RUNNING, reason=f"{verb} by {self.owner}")
+        return None
+
+    def run(self) -> str:
+        row = self.store.campaign(self.campaign_id)
+        if row.ended:
+            return row.status
+        self.rig_name = row.rig_name
+        bind(campaign=self.campaign_id)
+        with tempfile.TemporaryDirectory(prefix="sdl-campaign-") as workdir:
+            spec = load_spec(row, Path(workdir))
+            self._loss = spec.protocol.loss(Path(workdir) / "target.csv")
+            self.store.claim(self.campaign_id, self.owner)
+            try:
+                return self._run_claimed(spec, row)
+            finally:
+                self.store.release(self.campaign_id, self.owner)
+                unbind("campaign", "round", "condition", "attempt", "replicate")
+
+    def _run_claimed(self, spec: CampaignSpec, row: Any) -> str:
+        self.rig = build_rig(spec.rig, spec.protocol, chemistry=spec.chemistry)
+        try:
+            self.rig.connect()
+        except DeviceError as exc:
+            reason = f"fault: the rig did not connect: {exc}"
+            if row.status != state.FAULTED:
+                self._set_status(state.FAULTED, reason=reason)
+            return state.FAULTED
+        self._emit(
+            "start",
+            campaign=self.campaign_id,
+            rounds_max=spec.rounds_limit,
+            conditions=spec.protocol.batch_size,
+            replicates=spec.protocol.replicates.n,
+        )
+        self.watcher = _Watcher(self)
+        self.watcher.start()
+        try:
+            final = self._enter_running(row)
+            if final is not None:
+                return final
+            self._load_history(spec)
+            while True:
+                try:
+                    self._calibrate(spec)
+                    break
+                except _Fault as exc:
+                    self._hold(state.FAULTED, str(exc), "system")
+            return self._drive(spec)
+        except _Aborted as exc:
+            self._stop_flow()
+            self._set_status(state.ABORTED, reason=exc.reason or "aborted", who=exc.who)
+            return state.ABORTED
+        finally:
+            self.watcher.stop_event.set()
+            self.watcher.join(timeout=5)
+            self.rig.safe_state()
+            self.rig.close()
+
+
+def run_campaign(
+    store: Store,
+    campaign_id: str,
+    *,
+    owner: str,
+    progress: ProgressSink | None = None,
+    poll_s: float = CONTROL_POLL_S,
+    estop_poll_s: float = ESTOP_POLL_S,
+    wall: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Run (or resume) a stored campaign on its rig until it finishes, is aborted, or its rig cannot
+    connect; returns the final status. ``wall``/``sleep`` measure and wait out pauses (tests pass
+    their own); the rig's own clock drives everything else."""
+    runner = _Runner(
+        store,
+        campaign_id,
+        owner=owner,
+        progress=progress,
+        poll_s=poll_s,
+        estop_poll_s=estop_poll_s,
+        wall=wall,
+        sleep=sleep,
+    )
+    return runner.run()
+
+
+def read_target(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A target CSV (for ``--target``), checked like the protocol's own."""
+    return read_target_csv(path)
