@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 import structlog
 from sqlalchemy.engine import make_url
 
-__all__ = ["bind", "campaign_logging", "log_path_for", "unbind"]
+__all__ = ["bind", "campaign_logging", "log_path_for", "unbind", "warnings_to_stderr"]
 
 DEFAULT_LOG_DIR = Path("runs") / "logs"
 
@@ -63,6 +64,22 @@ def campaign_logging(path: str | Path, *, level: int = logging.INFO) -> Iterator
     finally:
         structlog.configure(**previous)
         handle.close()
+
+
+@contextlib.contextmanager
+def warnings_to_stderr() -> Iterator[None]:
+    """Warnings and errors only, plain text on stderr (commands whose stdout is their answer)."""
+    previous = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**previous)
 
 
 def bind(**values: Any) -> None:

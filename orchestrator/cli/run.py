@@ -1,0 +1,290 @@
+"""``sdl run`` and ``sdl resume``: run a campaign in this process, with progress bars on the terminal.
+
+    sdl run PROTOCOL --rig RIG [--db URL] [--seed N] [--summary PATH] [--report DIR] [--max-rounds N]
+            [--chemistry module:Class] [--target CSV] [--queue]
+    sdl resume CAMPAIGN [--db URL] [--summary PATH] [--report DIR]
+
+``run`` checks the protocol, the rig and the pair before anything moves, stores the campaign and
+runs it; ``--queue`` only stores it as queued for its rig (an ``sdl agent`` picks it up). ``resume``
+continues a campaign whose process ended (crash, kill -9, Ctrl-C, a fault); if a live process still
+drives it, it asks that process to resume instead. Everything the engine logs goes as JSON lines to
+the campaign's log file; the terminal shows progress and where the results are.
+
+Exit codes: 0 finished (or queued, or a resume request sent), 1 faulted or e-stopped, 2 bad input,
+3 aborted, 130 interrupted (the campaign is then paused; ``sdl resume`` continues it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+EXIT_OK = 0
+EXIT_STOPPED = 1
+EXIT_CONFIG = 2
+EXIT_ABORTED = 3
+EXIT_INTERRUPTED = 130
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="run a campaign: a protocol on a rig",
+        description="Check a protocol and a rig, store the campaign and run it (or queue it for an agent).",
+    )
+    run.add_argument("protocol", type=Path, metavar="PROTOCOL", help="protocol file (protocols/*.yaml)")
+    run.add_argument("--rig", required=True, type=Path, metavar="RIG", help="rig file (deploy/rigs/*.yaml)")
+    run.add_argument("--seed", type=int, help="campaign seed (default: the protocol's, else a random one)")
+    run.add_argument(
+        "--max-rounds", type=int, metavar="N", help="stop after N rounds (tighter than the protocol)"
+    )
+    run.add_argument(
+        "--chemistry",
+        metavar="module:Class",
+        help="chemistry model of the simulated rig (replaces the rig's)",
+    )
+    run.add_argument(
+        "--target",
+        type=Path,
+        metavar="CSV",
+        help="target spectrum (wavelength_nm,absorbance), replaces the protocol's",
+    )
+    run.add_argument(
+        "--queue", action="store_true", help="only store the campaign, queued for its rig's agent"
+    )
+    _common(run)
+    run.set_defaults(func=_quiet(run_command))
+
+    resume = subparsers.add_parser(
+        "resume",
+        help="continue a campaign (after a crash, a pause, a fault)",
+        description="Continue a stored campaign in this process, or ask the process driving it to resume.",
+    )
+    resume.add_argument("campaign", help="campaign id (see `sdl status`)")
+    resume.add_argument("--reason", default="", help="why (journaled with the resume)")
+    _common(resume)
+    resume.set_defaults(func=_quiet(resume_command))
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", help="store URL (default: $SDL_DB_URL, else sqlite:///runs/sdl.db)")
+    parser.add_argument("--summary", type=Path, metavar="PATH", help="write the campaign summary JSON here")
+    parser.add_argument("--report", type=Path, metavar="DIR", help="write the HTML report (figures) into DIR")
+
+
+def _quiet(command: Any) -> Any:
+    """Outside the campaign's log file only warnings reach the terminal (on stderr)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from orchestrator.logging import warnings_to_stderr
+
+        with warnings_to_stderr():
+            return int(command(args))
+
+    handler.__doc__ = command.__doc__
+    return handler
+
+
+def _owner() -> str:
+    return f"sdl@{socket.gethostname()}:{os.getpid()}"
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
+
+
+def _fail(message: str, code: int) -> int:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
+    return code
+
+
+class RichProgress:
+    """Progress bars for rounds, conditions and replicates, fed by the runner's progress events."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars = Progress(
+            TextColumn("{task.description:<11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.rounds = self.bars.add_task("rounds", total=None, note="")
+        self.conditions = self.bars.add_task("conditions", total=None, note="")
+        self.replicates = self.bars.add_task("replicates", total=None, note="")
+        self.best: float | None = None
+
+    def __enter__(self) -> RichProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def __call__(self, event: str, **info: Any) -> None:
+        bars = self.bars
+        if event == "start":
+            bars.update(self.rounds, total=info.get("rounds_max"), note=str(info.get("campaign", "")))
+        elif event == "round":
+            bars.update(self.rounds, completed=info["index"], note=f"round {info['index']}")
+            bars.update(self.conditions, total=info["conditions"], completed=0, note="")
+        elif event == "condition":
+            note = f"condition {info['index']}" + (
+                f", attempt {info['attempt']}" if info.get("attempt") else ""
+            )
+            bars.update(self.replicates, total=info["replicates"], completed=info.get("done", 0), note=note)
+        elif event == "replicate":
+            loss = info.get("loss")
+            note = (
+                "rejected" if not info.get("accepted") else (f"loss {loss:.3f}" if loss is not None else "")
+            )
+            bars.update(self.replicates, completed=info["index"] + 1, note=note)
+        elif event == "condition_done":
+            median = info.get("median")
+            if median is not None and (self.best is None or median < self.best):
+                self.best = median
+            bars.update(
+                self.conditions,
+                completed=info["index"] + 1,
+                note=f"best median loss {self.best:.4f}" if self.best is not None else "",
+            )
+        elif event == "status":
+            reason = f": {info['reason']}" if info.get("reason") else ""
+            self.console.print(f"[bold]{info['status']}[/]{reason}")
+            if info["status"] == "finished":
+                bars.update(self.rounds, completed=bars.tasks[self.rounds].total or 0)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from orchestrator import state
+    from orchestrator.campaign import start_campaign
+    from orchestrator.config_errors import ConfigError
+    from orchestrator.spectra import TargetFileError
+    from orchestrator.store import open_store
+
+    options: dict[str, Any] = {}
+    if args.chemistry:
+        options["chemistry"] = args.chemistry
+    if args.target is not None:
+        options["target"] = str(args.target)
+    if args.max_rounds is not None:
+        options["max_rounds"] = args.max_rounds
+    store = open_store(args.db)
+    try:
+        campaign_id = start_campaign(
+            store,
+            args.protocol,
+            args.rig,
+            seed=args.seed,
+            options=options,
+            status=state.QUEUED if args.queue else state.CREATED,
+            who=_who(),
+        )
+    except (ConfigError, TargetFileError, ValueError) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    console = Console(highlight=False)
+    if args.queue:
+        row = store.campaign(campaign_id)
+        console.print(
+            f"queued {campaign_id} for rig {row.rig_name!r} (an `sdl agent --rig {row.rig_name}` runs it)"
+        )
+        print(campaign_id)
+        return EXIT_OK
+    console.print(f"campaign [bold]{campaign_id}[/] ({args.protocol} on {args.rig})")
+    return _drive(store, campaign_id, args, console)
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    from orchestrator import state
+    from orchestrator.store import StoreError, open_store
+
+    store = open_store(args.db)
+    console = Console(highlight=False)
+    try:
+        row = store.campaign(args.campaign)
+    except LookupError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    if row.ended:
+        console.print(f"{row.id} is {row.description}: nothing to resume")
+        return EXIT_OK if row.status == state.FINISHED else EXIT_ABORTED
+    owner = store.live_owner(row.id)
+    if owner is not None and owner != _owner():
+        if row.status in (state.PAUSED, state.PAUSING, state.FAULTED, state.ESTOPPED):
+            store.request_control(row.id, "resume", who=_who(), reason=args.reason or "sdl resume")
+            console.print(f"asked {owner}, which drives {row.id}, to resume it ({row.description})")
+            return EXIT_OK
+        return _fail(f"{row.id} is {row.description}, driven by {owner}: nothing to resume", EXIT_STOPPED)
+    if row.status == state.ESTOPPED and store.estop_latched(row.rig_name) is not None:
+        return _fail(
+            f"{row.id} is {row.description}; clear the e-stop first (`sdl estop --clear --reason TEXT`)",
+            EXIT_STOPPED,
+        )
+    console.print(f"resuming [bold]{row.id}[/] ({row.description})")
+    try:
+        return _drive(store, row.id, args, console)
+    except StoreError as exc:
+        return _fail(str(exc), EXIT_STOPPED)
+
+
+def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Console) -> int:
+    """Run the campaign here with progress bars and its log file; then summary, report, where to look."""
+    from orchestrator import state
+    from orchestrator.campaign import CampaignError, run_campaign
+    from orchestrator.logging import campaign_logging, log_path_for
+
+    log_path = log_path_for(store.url, campaign_id)
+    status: str | None = None
+    with campaign_logging(log_path), RichProgress(console) as progress:
+        try:
+            status = run_campaign(store, campaign_id, owner=_owner(), progress=progress)
+        except KeyboardInterrupt:
+            # the runner has stopped the pumps on its way out; leave the campaign resumable
+            current = store.campaign(campaign_id).status
+            if state.PAUSED in state.allowed(current):
+                store.set_status(
+                    campaign_id, state.PAUSED, reason="interrupted at the terminal (Ctrl-C)", who=_who()
+                )
+            console.print(f"interrupted: {campaign_id} is paused; `sdl resume {campaign_id}` continues it")
+        except CampaignError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+    row = store.campaign(campaign_id)
+    console.print(f"{campaign_id}: {row.description}")
+    where = [("store", store.url), ("log", str(log_path))]
+    if args.summary is not None:
+        where.append(("summary", _write_summary(store, campaign_id, args.summary, console)))
+    if args.report is not None:
+        where.append(("report", _write_report(store, campaign_id, args.report, console)))
+    for label, value in where:
+        console.print(f"  {label:<8} {value}")
+    if status is None:
+        return EXIT_INTERRUPTED if row.status == state.PAUSED else EXIT_STOPPED
+    return {state.FINISHED: EXIT_OK, state.ABORTED: EXIT_ABORTED}.get(status, EXIT_STOPPED)
+
+
+def _write_summary(store: Any, campaign_id: str, path: Path, console: Console) -> str:
+    from orchestrator.summary import write_summary
+
+    return str(write_summary(store, campaign_id, path))
+
+
+def _write_report(store: Any, campaign_id: str, out: Path, console: Console) -> str:
+    try:
+        from orchestrator import report as rep
+
+        result = rep.write_report(rep.load_report_data(store, campaign_id), out)
+    except Exception as exc:  # noqa: BLE001 - the campaign's data is safe; the report is an extra
+        console.print(f"[yellow]no report written: {exc} (try `sdl report {campaign_id}`)[/]")
+        return "(not written)"
+    return str(result.html)
