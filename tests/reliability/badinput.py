@@ -17,6 +17,7 @@ one :class:`Outcome`; only ``REJECTED_CLEAR`` and ``ACCEPTED_VALID`` are good:
 from __future__ import annotations
 
 import copy
+import json
 import enum
 import math
 import re
@@ -568,3 +569,221 @@ def _running_after_safe_state(tap: WireTap) -> list[str]:
         return tap.running()
     except Exception:  # noqa: BLE001 - a disconnected emulator cannot pump either
         return []
+
+
+# -- console API payloads ---------------------------------------------------------------------------
+#
+# The console never drives hardware: its only path to a pump is a control request in the store, which
+# the campaign honours at a checkpoint. So for the API, "a hardware command" is a control request (or
+# any other change: user, token, schedule, campaign state) left behind by a call that was refused.
+
+API_PASSWORD = "correct horse battery"
+API_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "/api/session", {"name": "ada", "password": API_PASSWORD}),
+    ("GET", "/api/session", None),
+    ("GET", "/api/campaigns", None),
+    ("GET", "/api/campaigns/{campaign_id}", None),
+    ("GET", "/api/campaigns/{campaign_id}/events", None),
+    ("GET", "/api/campaigns/{campaign_id}/spectra", None),
+    ("GET", "/api/campaigns/{campaign_id}/losses", None),
+    ("GET", "/api/campaigns/{campaign_id}/bounds", None),
+    *(
+        ("POST", f"/api/campaigns/{{campaign_id}}/{action}", {"reason": "fuzz"})
+        for action in ("pause", "resume", "abort", "estop", "estop-clear", "recalibrate")
+    ),
+    ("POST", "/api/estop", {"reason": "fuzz"}),
+    ("GET", "/api/schedules", None),
+    ("POST", "/api/schedules", {"kind": "recalibrate", "campaign_id": "1", "every_minutes": 30}),
+    (
+        "POST",
+        "/api/schedules",
+        {"kind": "health", "campaign_id": "1", "every_minutes": 5, "stale_after_s": 60},
+    ),
+    (
+        "POST",
+        "/api/schedules",
+        {
+            "kind": "start",
+            "at": "2099-01-01T00:00:00+00:00",
+            "protocol": str(PROTOCOL_FILE),
+            "rig": str(SIM_RIG_FILE),
+        },
+    ),
+    ("DELETE", "/api/schedules/{schedule_id}", None),
+    ("GET", "/api/users", None),
+    ("POST", "/api/users", {"name": "newbie", "role": "observer", "password": "a long password"}),
+    ("PATCH", "/api/users/{name}", {"role": "operator"}),
+    ("GET", "/api/tokens", None),
+    ("POST", "/api/users/{name}/tokens", {"days": 1, "label": "fuzz"}),
+    ("DELETE", "/api/tokens/{token_id}", None),
+    ("GET", "/api/audit", None),
+]
+QUERY_KEYS = ["after", "limit", "user"]
+
+JSON: st.SearchStrategy[Any] = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+SEGMENT = st.one_of(
+    st.sampled_from(
+        ["1", "2", "olga", "otto", "newbie", "nope", "0", "-1", "..", "%00", "1 OR 1=1", "x" * 300]
+    ),
+    st.text(min_size=1, max_size=20),
+)
+
+
+@dataclass
+class ApiCall:
+    method: str
+    route: str
+    path: str
+    query: dict[str, str]
+    body: Any  # a JSON value, or bytes sent as the raw body
+    changed: list[str]
+
+
+@st.composite
+def api_calls(draw: st.DrawFn) -> ApiCall:
+    import urllib.parse
+
+    method, route, sample = draw(st.sampled_from(API_ROUTES))
+    path = route
+    for param in re.findall(r"{(\w+)}", route):
+        path = path.replace("{" + param + "}", urllib.parse.quote(draw(SEGMENT), safe=""), 1)
+    query = draw(st.dictionaries(st.sampled_from(QUERY_KEYS), st.text(max_size=8), max_size=2))
+    mode = draw(st.sampled_from(["sample", "mutated", "mutated", "json", "raw"]))
+    body: Any = copy.deepcopy(sample)
+    changed = ["body"]
+    if mode == "mutated" and isinstance(sample, dict):
+        doc = copy.deepcopy(sample)
+        m = draw(mutations(doc))
+        m.apply(doc)
+        body, changed = doc, [m.field()] + ([str(m.value)] if m.op == "rename" else [])
+    elif mode == "json":
+        body = draw(JSON)
+    elif mode == "raw":
+        body = draw(st.binary(max_size=40))
+    return ApiCall(method, route, path, query, body, changed)
+
+
+class ApiHarness:
+    """A console app on a fresh SQLite file with the fake campaign source, called as its admin."""
+
+    def __init__(self, root: Path) -> None:
+        from argon2 import PasswordHasher
+        from fastapi.testclient import TestClient
+
+        from orchestrator.console import create_app
+        from orchestrator.console.users import Role
+        from tests.orchestrator.console.fakes import FakeSource
+
+        self.source = FakeSource()
+        self._fresh = FakeSource
+        hasher = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+        root.mkdir(parents=True, exist_ok=True)
+        self.app = create_app(
+            f"sqlite:///{root / 'console.db'}",
+            secret="s" * 48,
+            background=False,
+            password_hasher=hasher,
+            source=self.source,
+        )
+        self.users = self.app.state.auth.users
+        for role, name in (("observer", "olga"), ("operator", "otto"), ("admin", "ada")):
+            self.users.add_user(name, Role(role), API_PASSWORD, who="fuzz")
+        token, _ = self.users.issue_token("ada", days=1, who="fuzz")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.client = TestClient(self.app)
+        self.client.__enter__()
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+
+    def state(self) -> tuple[Any, ...]:
+        return (
+            len(self.source.requests),
+            {k: (c.state, c.reason) for k, c in self.source.campaigns.items()},
+            [(u.name, u.role, u.disabled) for u in self.users.list_users()],
+            [(t.id, t.revoked) for t in self.users.list_tokens()],
+            [s.id for s in self.app.state.scheduler.list()],
+        )
+
+    def judge(self, call: ApiCall) -> Verdict:
+        self.source.campaigns = self._fresh().campaigns  # every call starts from running/finished
+        before = self.state()
+        kwargs: dict[str, Any] = {"params": call.query, "headers": dict(self.headers)}
+        if isinstance(call.body, bytes):
+            kwargs["content"] = call.body
+            kwargs["headers"]["Content-Type"] = "application/json"
+        elif call.body is not None or call.method in ("POST", "PATCH"):
+            # as a careless client would: NaN and Infinity as the bare tokens Python's json writes
+            kwargs["content"] = json.dumps(call.body, allow_nan=True).encode()
+            kwargs["headers"]["Content-Type"] = "application/json"
+        try:
+            r = self.client.request(call.method, call.path, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a server exception is what this harness counts
+            return Verdict(
+                Outcome.TRACEBACK, f"{call.method} {call.path} {call.body!r}: {type(exc).__name__}: {exc}"
+            )
+        what = f"{call.method} {call.path} {call.query} {call.body!r} -> {r.status_code} {r.text[:300]}"
+        if r.status_code >= 500:
+            return Verdict(Outcome.TRACEBACK, what)
+        after = self.state()
+        if r.status_code >= 400:
+            if after != before:
+                return Verdict(Outcome.HARDWARE, f"refused call changed state: {what}")
+            return Verdict(Outcome.REJECTED_CLEAR if _clear_detail(r) else Outcome.REJECTED_UNCLEAR, what)
+        problems = self._accepted_problems(call, before, after, r)
+        return (
+            Verdict(Outcome.ACCEPTED_INVALID, f"{problems}: {what}")
+            if problems
+            else Verdict(Outcome.ACCEPTED_VALID)
+        )
+
+    def _accepted_problems(self, call: ApiCall, before: Any, after: Any, r: Any) -> list[str]:
+        from orchestrator.console.source import ACTIONS, REASON_REQUIRED
+        from orchestrator.console.users import MAX_TOKEN_DAYS, NAME_PATTERN, Role
+
+        out: list[str] = []
+        action = call.route.rsplit("/", 1)[-1]
+        if call.method == "POST" and action in ACTIONS:
+            new = self.source.requests[before[0] :]
+            if len(new) != 1 or new[0][1] != action or new[0][2] != "ada":
+                out.append(f"control requests written: {new}")
+            elif not (0 < len(new[0][3]) <= 500) or (action in REASON_REQUIRED and not new[0][3].strip()):
+                out.append(f"reason {new[0][3]!r}")
+        elif call.method == "GET" and after != before:
+            out.append("a read changed state")
+        if call.route == "/api/users" and call.method == "POST":
+            user = r.json()
+            if not NAME_PATTERN.match(user["name"]) or user["role"] not in set(Role):
+                out.append(f"user {user}")
+        if call.route.endswith("/tokens") and call.method == "POST":
+            info = r.json()
+            days = (_iso(info["expires_at"]) - _iso(info["created_at"])).total_seconds() / 86400
+            if not 0 < days <= MAX_TOKEN_DAYS + 1e-6:
+                out.append(f"token for {days} days")
+        return out
+
+
+def _iso(text: str) -> Any:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text)
+
+
+def _clear_detail(r: Any) -> bool:
+    """FastAPI's 422 lists each error with its location (body.field, query.limit, path.name) and a
+    message; the console's own refusals are one sentence."""
+    try:
+        detail = r.json().get("detail")
+    except ValueError:
+        return False
+    if isinstance(detail, str):
+        return bool(detail.strip())
+    if isinstance(detail, list) and detail:
+        return all(isinstance(e, dict) and e.get("loc") and e.get("msg") for e in detail)
+    return False

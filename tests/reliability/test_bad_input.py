@@ -122,3 +122,41 @@ def test_drivers_refuse_impossible_rates_before_sending(probe: b.Probe, rate: fl
         with pytest.raises(DeviceError):
             pump.set_rate_ul_min(rate)
         assert (probe.tap.bytes, probe.tap.rate(stream)) == before, stream
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[b.ApiHarness]:
+    harness = b.ApiHarness(tmp_path_factory.mktemp("api"))
+    yield harness
+    harness.close()
+
+
+def test_api_payloads(api: b.ApiHarness) -> None:
+    @settings(FAST, max_examples=60)
+    @given(b.api_calls())
+    def check(call: b.ApiCall) -> None:
+        verdict = api.judge(call)
+        assert verdict.outcome.good, verdict
+
+    check()
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/campaigns/1/pause", b'{"reason": NaN}'),
+        ("/api/users", b'{"name": "nan", "role": -Infinity, "password": "a long password"}'),
+        ("/api/users/olga/tokens", b'{"days": Infinity}'),
+        ("/api/schedules", b'{"kind": "recalibrate", "campaign_id": "1", "every_minutes": Infinity}'),
+        ("/api/schedules", b'{"kind": "health", "campaign_id": "1", "every_minutes": 5, "stale_after_s": Infinity}'),
+    ],
+)
+def test_non_finite_numbers_are_refused_by_field(api: b.ApiHarness, path: str, body: bytes) -> None:
+    """Found by the fuzzer: Python's JSON reader takes NaN and Infinity; a 422 that echoed them failed
+    to render (500), and an infinite schedule interval overflowed the scheduler (500)."""
+    before = api.state()
+    r = api.client.post(path, content=body, headers={**api.headers, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    fields = [e["loc"][-1] for e in r.json()["detail"]]
+    assert set(fields) & {"reason", "role", "days", "every_minutes", "stale_after_s"}, fields
+    assert api.state() == before

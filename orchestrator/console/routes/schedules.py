@@ -23,8 +23,12 @@ class ScheduleIn(BaseModel):
     rig: str | None = Field(None, description="start: rig file on the server")
     resume_campaign_id: str | None = Field(None, description="start: resume this campaign instead")
     campaign_id: str | None = Field(None, description="recalibrate, health: which campaign")
-    every_minutes: float | None = Field(None, gt=0, description="recalibrate, health: interval")
-    stale_after_s: float = Field(900.0, gt=0, description="health: pause after this long without progress")
+    every_minutes: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="recalibrate, health: interval"
+    )
+    stale_after_s: float = Field(
+        900.0, gt=0, allow_inf_nan=False, description="health: pause after this long without progress"
+    )
 
 
 @dataclass(frozen=True)
