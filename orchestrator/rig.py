@@ -81,7 +81,7 @@ def _fault_problems(faults: list[FaultSpec], allowed: tuple[str, ...]) -> list[P
 
 class PumpConfig(_Strict):
     name: Identifier
-    driver: Literal["newera", "harvard"]
+    driver: Literal["newera", "harvard", "sila"]
     port: str = Field(
         min_length=1, description="pyserial URL or device path: /dev/serial/by-id/..., sim://newera/rig"
     )
@@ -330,6 +330,10 @@ def driver_ranges(driver: str) -> tuple[tuple[float, float], tuple[int, ...]]:
         from drivers import newera
 
         return (newera.MIN_DIAMETER_MM, newera.MAX_DIAMETER_MM), tuple(newera.BAUDRATES)
+    if driver == "sila":  # a pump served over SiLA 2 (sila://host:port): no serial line
+        from drivers import sila
+
+        return (sila.MIN_DIAMETER_MM, sila.MAX_DIAMETER_MM), ()
     from drivers import harvard
 
     return tuple(harvard.DIAMETER_RANGE_MM), tuple(harvard.VALID_BAUDRATES)  # type: ignore[return-value]
@@ -633,6 +637,10 @@ def _make_pump(p: PumpConfig, clock: Clock) -> SyringePump:
         from drivers.newera import NewEraPump
 
         return NewEraPump(p.name, p.port, **kwargs)
+    if p.driver == "sila":
+        from drivers.sila import SilaPump
+
+        return SilaPump(p.name, p.port, **kwargs)
     from drivers.harvard import HarvardPump
 
     return HarvardPump(p.name, p.port, **kwargs)

@@ -98,7 +98,7 @@ def _pump(**over: Any) -> dict[str, Any]:
 
 
 BAD_REAL = [
-    ({"pumps": [_pump(driver="kds")]}, "pumps[0].driver", "'newera' or 'harvard'"),
+    ({"pumps": [_pump(driver="kds")]}, "pumps[0].driver", "'newera', 'harvard' or 'sila'"),
     ({"pumps": [_pump(address=100)]}, "pumps[0].address", "less than or equal to 99"),
     ({"pumps": [_pump(syringe_diameter_mm=0)]}, "pumps[0].syringe_diameter_mm", "greater than 0"),
     (
