@@ -60,6 +60,7 @@ __all__ = [
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+MAX_GRID_POINTS = 100_000  # a grid finer than this is a typo, and would not fit in memory
 
 
 class InfeasibleInputs(ValueError):
@@ -151,6 +152,16 @@ class GridSpec(_Strict):
         if not self.start_nm < self.stop_nm:
             raise CrossFieldProblems([Problem("stop_nm", f"must exceed start_nm ({self.start_nm:g})")])
         steps = (self.stop_nm - self.start_nm) / self.step_nm
+        if not steps <= MAX_GRID_POINTS:  # also inf: a step of 5e-324 nm
+            raise CrossFieldProblems(
+                [
+                    Problem(
+                        "step_nm",
+                        f"{self.step_nm:g} nm over {self.start_nm:g}-{self.stop_nm:g} nm is more than "
+                        f"{MAX_GRID_POINTS} points: spectrometers resolve ~0.1 nm, use a coarser step",
+                    )
+                ]
+            )
         if abs(steps - round(steps)) > 1e-6:
             raise CrossFieldProblems(
                 [

@@ -81,6 +81,17 @@ def test_absurd_syringe_diameters_are_config_errors(
         load_rig(workdir / "rig.yaml")
 
 
+@pytest.mark.parametrize("step_nm", [5e-324, 1e-9, 1e-4])
+def test_grids_too_fine_to_hold_are_config_errors(workdir: Path, probe: b.Probe, step_nm: float) -> None:
+    """Found by the fuzzer: a step of 5e-324 nm overflowed round() (OverflowError); 1e-9 nm asked for
+    4e11 points (memory exhausted before any error). Both must name grid.step_nm."""
+    doc = b.base_protocol()
+    doc["grid"]["step_nm"] = step_nm
+    verdict = b.judge_protocol(b.Generated(yaml.safe_dump(doc), ["grid.step_nm"]), workdir, probe)
+    assert verdict.outcome is b.Outcome.REJECTED_CLEAR, verdict
+    assert "grid.step_nm" in verdict.detail
+
+
 def test_the_judge_can_fail(workdir: Path, probe: b.Probe, protocol: ExperimentProtocol) -> None:
     """The harness itself: an error that names another field, and a validated protocol that lies."""
     unclear = b.names_the_field(ConfigError("x", [Problem("stop", "something")]), ["grid.step_nm"])
