@@ -197,6 +197,21 @@ class ReplicateRow:
 
 
 @dataclass(frozen=True)
+class CampaignTally:
+    """How far a campaign has got, counted in SQL (no arrays loaded)."""
+
+    rounds: int
+    conditions: int
+    conditions_done: int
+    conditions_failed: int
+    replicates: int  # measured and not set aside
+    accepted: int
+    best_loss: float | None = None
+    best_round: int | None = None
+    best_condition: int | None = None
+
+
+@dataclass(frozen=True)
 class EventRow:
     id: int
     campaign_id: str | None
@@ -460,6 +475,18 @@ def _bounds_from(data: Mapping[str, Sequence[float]] | None) -> dict[str, tuple[
 
 def _opt_float(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _event_row(r: Mapping[str, Any]) -> EventRow:
+    return EventRow(
+        id=r["id"],
+        campaign_id=r["campaign_id"],
+        at=r["at"],
+        kind=r["kind"],
+        who=r["who"],
+        reason=r["reason"],
+        data=dict(r["data"] or {}),
+    )
 
 
 # ---------------------------------------------------------------------------------------- engine
@@ -1191,6 +1218,45 @@ class Store:
                 },
             )
 
+    def tally(self, campaign_id: str) -> CampaignTally:
+        """Counts of rounds, conditions and replicates, and the best condition so far."""
+        with self._read() as conn:
+            self._campaign_row(conn, campaign_id)
+            rounds = conn.execute(
+                sa.select(sa.func.count()).select_from(rounds_t).where(rounds_t.c.campaign_id == campaign_id)
+            ).scalar_one()
+            by_status = dict(
+                conn.execute(
+                    sa.select(conditions_t.c.status, sa.func.count())
+                    .where(conditions_t.c.campaign_id == campaign_id)
+                    .group_by(conditions_t.c.status)
+                ).all()
+            )
+            rc = replicates_t.c
+            replicates, accepted = conn.execute(
+                sa.select(
+                    sa.func.count(), sa.func.coalesce(sa.func.sum(sa.case((rc.accepted, 1), else_=0)), 0)
+                ).where(rc.campaign_id == campaign_id, rc.set_aside.is_(False))
+            ).one()
+            cc = conditions_t.c
+            best = conn.execute(
+                sa.select(cc.round_index, cc.condition_index, cc.median_loss)
+                .where(cc.campaign_id == campaign_id, cc.status == "done", cc.median_loss.is_not(None))
+                .order_by(cc.median_loss, cc.round_index, cc.condition_index)
+                .limit(1)
+            ).first()
+        return CampaignTally(
+            rounds=int(rounds),
+            conditions=int(sum(by_status.values())),
+            conditions_done=int(by_status.get("done", 0)),
+            conditions_failed=int(by_status.get("failed", 0)),
+            replicates=int(replicates),
+            accepted=int(accepted),
+            best_loss=None if best is None else float(best[2]),
+            best_round=None if best is None else int(best[0]),
+            best_condition=None if best is None else int(best[1]),
+        )
+
     # -- journal
 
     def journal(
@@ -1216,18 +1282,16 @@ class Store:
             if campaign_id is not None:
                 query = query.where(events_t.c.campaign_id == campaign_id)
             rows = conn.execute(query.order_by(events_t.c.id).limit(limit)).mappings()
-            return [
-                EventRow(
-                    id=r["id"],
-                    campaign_id=r["campaign_id"],
-                    at=r["at"],
-                    kind=r["kind"],
-                    who=r["who"],
-                    reason=r["reason"],
-                    data=dict(r["data"] or {}),
-                )
-                for r in rows
-            ]
+            return [_event_row(r) for r in rows]
+
+    def recent_events(self, campaign_id: str | None = None, limit: int = 20) -> list[EventRow]:
+        """The last ``limit`` events (of one campaign, or all), oldest first."""
+        with self._read() as conn:
+            query = sa.select(events_t)
+            if campaign_id is not None:
+                query = query.where(events_t.c.campaign_id == campaign_id)
+            rows = conn.execute(query.order_by(events_t.c.id.desc()).limit(limit)).mappings().all()
+            return [_event_row(r) for r in reversed(rows)]
 
     def latest_event_id(self) -> int:
         with self._read() as conn:

@@ -645,3 +645,32 @@ def test_a_latched_estop_blocks_running_until_cleared(store: Store) -> None:
     store.clear_estop(who="alice", reason="mopped up", rig="rig-a")
     store.set_status(cid, "running", who="alice", reason="resumed")
     assert store.campaign(cid).status == "running"
+
+
+# ------------------------------------------------------------------------------------- counts
+
+
+def test_tally_counts_without_loading_arrays(store: Store) -> None:
+    cid = new_campaign(store)
+    empty = store.tally(cid)
+    assert (empty.rounds, empty.conditions, empty.replicates, empty.best_loss) == (0, 0, 0, None)
+    store.add_round(cid, 0, strategy="lhs", bounds={}, conditions=planned(3), notes={})
+    _replicate(store, cid, 0, 0, 0)
+    _replicate(store, cid, 0, 0, 1, accepted=False)
+    _replicate(store, cid, 1, 0, 0)
+    store.set_aside(cid, 0, 1, 0, "restart")
+    store.finish_condition(cid, 0, 0, median_loss=0.3, mad=0.0, accepted=1, failed=False)
+    store.finish_condition(cid, 0, 2, median_loss=0.1, mad=0.0, accepted=1, failed=False)
+    store.finish_condition(cid, 0, 1, median_loss=None, mad=None, accepted=0, failed=True)
+    t = store.tally(cid)
+    assert (t.rounds, t.conditions, t.conditions_done, t.conditions_failed) == (1, 3, 2, 1)
+    assert (t.replicates, t.accepted) == (2, 1)
+    assert (t.best_loss, t.best_round, t.best_condition) == (0.1, 0, 2)
+
+
+def test_recent_events_are_the_last_ones_oldest_first(store: Store) -> None:
+    cid = new_campaign(store)
+    ids = [store.journal(cid, "note", data={"i": i}) for i in range(5)]
+    store.journal(None, "agent_started")
+    assert [e.id for e in store.recent_events(cid, limit=3)] == ids[2:]
+    assert [e.kind for e in store.recent_events(limit=2)] == ["note", "agent_started"]
