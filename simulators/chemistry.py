@@ -21,12 +21,19 @@ The model is a small, physically shaped story, not a Mie/DDA calculation:
 Bands are pseudo-Voigt profiles in photon energy (plasmon lines are Lorentzian; the size
 distribution adds a Gaussian part). The default parameters were fitted to the measured losses of
 the paper's BO runs 1-6 (``python -m benchmarks.calibration --fit``; see docs/calibration.md).
+
+Two more models take the same five inputs with different physics, to judge an optimiser on problems
+it was not tuned on; their best condition lies outside the paper's initial bounds and each has a
+matching target in ``protocols/targets/`` (the model's own spectrum at its optimum, so the loss is 0
+there): :class:`AuNanorod` (gold nanorods: a longitudinal plasmon set by the aspect ratio) and
+:class:`TwoBand` (a generic product band and by-product band around an optimum set by params).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -41,7 +48,19 @@ class ChemistryInputError(ValueError):
 
 
 @dataclass(frozen=True)
-class AgNanoprismParams:
+class ReplicateNoise:
+    """Droplet-to-droplet variation (``droplet()``; ``spectrum()`` is noise-free)."""
+
+    composition_cv: float = 0.04  # relative jitter of each reagent's share (pump pulsation)
+    volume_cv: float = 0.04  # droplet volume / optical path variation -> amplitude
+    baseline_sd: float = 0.003  # absorbance offset between droplets
+    pixel_noise_sd: float = 0.002  # absorbance noise per wavelength, grows with absorbance
+    bubble_probability: float = 0.02  # a bubble in the beam: scattering, no band
+    empty_probability: float = 0.01  # an empty (carrier-only) slot
+
+
+@dataclass(frozen=True)
+class AgNanoprismParams(ReplicateNoise):
     """Parameters of :class:`AgNanoprism`. Concentrations are the inputs' % of the aqueous flow."""
 
     # --- knobs to move the optimum (benchmarks); 1.0 is the paper's rig
@@ -85,36 +104,34 @@ class AgNanoprismParams:
     seed_silver: float = 0.1294  # silver in the seed stream relative to the AgNO3 stream (per %)
     scatter: float = 0.002
     interband: float = 0.01
-    # --- droplet-to-droplet variation (droplet(); spectrum() is noise-free)
-    composition_cv: float = 0.04  # relative jitter of each reagent's share (pump pulsation)
-    volume_cv: float = 0.04  # droplet volume / optical path variation -> amplitude
-    baseline_sd: float = 0.003  # absorbance offset between droplets
-    pixel_noise_sd: float = 0.002  # absorbance noise per wavelength, grows with absorbance
-    bubble_probability: float = 0.02  # a bubble in the beam: scattering, no band
-    empty_probability: float = 0.01  # an empty (carrier-only) slot
+    # droplet-to-droplet variation: the ReplicateNoise defaults
 
 
-class AgNanoprism:
-    """Flows -> absorbance of a droplet of silver seeds and triangular nanoprisms.
+class FlowChemistry:
+    """Base of the models here: five inputs (INPUT_NAMES) in, absorbance out, float params from
+    ``params_class`` (a dataclass with :class:`ReplicateNoise`'s fields), replicate noise shared.
+    A subclass implements ``spectra(x, wavelengths)`` for rows of inputs."""
 
-    ``AgNanoprism(**params)``: any field of :class:`AgNanoprismParams` can be overridden, e.g.
-    ``AgNanoprism(agno3_stock=0.6)`` moves the best Q_AgNO3 up by about 1/0.6.
-    """
+    params_class: ClassVar[type[ReplicateNoise]] = ReplicateNoise
 
     def __init__(self, **params: float) -> None:
-        known = {f.name for f in fields(AgNanoprismParams)}
+        name = type(self).__name__
+        known = {f.name for f in fields(self.params_class)}
         unknown = sorted(set(params) - known)
         if unknown:
             raise TypeError(
-                f"AgNanoprism: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         bad = [k for k, v in params.items() if not np.isfinite(float(v))]
         if bad:
-            raise ValueError(f"AgNanoprism: parameter(s) {', '.join(bad)} must be finite numbers")
-        self.params = replace(AgNanoprismParams(), **{k: float(v) for k, v in params.items()})
+            raise ValueError(f"{name}: parameter(s) {', '.join(bad)} must be finite numbers")
+        self.params: Any = replace(self.params_class(), **{k: float(v) for k, v in params.items()})
 
     def describe(self) -> dict[str, float]:
         return asdict(self.params)
+
+    def spectra(self, x: np.ndarray, wavelengths: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     # ---- public API ---------------------------------------------------------------------------
     def spectrum(self, inputs: Mapping[str, float], wavelengths: np.ndarray) -> np.ndarray:
@@ -126,7 +143,7 @@ class AgNanoprism:
         self, inputs: Mapping[str, float], wavelengths: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
         """Absorbance of one droplet: the condition's spectrum with replicate variation, drawn from ``rng``."""
-        p = self.params
+        p: ReplicateNoise = self.params
         wl = np.asarray(wavelengths, dtype=float)
         x = as_input_array(inputs)
         # draw every random number in a fixed order so a seeded replicate is reproducible
@@ -146,6 +163,17 @@ class AgNanoprism:
         a = volume * self.spectra(xj[None, :], wl)[0] + baseline
         # shot noise in absorbance grows as fewer photons pass: ~ 10**(A/2)
         return a + p.pixel_noise_sd * np.power(10.0, 0.5 * np.clip(a, 0.0, 3.0)) * pixel
+
+
+class AgNanoprism(FlowChemistry):
+    """Flows -> absorbance of a droplet of silver seeds and triangular nanoprisms.
+
+    ``AgNanoprism(**params)``: any field of :class:`AgNanoprismParams` can be overridden, e.g.
+    ``AgNanoprism(agno3_stock=0.6)`` moves the best Q_AgNO3 up by about 1/0.6.
+    """
+
+    params_class = AgNanoprismParams
+    params: AgNanoprismParams
 
     # ---- the model, vectorised over conditions ---------------------------------------------
     def spectra(self, x: np.ndarray, wavelengths: np.ndarray) -> np.ndarray:
@@ -228,3 +256,219 @@ def as_input_array(inputs: Mapping[str, float]) -> np.ndarray:
     if x[4] <= 0:
         raise ChemistryInputError("Q_total must be > 0 uL/min")
     return x
+
+
+def _gaussian_nm(wl: np.ndarray, centre_nm: float | np.ndarray, sd_nm: float | np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * ((wl - centre_nm) / sd_nm) ** 2)
+
+
+# ---- gold nanorods -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuNanorodParams(ReplicateNoise):
+    """Parameters of :class:`AuNanorod`. Shares are the inputs' % of the aqueous flow.
+
+    How the reference rig's five streams are read: the AgNO3 stream carries AgNO3 (the aspect-ratio
+    additive of silver-assisted growth), the PVA stream the CTAB surfactant, the TSC stream ascorbic
+    acid (the mild reductant), the seed stream CTAB-capped gold seeds, and the remainder ("water") the
+    HAuCl4 growth solution, so gold = 100 % minus the four shares: every reagent dilutes the gold."""
+
+    q_ref_ul_min: float = 600.0  # flow whose residence time is the unit of tau
+    # --- reduction of Au(III) on the seeds by ascorbic acid
+    reductant_need: float = 0.2  # reductant share per gold share for complete reduction
+    k_red: float = 3.0  # reduction rate x reference residence time, at ample reductant
+    # --- aspect ratio (AR): silver-assisted anisotropic growth
+    ar_max: float = 9.0  # the aspect ratio silver can drive at most
+    k_ag: float = 0.5  # Ag/Au share ratio giving half of ar_max - 1
+    excess_reductant: float = 3.0  # reductant excess over need that halves the anisotropy
+    growth_half: float = 8.0  # gold per seed (share ratio) at which half the AR has developed
+    seed_offset: float = 0.3  # seed share added so that growth per seed stays finite
+    # --- rod yield: CTAB above its threshold templates rods; otherwise spheres
+    surfactant_half: float = 14.0  # CTAB share giving half the rod yield
+    surfactant_hill: float = 3.0
+    # --- bands
+    transverse_nm: float = 512.0
+    sphere_nm: float = 522.0
+    # longitudinal band: Link, Mohamed & El-Sayed, J. Phys. Chem. B 103, 3073 (1999),
+    # 33.34 eps_m AR - 46.31 eps_m + 472.31 nm, with water's eps_m = 1.77
+    longitudinal_per_ar_nm: float = 59.01
+    longitudinal_offset_nm: float = 390.34
+    longitudinal_width_ev: float = 0.09  # Gaussian-equivalent half width at AR 1
+    width_per_ar: float = 0.1  # relative widening per unit of AR (polydispersity)
+    width_per_growth: float = 0.006  # large rods (few seeds) broaden by radiative damping
+    transverse_width_ev: float = 0.2
+    sphere_width_ev: float = 0.22
+    lorentz_fraction: float = 0.5
+    # --- amplitudes (absorbance per % of gold in the droplet)
+    eps_longitudinal: float = 0.015  # x AR: the longitudinal band strengthens with the aspect ratio
+    eps_transverse: float = 0.009
+    eps_sphere: float = 0.016
+    eps_interband: float = 0.012  # Au 5d -> 6sp below ~470 nm
+    eps_au3: float = 0.006  # unreduced AuBr4(-)-CTAB complex near 395 nm
+    # --- where the default target was made (protocols/targets/au_nanorod.csv)
+    optimum_agno3: float = 38.0
+    optimum_pva: float = 28.0
+    optimum_tsc: float = 8.0
+    optimum_seed: float = 1.5
+    optimum_total: float = 500.0
+
+
+class AuNanorod(FlowChemistry):
+    """Flows -> absorbance of a droplet of gold nanorods (seed-mediated, silver-assisted growth).
+
+    A transverse plasmon near 512 nm and a longitudinal one whose position follows the aspect ratio
+    (Link et al. 1999: ``59 nm x AR + 390 nm`` in water). The aspect ratio rises with the Ag/Au ratio
+    toward ``ar_max``, falls with excess reductant (fast, isotropic growth) and develops only as gold
+    per seed grows; too little CTAB leaves spheres (a 522 nm band), too little reductant or time
+    leaves Au(III)-CTAB (a 395 nm band). ``optimum_*`` params say where :meth:`target` is taken; with
+    that target the loss is 0 there and along a short curve through it (Ag/Au, gold per seed and
+    residence time trade off), all of it above the paper's initial Q_AgNO3 and below its Q_seed.
+    """
+
+    params_class = AuNanorodParams
+    params: AuNanorodParams
+
+    def optimum(self) -> dict[str, float]:
+        p = self.params
+        values = (p.optimum_agno3, p.optimum_pva, p.optimum_tsc, p.optimum_seed, p.optimum_total)
+        return dict(zip(INPUT_NAMES, values, strict=True))
+
+    def target(self, wavelengths: np.ndarray) -> np.ndarray:
+        """The noise-free spectrum at :meth:`optimum`: a target whose loss is 0 there."""
+        return self.spectrum(self.optimum(), wavelengths)
+
+    def aspect_ratio(self, x: np.ndarray) -> np.ndarray:
+        """Mean aspect ratio of the rods for rows of inputs."""
+        return self._state(np.atleast_2d(np.asarray(x, dtype=float)))["ar"][:, 0]
+
+    def _state(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        p = self.params
+        ag, surf, red, seed = (x[:, i : i + 1] for i in range(4))
+        tau = p.q_ref_ul_min / np.maximum(x[:, 4:5], 1e-6)
+        gold = np.clip(100.0 - (ag + surf + red + seed), 0.0, None)
+        ratio = red / np.maximum(p.reductant_need * gold, 1e-9)  # reductant / what the gold needs
+        converted = np.minimum(ratio, 1.0) * (1.0 - np.exp(-p.k_red * tau * ratio / (1.0 + ratio)))
+        deposited = gold * converted
+        growth = deposited / (seed + p.seed_offset)
+        ag_ratio = ag / np.maximum(gold, 1e-9)
+        anisotropy = (
+            ag_ratio / (ag_ratio + p.k_ag) / (1.0 + np.maximum(ratio - 1.0, 0.0) / p.excess_reductant)
+        )
+        developed = growth / (growth + p.growth_half)
+        ar = 1.0 + (p.ar_max - 1.0) * anisotropy * developed
+        rods = surf**p.surfactant_hill / (surf**p.surfactant_hill + p.surfactant_half**p.surfactant_hill)
+        return {
+            "gold": gold,
+            "deposited": deposited,
+            "growth": growth,
+            "ar": ar,
+            "rods": rods,
+        }
+
+    def spectra(self, x: np.ndarray, wavelengths: np.ndarray) -> np.ndarray:
+        p = self.params
+        x = np.atleast_2d(np.asarray(x, dtype=float))
+        wl = np.asarray(wavelengths, dtype=float)
+        st = self._state(x)
+        ar, rods, deposited = st["ar"], st["rods"], st["deposited"]
+        energy = HC_EV_NM / wl[None, :]
+        eta = p.lorentz_fraction
+        # Link's line holds for AR >~ 2; toward spheres the band merges into the 522 nm one (soft max)
+        link_nm = p.longitudinal_offset_nm + p.longitudinal_per_ar_nm * ar
+        long_nm = np.logaddexp(link_nm / 10.0, p.sphere_nm / 10.0) * 10.0
+        long_width = (
+            p.longitudinal_width_ev
+            * (1.0 + p.width_per_ar * (ar - 1.0))
+            * (1.0 + p.width_per_growth * st["growth"])
+        )
+        # a band's area follows the gold in it, so a broader band is lower
+        longitudinal = (
+            p.eps_longitudinal
+            * ar
+            * (p.longitudinal_width_ev / long_width)
+            * _pseudo_voigt(energy, HC_EV_NM / long_nm, long_width, eta)
+        )
+        transverse = p.eps_transverse * _pseudo_voigt(
+            energy, HC_EV_NM / p.transverse_nm, p.transverse_width_ev, eta
+        )
+        sphere = p.eps_sphere * _pseudo_voigt(energy, HC_EV_NM / p.sphere_nm, p.sphere_width_ev, eta)
+        interband = p.eps_interband / (1.0 + np.exp((wl[None, :] - 470.0) / 25.0))
+        a = deposited * (rods * (longitudinal + transverse) + (1.0 - rods) * sphere + interband)
+        return a + p.eps_au3 * (st["gold"] - deposited) * _gaussian_nm(wl[None, :], 395.0, 30.0)
+
+
+# ---- a generic two-band problem ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TwoBandParams(ReplicateNoise):
+    """Parameters of :class:`TwoBand`: where the optimum is and how the spectrum moves away from it."""
+
+    # the best condition (default: Q_PVA, Q_total above and Q_TSC below the paper's initial bounds)
+    optimum_agno3: float = 14.0
+    optimum_pva: float = 48.0
+    optimum_tsc: float = 3.0
+    optimum_seed: float = 9.0
+    optimum_total: float = 1250.0
+    # how far one "unit" of each input is (the landscape's length scales)
+    scale_percent: float = 8.0
+    scale_total: float = 350.0
+    # the product band at the optimum, and its drift per unit of each input (nm)
+    product_nm: float = 560.0
+    product_width_nm: float = 38.0
+    shift_agno3_nm: float = 30.0
+    shift_pva_nm: float = -18.0
+    shift_tsc_nm: float = 22.0
+    shift_seed_nm: float = -26.0
+    shift_total_nm: float = 15.0
+    broadening: float = 0.8  # relative widening per squared unit away from the optimum
+    # the by-product band, growing away from the optimum
+    side_nm: float = 430.0
+    side_width_nm: float = 45.0
+    side_max: float = 1.2  # by-product / product height far from the optimum
+    side_half: float = 0.4  # squared units away at which the by-product reaches half of that
+    # amplitude: peak absorbance at the optimum and its log-slope per unit (more precursor, longer time)
+    peak_absorbance: float = 0.95
+    amplitude_agno3: float = 0.35
+    amplitude_total: float = -0.25
+    baseline: float = 0.02
+
+
+class TwoBand(FlowChemistry):
+    """A generic synthesis: a product band that is right only at one condition, a by-product band.
+
+    Away from :meth:`optimum` (in units of ``scale_percent`` / ``scale_total``) the product band drifts
+    linearly with each input (so the spectrum says which way to go), broadens with the squared distance,
+    and a by-product band grows; the amplitude rises with Q_AgNO3 and residence time. At the optimum the
+    spectrum is the product band alone, which :meth:`target` returns. Every ``optimum_*`` param moves it.
+    """
+
+    params_class = TwoBandParams
+    params: TwoBandParams
+
+    def optimum(self) -> dict[str, float]:
+        p = self.params
+        values = (p.optimum_agno3, p.optimum_pva, p.optimum_tsc, p.optimum_seed, p.optimum_total)
+        return dict(zip(INPUT_NAMES, values, strict=True))
+
+    def target(self, wavelengths: np.ndarray) -> np.ndarray:
+        return self.spectrum(self.optimum(), wavelengths)
+
+    def spectra(self, x: np.ndarray, wavelengths: np.ndarray) -> np.ndarray:
+        p = self.params
+        x = np.atleast_2d(np.asarray(x, dtype=float))
+        wl = np.asarray(wavelengths, dtype=float)[None, :]
+        scale = np.array([p.scale_percent] * 4 + [p.scale_total])
+        z = (x - np.array(list(self.optimum().values()))) / scale
+        shifts = np.array(
+            [p.shift_agno3_nm, p.shift_pva_nm, p.shift_tsc_nm, p.shift_seed_nm, p.shift_total_nm]
+        )
+        d2 = np.sum(z**2, axis=1, keepdims=True)
+        centre = p.product_nm + z @ shifts[:, None]
+        width = p.product_width_nm * np.sqrt(1.0 + p.broadening * d2)
+        height = p.peak_absorbance * np.exp(p.amplitude_agno3 * z[:, 0:1] + p.amplitude_total * z[:, 4:5])
+        height = height * p.product_width_nm / width  # the band's area is conserved as it broadens
+        product = height * _gaussian_nm(wl, centre, width)
+        side = p.side_max * d2 / (d2 + p.side_half) * height * _gaussian_nm(wl, p.side_nm, p.side_width_nm)
+        return product + side + p.baseline * (400.0 / wl) ** 2
