@@ -48,7 +48,7 @@ BATCH = 15
 REPLICATES = 10
 WIDENING = {"enabled": True, "edge_fraction": 0.05, "trigger_fraction": 0.3, "step_fraction": 0.25}
 # strategies and how long each runs; the paper baseline runs longer so its counts are not cut off
-DEFAULT_STRATEGIES = ("lhs", "gp_ei_lp_paper", "qnei_botorch", "composite")
+DEFAULT_STRATEGIES = ("lhs", "gp_ei_lp_paper", "gp_ei_lp", "qnei_botorch", "composite")
 BASELINE = "gp_ei_lp_paper"
 
 
@@ -352,27 +352,29 @@ def summarise(runs: list[Run], strategies: Sequence[str], scenario: str, rounds_
 
 
 # ---- running --------------------------------------------------------------------------------------
-def _job(args: tuple[str, int, str, str, int]) -> Run:
-    strategy, seed, scenario, chemistry, rounds = args
-    return run_campaign(strategy, draw_problem(seed, scenario, chemistry), rounds)
+def _job(args: tuple[Sequence[str], int, str, str, Mapping[str, int]]) -> list[Run]:
+    """Every strategy on one problem (one seed, one scenario): the problem is drawn once per process."""
+    strategies, seed, scenario, chemistry, rounds_of = args
+    problem = draw_problem(seed, scenario, chemistry)
+    return [run_campaign(s, problem, rounds_of[s]) for s in strategies]
 
 
 def run_all(strategies: Sequence[str], seeds: Sequence[int], scenarios: Sequence[str], chemistry: str,
-            rounds_of: Mapping[str, int], jobs: int, progress: Callable[[Run], None]) -> list[Run]:
-    work = [(s, seed, sc, chemistry, rounds_of[s]) for sc in scenarios for seed in seeds for s in strategies]
+            rounds_of: Mapping[str, int], jobs: int, progress: Callable[[list[Run]], None]) -> list[Run]:
+    """Seeds outermost, so an interrupted run still holds complete, paired seeds."""
+    work = [(tuple(strategies), seed, sc, chemistry, dict(rounds_of)) for seed in seeds for sc in scenarios]
+    out: list[Run] = []
     if jobs <= 1:
-        out = []
         for w in work:
-            out.append(_job(w))
-            progress(out[-1])
+            out += _job(w)
+            progress(out)
         return out
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    out = []
     with ProcessPoolExecutor(max_workers=jobs, initializer=limit_threads) as pool:
-        for run in pool.map(_job, work):
-            out.append(run)
-            progress(run)
+        for future in as_completed([pool.submit(_job, w) for w in work]):
+            out += future.result()
+            progress(out)
     return out
 
 
@@ -414,15 +416,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         t0 = time.time()
 
-        def progress(run: Run) -> None:
-            print(f"[{time.time() - t0:7.0f} s] {run.scenario:8s} seed {run.seed:3d} {run.strategy:16s} "
-                  f"best true loss by round: {' '.join(f'{v:.3f}' for v in run.best_true)}", file=sys.stderr)
+        shown = 0
+
+        def progress(done: list[Run]) -> None:
+            nonlocal shown
+            for run in done[shown:]:
+                print(f"[{time.time() - t0:7.0f} s] {run.scenario:8s} seed {run.seed:3d} {run.strategy:16s} "
+                      f"best true loss by round: {' '.join(f'{v:.3f}' for v in run.best_true)}", file=sys.stderr)
+            shown = len(done)
+            if args.save:  # after every problem, so an interrupted benchmark keeps what it measured
+                args.save.parent.mkdir(parents=True, exist_ok=True)
+                args.save.write_text(json.dumps({"chemistry": args.chemistry, "runs": [r.__dict__ for r in done]}))
 
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         runs = run_all(strategies, seeds, scenarios, args.chemistry, rounds_of, args.jobs, progress)
-        if args.save:
-            args.save.parent.mkdir(parents=True, exist_ok=True)
-            args.save.write_text(json.dumps({"chemistry": args.chemistry, "runs": [r.__dict__ for r in runs]}))
     text = "\n".join(summarise(runs, strategies, sc, rounds_of) for sc in scenarios)
     print(text)
     if args.write:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.optimize import minimize
 
 from orchestrator.optimize.base import History, Observation, Space, Suggestion
 from orchestrator.optimize.constraints import candidate_set, check_space, make_feasible, refine_locally
@@ -65,12 +66,15 @@ class ScoreLoss:
     Same formula as :class:`orchestrator.spectra.SpectrumLoss` (tests hold them equal): the cosine of
     min-max normalised spectra equals the cosine of ``a - min(a)``, since the positive scale cancels."""
 
-    def __init__(self, loss: SpectrumLoss, pca: SpectrumPCA) -> None:
+    def __init__(self, loss: SpectrumLoss, pca: SpectrumPCA, *, stride: int = 1) -> None:
         t = minmax(np.asarray(loss.target, dtype=float))
         t = t / np.linalg.norm(t)
-        # float32 for the full spectra (only their min and max are needed), float64 for the rest
-        self.mean = torch.as_tensor(pca.mean, dtype=torch.float32)
-        self.basis = torch.as_tensor(pca.basis, dtype=torch.float32)
+        # float32 for the full spectra (only their min and max are needed), float64 for the rest; with
+        # ``stride`` > 1 min and max are taken on every stride-th wavelength (and both ends): smooth
+        # spectra change by ~1e-4 of their height between neighbours, and this is most of the cost
+        grid = np.unique(np.r_[np.arange(0, len(t), max(1, int(stride))), len(t) - 1])
+        self.mean = torch.as_tensor(pca.mean[grid], dtype=torch.float32)
+        self.basis = torch.as_tensor(pca.basis[:, grid], dtype=torch.float32)
         # the basis rows are orthonormal, so a.t, sum(a) and |a|^2 follow from the scores alone
         self.bt = torch.as_tensor(pca.basis @ t, dtype=DTYPE)
         self.b1 = torch.as_tensor(pca.basis.sum(axis=1), dtype=DTYPE)
@@ -115,7 +119,9 @@ class BatchedGP:
     @staticmethod
     def kernel(a: torch.Tensor, b: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
         """(k, n, d) x (k, m, d) with ls (k, 1, d) -> (k, n, m)."""
-        d2 = torch.cdist(a / ls, b / ls).square()
+        a, b = a / ls, b / ls
+        # |a|^2 + |b|^2 - 2 a.b: one matmul, and a cheap backward (cdist's is slow)
+        d2 = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * a @ b.transpose(-1, -2)
         r = torch.sqrt(d2.clamp_min(1e-12)) * math.sqrt(5.0)
         return (1.0 + r + r.square() / 3.0) * torch.exp(-r)
 
@@ -146,16 +152,29 @@ class BatchedGP:
             prior = prior + (torch.log(noise) + 4.0) ** 2 / 2.0 + torch.log(noise)
             return (nll + prior).sum() / n
 
-        opt = torch.optim.LBFGS([raw_ls, raw_noise, const], lr=1.0, max_iter=self.max_iter,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+        params = [raw_ls, raw_noise, const]
+        sizes = [t.numel() for t in params]
 
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
+        def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            # scipy's L-BFGS-B drives the torch objective: torch.optim would import torch._dynamo (~3 s)
+            with torch.no_grad():
+                for t, part in zip(params, np.split(theta, np.cumsum(sizes)[:-1]), strict=True):
+                    t.copy_(torch.as_tensor(part, dtype=DTYPE).reshape(t.shape))
+            for t in params:
+                t.grad = None
             loss = objective()
+            if not torch.isfinite(loss):
+                return 1e10, np.zeros_like(theta)
             loss.backward()
-            return loss
+            grad = np.concatenate([t.grad.reshape(-1).numpy() for t in params])
+            return loss.item(), grad
 
-        opt.step(closure)
+        theta0 = np.concatenate([t.detach().reshape(-1).numpy() for t in params])
+        bounds = [(math.log(1e-3), math.log(50.0))] * sizes[0] + [(math.log(1e-6), math.log(2.0))] * sizes[1] \
+            + [(-5.0, 5.0)] * sizes[2]
+        res = minimize(value_and_grad, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": self.max_iter})
+        value_and_grad(res.x)
         with torch.no_grad():
             self.ls = 0.025 + torch.exp(raw_ls)
             self.noise = torch.exp(raw_noise).clamp_min(1e-6)
@@ -257,7 +276,7 @@ class CompositeSurrogate:
                  x_data: np.ndarray, u_data: np.ndarray, x_failed: np.ndarray, rng: np.random.Generator,
                  settings: Mapping[str, Any]) -> None:
         self.gp, self.pca, self.scaler, self.rng = gp, pca, scaler, rng
-        self.score_loss = ScoreLoss(loss, pca)
+        self.score_loss = ScoreLoss(loss, pca, stride=int(settings["minmax_stride"]))
         self.s = settings
         self.m = int(settings["mc_samples"])
         self.eval_eps = torch.as_tensor(np.random.default_rng(0).standard_normal((gp.x.shape[0], self.m)), dtype=DTYPE)
@@ -338,7 +357,7 @@ def median_spectra(observations: list[Observation]) -> tuple[list[Observation], 
 
 DEFAULTS: dict[str, Any] = {
     "mc_samples": 48, "n_global": 768, "n_local": 384, "rerank": 128, "refine": 32, "baseline": 16,
-    "max_fit": 300, "max_condition": 700, "fit_iterations": 60, "k_min": 5, "k_max": 8, "new_ground_max": 3,
+    "max_fit": 100, "max_condition": 400, "fit_iterations": 50, "minmax_stride": 3, "k_min": 5, "k_max": 8, "new_ground_max": 3,
 }
 
 

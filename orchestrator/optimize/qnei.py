@@ -55,15 +55,22 @@ class QNEISurrogate:
     def select(self, space: Space, n: int, pending: np.ndarray) -> np.ndarray:
         """Sequential greedy: one qLogNEI optimisation per pick, earlier picks pending. Raw samples come
         from our feasible sampler (BoTorch's hit-and-run polytope sampler took most of the time)."""
-        from botorch.acquisition.logei import qLogNoisyExpectedImprovement
-        from botorch.optim import optimize_acqf
-        from botorch.optim.initializers import initialize_q_batch
-
         box = UnitScaler.for_space(space)
         bounds = torch.as_tensor(np.vstack([self.scaler.to_unit(box.lo[None, :])[0],
                                             self.scaler.to_unit(box.hi[None, :])[0]]), dtype=DTYPE)
         constraints = self._sum_constraint(space)
         chosen = [torch.as_tensor(self.scaler.to_unit(pending), dtype=DTYPE)] if len(pending) else []
+        with warnings.catch_warnings():
+            # linear_operator warns each time it adds jitter to a near-singular posterior covariance
+            warnings.simplefilter("ignore")
+            return self._select(space, n, pending, bounds, constraints, chosen)
+
+    def _select(self, space: Space, n: int, pending: np.ndarray, bounds: torch.Tensor,
+                constraints: list | None, chosen: list[torch.Tensor]) -> np.ndarray:
+        from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+        from botorch.optim import optimize_acqf
+        from botorch.optim.initializers import initialize_q_batch
+
         for _ in range(n):
             x_pending = torch.cat(chosen) if chosen else None
             acq = qLogNoisyExpectedImprovement(self.model, X_baseline=self.train_u, X_pending=x_pending,
@@ -74,11 +81,9 @@ class QNEISurrogate:
             with torch.no_grad():
                 values = acq(raw_u)
             init = initialize_q_batch(raw_u, values, n=int(self.s["num_restarts"]))[0]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                u, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=int(self.s["num_restarts"]),
-                                     batch_initial_conditions=init, inequality_constraints=constraints,
-                                     options={"maxiter": 100})
+            u, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=int(self.s["num_restarts"]),
+                                 batch_initial_conditions=init, inequality_constraints=constraints,
+                                 options={"maxiter": 100})
             chosen.append(u.detach())
         picks = torch.cat(chosen)[len(pending):].numpy()
         return make_feasible(space, self.scaler.from_unit(picks))
