@@ -62,19 +62,14 @@ def data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Conditions:
-    """The measured conditions in file order: inputs (n, 5), run labels, droplet losses."""
+    """The measured conditions in file order: inputs (n, 5), run labels, per-condition median and
+    standard deviation of the droplet losses, droplets per condition."""
 
     x: np.ndarray
     runs: tuple[str, ...]
-    droplet_losses: tuple[np.ndarray, ...]
-
-    @property
-    def median(self) -> np.ndarray:
-        return np.array([np.median(v) for v in self.droplet_losses])
-
-    @property
-    def std(self) -> np.ndarray:
-        return np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in self.droplet_losses])
+    median: np.ndarray
+    std: np.ndarray
+    n_droplets: tuple[int, ...]
 
     def mask(self, runs: Sequence[str], *, invert: bool = False) -> np.ndarray:
         m = np.array([r in runs for r in self.runs])
@@ -102,10 +97,26 @@ def load_conditions(folder: Path | None = None) -> Conditions:
     x_summary = np.array([[float(r[c]) for c in INPUT_COLUMNS] for r in rows])
     if not np.allclose(x, x_summary, rtol=1e-6, atol=1e-6):
         raise ValueError(f"{summary}: conditions are not in the dataset's order")
+    losses = [np.array(v) for v in groups.values()]
     return Conditions(
         x=x,
         runs=tuple(r["run"] for r in rows),
-        droplet_losses=tuple(np.array(v) for v in groups.values()),
+        median=np.array([np.median(v) for v in losses]),
+        std=np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in losses]),
+        n_droplets=tuple(len(v) for v in losses),
+    )
+
+
+def load_condition_summary(path: Path) -> Conditions:
+    """The same from ``AgNP_conditions_summary.csv`` alone (a copy ships in tests/simulators/data)."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return Conditions(
+        x=np.array([[float(r[c]) for c in INPUT_COLUMNS] for r in rows]),
+        runs=tuple(r["run"] for r in rows),
+        median=np.array([float(r["loss_median"]) for r in rows]),
+        std=np.array([float(r["loss_std"]) for r in rows]),
+        n_droplets=tuple(int(r["n_droplets"]) for r in rows),
     )
 
 
@@ -190,8 +201,7 @@ class Row:
 
 def evaluate(model: AgNanoprism, cond: Conditions, *, seed: int = 0) -> list[Row]:
     loss = paper_loss()
-    counts = [len(v) for v in cond.droplet_losses]
-    sims = simulated_droplet_losses(model, cond.x, counts, seed, loss)
+    sims = simulated_droplet_losses(model, cond.x, cond.n_droplets, seed, loss)
     sim_median = np.array([np.median(v) for v in sims])
     sim_std = np.array([np.std(v, ddof=1) for v in sims])
     measured_median, measured_std = cond.median, cond.std
