@@ -171,6 +171,18 @@ def test_model_ranks_the_measured_conditions() -> None:
     assert rho_held_out >= 0.8
 
 
+def test_droplet_spread_matches_the_measured_one() -> None:
+    from benchmarks.calibration import evaluate, load_condition_summary
+
+    cond = load_condition_summary(Path(__file__).parent / "data" / "AgNP_conditions_summary.csv")
+    model = AgNanoprism(bubble_probability=0.0, empty_probability=0.0)  # the data holds no such droplets
+    everything = evaluate(model, cond, seed=0)[0]
+    assert everything.spread_measured == pytest.approx(0.022, abs=0.001)  # README: 0.022
+    # issue 2's goal: within a factor of 2 of the measured median per-condition spread
+    assert 0.5 < everything.spread_model / everything.spread_measured < 2.0
+    assert everything.spearman >= 0.85  # with the droplet noise, not only the noise-free model
+
+
 # ---- the other models: gold nanorods and a generic two-band problem ---------------------------------
 
 PROTOCOL = REPO / "protocols" / "ag_nanoprism.yaml"
