@@ -197,6 +197,21 @@ class ReplicateRow:
 
 
 @dataclass(frozen=True)
+class ReplicateLoss:
+    """A replicate without its arrays: what summaries and loss plots need."""
+
+    round: int
+    condition: int
+    attempt: int
+    index: int
+    loss: float | None
+    accepted: bool
+    reject_reason: str | None
+    set_aside: bool
+    clock_s: float
+
+
+@dataclass(frozen=True)
 class CampaignTally:
     """How far a campaign has got, counted in SQL (no arrays loaded)."""
 
@@ -1122,6 +1137,41 @@ class Store:
                     set_aside_reason=r["set_aside_reason"],
                 )
                 for r in conn.execute(query).mappings()
+            ]
+
+    def replicate_losses(self, campaign_id: str, round_index: int | None = None) -> list[ReplicateLoss]:
+        """Every replicate's loss and verdict, set-aside ones included, without loading arrays; in
+        measurement order."""
+        with self._read() as conn:
+            self._campaign_row(conn, campaign_id)
+            c = replicates_t.c
+            query = sa.select(
+                c.round_index,
+                c.condition_index,
+                c.attempt,
+                c.replicate_index,
+                c.loss,
+                c.accepted,
+                c.reject_reason,
+                c.set_aside,
+                c.clock_s,
+            ).where(c.campaign_id == campaign_id)
+            if round_index is not None:
+                query = query.where(c.round_index == round_index)
+            query = query.order_by(c.round_index, c.condition_index, c.attempt, c.replicate_index)
+            return [
+                ReplicateLoss(
+                    round=r[0],
+                    condition=r[1],
+                    attempt=r[2],
+                    index=r[3],
+                    loss=r[4],
+                    accepted=bool(r[5]),
+                    reject_reason=r[6],
+                    set_aside=bool(r[7]),
+                    clock_s=r[8],
+                )
+                for r in conn.execute(query)
             ]
 
     def set_aside(

@@ -135,7 +135,7 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
     remainder = str(protocol.get("remainder_stream", "water"))
 
     conditions = store.conditions(campaign_id)
-    replicates = store.replicates(campaign_id, include_set_aside=True)
+    replicates = store.replicate_losses(campaign_id)
     by_condition: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for r in replicates:
         by_condition.setdefault((r.round, r.condition), []).append(

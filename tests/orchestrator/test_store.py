@@ -674,3 +674,42 @@ def test_recent_events_are_the_last_ones_oldest_first(store: Store) -> None:
     store.journal(None, "agent_started")
     assert [e.id for e in store.recent_events(cid, limit=3)] == ids[2:]
     assert [e.kind for e in store.recent_events(limit=2)] == ["note", "agent_started"]
+
+
+def test_replicate_losses_match_the_full_rows(store: Store) -> None:
+    cid = new_campaign(store)
+    store.add_round(cid, 0, strategy="lhs", bounds={}, conditions=planned(2), notes={})
+    _replicate(store, cid, 1, 0, 0)
+    _replicate(store, cid, 0, 0, 1, accepted=False, reject_reason="bubble", loss=None)
+    _replicate(store, cid, 0, 0, 0)
+    store.set_aside(cid, 0, 1, 0, "restart")
+    full = store.replicates(cid, include_set_aside=True)
+    lean = store.replicate_losses(cid)
+    assert [
+        (
+            r.round,
+            r.condition,
+            r.attempt,
+            r.index,
+            r.loss,
+            r.accepted,
+            r.reject_reason,
+            r.set_aside,
+            r.clock_s,
+        )
+        for r in full
+    ] == [
+        (
+            r.round,
+            r.condition,
+            r.attempt,
+            r.index,
+            r.loss,
+            r.accepted,
+            r.reject_reason,
+            r.set_aside,
+            r.clock_s,
+        )
+        for r in lean
+    ]
+    assert [r.set_aside for r in lean] == [False, False, True] and store.replicate_losses(cid, 1) == []
