@@ -713,3 +713,19 @@ def test_replicate_losses_match_the_full_rows(store: Store) -> None:
         for r in lean
     ]
     assert [r.set_aside for r in lean] == [False, False, True] and store.replicate_losses(cid, 1) == []
+
+
+def test_the_migration_downgrades_and_upgrades_again(store: Store) -> None:
+    from alembic import command
+
+    config = migrations.alembic_config()
+    with store.engine.connect() as conn:
+        conn.execution_options(sdl_write=True)
+        with conn.begin():
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")
+    assert migrations.current(store.engine) is None
+    assert set(sa.inspect(store.engine).get_table_names()) <= {"alembic_version"}
+    migrations.upgrade(store.engine)
+    assert migrations.current(store.engine) == migrations.head()
+    assert new_campaign(store)
