@@ -13,6 +13,7 @@ from orchestrator.console.auth import Observer, Operator
 from orchestrator.console.scheduler import ConsoleScheduler, ScheduleError, ScheduleInfo
 
 router = APIRouter(prefix="/api/schedules", tags=["schedules"])
+MAX_INTERVAL_MIN = 366 * 24 * 60  # the scheduler's timer overflows on absurd intervals (1e37 min)
 
 
 class ScheduleIn(BaseModel):
@@ -24,7 +25,11 @@ class ScheduleIn(BaseModel):
     resume_campaign_id: str | None = Field(None, description="start: resume this campaign instead")
     campaign_id: str | None = Field(None, description="recalibrate, health: which campaign")
     every_minutes: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="recalibrate, health: interval"
+        None,
+        gt=0,
+        le=MAX_INTERVAL_MIN,
+        allow_inf_nan=False,
+        description="recalibrate, health: interval (at most a year)",
     )
     stale_after_s: float = Field(
         900.0, gt=0, allow_inf_nan=False, description="health: pause after this long without progress"
