@@ -169,3 +169,46 @@ def sdl(args: Sequence[str], cwd: Path, **popen: Any) -> subprocess.Popen[bytes]
         stderr=subprocess.PIPE,
         **popen,
     )
+
+
+# -- in this process: pausing at a chosen checkpoint ------------------------------------------------
+
+# the delivered rate of a New Era pump depends on whether it was running (it keeps its rate units
+# while pumping, at most 0.1 % off: see /work/notes/RELIABILITY_FINDINGS.md #8), so a campaign whose
+# pumps were stopped and restarted can differ from an uninterrupted one by this much in a median loss
+RATE_ROUNDING_LOSS_TOL = 1e-3
+
+
+@dataclass
+class PauseRun:
+    outcome: Outcome
+    events: int  # progress events seen
+    paused: bool  # the campaign was seen paused
+    resumed: bool
+
+
+def run_with_pause(store: Store, campaign_id: str, pause_at_event: int | None) -> PauseRun:
+    """Run the stored campaign here; after progress event number ``pause_at_event`` request a pause,
+    and when the runner waits while paused, request the resume. No wall time passes: the runner's
+    ``sleep`` is where the operator acts, its ``wall`` clock stands still."""
+    from orchestrator.campaign import run_campaign
+
+    seen = {"events": 0, "paused": False, "resumed": False}
+
+    def progress(event: str, **info: Any) -> None:
+        if seen["events"] == pause_at_event:
+            store.request_control(
+                campaign_id, "pause", who="bench", reason=f"pause at event {pause_at_event}"
+            )
+        seen["events"] += 1
+
+    def sleep(_s: float) -> None:
+        if store.campaign(campaign_id).status == "paused" and not seen["resumed"]:
+            seen["paused"] = True
+            seen["resumed"] = True
+            store.request_control(campaign_id, "resume", who="bench", reason="resume")
+
+    run_campaign(
+        store, campaign_id, owner="bench", progress=progress, poll_s=0.0, wall=lambda: 0.0, sleep=sleep
+    )
+    return PauseRun(outcome(store, campaign_id), seen["events"], seen["paused"], seen["resumed"])
