@@ -90,6 +90,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler.start(paused=not background)
+        start_source = getattr(campaign_source, "start", None)
+        if start_source is not None:
+            start_source()  # e.g. StoreSource renews the views pages read in the background
         if notifier is not None:
             notifier.start()
         log.info("console up", store=db.redacted(store_url), background=background, notify=notify.enabled)
@@ -99,6 +102,9 @@ def create_app(
             if notifier is not None:
                 notifier.stop()
             scheduler.shutdown()
+            stop_source = getattr(campaign_source, "stop", None)
+            if stop_source is not None:
+                stop_source()
             engine.dispose()
 
     app = FastAPI(

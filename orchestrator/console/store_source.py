@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import sqlalchemy as sa
 import structlog
 import yaml
 
@@ -58,7 +59,16 @@ from orchestrator.console.source import (
 )
 from orchestrator.spectra import interpolate_target, wavelength_grid
 from orchestrator.state import InvalidTransition
-from orchestrator.store import CampaignRow, ConditionRow, EventRow, RoundRow, Store, open_store
+from orchestrator.store import (
+    CampaignRow,
+    ConditionRow,
+    EventRow,
+    RoundRow,
+    Store,
+    array_from_bytes,
+    open_store,
+    replicates_t,
+)
 from orchestrator.store import UnknownCampaign as StoreUnknownCampaign
 
 log = structlog.get_logger("orchestrator.console.store_source")
@@ -66,7 +76,11 @@ log = structlog.get_logger("orchestrator.console.store_source")
 T = TypeVar("T")
 
 MAX_PLOT_POINTS = 211  # a droplet spectrum on the page: every 2 nm of the paper's 1 nm grid is plenty
-CACHE_MAX_AGE_S = 2.0  # a safety net: a view older than this is recomputed even if the journal stood still
+POSITION_FRESH_S = 0.1  # many pages refreshing at once share one look at the journal's position
+CACHE_MAX_AGE_S = 2.0
+REFRESH_EVERY_S = 0.1  # the background refresher's period: how stale a page's view can be
+HOT_FOR_S = 5.0  # a view nobody asked for this long is no longer renewed in the background
+MAX_CACHED_VIEWS = 512  # a safety net: a view older than this is recomputed even if the journal stood still
 
 # event kind -> category; status kinds are the states themselves (set_status journals the status)
 _CATEGORIES: dict[str, str] = {
@@ -99,8 +113,9 @@ class _Plan:
     replicates: int | None
     max_rounds: int | None
     max_conditions: int | None
-    grid: tuple[float, float, float]
-    target: tuple[np.ndarray, np.ndarray] | None  # (wavelength_nm, absorbance) as given
+    stride: int  # plot every stride-th wavelength of the protocol's grid
+    plot_grid: list[float | None]
+    plot_target: list[float | None]  # the target on plot_grid; empty if it cannot be read
     rig_name: str
     rig_ports: dict[str, str]
 
@@ -109,29 +124,133 @@ class StoreSource:
     """A campaign source over a store URL (or an open :class:`Store`)."""
 
     def __init__(
-        self, store: Store | str | None = None, *, clock: Callable[[], float] = time.monotonic
+        self,
+        store: Store | str | None = None,
+        *,
+        fresh_s: float = POSITION_FRESH_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``fresh_s``: how long a read of the journal's position is trusted; within it, cached views
+        are served without touching the database (0: ask every time)."""
         self.store = store if isinstance(store, Store) else open_store(store)
+        self._fresh_s = fresh_s
         self._clock = clock
         self._lock = threading.Lock()
         self._plans: dict[str, _Plan] = {}
+        # key -> (journal position, when computed, view); key = (method name, *args)
         self._cache: dict[tuple[Any, ...], tuple[int, float, Any]] = {}
+        self._flights: dict[tuple[Any, ...], threading.Lock] = {}
+        self._makers: dict[tuple[Any, ...], Callable[[], Any]] = {}
+        self._asked: dict[tuple[Any, ...], float] = {}  # key -> when a reader last asked for it
+        self._position = (-1, -math.inf)  # (latest event id, when it was read)
+        self._refresher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     # ---- caching by journal position -------------------------------------------------------------
 
+    def _journal_position(self) -> int:
+        position, read_at = self._position
+        now = self._clock()
+        if now - read_at < self._trust_s():
+            return position
+        position = self.store.latest_event_id()
+        self._position = (position, now)
+        return position
+
+    def _trust_s(self) -> float:
+        """How old a read of the journal's position may be: ``fresh_s``, or a little more than the
+        refresher's period while it runs (it reads the position and renews the views itself)."""
+        return max(self._fresh_s, REFRESH_EVERY_S * 3) if self._refresher is not None else self._fresh_s
+
     def _cached(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        self._asked[key] = self._clock()
+        self._makers[key] = compute
+        position = self._journal_position()
+        hit = self._hit(key, position)
+        if hit is not None:
+            return hit[0]
+        return self._compute(key, position, compute)
+
+    def _compute(self, key: tuple[Any, ...], position: int, compute: Callable[[], T]) -> T:
+        # one computation per view and position: readers asking at the same moment wait for it
+        with self._lock:
+            flight = self._flights.setdefault(key, threading.Lock())
+        with flight:
+            hit = self._hit(key, position)
+            if hit is not None:
+                return hit[0]
+            value = compute()
+            with self._lock:
+                if len(self._cache) > MAX_CACHED_VIEWS:
+                    self._cache.clear()
+                    self._makers.clear()
+                    self._asked.clear()
+                self._cache[key] = (position, self._clock(), value)
+            return value
+
+    def peek(self, method: str, *args: Any) -> Any | None:
+        """The view ``method(*args)`` would return, if it is cached and the journal's position is
+        known to be current: answered without the database, so the event loop can answer it itself.
+        None: call the method (in a worker thread)."""
+        key = (method, *args)
+        position, read_at = self._position
+        now = self._clock()
+        if now - read_at >= self._trust_s():
+            return None
+        hit = self._hit(key, position)
+        if hit is None:
+            return None
+        self._asked[key] = now
+        return hit[0]
+
+    def _hit(self, key: tuple[Any, ...], position: int) -> tuple[Any] | None:
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[0] >= position and self._clock() - hit[1] < CACHE_MAX_AGE_S:
+            return (hit[2],)
+        return None
+
+    def refresh(self) -> None:
+        """Read the journal's position and renew the views readers asked for lately, before telling
+        readers the new position: pages then find their views ready instead of waiting for them."""
         position = self.store.latest_event_id()
         now = self._clock()
         with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and hit[0] == position and now - hit[1] < CACHE_MAX_AGE_S:
-            return hit[2]
-        value = compute()
-        with self._lock:
-            if len(self._cache) > 512:
-                self._cache.clear()
-            self._cache[key] = (position, now, value)
-        return value
+            hot = [
+                (key, self._makers[key], self._cache.get(key))
+                for key, asked in self._asked.items()
+                if now - asked < HOT_FOR_S and key in self._makers
+            ]
+        for key, make, cached in hot:
+            if cached is not None and cached[0] >= position and now - cached[1] < CACHE_MAX_AGE_S / 2:
+                continue
+            try:
+                self._compute(key, position, make)
+            except UnknownCampaign:
+                pass
+        self._position = (position, now)
+
+    def start(self) -> None:
+        """Renew views in a background thread every REFRESH_EVERY_S (the console app starts it)."""
+        if self._refresher is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(REFRESH_EVERY_S):
+                try:
+                    self.refresh()
+                except Exception:  # a locked or restarting database: try again next time
+                    log.exception("view refresh failed")
+
+        self._refresher = threading.Thread(target=loop, name="console-view-refresh", daemon=True)
+        self._refresher.start()
+
+    def stop(self) -> None:
+        if self._refresher is not None:
+            self._stop.set()
+            self._refresher.join(timeout=5)
+            self._refresher = None
 
     def _row(self, campaign_id: str) -> CampaignRow:
         try:
@@ -150,7 +269,7 @@ class StoreSource:
     # ---- campaigns -------------------------------------------------------------------------------
 
     def list_campaigns(self) -> list[CampaignSummary]:
-        return self._cached(("list",), self._list)
+        return self._cached(("list_campaigns",), self._list)
 
     def _list(self) -> list[CampaignSummary]:
         out = []
@@ -243,32 +362,38 @@ class StoreSource:
     def events(self, campaign_id: str | None, after_id: int, limit: int) -> Sequence[ConsoleEvent]:
         if campaign_id is not None:
             self._row(campaign_id)
-        return [self._event(e) for e in self.store.events(campaign_id, after_id=after_id, limit=limit)]
+        return self._console_events(self.store.events(campaign_id, after_id=after_id, limit=limit))
 
     def recent_events(self, campaign_id: str, limit: int) -> Sequence[ConsoleEvent]:
+        return self._cached(("recent_events", campaign_id, limit), lambda: self._recent(campaign_id, limit))
+
+    def _recent(self, campaign_id: str, limit: int) -> Sequence[ConsoleEvent]:
         self._row(campaign_id)
         latest = self.store.latest_event_id()
-        # read backwards in pages until enough of this campaign's events are found
+        # read back from the newest event, widening the window until enough of this campaign's are in it
         found: list[EventRow] = []
-        step = max(limit * 4, 500)
+        window = max(limit * 4, 500)
         low = latest
         while low > 0 and len(found) < limit:
-            low = max(0, low - step)
+            low = max(0, latest - window)
             found = self.store.events(campaign_id, after_id=low, limit=latest - low)
-        return [self._event(e) for e in found[-limit:]]
+            window *= 4
+        return self._console_events(found[-limit:])
 
     def latest_event_id(self) -> int:
         return self.store.latest_event_id()
 
-    def _event(self, e: EventRow) -> ConsoleEvent:
-        name = ""
-        if e.campaign_id is not None:
-            name = self._names().get(e.campaign_id, "")
+    def _console_events(self, rows: Sequence[EventRow]) -> list[ConsoleEvent]:
+        names = self._names() if rows else {}
+        return [self._event(e, names) for e in rows]
+
+    @staticmethod
+    def _event(e: EventRow, names: Mapping[str, str]) -> ConsoleEvent:
         data = dict(e.data or {})
         return ConsoleEvent(
             id=e.id,
             campaign_id=e.campaign_id or "",
-            campaign_name=name,
+            campaign_name=names.get(e.campaign_id or "", ""),
             at=e.at,
             kind=e.kind,
             category=_CATEGORIES.get(e.kind, INFO),
@@ -288,32 +413,48 @@ class StoreSource:
     def _spectra(self, campaign_id: str, limit: int) -> SpectraView:
         row = self._row(campaign_id)
         plan = self._plan(row)
-        grid = wavelength_grid(*plan.grid)
-        stride = max(1, math.ceil(len(grid) / MAX_PLOT_POINTS))
-        target: list[float] = []
-        if plan.target is not None:
-            target = _floats(interpolate_target(plan.target[0], plan.target[1], grid)[::stride])
         droplets: list[Droplet] = []
         # the condition measured last (or being measured): its latest droplets
         measured = [c for c in self.store.conditions(campaign_id) if c.status != "planned"]
         rounds = [r.index for r in self.store.rounds(campaign_id)]
         for c in reversed(measured):
-            reps = [r for r in self.store.replicates(campaign_id, c.round, c.index) if r.attempt == c.attempt]
+            reps = self._latest_replicates(campaign_id, c.round, c.index, c.attempt, limit)
             if not reps:
                 continue
             droplets = [
                 Droplet(
-                    round=_ordinal_of(rounds, r.round),
+                    round=_ordinal_of(rounds, c.round),
                     condition=_condition_ordinal(measured, c),
-                    replicate=r.index + 1,
-                    absorbance=_floats(np.asarray(r.absorbance, dtype=float)[::stride]),
-                    loss=None if r.loss is None or not math.isfinite(r.loss) else float(r.loss),
-                    accepted=bool(r.accepted),
+                    replicate=int(r["replicate_index"]) + 1,
+                    absorbance=_floats(array_from_bytes(r["absorbance"])[:: plan.stride]),
+                    loss=None if r["loss"] is None or not math.isfinite(r["loss"]) else float(r["loss"]),
+                    accepted=bool(r["accepted"]),
                 )
-                for r in reps[-limit:]
+                for r in reps
             ]
             break
-        return SpectraView(_floats(grid[::stride]), target, droplets)
+        return SpectraView(plan.plot_grid, plan.plot_target, droplets)
+
+    def _latest_replicates(
+        self, campaign_id: str, round_index: int, condition: int, attempt: int, limit: int
+    ) -> list[Mapping[str, Any]]:
+        """The last ``limit`` replicates of one attempt, oldest first: only the columns the plot
+        needs (``Store.replicates`` also decodes every raw spectrum, which a page does not show)."""
+        c = replicates_t.c
+        query = (
+            sa.select(c.replicate_index, c.absorbance, c.loss, c.accepted)
+            .where(
+                c.campaign_id == campaign_id,
+                c.round_index == round_index,
+                c.condition_index == condition,
+                c.attempt == attempt,
+                c.set_aside.is_(False),
+            )
+            .order_by(c.replicate_index.desc())
+            .limit(limit)
+        )
+        with self.store.engine.connect() as conn:
+            return list(reversed(conn.execute(query).mappings().all()))
 
     def losses(self, campaign_id: str) -> LossesView:
         return self._cached(("losses", campaign_id), lambda: self._losses(campaign_id))
@@ -459,7 +600,15 @@ def _read_plan(row: CampaignRow) -> _Plan:
         limits = spec.get("hard_limits")
         unit = "%" if spec.get("kind") == "percent" else "uL/min" if spec.get("kind") == "total" else ""
         variables[str(name)] = ((float(limits[0]), float(limits[1])) if limits else None, unit)
-    grid = dict(protocol.get("grid") or {})
+    grid_spec = dict(protocol.get("grid") or {})
+    grid = wavelength_grid(
+        float(grid_spec.get("start_nm", 380.0)),
+        float(grid_spec.get("stop_nm", 800.0)),
+        float(grid_spec.get("step_nm", 1.0)),
+    )
+    stride = max(1, math.ceil(len(grid) / MAX_PLOT_POINTS))
+    target = _target(protocol, options, row.protocol_path)
+    plot_target = [] if target is None else _floats(interpolate_target(target[0], target[1], grid)[::stride])
     stop = dict(protocol.get("stop") or {})
     reps = dict(protocol.get("replicates") or {})
     ports = {str(p.get("name")): str(p.get("port")) for p in rig.get("pumps") or [] if isinstance(p, Mapping)}
@@ -473,12 +622,9 @@ def _read_plan(row: CampaignRow) -> _Plan:
         replicates=_int(reps.get("n", 20)),
         max_rounds=_int(options.get("max_rounds") or stop.get("max_rounds")),
         max_conditions=_int(stop.get("max_conditions")),
-        grid=(
-            float(grid.get("start_nm", 380.0)),
-            float(grid.get("stop_nm", 800.0)),
-            float(grid.get("step_nm", 1.0)),
-        ),
-        target=_target(protocol, options, row.protocol_path),
+        stride=stride,
+        plot_grid=_floats(grid[::stride]),
+        plot_target=plot_target,
         rig_name=row.rig_name,
         rig_ports=ports,
     )

@@ -4,8 +4,10 @@ the latest droplet spectra, the losses per round and the bounds history."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.console.auth import Observer
 from orchestrator.console.source import (
@@ -59,17 +61,29 @@ def not_found(exc: UnknownCampaign) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
 
 
+async def read(request: Request, method: str, *args: Any) -> Any:
+    """``source.method(*args)``: answered on the event loop when the source has it cached (``peek``),
+    else in a worker thread, since a source may block on its database."""
+    source = source_of(request)
+    peek = getattr(source, "peek", None)
+    if peek is not None:
+        found = peek(method, *args)
+        if found is not None:
+            return found
+    try:
+        return await run_in_threadpool(getattr(source, method), *args)
+    except UnknownCampaign as exc:
+        raise not_found(exc) from None
+
+
 @router.get("", response_model=CampaignList, summary="every campaign with its state in words")
-def list_campaigns(request: Request, who: Observer) -> CampaignList:
-    return CampaignList(source_of(request).list_campaigns())
+async def list_campaigns(request: Request, who: Observer) -> CampaignList:
+    return CampaignList(await read(request, "list_campaigns"))
 
 
 @router.get("/{campaign_id}", response_model=CampaignView, summary="one campaign: state, progress, best")
-def campaign(campaign_id: str, request: Request, who: Observer) -> CampaignView:
-    try:
-        c = source_of(request).campaign(campaign_id)
-    except UnknownCampaign as exc:
-        raise not_found(exc) from None
+async def campaign(campaign_id: str, request: Request, who: Observer) -> CampaignView:
+    c: CampaignDetail = await read(request, "campaign", campaign_id)
     fields = {f: getattr(c, f) for f in c.__dataclass_fields__}
     return CampaignView(
         **fields, actions=allowed_actions(c.state, who.user.role), active=c.state not in ENDED
@@ -77,51 +91,36 @@ def campaign(campaign_id: str, request: Request, who: Observer) -> CampaignView:
 
 
 @router.get("/{campaign_id}/events", response_model=EventList, summary="journal events, oldest first")
-def events(
+async def events(
     campaign_id: str,
     request: Request,
     who: Observer,
     after: int | None = Query(None, description="only events with a larger id"),
     limit: int = Query(200, ge=1, le=2000),
 ) -> EventList:
-    source = source_of(request)
-    try:
-        source.campaign(campaign_id)
-        found = (
-            source.recent_events(campaign_id, limit)
-            if after is None
-            else source.events(campaign_id, after, limit)
-        )
-    except UnknownCampaign as exc:
-        raise not_found(exc) from None
+    if after is None:
+        found = await read(request, "recent_events", campaign_id, limit)
+    else:
+        found = await read(request, "events", campaign_id, after, limit)
     return EventList([EventOut(**e.as_json()) for e in found])
 
 
 @router.get(
     "/{campaign_id}/spectra", response_model=SpectraView, summary="the latest droplets and the target"
 )
-def spectra(
+async def spectra(
     campaign_id: str, request: Request, who: Observer, limit: int = Query(20, ge=1, le=200)
 ) -> SpectraView:
-    try:
-        return source_of(request).spectra(campaign_id, limit)
-    except UnknownCampaign as exc:
-        raise not_found(exc) from None
+    return await read(request, "spectra", campaign_id, limit)
 
 
 @router.get("/{campaign_id}/losses", response_model=LossesView, summary="median loss per condition and round")
-def losses(campaign_id: str, request: Request, who: Observer) -> LossesView:
-    try:
-        return source_of(request).losses(campaign_id)
-    except UnknownCampaign as exc:
-        raise not_found(exc) from None
+async def losses(campaign_id: str, request: Request, who: Observer) -> LossesView:
+    return await read(request, "losses", campaign_id)
 
 
 @router.get(
     "/{campaign_id}/bounds", response_model=BoundsView, summary="search bounds per round, widenings marked"
 )
-def bounds(campaign_id: str, request: Request, who: Observer) -> BoundsView:
-    try:
-        return source_of(request).bounds(campaign_id)
-    except UnknownCampaign as exc:
-        raise not_found(exc) from None
+async def bounds(campaign_id: str, request: Request, who: Observer) -> BoundsView:
+    return await read(request, "bounds", campaign_id)

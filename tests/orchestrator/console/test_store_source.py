@@ -92,7 +92,7 @@ def _measure(store: Store, cid: str, round_index: int, condition: int, replicate
 
 
 def test_progress_spectra_losses_and_bounds_follow_the_store(store: Store) -> None:
-    source = StoreSource(store)
+    source = StoreSource(store, fresh_s=0)
     cid = _campaign(store)
     assert source.campaign(cid).progress.round is None  # nothing planned yet
 
@@ -153,7 +153,7 @@ def test_progress_spectra_losses_and_bounds_follow_the_store(store: Store) -> No
 
 
 def test_events_read_as_sentences_with_categories(store: Store) -> None:
-    source = StoreSource(store)
+    source = StoreSource(store, fresh_s=0)
     cid = _campaign(store)
     store.add_round(
         cid, 0, strategy="lhs", bounds=_bounds(), conditions=[PlannedCondition(_inputs(0), "lhs")]
@@ -173,7 +173,7 @@ def test_events_read_as_sentences_with_categories(store: Store) -> None:
 
 
 def test_control_requests_land_in_the_store_for_the_campaign_process(store: Store) -> None:
-    source = StoreSource(store)
+    source = StoreSource(store, fresh_s=0)
     cid = _campaign(store)
     receipt = source.request_control(cid, "pause", "alice", "bubble in line")
     pending = store.pending_controls(cid)
@@ -196,7 +196,7 @@ def test_control_requests_land_in_the_store_for_the_campaign_process(store: Stor
 
 
 def test_estop_latches_the_rig_and_only_an_admin_clear_releases_it(store: Store) -> None:
-    source = StoreSource(store)
+    source = StoreSource(store, fresh_s=0)
     cid = _campaign(store)
     source.request_control(cid, "estop", "otto", "smoke")
     latch = store.estop_latched("simulated")
@@ -216,7 +216,7 @@ def test_estop_latches_the_rig_and_only_an_admin_clear_releases_it(store: Store)
 
 
 def test_ended_and_unknown_campaigns(store: Store) -> None:
-    source = StoreSource(store)
+    source = StoreSource(store, fresh_s=0)
     cid = _campaign(store)
     with pytest.raises(UnknownCampaign):
         source.campaign("c-nope")
@@ -231,7 +231,7 @@ def test_ended_and_unknown_campaigns(store: Store) -> None:
 
 
 def test_health_names_the_rig_ports_and_the_time_since_progress(store: Store) -> None:
-    source = StoreSource(store)
+    source = StoreSource(store, fresh_s=0)
     cid = _campaign(store)
     health = source.health(cid)
     assert health is not None and health.active
@@ -270,3 +270,47 @@ def test_the_api_over_a_real_store(store: Store) -> None:
         for path in ("/events", "/spectra", "/losses", "/bounds"):
             assert client.get(f"/api/campaigns/{cid}{path}", headers=headers).status_code == 200
         assert client.get("/api/campaigns/c-nope", headers=headers).status_code == 404
+
+
+def test_views_are_cached_until_the_journal_moves(store: Store) -> None:
+    """Within ``fresh_s`` the position is not read again (many pages, one query); after it, any new
+    event makes the next read recompute."""
+    now = [0.0]
+    source = StoreSource(store, fresh_s=0.1, clock=lambda: now[0])
+    cid = _campaign(store)
+    first = source.campaign(cid)
+    store.add_round(
+        cid, 0, strategy="lhs", bounds=_bounds(), conditions=[PlannedCondition(_inputs(0), "lhs")]
+    )
+    assert source.campaign(cid) is first  # within the freshness window
+    now[0] += 0.11
+    assert source.campaign(cid).progress.round == 1
+    cached = source.campaign(cid)
+    now[0] += 0.11
+    assert source.campaign(cid) is cached  # the journal stood still
+
+
+def test_refresh_renews_the_views_readers_asked_for(store: Store) -> None:
+    """The background refresher reads the journal and renews hot views first, so the event loop can
+    answer them (``peek``) without the database."""
+    now = [0.0]
+    source = StoreSource(store, fresh_s=0.1, clock=lambda: now[0])
+    cid = _campaign(store)
+    assert source.peek("campaign", cid) is None  # nothing cached yet
+    source.campaign(cid)
+    source.losses(cid)
+    assert source.peek("campaign", cid) is not None
+    store.add_round(
+        cid, 0, strategy="lhs", bounds=_bounds(), conditions=[PlannedCondition(_inputs(0), "lhs")]
+    )
+    source.refresh()
+    assert source.peek("campaign", cid).progress.round == 1
+    assert source.peek("losses", cid).rounds[0].strategy == "lhs"
+    assert source.peek("bounds", cid) is None  # never asked for: not renewed
+    now[0] += 0.2
+    assert source.peek("campaign", cid) is None  # the position is no longer known to be current
+    source.start()
+    try:
+        assert source._trust_s() >= 0.3
+    finally:
+        source.stop()
