@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,10 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.store import open_store
 from tests.reliability import campaigns as cz
-
-POLL_S = 0.003
 
 
 @dataclass
@@ -56,89 +51,32 @@ class Tally:
     notes: list[str] = field(default_factory=list)
 
 
-def run_to_end(args: list[str], cwd: Path, timeout_s: float = 600) -> tuple[int, str]:
-    p = cz.sdl(args, cwd)
-    _, err = p.communicate(timeout=timeout_s)
-    return p.returncode, err.decode(errors="replace")
-
-
-def new_campaign(url: str, before: set[str]) -> str | None:
-    store = open_store(url, upgrade=False)
-    try:
-        ids = cz.campaign_ids(store) - before
-    finally:
-        store.engine.dispose()
-    return next(iter(ids)) if ids else None
-
-
-def reference(url: str, protocol: Path, cwd: Path, seed: int) -> tuple[str, cz.Outcome]:
-    store = open_store(url)
-    before = cz.campaign_ids(store)
-    code, err = run_to_end(
-        ["run", str(protocol), "--rig", str(cz.RIG), "--db", url, "--seed", str(seed)], cwd
-    )
-    if code != 0:
-        raise SystemExit(f"the reference run failed ({code}): {err[-2000:]}")
-    cid = new_campaign(url, before)
-    assert cid is not None
-    return cid, cz.outcome(store, cid)
-
-
 def kill_once(
     url: str, protocol: Path, cwd: Path, seed: int, k: int, delay_s: float, tally: Tally, ref: cz.Outcome
 ) -> str:
-    store = open_store(url)
-    before = cz.campaign_ids(store)
-    p = cz.sdl(["run", str(protocol), "--rig", str(cz.RIG), "--db", url, "--seed", str(seed)], cwd)
-    cid: str | None = None
-    deadline = time.monotonic() + 300
-    while p.poll() is None and time.monotonic() < deadline:
-        cid = cid or new_campaign(url, before)
-        if cid is not None and cz.replicate_count(store, cid) >= k:
-            break
-        time.sleep(POLL_S)
-    time.sleep(delay_s)
-    alive = p.poll() is None
-    if alive:
-        p.send_signal(signal.SIGKILL)
-    p.wait()
-    store.engine.dispose()
+    r = cz.kill_and_resume(url, protocol, cwd, seed, k, delay_s)
     tally.kills += 1
-    tally.killed_running += alive
-    cid = cid or new_campaign(url, before)
-    if cid is None:
-        return (
-            f"no campaign stored (exit {p.returncode}: {p.stderr.read().decode()[-300:] if p.stderr else ''})"
-        )
-    # the store after the crash: it opens, and SQLite says it is consistent
-    store = open_store(url)
+    tally.killed_running += r.alive
+    if r.outcome is None:
+        tally.notes.append(f"k={k}: no campaign stored (exit {r.resume_code}): {r.resume_err}")
+        return "no campaign stored"
     tally.opened += 1
-    at_kill = cz.replicate_count(store, cid)
-    tally.kill_points.append(at_kill)
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        with sqlite3.connect(path) as conn:
-            ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        tally.integrity_ok += ok
-    else:
-        tally.integrity_ok += 1  # PostgreSQL: it answered the queries above after the kill
-    code, err = run_to_end(["resume", cid, "--db", url], cwd)
-    got = cz.outcome(store, cid)
-    store.engine.dispose()
-    diff = cz.compare(ref, got)
-    tally.resumed_finished += got.status == "finished" and code == 0
+    tally.integrity_ok += r.integrity_ok
+    tally.kill_points.append(r.at_kill)
+    diff = cz.compare(ref, r.outcome)
+    tally.resumed_finished += r.outcome.status == "finished" and r.resume_code == 0
     tally.lost += diff.lost
     tally.duplicated += diff.duplicated
     tally.medians_differ += diff.medians_differ
     tally.values_differ += diff.values_differ
     tally.max_median_delta = max(tally.max_median_delta, diff.max_median_delta)
     line = (
-        f"k={k:>3} +{delay_s * 1000:4.0f} ms: {'killed' if alive else 'had ended'} with {at_kill} replicates; "
-        f"resume exit {code}, {got.status}; lost {diff.lost}, duplicated {diff.duplicated}, "
-        f"medians {diff.medians_differ}, values {diff.values_differ}"
+        f"k={k:>3} +{delay_s * 1000:4.0f} ms: {'killed' if r.alive else 'had ended'} with {r.at_kill} replicates; "
+        f"resume exit {r.resume_code}, {r.outcome.status}; lost {diff.lost}, duplicated {diff.duplicated}, "
+        f"medians {diff.medians_differ} (max {diff.max_median_delta:.2g}), values {diff.values_differ}"
     )
-    if code != 0 or not diff.none:
-        tally.notes.append(line + f"\n    {err.strip()[-800:]}")
+    if r.resume_code != 0 or diff.lost or diff.duplicated or diff.status_differs:
+        tally.notes.append(line + f"\n    {r.resume_err.strip()}")
     return line
 
 
@@ -153,7 +91,7 @@ def run_store(kind: str, args: argparse.Namespace, folder: Path, protocol: Path,
                 "--store postgres needs SDL_TEST_POSTGRES_URL (see .ci/run for a private cluster)"
             )
         url_of = lambda name: base  # noqa: E731 - one database, campaigns told apart by id
-    _, ref = reference(url_of("reference"), protocol, folder, args.campaign_seed)
+    ref = cz.reference_run(url_of("reference"), protocol, folder, args.campaign_seed)
     total = len(ref.kept)
     tally = Tally(kind)
     for i in range(args.kills):

@@ -212,3 +212,94 @@ def run_with_pause(store: Store, campaign_id: str, pause_at_event: int | None) -
         store, campaign_id, owner="bench", progress=progress, poll_s=0.0, wall=lambda: 0.0, sleep=sleep
     )
     return PauseRun(outcome(store, campaign_id), seen["events"], seen["paused"], seen["resumed"])
+
+
+# -- in a child process: SIGKILL, then sdl resume ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KillResult:
+    campaign_id: str | None
+    alive: bool  # the process was still running when it was killed
+    at_kill: int  # replicates stored when it died
+    integrity_ok: bool  # SQLite's integrity_check after the kill (PostgreSQL: it answered)
+    resume_code: int
+    resume_err: str
+    outcome: Outcome | None
+
+
+def _new_campaign(url: str, before: set[str]) -> str | None:
+    from orchestrator.store import open_store
+
+    store = open_store(url, upgrade=False)
+    try:
+        ids = campaign_ids(store) - before
+    finally:
+        store.engine.dispose()
+    return next(iter(ids)) if ids else None
+
+
+def _run_args(protocol: Path, url: str, seed: int) -> list[str]:
+    return ["run", str(protocol), "--rig", str(RIG), "--db", url, "--seed", str(seed)]
+
+
+def reference_run(url: str, protocol: Path, cwd: Path, seed: int) -> Outcome:
+    """``sdl run`` to the end, uninterrupted."""
+    from orchestrator.store import open_store
+
+    store = open_store(url)
+    before = campaign_ids(store)
+    p = sdl(_run_args(protocol, url, seed), cwd)
+    _, err = p.communicate(timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"the reference run failed ({p.returncode}): {err.decode()[-2000:]}")
+    cid = _new_campaign(url, before)
+    assert cid is not None
+    try:
+        return outcome(store, cid)
+    finally:
+        store.engine.dispose()
+
+
+def kill_and_resume(url: str, protocol: Path, cwd: Path, seed: int, k: int, delay_s: float) -> KillResult:
+    """``sdl run``; SIGKILL ``delay_s`` after the campaign holds ``k`` replicates (or at once, if it
+    ended); open the store again; ``sdl resume`` to the end."""
+    import signal
+    import sqlite3
+    import time
+
+    from orchestrator.store import open_store
+
+    store = open_store(url)
+    before = campaign_ids(store)
+    store.engine.dispose()
+    p = sdl(_run_args(protocol, url, seed), cwd)
+    cid: str | None = None
+    watch = open_store(url, upgrade=False)
+    deadline = time.monotonic() + 300
+    while p.poll() is None and time.monotonic() < deadline:
+        cid = cid or _new_campaign(url, before)
+        if cid is not None and replicate_count(watch, cid) >= k:
+            break
+        time.sleep(0.003)
+    watch.engine.dispose()
+    time.sleep(delay_s)
+    alive = p.poll() is None
+    if alive:
+        p.send_signal(signal.SIGKILL)
+    _, err = p.communicate()
+    cid = cid or _new_campaign(url, before)
+    if cid is None:
+        return KillResult(None, alive, 0, False, p.returncode, err.decode()[-500:], None)
+    store = open_store(url)  # after the crash: the schema check and upgrade run again
+    try:
+        at_kill = replicate_count(store, cid)
+        ok = True
+        if url.startswith("sqlite:///"):
+            with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+                ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        q = sdl(["resume", cid, "--db", url], cwd)
+        _, rerr = q.communicate(timeout=600)
+        return KillResult(cid, alive, at_kill, ok, q.returncode, rerr.decode()[-800:], outcome(store, cid))
+    finally:
+        store.engine.dispose()
