@@ -16,7 +16,9 @@ uninterrupted one. The median and MAD of a condition's accepted losses are its o
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import tempfile
 import threading
 import time
@@ -61,6 +63,8 @@ __all__ = [
     "CampaignSpec",
     "ProgressSink",
     "load_spec",
+    "owner_is_dead",
+    "process_owner",
     "run_campaign",
     "start_campaign",
 ]
@@ -381,13 +385,22 @@ class _Runner:
                     data={"what": what, "device": exc.device, "try": attempt + 1},
                 )
         assert last is not None
-        device = f"{'pump' if last.device in self.rig.pumps else 'spectrometer' if last.device else what} {last.device or ''}".strip()
+        device = last.device or what
+        if last.device in self.rig.pumps:
+            device = f"pump {last.device}"
+        elif self.rig.spectrometer is not None and last.device == self.rig.spectrometer.name:
+            device = "spectrometer" if last.device == "spectrometer" else f"spectrometer {last.device}"
         raise _Fault(f"fault: {device} {last.detail}, retried {DEVICE_RETRIES} times ({what}). {last.hint}")
 
     def _establish_flow(self, rates: Mapping[str, float]) -> None:
         """Set every pump's rate, run them and check that each one runs (retried as a whole)."""
 
         def go() -> None:
+            # rates are always set on stopped pumps: a pump's rate units (and so its rounding) then
+            # depend on the rate alone, not on what ran before, and a resumed run pumps exactly the
+            # same flows as an uninterrupted one
+            for stream in rates:
+                self.rig.pump_for_stream[stream].stop()
             for stream, rate in rates.items():
                 if rate > 0:
                     self.rig.pump_for_stream[stream].set_rate_ul_min(rate)
@@ -975,12 +988,26 @@ class _Runner:
         with tempfile.TemporaryDirectory(prefix="sdl-campaign-") as workdir:
             spec = load_spec(row, Path(workdir))
             self._loss = spec.protocol.loss(Path(workdir) / "target.csv")
-            self.store.claim(self.campaign_id, self.owner)
+            self._claim(row)
             try:
                 return self._run_claimed(spec, row)
             finally:
                 self.store.release(self.campaign_id, self.owner)
                 unbind("campaign", "round", "condition", "attempt", "replicate")
+
+    def _claim(self, row: Any) -> None:
+        """Claim the campaign; a previous owner on this host whose process is gone (kill -9) is taken
+        over at once instead of after the store's staleness period."""
+        if row.owner not in (None, self.owner) and owner_is_dead(row.owner):
+            self.store.claim(self.campaign_id, self.owner, stale_after_s=0.0)
+            self.store.journal(
+                self.campaign_id,
+                "taken_over",
+                who=self.owner,
+                reason=f"{row.owner} is no longer running on this host",
+            )
+            return
+        self.store.claim(self.campaign_id, self.owner)
 
     def _run_claimed(self, spec: CampaignSpec, row: Any) -> str:
         self.rig = build_rig(spec.rig, spec.protocol, chemistry=spec.chemistry)
@@ -1021,6 +1048,26 @@ class _Runner:
             self.watcher.join(timeout=5)
             self.rig.safe_state()
             self.rig.close()
+
+
+def process_owner(program: str = "sdl") -> str:
+    """The owner name of this process in the store: ``program@host:pid``."""
+    return f"{program}@{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether ``owner`` (``program@host:pid``) names a process on this host that no longer runs."""
+    _, _, place = owner.rpartition("@")
+    host, _, pid_text = place.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def run_campaign(

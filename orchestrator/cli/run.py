@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +91,9 @@ def _quiet(command: Any) -> Any:
 
 
 def _owner() -> str:
-    return f"sdl@{socket.gethostname()}:{os.getpid()}"
+    from orchestrator.campaign import process_owner
+
+    return process_owner()
 
 
 def _who() -> str:
@@ -208,6 +208,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> int:
     from orchestrator import state
+    from orchestrator.campaign import owner_is_dead
     from orchestrator.store import StoreError, open_store
 
     store = open_store(args.db)
@@ -220,7 +221,7 @@ def resume_command(args: argparse.Namespace) -> int:
         console.print(f"{row.id} is {row.description}: nothing to resume")
         return EXIT_OK if row.status == state.FINISHED else EXIT_ABORTED
     owner = store.live_owner(row.id)
-    if owner is not None and owner != _owner():
+    if owner is not None and owner != _owner() and not owner_is_dead(owner):
         if row.status in (state.PAUSED, state.PAUSING, state.FAULTED, state.ESTOPPED):
             store.request_control(row.id, "resume", who=_who(), reason=args.reason or "sdl resume")
             console.print(f"asked {owner}, which drives {row.id}, to resume it ({row.description})")

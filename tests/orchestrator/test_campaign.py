@@ -1,0 +1,521 @@
+"""The campaign runner on the simulated rig: what it stores, pause/resume/abort/e-stop at checkpoints,
+every status change it makes, device faults from the simulators' fault injection, stop rules.
+
+The tiny protocol (2 rounds x 3 conditions x 3 replicates, Latin hypercube) keeps each run well
+under a second; waits for an operator are the test's own ``sleep`` hook, never wall time."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from campaign_support import (
+    SIM_RIG,
+    event_kinds,
+    fingerprint,
+    new_store,
+    rig_with_faults,
+    statuses,
+    tiny_protocol,
+)
+
+from orchestrator import state
+from orchestrator.campaign import run_campaign, start_campaign
+from orchestrator.config_errors import ConfigError
+from orchestrator.logging import campaign_logging
+from orchestrator.store import Store
+from simulators.world import get_world
+
+SEED = 11
+
+
+def run(store: Store, cid: str, *, progress=None, sleep=None, wall=None, owner: str = "test") -> str:
+    kwargs: dict[str, Any] = {"poll_s": 0.0, "estop_poll_s": 0.005}
+    if sleep is not None:
+        kwargs["sleep"] = sleep
+    if wall is not None:
+        kwargs["wall"] = wall
+    log = Path(store.url.removeprefix("sqlite:///")).parent / "logs" / f"{cid}.log"
+    with campaign_logging(log):
+        return run_campaign(store, cid, owner=owner, progress=progress, **kwargs)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = new_store(tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The uninterrupted tiny campaign with SEED: what every interrupted run must reproduce."""
+    folder = tmp_path_factory.mktemp("reference")
+    s = new_store(folder)
+    cid = start_campaign(s, tiny_protocol(folder), SIM_RIG, seed=SEED)
+    assert run(s, cid) == state.FINISHED
+    out = {"fingerprint": fingerprint(s, cid), "kinds": event_kinds(s, cid), "statuses": statuses(s, cid)}
+    s.close()
+    return out
+
+
+def start(store: Store, folder: Path, *, seed: int = SEED, rig: Path = SIM_RIG, **changes: Any) -> str:
+    return start_campaign(store, tiny_protocol(folder, **changes), rig, seed=seed)
+
+
+# -- an uninterrupted campaign ------------------------------------------------------------------------
+
+
+def test_uninterrupted_campaign_stores_every_step(store: Store, tmp_path: Path, reference) -> None:
+    cid = start(store, tmp_path)
+    assert run(store, cid) == state.FINISHED
+    row = store.campaign(cid)
+    assert row.reason == "round budget spent: 2 of 2 rounds"
+    assert row.owner is None  # released
+    assert [r.index for r in store.rounds(cid)] == [0, 1]
+    assert all(r.status == "done" for r in store.rounds(cid))
+    conditions = store.conditions(cid)
+    assert len(conditions) == 6 and all(c.status == "done" for c in conditions)
+    for c in conditions:
+        reps = store.replicates(cid, c.round, c.index)
+        assert [r.index for r in reps] == [0, 1, 2]
+        losses = [r.loss for r in reps if r.accepted]
+        assert c.median_loss == pytest.approx(float(np.median(losses)))
+        assert c.mad == pytest.approx(float(np.median(np.abs(np.array(losses) - np.median(losses)))))
+        assert all(r.absorbance.shape == (421,) and r.raw["counts"].shape == (2048,) for r in reps)
+        assert c.rates is not None and set(c.rates) == {"AgNO3", "PVA", "TSC", "seed", "water"}
+    assert statuses(store, cid) == [("created", "running"), ("running", "finished")]
+    assert fingerprint(store, cid) == reference["fingerprint"]  # same seed, same numbers
+
+
+def test_a_different_seed_gives_different_conditions(store: Store, tmp_path: Path, reference) -> None:
+    cid = start(store, tmp_path, seed=SEED + 1)
+    assert run(store, cid) == state.FINISHED
+    assert fingerprint(store, cid)["conditions"] != reference["fingerprint"]["conditions"]
+
+
+def test_batch_is_persisted_before_the_first_pump_moves(reference) -> None:
+    kinds = reference["kinds"]
+    assert kinds.index("calibrated") < kinds.index("rates_set")
+    first, second = "|".join(kinds).split("round_done")[:2]
+    for part in (first, second):
+        steps = part.split("|")
+        assert steps.index("batch_planned") < steps.index("rates_set") < steps.index("replicate_acquired")
+    assert kinds.count("replicate_acquired") == 18
+    assert kinds.count("condition_done") == 6
+
+
+def test_resume_of_a_finished_campaign_changes_nothing(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path)
+    assert run(store, cid) == state.FINISHED
+    before = event_kinds(store, cid)
+    assert run(store, cid) == state.FINISHED
+    assert event_kinds(store, cid) == before
+
+
+# -- pause / resume / abort at checkpoints -------------------------------------------------------------
+
+
+class Operator:
+    """Requests controls from the progress events and answers the runner's waits (its sleep hook)."""
+
+    def __init__(self, store: Store, cid: str) -> None:
+        self.store, self.cid = store, cid
+        self.seen: list[tuple[str, dict]] = []
+        self.waits = 0
+
+    def request(self, action: str, reason: str = "test") -> None:
+        self.store.request_control(self.cid, action, who="operator", reason=reason)
+
+    def status(self) -> str:
+        return self.store.campaign(self.cid).status
+
+
+def test_pause_at_every_checkpoint_then_resume_equals_uninterrupted(
+    store: Store, tmp_path: Path, reference
+) -> None:
+    cid = start(store, tmp_path)
+    op = Operator(store, cid)
+
+    def progress(event: str, **info: Any) -> None:
+        # "condition" comes before a condition's first replicate, "replicate" after each one: between
+        # them, every replicate boundary of the campaign is a checkpoint with a pause pending
+        if event in ("condition", "replicate"):
+            op.request("pause", "bubble in line")
+
+    def sleep(_: float) -> None:
+        op.waits += 1
+        assert op.status() == state.PAUSED
+        assert all(rate == 0.0 for rate in get_world("simulated")._rates.values())  # pumps safe
+        op.request("resume", "cleared")
+
+    assert run(store, cid, progress=progress, sleep=sleep) == state.FINISHED
+    assert fingerprint(store, cid) == fingerprint_like(reference)
+    changes = statuses(store, cid)
+    pauses = changes.count(("running", "paused"))
+    assert pauses == op.waits and pauses >= 18  # at least one pause before each replicate
+    assert changes.count(("paused", "running")) == pauses
+    assert not store.replicates(cid, include_set_aside=True) or all(
+        not r.set_aside for r in store.replicates(cid, include_set_aside=True)
+    )
+
+
+def fingerprint_like(reference) -> dict:
+    return reference["fingerprint"]
+
+
+def test_a_pause_longer_than_the_limit_restarts_the_condition(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path, pause_restart_after_s=60)
+    op = Operator(store, cid)
+    clock = itertools.count(0.0, 100.0)  # every look at the wall clock: 100 s later
+
+    def progress(event: str, **info: Any) -> None:
+        if (
+            event == "replicate"
+            and (info["round"], info["condition"], info["index"]) == (0, 1, 1)
+            and not op.waits
+        ):
+            op.waits += 1
+            op.request("pause", "lunch")
+
+    def sleep(_: float) -> None:
+        op.request("resume", "back")
+
+    assert run(store, cid, progress=progress, sleep=sleep, wall=lambda: next(clock)) == state.FINISHED
+    every = store.replicates(cid, 0, 1, include_set_aside=True)
+    aside = [r for r in every if r.set_aside]
+    assert [(r.attempt, r.index) for r in aside] == [(0, 0), (0, 1)]
+    assert "pause_restart_after_s 60" in aside[0].set_aside_reason
+    kept = store.replicates(cid, 0, 1)
+    assert [(r.attempt, r.index) for r in kept] == [(1, 0), (1, 1), (1, 2)]
+    cond = store.conditions(cid, 0)[1]
+    assert cond.status == "done" and cond.attempt == 1
+
+
+def test_abort_stops_and_keeps_the_data(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path)
+    op = Operator(store, cid)
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "replicate" and (info["round"], info["condition"], info["index"]) == (0, 1, 0):
+            op.request("abort", "wrong stock solution")
+
+    assert run(store, cid, progress=progress) == state.ABORTED
+    row = store.campaign(cid)
+    assert (
+        row.status == state.ABORTED and row.reason == "wrong stock solution" and row.status_by == "operator"
+    )
+    assert len(store.replicates(cid)) == 4  # condition 0's three and condition 1's first
+    assert all(rate == 0.0 for rate in get_world("simulated")._rates.values())
+    assert statuses(store, cid) == [("created", "running"), ("running", "aborted")]
+    assert run(store, cid) == state.ABORTED  # final
+
+
+def test_abort_while_paused(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path)
+    op = Operator(store, cid)
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "replicate" and info["index"] == 1 and op.status() == state.RUNNING:
+            op.request("pause")
+
+    def sleep(_: float) -> None:
+        op.request("abort", "end of shift")
+
+    assert run(store, cid, progress=progress, sleep=sleep) == state.ABORTED
+    assert statuses(store, cid)[-2:] == [("running", "paused"), ("paused", "aborted")]
+
+
+def test_recalibrate_and_a_resume_while_running_are_handled(store: Store, tmp_path: Path, reference) -> None:
+    cid = start(store, tmp_path)
+    op = Operator(store, cid)
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "replicate" and (info["round"], info["condition"], info["index"]) == (0, 0, 0):
+            op.request("recalibrate")
+            op.request("resume")
+
+    assert run(store, cid, progress=progress) == state.FINISHED
+    assert event_kinds(store, cid).count("calibrated") == 2
+    outcomes = [e.data["outcome"] for e in store.events(cid, limit=1000) if e.kind == "control_handled"]
+    assert "refused: not paused" in outcomes
+    dark = [e for e in store.events(cid, limit=1000) if e.kind == "calibrated"]
+    assert (
+        dark[1].reason == "dark re-taken"
+        and dark[1].data["reference_counts"] == dark[0].data["reference_counts"]
+    )
+
+
+# -- e-stop --------------------------------------------------------------------------------------------
+
+
+def test_estop_stops_at_once_latches_and_resumes_after_clearing(
+    store: Store, tmp_path: Path, reference
+) -> None:
+    cid = start(store, tmp_path)
+    op = Operator(store, cid)
+    seen_estopped: list[bool] = []
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "replicate" and (info["round"], info["condition"], info["index"]) == (0, 2, 0):
+            store.latch_estop(who="operator", reason="smoke", rig="simulated")
+        if event == "status" and info["status"] == state.ESTOPPED:
+            seen_estopped.append(all(r == 0.0 for r in get_world("simulated")._rates.values()))
+
+    def sleep(_: float) -> None:
+        op.waits += 1
+        status = op.status()
+        if status == state.ESTOPPED and op.waits == 1:
+            op.request("resume", "too early")  # refused: still latched
+        elif status == state.ESTOPPED:
+            store.clear_estop(who="admin", reason="checked the lines", rig="simulated")
+        elif status == state.PAUSED:
+            op.request("resume", "go on")
+
+    assert run(store, cid, progress=progress, sleep=sleep) == state.FINISHED
+    assert seen_estopped == [True]
+    changes = statuses(store, cid)
+    assert ("running", "estopped") in changes and ("estopped", "paused") in changes
+    assert ("paused", "running") in changes
+    outcomes = [e.data["outcome"] for e in store.events(cid, limit=1000) if e.kind == "control_handled"]
+    assert "refused: the e-stop is still latched" in outcomes
+    assert fingerprint(store, cid) == reference["fingerprint"]  # nothing taken during the stop counts
+
+
+def test_a_latched_estop_holds_a_campaign_before_it_starts(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path)
+    store.latch_estop(who="operator", reason="maintenance", rig=None)
+    op = Operator(store, cid)
+
+    def sleep(_: float) -> None:
+        if op.status() == state.ESTOPPED:
+            store.clear_estop(who="admin", reason="done", rig=None)
+        elif op.status() == state.PAUSED:
+            op.request("resume")
+
+    assert run(store, cid, sleep=sleep) == state.FINISHED
+    assert statuses(store, cid)[:3] == [
+        ("created", "estopped"),
+        ("estopped", "paused"),
+        ("paused", "running"),
+    ]
+
+
+# -- every status a campaign can be resumed from ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "journal"),
+    [
+        ([state.QUEUED], None),
+        ([state.RUNNING, state.PAUSED], None),
+        ([state.RUNNING, state.FAULTED], None),
+        ([state.RUNNING, state.ORPHANED], None),
+        ([state.RUNNING, state.PAUSING], None),
+        ([state.RUNNING], "resumed"),  # the process died while running (kill -9)
+    ],
+)
+def test_resumes_from(store: Store, tmp_path: Path, path: list[str], journal: str | None) -> None:
+    cid = start(store, tmp_path)
+    for status in path:
+        store.set_status(cid, status, reason="set by the test")
+    assert run(store, cid) == state.FINISHED
+    changes = statuses(store, cid)
+    assert changes[-1] == ("running", "finished")
+    if journal:
+        assert journal in event_kinds(store, cid)
+    else:
+        assert changes[len(path)] == (path[-1], "running")
+
+
+def test_a_campaign_left_aborting_ends_aborted(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path)
+    store.set_status(cid, state.RUNNING)
+    store.set_status(cid, state.ABORTING, reason="operator", who="alice")
+    assert run(store, cid) == state.ABORTED
+    assert store.replicates(cid) == []
+
+
+# -- device faults from the simulators' fault injection ------------------------------------------------
+
+
+def test_a_one_shot_stall_is_retried_and_the_campaign_goes_on(store: Store, tmp_path: Path) -> None:
+    rig = rig_with_faults(tmp_path, pumps={"seed": [{"kind": "stall", "at_s": 30}]})
+    cid = start(store, tmp_path, rig=rig)
+    assert run(store, cid) == state.FINISHED
+    errors = [e for e in store.events(cid, limit=1000) if e.kind == "device_error"]
+    assert errors and errors[0].data["device"] == "seed" and "stall" in errors[0].reason.lower()
+    assert state.FAULTED not in {to for _, to in statuses(store, cid)}
+    assert all(c.status == "done" for c in store.conditions(cid))
+
+
+def test_an_unplugged_pump_line_faults_the_campaign(store: Store, tmp_path: Path) -> None:
+    rig = rig_with_faults(tmp_path, pumps={"AgNO3": [{"kind": "disconnect", "at_s": 20}]})
+    cid = start(store, tmp_path, rig=rig)
+    op = Operator(store, cid)
+    reasons: list[str] = []
+
+    def sleep(_: float) -> None:
+        row = store.campaign(cid)
+        reasons.append(row.reason)
+        assert row.status == state.FAULTED
+        op.request(
+            "resume" if len(reasons) == 1 else "abort", "tried again" if len(reasons) == 1 else "give up"
+        )
+
+    assert run(store, cid, sleep=sleep) == state.ABORTED
+    assert len(reasons) == 2  # faulted, resumed, faulted again (the fault lasts), aborted
+    # the unplugged adapter takes the whole New Era line; the reason names it and what to check
+    assert reasons[0].startswith("fault: New Era line sim://newera/newera-line cannot open port")
+    assert "retried 3 times (setting pump rates)" in reasons[0] and "cable is plugged in" in reasons[0]
+    assert ("faulted", "running") in statuses(store, cid)
+    assert len([e for e in store.events(cid, limit=1000) if e.kind == "device_error"]) >= 8
+
+
+def test_a_spectrometer_timeout_faults_then_resume_finishes(store: Store, tmp_path: Path, reference) -> None:
+    rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "no_reply", "at_s": 20, "duration_s": 30}])
+    cid = start(store, tmp_path, rig=rig)
+    op = Operator(store, cid)
+
+    def sleep(_: float) -> None:
+        if op.status() == state.FAULTED:
+            op.request("resume", "replugged USB")
+
+    assert run(store, cid, sleep=sleep) == state.FINISHED
+    row_reasons = [e.reason for e in store.events(cid, limit=1000) if e.kind == state.FAULTED]
+    assert (
+        row_reasons
+        and row_reasons[0].startswith("fault: spectrometer ")
+        and "retried 3 times" in row_reasons[0]
+    )
+    assert fingerprint(store, cid) == reference["fingerprint"]  # the fault cost time, not data
+
+
+def test_a_flooded_detector_rejects_replicates_remeasures_then_fails(store: Store, tmp_path: Path) -> None:
+    rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "saturated", "at_s": 1}])
+    cid = start(store, tmp_path, rig=rig, stop={"max_rounds": 1})
+    assert run(store, cid) == state.FINISHED
+    conditions = store.conditions(cid)
+    assert all(c.status == "failed" and c.median_loss is None and c.attempt == 1 for c in conditions)
+    every = store.replicates(cid, include_set_aside=True)
+    assert len(every) == 3 * 2 * 3  # 3 conditions x (1 + max_remeasure 1) attempts x 3 replicates
+    assert all(not r.accepted and r.reject_reason.startswith("saturated:") for r in every)
+    assert all(r.set_aside for r in every if r.attempt == 0)
+    assert "too few accepted replicates" in every[0].set_aside_reason
+
+
+# -- stop rules and validation -------------------------------------------------------------------------
+
+
+def test_loss_threshold_stops_after_the_round(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path, stop={"max_rounds": 5, "loss_threshold": 0.99})
+    assert run(store, cid) == state.FINISHED
+    assert len(store.rounds(cid)) == 1
+    assert store.campaign(cid).reason.startswith("loss threshold reached")
+
+
+def test_condition_budget_trims_the_last_batch(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path, stop={"max_rounds": 5, "max_conditions": 4})
+    assert run(store, cid) == state.FINISHED
+    assert [len(store.conditions(cid, r.index)) for r in store.rounds(cid)] == [3, 1]
+    assert store.campaign(cid).reason == "condition budget spent: 4 of 4 conditions"
+
+
+def test_reagent_budget(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path, stop={"max_rounds": 5, "max_reagent_ml": 0.1})
+    assert run(store, cid) == state.FINISHED
+    assert len(store.rounds(cid)) == 1
+    assert store.campaign(cid).reason.startswith("reagent budget spent")
+
+
+def test_max_rounds_option_tightens_the_protocol(store: Store, tmp_path: Path) -> None:
+    cid = start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"max_rounds": 1})
+    assert run(store, cid) == state.FINISHED
+    assert len(store.rounds(cid)) == 1
+
+
+def test_optimizer_stop_note_ends_the_campaign(store: Store, tmp_path: Path) -> None:
+    from orchestrator.optimize import registry
+    from orchestrator.optimize.base import Suggestion
+
+    class Stopper:
+        name = "stopper"
+
+        def suggest(self, history, space, n):
+            if history.round_index == 0:
+                return Suggestion(
+                    batch=[{v.name: v.low for v in space.variables}], space=space, sources=["x"]
+                )
+            return Suggestion(batch=[], space=space, sources=[], notes={"stop": "model converged"})
+
+    registry.register("test_stopper", lambda settings, widening, seed: Stopper(), replace=True)
+    cid = start(store, tmp_path, optimizer={"strategy": "test_stopper"}, stop={"max_rounds": 5})
+    assert run(store, cid) == state.FINISHED
+    assert len(store.rounds(cid)) == 1
+    assert store.campaign(cid).reason == "optimiser stop: model converged"
+
+
+def test_infeasible_suggestion_never_reaches_a_pump(store: Store, tmp_path: Path) -> None:
+    from orchestrator.optimize import registry
+    from orchestrator.optimize.base import Suggestion
+
+    class Wild:
+        name = "wild"
+
+        def suggest(self, history, space, n):
+            bad = {v.name: v.high for v in space.variables} | {"Q_AgNO3": 95.0}
+            return Suggestion(batch=[bad], space=space, sources=["wild"])
+
+    registry.register("test_wild", lambda settings, widening, seed: Wild(), replace=True)
+    cid = start(store, tmp_path, optimizer={"strategy": "test_wild"}, stop={"max_rounds": 1})
+    assert run(store, cid) == state.FINISHED
+    (cond,) = store.conditions(cid)
+    assert cond.status == "failed" and store.replicates(cid) == []
+    kinds = event_kinds(store, cid)
+    assert "condition_refused" in kinds and "rates_set" not in kinds
+
+
+def test_start_refuses_bad_inputs_before_anything_is_stored(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown optimiser strategy"):
+        start(store, tmp_path, optimizer={"strategy": "nonsense"})
+    with pytest.raises(ConfigError, match="no pump carries stream"):
+        start(store, tmp_path, remainder_stream="buffer")
+    with pytest.raises(ConfigError, match="target"):
+        start_campaign(
+            store, tiny_protocol(tmp_path), SIM_RIG, options={"target": str(tmp_path / "none.csv")}
+        )
+    with pytest.raises(ConfigError, match="cannot import module"):
+        start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, options={"chemistry": "nowhere:Model"})
+    assert store.campaigns() == []
+
+
+def test_target_and_chemistry_overrides_are_stored_and_used(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "peak_model.py").write_text(
+        "import numpy as np\n"
+        "class Peak:\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return 0.9 * np.exp(-0.5 * ((np.asarray(wavelengths) - 600.0) / 60.0) ** 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = tmp_path / "target.csv"
+    wl = np.arange(350.0, 851.0, 5.0)
+    rows = "\n".join(f"{w:g},{0.9 * np.exp(-0.5 * ((w - 600.0) / 60.0) ** 2):.6f}" for w in wl)
+    target.write_text("wavelength_nm,absorbance\n" + rows + "\n")
+    cid = start_campaign(
+        store,
+        tiny_protocol(tmp_path),
+        SIM_RIG,
+        seed=SEED,
+        options={"chemistry": "peak_model:Peak", "target": str(target), "max_rounds": 1},
+    )
+    options = store.campaign(cid).options
+    assert options["chemistry"] == "peak_model:Peak" and options["target_csv"].startswith("wavelength_nm")
+    target.unlink()  # the campaign holds the target's text: it no longer needs the file
+    assert run(store, cid) == state.FINISHED
+    losses = [c.median_loss for c in store.conditions(cid)]
+    assert all(loss is not None and loss < 0.02 for loss in losses)  # the model's peak is the target
