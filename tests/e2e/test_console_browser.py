@@ -192,6 +192,11 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
             expect(page.locator("#c-reason")).to_contain_text("finished")
             expect(page.locator("#controls button[data-action=pause]")).to_be_hidden()
             expect(page.locator("#p-best")).to_contain_text("best loss")
+            # the plots followed the campaign: droplets over the target, a point per condition, bounds
+            expect(page.locator("#spectra path.target")).to_have_count(1)
+            expect(page.locator("#spectra path.droplet")).to_have_count(6)
+            expect(page.locator("#losses circle.pt")).to_have_count(6)
+            expect(page.locator("#bounds rect.limits").first).to_be_visible()
 
             # the journal, read through the API with the page's session: nothing measured while paused
             campaign = page.evaluate("() => new URLSearchParams(location.hash.slice(1)).get('c')")

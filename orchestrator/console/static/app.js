@@ -130,20 +130,36 @@
     await refreshSelected(true);
   }
 
+  // which parts of the page an event changes; anything else refreshes only the campaign's header
+  const STATUS_KINDS = new Set(["campaign_created", "created", "queued", "running", "pausing", "paused", "faulted",
+    "estopped", "aborting", "aborted", "finished", "orphaned"]);
+  const SPECTRA_KINDS = new Set(["replicate_acquired", "replicates_set_aside", "condition_started"]);
+  const LOSS_KINDS = new Set(["condition_done", "condition_failed", "batch_planned", "round_done"]);
+  const ALL_PARTS = { spectra: true, losses: true, bounds: true, events: true };
+
+  function partsFor(kind) {
+    return {
+      list: STATUS_KINDS.has(kind),
+      spectra: SPECTRA_KINDS.has(kind),
+      losses: LOSS_KINDS.has(kind),
+      bounds: kind === "batch_planned" || kind === "round_done",
+    };
+  }
+
   async function refreshSelected(all) {
     const id = state.selected;
     if (!id) return;
+    const parts = all === true ? ALL_PARTS : all || {};
     const base = `/api/campaigns/${encodeURIComponent(id)}`;
     const detail = await api("GET", base);
     if (id !== state.selected) return;
     renderDetail(detail);
-    const parts = [
-      api("GET", `${base}/spectra`).then((d) => { Plots.spectra($("spectra"), d); noteSpectra(d); }),
-      api("GET", `${base}/losses`).then((d) => Plots.losses($("losses"), d)),
-      api("GET", `${base}/bounds`).then((d) => Plots.bounds($("bounds"), d)),
-    ];
-    if (all) parts.push(api("GET", `${base}/events?limit=200`).then((d) => { for (const e of d.events) addEvent(e); }));
-    await Promise.all(parts);
+    const jobs = [];
+    if (parts.spectra) jobs.push(api("GET", `${base}/spectra`).then((d) => { Plots.spectra($("spectra"), d); noteSpectra(d); }));
+    if (parts.losses) jobs.push(api("GET", `${base}/losses`).then((d) => Plots.losses($("losses"), d)));
+    if (parts.bounds) jobs.push(api("GET", `${base}/bounds`).then((d) => Plots.bounds($("bounds"), d)));
+    if (parts.events) jobs.push(api("GET", `${base}/events?limit=200`).then((d) => { for (const e of d.events) addEvent(e); }));
+    await Promise.all(jobs);
   }
 
   function noteSpectra(d) {
@@ -213,21 +229,24 @@
     es.addEventListener("journal", (msg) => {
       const e = JSON.parse(msg.data);
       if (e.campaign_id === state.selected) addEvent(e);
-      scheduleRefresh(e.campaign_id === state.selected);
+      scheduleRefresh(e.campaign_id === state.selected, partsFor(e.kind));
     });
   }
 
-  // many events arrive in a burst (one per replicate): refetch at most every 700 ms
-  function scheduleRefresh(selected) {
-    state.pendingSelected = state.pendingSelected || selected;
+  // many events arrive in a burst (one per replicate): refetch at most every 700 ms, and only the
+  // parts of the page the events change (the campaign's header always)
+  function scheduleRefresh(selected, parts) {
+    const p = state.pending || (state.pending = { selected: false, list: false, spectra: false, losses: false, bounds: false });
+    p.selected = p.selected || selected;
+    for (const k of ["list", "spectra", "losses", "bounds"]) p[k] = p[k] || Boolean(parts && parts[k]);
     if (state.timer) return;
     state.timer = setTimeout(async () => {
-      const sel = state.pendingSelected;
+      const todo = state.pending;
       state.timer = null;
-      state.pendingSelected = false;
+      state.pending = null;
       try {
-        await refreshCampaigns();
-        if (sel) await refreshSelected(false);
+        if (todo.list || state.campaigns.length === 0) await refreshCampaigns();
+        if (todo.selected) await refreshSelected(todo);
       } catch (err) { /* a failed refresh is retried on the next event */ }
     }, 700);
   }
@@ -265,7 +284,7 @@
       }
       $("confirm").close();
       pending = null;
-      scheduleRefresh(true);
+      scheduleRefresh(true, { list: true });
     } catch (e) {
       $("confirm-error").textContent = e.message;
     } finally {
