@@ -194,7 +194,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
     except (ConfigError, TargetFileError, ValueError) as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     if args.queue:
         row = store.campaign(campaign_id)
         console.print(
@@ -212,7 +212,7 @@ def resume_command(args: argparse.Namespace) -> int:
     from orchestrator.store import StoreError, open_store
 
     store = open_store(args.db)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     try:
         row = store.campaign(args.campaign)
     except LookupError as exc:

@@ -1,0 +1,165 @@
+"""``sdl run`` and ``sdl resume`` in-process: exit codes, where the results are, summary, options,
+queueing, bad input refused before anything is stored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from campaign_support import SIM_RIG, new_store, rig_with_faults, tiny_protocol
+
+from orchestrator import state
+from orchestrator.cli.main import main
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs' / 'sdl.db'}"
+
+
+def test_run_finishes_and_says_where_the_results_are(tmp_path: Path, db: str, capsys) -> None:
+    summary = tmp_path / "out" / "summary.json"
+    code = main(
+        [
+            "run",
+            str(tiny_protocol(tmp_path)),
+            "--rig",
+            str(SIM_RIG),
+            "--db",
+            db,
+            "--seed",
+            "4",
+            "--summary",
+            str(summary),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    store = new_store(tmp_path / "runs")
+    (row,) = store.campaigns()
+    assert row.status == state.FINISHED and row.seed == 4
+    assert f"store    {db}" in out and f"summary  {summary}" in out
+    log = tmp_path / "runs" / "logs" / f"{row.id}.log"
+    assert f"log      {log}" in out
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    measured = [e for e in lines if e.get("event") == "condition done"]
+    assert len(measured) == 6
+    assert all(e["campaign"] == row.id and {"round", "condition", "attempt"} <= set(e) for e in measured)
+    document = json.loads(summary.read_text())
+    assert document["campaign_id"] == row.id and document["status"] == "finished"
+    assert [r["index"] for r in document["rounds"]] == [0, 1]
+    first = document["rounds"][0]["conditions"][0]
+    assert set(first) >= {"inputs", "losses", "median_loss", "source"}
+    assert len(first["losses"]) == 3
+
+
+def test_max_rounds_chemistry_and_target_options(tmp_path: Path, db: str, monkeypatch) -> None:
+    (tmp_path / "const_model.py").write_text(
+        "import numpy as np\n"
+        "class Const:\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return 0.9 * np.exp(-0.5 * ((np.asarray(wavelengths) - 500.0) / 50.0) ** 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = tmp_path / "t.csv"
+    target.write_text("wavelength_nm,absorbance\n300,0.0\n500,1.0\n900,0.0\n")
+    args = ["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--max-rounds", "1"]
+    assert main([*args, "--chemistry", "const_model:Const", "--target", str(target)]) == 0
+    store = new_store(tmp_path / "runs")
+    (row,) = store.campaigns()
+    assert len(store.rounds(row.id)) == 1
+    assert row.options["chemistry"] == "const_model:Const" and row.options["max_rounds"] == 1
+    assert "500,1.0" in row.options["target_csv"]
+
+
+def test_queue_only_stores_the_campaign(tmp_path: Path, db: str, capsys) -> None:
+    assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]) == 0
+    out = capsys.readouterr().out
+    store = new_store(tmp_path / "runs")
+    (row,) = store.campaigns()
+    assert row.status == state.QUEUED and row.queued_for_rig == "simulated"
+    assert out.strip().splitlines()[-1] == row.id
+    assert store.rounds(row.id) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"optimizer": {"strategy": "nope"}}, "unknown optimiser strategy 'nope'"),
+        ({"remainder_stream": "buffer"}, "no pump carries stream 'buffer'"),
+    ],
+)
+def test_bad_protocols_are_refused_before_anything_is_stored(
+    tmp_path: Path, db: str, capsys, change: dict, message: str
+) -> None:
+    assert main(["run", str(tiny_protocol(tmp_path, **change)), "--rig", str(SIM_RIG), "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert new_store(tmp_path / "runs").campaigns() == []
+
+
+def test_bad_rig_and_options_are_refused(tmp_path: Path, db: str, capsys) -> None:
+    protocol = str(tiny_protocol(tmp_path))
+    bad_rig = tmp_path / "bad_rig.yaml"
+    bad_rig.write_text(
+        SIM_RIG.read_text().replace("syringe_diameter_mm: 23.03", "syringe_diameter_mm: 230.3")
+    )
+    assert main(["run", protocol, "--rig", str(bad_rig), "--db", db]) == 2
+    assert "syringe_diameter_mm" in capsys.readouterr().err
+    assert main(["run", protocol, "--rig", str(SIM_RIG), "--db", db, "--chemistry", "no_such:Model"]) == 2
+    assert "cannot import module 'no_such'" in capsys.readouterr().err
+    assert (
+        main(["run", protocol, "--rig", str(SIM_RIG), "--db", db, "--target", str(tmp_path / "x.csv")]) == 2
+    )
+    assert "cannot read the target spectrum" in capsys.readouterr().err
+    assert new_store(tmp_path / "runs").campaigns() == []
+
+
+def test_resume_continues_a_paused_campaign_and_refuses_final_or_unknown(
+    tmp_path: Path, db: str, capsys
+) -> None:
+    assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]) == 0
+    store = new_store(tmp_path / "runs")
+    (row,) = store.campaigns()
+    store.set_status(row.id, state.PAUSED, reason="waiting for a fresh seed solution", who="alice")
+    capsys.readouterr()
+    assert main(["resume", row.id, "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {row.id} (paused by alice" in out
+    assert store.campaign(row.id).status == state.FINISHED
+    assert main(["resume", row.id, "--db", db]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert main(["resume", "c-nope", "--db", db]) == 2
+
+
+def test_resume_asks_a_live_process_instead_of_running_twice(tmp_path: Path, db: str, capsys) -> None:
+    assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]) == 0
+    store = new_store(tmp_path / "runs")
+    (row,) = store.campaigns()
+    store.claim(row.id, "agent@elsewhere:1")
+    store.set_status(row.id, state.RUNNING)
+    store.set_status(row.id, state.PAUSED, reason="bubble", who="bob")
+    assert main(["resume", row.id, "--db", db, "--reason", "line cleared"]) == 0
+    (request,) = store.pending_controls(row.id)
+    assert request.action == "resume" and request.reason == "line cleared"
+    assert "asked agent@elsewhere:1" in capsys.readouterr().out
+
+
+def test_a_faulted_run_exits_1_with_the_reason(tmp_path: Path, db: str, capsys, monkeypatch) -> None:
+    # the runner waits for an operator while faulted: here the operator aborts at once
+    from orchestrator import campaign
+
+    rig = rig_with_faults(tmp_path, pumps={"AgNO3": [{"kind": "disconnect", "at_s": 20}]})
+
+    def abort_when_faulted(seconds: float) -> None:
+        s = new_store(tmp_path / "runs")
+        (row,) = s.campaigns()
+        s.request_control(row.id, "abort", who="carol", reason="no spare adapter")
+
+    monkeypatch.setattr(campaign, "_operator_wait", abort_when_faulted)
+    assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(rig), "--db", db]) == 3
+    out = capsys.readouterr().out
+    assert "faulted: fault: New Era line" in out.replace("\n", " ")
+    assert "aborted by carol" in out
