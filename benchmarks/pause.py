@@ -36,9 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicates", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7, help="campaign seed")
     parser.add_argument("--db", help="store URL (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--unit-change-tolerance",
+        type=float,
+        help="set drivers.newera.UNIT_CHANGE_TOLERANCE (0: a running pump is stopped to change rate units; "
+        "shows the cause of finding #8 in RELIABILITY_FINDINGS)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    if args.unit_change_tolerance is not None:
+        import drivers.newera
+
+        drivers.newera.UNIT_CHANGE_TOLERANCE = args.unit_change_tolerance
     out = Console(width=150)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sdl-pause-") as tmp:
@@ -61,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                 out.print(f"pause after event {j:>3}: paused {run.paused}, {run.outcome.status}, {diff}")
     table = Table(
         title=f"pause + resume at every checkpoint ({args.rounds} rounds x {args.batch} conditions x "
-        f"{args.replicates} replicates, seed {args.seed}, {time.perf_counter() - start:.0f} s)"
+        f"{args.replicates} replicates, seed {args.seed}, {time.perf_counter() - start:.0f} s"
+        + (
+            f", New Era unit-change tolerance {args.unit_change_tolerance:g}"
+            if args.unit_change_tolerance is not None
+            else ""
+        )
+        + ")"
     )
     for col in (
         "pause points",
