@@ -758,6 +758,7 @@ class _Runner:
     def _measure_condition(self, spec: CampaignSpec, cond: ConditionRow) -> None:
         protocol = spec.protocol
         bind(round=cond.round, condition=cond.index)
+        self._flow_ul = 0.0
         try:
             rates = protocol.stream_rates_ul_min(cond.inputs)
         except InfeasibleInputs as exc:
@@ -1014,10 +1015,18 @@ class _Runner:
         try:
             self.rig.connect()
         except DeviceError as exc:
+            # nothing has moved: a campaign that never ran is paused (created cannot be faulted)
             reason = f"fault: the rig did not connect: {exc}"
-            if row.status != state.FAULTED:
-                self._set_status(state.FAULTED, reason=reason)
-            return state.FAULTED
+            status = (
+                state.FAULTED
+                if row.status == state.FAULTED or state.FAULTED in state.allowed(row.status)
+                else state.PAUSED
+            )
+            if row.status == status:
+                self.store.journal(self.campaign_id, "connect_failed", reason=reason)
+            else:
+                self._set_status(status, reason=reason)
+            return status
         self._emit(
             "start",
             campaign=self.campaign_id,
@@ -1043,6 +1052,19 @@ class _Runner:
             self._stop_flow()
             self._set_status(state.ABORTED, reason=exc.reason or "aborted", who=exc.who)
             return state.ABORTED
+        except (CampaignError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            # a bug or an optimiser failure: pumps safe, the campaign faulted with the reason, the
+            # traceback in the log file; `sdl resume` continues once it is fixed
+            log.exception("engine error")
+            self.rig.safe_state()
+            if state.FAULTED in state.allowed(self._status()):
+                self._set_status(
+                    state.FAULTED, reason=f"engine error: {type(exc).__name__}: {exc} (see the log)"
+                )
+                return state.FAULTED
+            raise
         finally:
             self.watcher.stop_event.set()
             self.watcher.join(timeout=5)

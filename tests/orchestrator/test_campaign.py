@@ -394,6 +394,18 @@ def test_a_spectrometer_timeout_faults_then_resume_finishes(store: Store, tmp_pa
     assert fingerprint(store, cid) == reference["fingerprint"]  # the fault cost time, not data
 
 
+def test_a_rig_that_does_not_connect_leaves_the_campaign_resumable(store: Store, tmp_path: Path) -> None:
+    rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "disconnect", "at_s": 0, "duration_s": 5}])
+    cid = start(store, tmp_path, rig=rig)
+    assert run(store, cid) == state.PAUSED
+    row = store.campaign(cid)
+    assert row.reason.startswith("fault: the rig did not connect") and "spectrometer" in row.reason
+    assert row.owner is None and store.rounds(cid) == []
+    store.set_status(cid, state.RUNNING)
+    store.set_status(cid, state.FAULTED, reason="still unplugged")
+    assert run(store, cid) == state.FAULTED  # a campaign that ran before is faulted
+
+
 def test_a_flooded_detector_rejects_replicates_remeasures_then_fails(store: Store, tmp_path: Path) -> None:
     rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "saturated", "at_s": 1}])
     cid = start(store, tmp_path, rig=rig, stop={"max_rounds": 1})
@@ -519,3 +531,19 @@ def test_target_and_chemistry_overrides_are_stored_and_used(
     assert run(store, cid) == state.FINISHED
     losses = [c.median_loss for c in store.conditions(cid)]
     assert all(loss is not None and loss < 0.02 for loss in losses)  # the model's peak is the target
+
+
+def test_an_optimiser_failure_faults_the_campaign_with_the_reason(store: Store, tmp_path: Path) -> None:
+    from orchestrator.optimize import registry
+
+    class Broken:
+        name = "broken"
+
+        def suggest(self, history, space, n):
+            raise RuntimeError("the model diverged")
+
+    registry.register("test_broken", lambda settings, widening, seed: Broken(), replace=True)
+    cid = start(store, tmp_path, optimizer={"strategy": "test_broken"})
+    assert run(store, cid) == state.FAULTED
+    assert store.campaign(cid).reason == "engine error: RuntimeError: the model diverged (see the log)"
+    assert store.rounds(cid) == []
