@@ -85,6 +85,87 @@ class ReportData:
 
 
 # ---------------------------------------------------------------------------------------------
+# from the campaign store
+
+
+def load_report_data(store: Any, campaign_id: str) -> ReportData:
+    """A campaign as the store holds it (:mod:`orchestrator.store`): its protocol and target as it ran
+    (:func:`orchestrator.campaign.load_spec`), rounds, measured and failed conditions, and their
+    accepted replicate spectra (set-aside attempts left out)."""
+    import tempfile
+
+    from orchestrator.campaign import CampaignError, load_spec
+    from orchestrator.config_errors import ConfigError
+    from orchestrator.spectra import TargetFileError
+
+    row = store.campaign(campaign_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            spec = load_spec(row, Path(tmp))
+            loss = spec.protocol.loss()  # reads the stored target text while it is on disk
+        except (CampaignError, ConfigError) as exc:
+            raise ReportError(
+                f"campaign {campaign_id}: its stored protocol no longer validates: {exc}"
+            ) from exc
+        except (OSError, TargetFileError) as exc:
+            raise ReportError(
+                f"campaign {campaign_id}: its stored target spectrum is unreadable: {exc}"
+            ) from exc
+    protocol = spec.protocol
+
+    rounds = [
+        RoundInfo(
+            int(r.index),
+            str(r.strategy or ""),
+            {k: (float(v[0]), float(v[1])) for k, v in dict(r.bounds or {}).items()},
+            dict(r.notes or {}),
+        )
+        for r in sorted(store.rounds(campaign_id), key=lambda r: r.index)
+    ]
+    spectra: dict[tuple[int, int], list[np.ndarray]] = {}
+    for rep in store.replicates(campaign_id):
+        if rep.accepted and rep.absorbance is not None:
+            spectra.setdefault((int(rep.round), int(rep.condition)), []).append(
+                np.asarray(rep.absorbance, float)
+            )
+    observations = []
+    for c in sorted(store.conditions(campaign_id), key=lambda c: (c.round, c.index)):
+        failed = c.status == "failed"
+        if c.status != "done" and not failed:
+            continue  # planned or being measured: nothing to learn from yet
+        reps = spectra.get((int(c.round), int(c.index)))
+        observations.append(
+            Observation(
+                round_index=int(c.round),
+                inputs={k: float(v) for k, v in dict(c.inputs).items()},
+                median_loss=None if failed or c.median_loss is None else float(c.median_loss),
+                mad=None if c.mad is None else float(c.mad),
+                failed=failed or c.median_loss is None,
+                spectra=np.array(reps) if reps else None,
+                source=str(c.source or ""),
+                prediction=None if c.prediction is None else np.asarray(c.prediction, float),
+            )
+        )
+    space = protocol.space()
+    if rounds:
+        latest = rounds[-1].bounds
+        space = space.with_bounds({n: latest.get(n, b) for n, b in space.bounds.items()})
+    return ReportData(
+        campaign_id=campaign_id,
+        name=str(getattr(row, "name", "") or protocol.name),
+        status=str(row.status),
+        status_reason=str(getattr(row, "reason", "") or ""),
+        history=History(observations, protocol.wavelengths(), loss, len(rounds)),
+        space=space,
+        rounds=rounds,
+        strategy=protocol.optimizer.strategy,
+        loss_threshold=protocol.stop.loss_threshold,
+        optimizer_settings=dict(protocol.optimizer.settings),
+        seed=spec.seed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # models refitted for the report
 
 
@@ -362,7 +443,14 @@ def _default_map_pair(space: Space) -> tuple[str, str]:
 
 
 def plot_loss_map(
-    data: ReportData, model: LossModel, x_name: str, y_name: str, path: Path, *, resolution: int = 70
+    data: ReportData,
+    model: LossModel,
+    x_name: str,
+    y_name: str,
+    path: Path,
+    *,
+    resolution: int = 70,
+    optimum: tuple[np.ndarray, float] | None = None,
 ) -> Path:
     """Predicted loss over two inputs, the others at the best measured condition; the measured points
     and the predicted optimum marked; ground the sum constraint forbids is hatched."""
@@ -437,7 +525,7 @@ def plot_loss_map(
         linewidths=2,
         label=f"best measured ({best.median_loss:.3f})",
     )
-    opt_x, opt_loss = predicted_optimum(model, space, data.seed, measured=measured_x)
+    opt_x, opt_loss = optimum or predicted_optimum(model, space, data.seed, measured=measured_x)
     ax.scatter(
         opt_x[ix],
         opt_x[iy],
@@ -776,16 +864,23 @@ def render_html(
     return "\n".join(parts)
 
 
+def report_steps(maps: Sequence[tuple[str, str]] | None = None) -> int:
+    """How many times :func:`write_report` calls ``on_step`` (a progress bar's total)."""
+    return 7 + max(1, len(maps or ()))
+
+
 def write_report(
     data: ReportData,
     out_dir: str | Path,
     *,
     maps: Sequence[tuple[str, str]] | None = None,
     shap_explain: int = 40,
+    on_step: Callable[[str], None] | None = None,
 ) -> ReportResult:
-    """Write every figure and ``index.html`` into ``out_dir``."""
+    """Write every figure and ``index.html`` into ``out_dir``. ``on_step(label)`` is called as each
+    of the :func:`report_steps` steps starts (fitting the models and SHAP take the time)."""
+    step = on_step or (lambda label: None)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not data.measured():
         raise ReportError(f"campaign {data.campaign_id} has no measured condition yet: nothing to report")
     pairs = list(maps) if maps else [_default_map_pair(data.space)]
@@ -797,14 +892,18 @@ def write_report(
                 + (f"; no input named {unknown[0]!r}" if unknown else "")
                 + f" (the inputs are {', '.join(data.space.names)})"
             )
+    out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     images: dict[str, Path] = {}
+    step("loss per round")
     images["loss_by_round"] = plot_loss_by_round(data, out / "loss_by_round.png")
+    step("bounds per round")
     images["bounds_by_round"] = plot_bounds_by_round(data, out / "bounds_by_round.png")
     checks = plot_model_checks(data, out / "model_checks.png")
     if checks is not None:
         images["model_checks"] = checks
 
+    step("training the models")
     network = network_model(data)
     gp = gp_model(data)
     if network is None:
@@ -813,17 +912,26 @@ def write_report(
         notes.append("fewer than 5 measured conditions: no Gaussian process")
     main = network or gp
     optimum = None
+    step("predicted optimum")
     if main is not None:
-        for x_name, y_name in pairs:
-            key = f"loss_map_{x_name}__{y_name}"
-            images[key] = plot_loss_map(data, main, x_name, y_name, out / f"{key}.png")
         measured_x = data.space.to_array([o.inputs for o in data.measured()])
         opt_x, opt_loss = predicted_optimum(main, data.space, data.seed, measured=measured_x)
         optimum = {"model": main.name, "inputs": data.space.to_dicts(opt_x)[0], "loss": opt_loss}
+    for x_name, y_name in pairs:
+        step(f"loss map {x_name} x {y_name}")
+        if main is not None:
+            key = f"loss_map_{x_name}__{y_name}"
+            images[key] = plot_loss_map(
+                data, main, x_name, y_name, out / f"{key}.png", optimum=(opt_x, opt_loss)
+            )
+    step("feature importance (SHAP)")
+    if main is not None:
         importances = [shap_importance(data, m, explain=shap_explain) for m in (network, gp) if m is not None]
         images["importance"] = plot_importance(importances, out / "importance.png")
+    step("best spectra")
     images["best_spectra"] = plot_best_spectra(data, network, out / "best_spectra.png")
 
+    step("page")
     page = out / "index.html"
     page.write_text(render_html(data, images, notes, optimum), encoding="utf-8")
     (out / "report.json").write_text(
