@@ -23,8 +23,9 @@ round, with every number it used journaled in ``Suggestion.notes``:
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,10 @@ class StopSettings(_Strict):
 
 
 class TwoStepSettings(_Strict):
-    bo: str = Field("gp_ei_lp", description="registered strategy proposing the BO part of each batch")
+    bo: str = Field(
+        "composite",
+        description="registered strategy proposing the BO part of each batch (e.g. composite, gp_ei_lp)",
+    )
     bo_settings: dict[str, Any] = Field(default_factory=dict)
     dnn: net.DnnSettings = Field(default_factory=net.DnnSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
@@ -265,6 +269,33 @@ def _seed(seed: int, *parts: int) -> np.random.SeedSequence:
 
 _FIT_TAG = 0xD11  # separates the network's random streams from the BO strategy's
 
+# Trained models by (data, round, seed, settings, hard limits), shared by every optimiser in the
+# process: the campaign runner builds a new optimiser each round, and this round's model is next
+# round's "previous model", so each round trains once. The same key always trains the same weights,
+# so a resumed process (empty cache) suggests exactly what an uninterrupted one would.
+_MODEL_CACHE: OrderedDict[Hashable, net.SpectrumEnsemble] = OrderedDict()
+_MODEL_CACHE_SIZE = 6
+_MODEL_CACHE_LOCK = threading.Lock()
+
+
+def _cached_model(key: Hashable, fit: Callable[[], net.SpectrumEnsemble]) -> net.SpectrumEnsemble:
+    with _MODEL_CACHE_LOCK:
+        if key in _MODEL_CACHE:
+            _MODEL_CACHE.move_to_end(key)
+            return _MODEL_CACHE[key]
+    model = fit()  # outside the lock: campaigns in other threads need not wait for this one
+    with _MODEL_CACHE_LOCK:
+        _MODEL_CACHE[key] = model
+        while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+            _MODEL_CACHE.popitem(last=False)
+    return model
+
+
+def clear_model_cache() -> None:
+    """Forget every trained model (tests; a fresh process starts this way)."""
+    with _MODEL_CACHE_LOCK:
+        _MODEL_CACHE.clear()
+
 
 class TwoStepOptimizer:
     """BO (a registered strategy) plus the spectrum-network ensemble, mixed by :func:`decide_share`."""
@@ -283,9 +314,6 @@ class TwoStepOptimizer:
         self.seed = int(seed)
         self.bo = bo if bo is not None else make_optimizer(settings.bo, settings.bo_settings, widening, seed)
         self.widening = WideningPolicy.from_protocol(widening, rule="gated")
-        # trained models by (data fingerprint, seed): next round's "previous model" is this round's
-        # model, so each round trains once; a resumed process retrains the same weights
-        self._models: OrderedDict[tuple[str, int], net.SpectrumEnsemble] = OrderedDict()
 
     # -- models -------------------------------------------------------------------------------
 
@@ -300,17 +328,19 @@ class TwoStepOptimizer:
         data = net.SpectrumData.from_history(sub, space.names)
         if len(data) < self.settings.dnn.model.min_conditions:
             return None
-        key = (data.fingerprint(), upto_round)
-        if key in self._models:
-            self._models.move_to_end(key)
-            return self._models[key]
-        model = net.SpectrumEnsemble.fit(
-            data, net.model_scaler(space), self.settings.dnn.model, _seed(self.seed, _FIT_TAG, upto_round)
+        key = (
+            data.fingerprint(),
+            upto_round,
+            self.seed,
+            self.settings.dnn.model.model_dump_json(),
+            tuple((v.name, v.hard_low, v.hard_high, v.log) for v in space.variables),
         )
-        self._models[key] = model
-        while len(self._models) > 3:
-            self._models.popitem(last=False)
-        return model
+        return _cached_model(
+            key,
+            lambda: net.SpectrumEnsemble.fit(
+                data, net.model_scaler(space), self.settings.dnn.model, _seed(self.seed, _FIT_TAG, upto_round)
+            ),
+        )
 
     # -- the round ----------------------------------------------------------------------------
 

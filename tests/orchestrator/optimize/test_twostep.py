@@ -17,6 +17,7 @@ from orchestrator.optimize.twostep import (
     PolicySettings,
     StopSettings,
     TwoStepOptimizer,
+    clear_model_cache,
     decide_share,
     open_edges,
     parse_settings,
@@ -259,14 +260,25 @@ def test_same_seed_same_batch_and_models_trained_once(monkeypatch: pytest.Monkey
         return real_fit(cls, *args, **kwargs)
 
     monkeypatch.setattr(net.SpectrumEnsemble, "fit", classmethod(counting_fit))
+    clear_model_cache()
     a, _ = make({"fixed_share": 0.4, "bo_only_rounds": 0}, seed=3)
+    sa = a.suggest(history, toy_space(), 10)
+    assert len(fits) == 2  # the current and the previous model
+    # a new optimiser for the same campaign (the runner builds one per round) trains nothing again
     b, _ = make({"fixed_share": 0.4, "bo_only_rounds": 0}, seed=3)
-    sa, sb = a.suggest(history, toy_space(), 10), b.suggest(history, toy_space(), 10)
-    assert sa.batch == sb.batch
-    np.testing.assert_array_equal(np.array(sa.predictions), np.array(sb.predictions))
-    assert len(fits) == 4  # the current and the previous model, once per optimiser
-    a.suggest(history, toy_space(), 10)
-    assert len(fits) == 4  # cached
+    sb = b.suggest(history, toy_space(), 10)
+    assert len(fits) == 2
+    # a fresh process (empty cache) retrains the same weights and suggests the same batch
+    clear_model_cache()
+    c, _ = make({"fixed_share": 0.4, "bo_only_rounds": 0}, seed=3)
+    sc = c.suggest(history, toy_space(), 10)
+    assert len(fits) == 4
+    for other in (sb, sc):
+        assert sa.batch == other.batch
+        np.testing.assert_array_equal(np.array(sa.predictions), np.array(other.predictions))
+    # another seed is another model
+    make({"fixed_share": 0.4, "bo_only_rounds": 0}, seed=4)[0].suggest(history, toy_space(), 10)
+    assert len(fits) == 6
 
 
 def test_registered_strategies() -> None:
