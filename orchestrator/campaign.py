@@ -412,6 +412,9 @@ class _Runner:
                     pump.stop()
             self._check_pumps(rates)
 
+        if self.store.estop_latched(self.rig_name) is not None and self.watcher is not None:
+            self.watcher.tripped.set()  # latched before the watcher looked: never start the pumps
+            raise _Reequilibrate()
         self._account_flow()
         self._device("setting pump rates", go)
         self._flow = {s: r for s, r in rates.items() if r > 0}
@@ -972,9 +975,9 @@ class _Runner:
                 self.campaign_id, "resumed", who=self.owner, reason="continued by a new process"
             )
             return None
-        if status == state.ESTOPPED:
-            return None  # the first checkpoint holds it until the latch is cleared
-        if self.store.estop_latched(self.rig_name) is not None:
+        latch = self.store.estop_latched(self.rig_name)
+        if latch is not None:
+            self._hold_estop(latch)  # until the latch is cleared and someone resumes
             return None
         verb = "started" if status in (state.CREATED, state.QUEUED) else "resumed"
         self._set_status(state.RUNNING, reason=f"{verb} by {self.owner}")

@@ -32,8 +32,17 @@ from simulators.world import get_world
 SEED = 11
 
 
-def run(store: Store, cid: str, *, progress=None, sleep=None, wall=None, owner: str = "test") -> str:
-    kwargs: dict[str, Any] = {"poll_s": 0.0, "estop_poll_s": 0.005}
+def run(
+    store: Store,
+    cid: str,
+    *,
+    progress=None,
+    sleep=None,
+    wall=None,
+    owner: str = "test",
+    estop_poll_s: float = 0.005,
+) -> str:
+    kwargs: dict[str, Any] = {"poll_s": 0.0, "estop_poll_s": estop_poll_s}
     if sleep is not None:
         kwargs["sleep"] = sleep
     if wall is not None:
@@ -291,17 +300,28 @@ def test_a_latched_estop_holds_a_campaign_before_it_starts(store: Store, tmp_pat
     op = Operator(store, cid)
 
     def sleep(_: float) -> None:
+        assert store.rounds(cid) == [] and "rates_set" not in event_kinds(store, cid)
         if op.status() == state.ESTOPPED:
             store.clear_estop(who="admin", reason="done", rig=None)
         elif op.status() == state.PAUSED:
             op.request("resume")
 
-    assert run(store, cid, sleep=sleep) == state.FINISHED
+    # a watcher that would look only after a minute: the runner itself refuses to start the pumps
+    assert run(store, cid, sleep=sleep, estop_poll_s=60.0) == state.FINISHED
     assert statuses(store, cid)[:3] == [
         ("created", "estopped"),
         ("estopped", "paused"),
         ("paused", "running"),
     ]
+
+
+def test_an_estopped_campaign_whose_latch_was_cleared_runs_on_resume(store: Store, tmp_path: Path) -> None:
+    cid = start(store, tmp_path)
+    store.latch_estop(who="operator", reason="spill", rig="simulated")
+    store.set_status(cid, state.ESTOPPED, reason="spill", who="operator")
+    store.clear_estop(who="admin", reason="cleaned", rig="simulated")
+    assert run(store, cid) == state.FINISHED
+    assert statuses(store, cid)[1] == ("estopped", "running")
 
 
 # -- every status a campaign can be resumed from ------------------------------------------------------
