@@ -61,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         campaign_id = start_campaign(store, protocol, RIG, seed=args.seed)
         profiler = cProfile.Profile() if args.profile else None
         with campaign_logging(folder / "dry_run.log"):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             if profiler is not None:
                 profiler.enable()
             status = run_campaign(store, campaign_id, owner="benchmarks.dry_run")
             if profiler is not None:
                 profiler.disable()
-            wall_s = time.perf_counter() - start
+            wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         replicates = store.replicates(campaign_id, include_set_aside=True)
         conditions = store.conditions(campaign_id)
         virtual_s = max((r.clock_s for r in replicates), default=0.0)
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [
             ("status", status),
             ("wall time", f"{wall_s:.1f} s"),
+            ("CPU time (all threads)", f"{cpu_s:.1f} s"),
             ("rounds", str(len(store.rounds(campaign_id)))),
             ("conditions", str(len(conditions))),
             ("replicates (accepted)", f"{len(replicates)} ({sum(r.accepted for r in replicates)})"),

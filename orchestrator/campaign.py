@@ -325,6 +325,7 @@ class _Runner:
         self._observations: dict[tuple[int, int], Observation] = {}
         self._recalibrate = False
         self._pumps_checked_at = 0.0
+        self._last_heartbeat = 0.0
         self._rechecks_failed = 0
 
     # ---- small helpers ------------------------------------------------------------------------
@@ -526,6 +527,7 @@ class _Runner:
         _Reequilibrate after a hold (the flow was stopped), _Restart after a too-long pause."""
         if self.watcher is not None and self.watcher.claim_lost:
             raise CampaignError(self.watcher.claim_lost)
+        self._heartbeat()
         held_s: float | None = None
         if self.watcher is not None and self.watcher.tripped.is_set():
             held_s = self._hold_estop(None)
@@ -549,6 +551,13 @@ class _Runner:
                     f"paused {held_s:.0f} s > pause_restart_after_s {limit:g} s: the droplets in the line have aged"
                 )
             raise _Reequilibrate()
+
+    def _heartbeat(self) -> None:
+        """Prove the main loop is alive (at most once a second; the watcher covers long waits)."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= 1.0:
+            self.store.heartbeat(self.campaign_id, self.owner)
+            self._last_heartbeat = now
 
     def _side_control(self, control: Any) -> None:
         """Requests that do not change what the runner does next."""
