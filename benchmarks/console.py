@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -201,6 +201,7 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float]
     errors: int
+    cpu_share: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds per second
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -315,7 +316,8 @@ def table(
                 f"API: {load.label}, {load.seconds:.0f} s, campaign running",
                 f"p50 {load.pct(50):.1f} ms, p95 {load.pct(95):.1f} ms, p99 {p99:.1f} ms, "
                 f"max {max(load.latencies_ms):.0f} ms; {len(load.latencies_ms) / load.seconds:.0f} requests/s, "
-                f"{load.errors} errors",
+                f"{load.errors} errors; CPU used: "
+                + ", ".join(f"{k} {v * 100:.0f} %" for k, v in load.cpu_share.items()),
                 f"p99 <= {P99_GOAL_MS:.0f} ms, no errors" if goal else "(no goal)",
                 ("met" if p99 <= P99_GOAL_MS and load.errors == 0 else "MISSED") if goal else "",
             )
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         serve = sdl("serve", "--db", url, "--port", str(port), "--no-background")
         run = sdl("run", str(_endless_protocol(tmpdir)), "--rig", str(RIG), "--db", url, "--seed", "1")
         with (
-            process(serve, tmpdir / "serve.log"),
+            process(serve, tmpdir / "serve.log") as server_proc,
             process(run, tmpdir / "run.log", env=env) as campaign_proc,
             httpx.Client(
                 base_url=base, headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=10
@@ -383,28 +385,22 @@ def main(argv: list[str] | None = None) -> int:
             campaign = wait_until("the campaign", lambda: _first_campaign(client))
             console.print(f"campaign {campaign} running; clicking pause in the page {args.pauses} times")
             pause = measure_pauses(base, client, campaign, args.pauses, tmpdir / "profile")
-            console.print(f"{args.clients} page-like clients for {args.load_seconds:g} s")
-            pages = asyncio.run(
-                _load(
+            pids = {"console": server_proc.pid, "campaign": campaign_proc.pid}
+            loads = []
+            for label, interval in (
+                (
                     f"{args.clients} clients, each with an open event stream and a read every {args.interval_s:g} s",
-                    base,
-                    tokens,
-                    campaign,
-                    args.load_seconds,
                     args.interval_s,
-                )
-            )
-            console.print(f"{args.clients} scripts polling back to back for {args.load_seconds:g} s")
-            scripts = asyncio.run(
-                _load(
-                    f"{args.clients} scripts polling back to back",
-                    base,
-                    tokens,
-                    campaign,
-                    args.load_seconds,
-                    0,
-                )
-            )
+                ),
+                (f"{args.clients} clients polling back to back", 0.0),
+            ):
+                console.print(f"API: {label}, {args.load_seconds:g} s")
+                cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+                result = asyncio.run(_load(label, base, tokens, campaign, args.load_seconds, interval))
+                result.cpu_share = {
+                    k: (cpu_seconds(pid) - cpu_before[k]) / result.seconds for k, pid in pids.items()
+                }
+                loads.append(result)
             if campaign_proc.poll() is not None or _state(client, campaign) != "running":
                 raise RuntimeError(
                     f"the campaign was not running to the end of the benchmark (see {tmpdir / 'run.log'}): "
@@ -415,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         f"1-minute load average {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after it "
         f"on {os.cpu_count()} CPUs (other work included)"
     )
-    rows = table(pause, [pages, scripts], pages)
+    rows = table(pause, loads, loads[0])
     out = Table("measure", "result", "goal", "", title="operator console on 127.0.0.1")
     for row in rows:
         out.add_row(*row)
@@ -426,6 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         write_docs(rows, command, args.pace, context)
         console.print(f"written to {DOCS.relative_to(REPO)}")
     return 0 if all(r[3] in ("met", "") for r in rows) else 1
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _endless_protocol(tmp: Path) -> Path:

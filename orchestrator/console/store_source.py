@@ -61,13 +61,14 @@ from orchestrator.spectra import interpolate_target, wavelength_grid
 from orchestrator.state import InvalidTransition
 from orchestrator.store import (
     CampaignRow,
-    ConditionRow,
     EventRow,
-    RoundRow,
     Store,
     array_from_bytes,
+    conditions_t,
+    events_t,
     open_store,
     replicates_t,
+    rounds_t,
 )
 from orchestrator.store import UnknownCampaign as StoreUnknownCampaign
 
@@ -78,7 +79,7 @@ T = TypeVar("T")
 MAX_PLOT_POINTS = 211  # a droplet spectrum on the page: every 2 nm of the paper's 1 nm grid is plenty
 POSITION_FRESH_S = 0.1  # many pages refreshing at once share one look at the journal's position
 CACHE_MAX_AGE_S = 2.0
-REFRESH_EVERY_S = 0.1  # the background refresher's period: how stale a page's view can be
+REFRESH_EVERY_S = 0.2  # the background refresher's period: how stale a page's view can be
 HOT_FOR_S = 5.0  # a view nobody asked for this long is no longer renewed in the background
 MAX_CACHED_VIEWS = 512  # a safety net: a view older than this is recomputed even if the journal stood still
 
@@ -143,6 +144,7 @@ class StoreSource:
         self._makers: dict[tuple[Any, ...], Callable[[], Any]] = {}
         self._asked: dict[tuple[Any, ...], float] = {}  # key -> when a reader last asked for it
         self._position = (-1, -math.inf)  # (latest event id, when it was read)
+        self._building = threading.local()  # .position: the journal position a view is built at
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -165,7 +167,10 @@ class StoreSource:
     def _cached(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
         self._asked[key] = self._clock()
         self._makers[key] = compute
-        position = self._journal_position()
+        # a view built from another (the snapshot) is built at the position its caller builds at
+        position = getattr(self._building, "position", None)
+        if position is None:
+            position = self._journal_position()
         hit = self._hit(key, position)
         if hit is not None:
             return hit[0]
@@ -179,7 +184,12 @@ class StoreSource:
             hit = self._hit(key, position)
             if hit is not None:
                 return hit[0]
-            value = compute()
+            outer = getattr(self._building, "position", None)
+            self._building.position = position
+            try:
+                value = compute()
+            finally:
+                self._building.position = outer
             with self._lock:
                 if len(self._cache) > MAX_CACHED_VIEWS:
                     self._cache.clear()
@@ -274,14 +284,17 @@ class StoreSource:
     def _list(self) -> list[CampaignSummary]:
         out = []
         for row in self.store.campaigns():
-            plan = self._plan(row)
-            progress = self._progress(row, plan) if row.status not in ENDED else _ended_progress(row)
+            progress = (
+                _progress(self._plan(row), self._snapshot(row.id))
+                if row.status not in ENDED
+                else _ended_progress(row)
+            )
             out.append(
                 CampaignSummary(
                     id=row.id,
                     name=row.name,
                     state=row.status,
-                    reason=self._reason(row),
+                    reason=row.description,
                     updated_at=row.updated_at,
                     progress=progress,
                 )
@@ -292,70 +305,84 @@ class StoreSource:
         return self._cached(("campaign", campaign_id), lambda: self._detail(campaign_id))
 
     def _detail(self, campaign_id: str) -> CampaignDetail:
-        row = self._row(campaign_id)
-        plan = self._plan(row)
-        conditions = self.store.conditions(campaign_id)
+        snap = self._snapshot(campaign_id)
+        row, plan = snap.row, self._plan(snap.row)
         best = None
-        for c in conditions:
+        for c in snap.conditions:
             if c.median_loss is not None and (best is None or c.median_loss < best.loss):
-                best = Best(float(c.median_loss), c.round, c.index, dict(c.inputs))
-        current = next((c for c in reversed(conditions) if c.status == "measuring"), None)
+                best = Best(c.median_loss, _ordinal_of(snap.round_indices, c.round), c.index + 1, c.inputs)
+        current = snap.measuring
         return CampaignDetail(
             id=row.id,
             name=row.name,
             state=row.status,
-            reason=self._reason(row),
+            reason=row.description,
             updated_at=row.updated_at,
-            progress=self._progress(row, plan, conditions),
+            progress=_progress(plan, snap),
             started_at=row.created_at,
             best=best,
             current_inputs=dict(current.inputs) if current is not None else {},
             variables=list(plan.variables),
         )
 
-    @staticmethod
-    def _reason(row: CampaignRow) -> str:
-        return row.description
+    def _snapshot(self, campaign_id: str) -> _Snapshot:
+        return self._cached(("snapshot", campaign_id), lambda: self._read_snapshot(campaign_id))
 
-    def _progress(
-        self, row: CampaignRow, plan: _Plan, conditions: Sequence[ConditionRow] | None = None
-    ) -> Progress:
-        conditions = self.store.conditions(row.id) if conditions is None else conditions
-        rounds = self.store.rounds(row.id)
-        if not rounds:
-            return Progress(
-                rounds_max=plan.max_rounds, conditions=plan.batch_size, replicates=plan.replicates
-            )
-        last = rounds[-1]
-        in_round = [c for c in conditions if c.round == last.index]
-        current = next((c for c in in_round if c.status == "measuring"), None)
-        replicate = 0
-        if current is not None:
-            replicate = sum(
-                1
-                for r in self.store.replicates(row.id, current.round, current.index)
-                if r.attempt == current.attempt
-            )
-        else:
-            done_here = [c for c in in_round if c.status in ("done", "failed")]
-            current = done_here[-1] if done_here else None
-            replicate = plan.replicates or 0 if current is not None else 0
-        done = sum(1 for c in conditions if c.status in ("done", "failed"))
-        planned = (plan.max_conditions or 0) or ((plan.max_rounds or 0) * (plan.batch_size or 0))
-        measured = done * (plan.replicates or 1) + (
-            replicate if current is not None and current.status == "measuring" else 0
-        )
-        fraction = min(1.0, measured / (planned * (plan.replicates or 1))) if planned else 0.0
-        position = {c.index: i for i, c in enumerate(in_round)}
-        return Progress(
-            round=_ordinal(rounds, last.index),
-            rounds_max=plan.max_rounds,
-            condition=position[current.index] + 1 if current is not None else None,
-            conditions=len(in_round) or plan.batch_size,
-            replicate=replicate or None,
-            replicates=plan.replicates,
-            fraction=fraction,
-        )
+    def _read_snapshot(self, campaign_id: str) -> _Snapshot:
+        """Everything the progress, losses and bounds views need, in one read transaction and
+        without the large columns (predicted spectra, raw counts) ``Store.conditions`` decodes."""
+        row = self._row(campaign_id)
+        c, r, rep = conditions_t.c, rounds_t.c, replicates_t.c
+        with self.store.engine.connect() as conn:
+            rounds = [
+                _Round(
+                    x.round_index, x.strategy, {k: (float(v[0]), float(v[1])) for k, v in x.bounds.items()}
+                )
+                for x in conn.execute(
+                    sa.select(r.round_index, r.strategy, r.bounds)
+                    .where(r.campaign_id == campaign_id)
+                    .order_by(r.round_index)
+                )
+            ]
+            conditions = [
+                _Cond(
+                    x.round_index,
+                    x.condition_index,
+                    x.status,
+                    x.attempt,
+                    {k: float(v) for k, v in x.inputs.items()},
+                    None if x.median_loss is None else float(x.median_loss),
+                    int(x.accepted or 0),
+                )
+                for x in conn.execute(
+                    sa.select(
+                        c.round_index,
+                        c.condition_index,
+                        c.status,
+                        c.attempt,
+                        c.inputs,
+                        c.median_loss,
+                        c.accepted,
+                    )
+                    .where(c.campaign_id == campaign_id)
+                    .order_by(c.round_index, c.condition_index)
+                )
+            ]
+            measuring = next((x for x in reversed(conditions) if x.status == "measuring"), None)
+            replicates = 0
+            if measuring is not None:
+                replicates = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(replicates_t)
+                    .where(
+                        rep.campaign_id == campaign_id,
+                        rep.round_index == measuring.round,
+                        rep.condition_index == measuring.index,
+                        rep.attempt == measuring.attempt,
+                        rep.set_aside.is_(False),
+                    )
+                ).scalar_one()
+        return _Snapshot(row, rounds, conditions, measuring, int(replicates))
 
     # ---- events ----------------------------------------------------------------------------------
 
@@ -368,17 +395,26 @@ class StoreSource:
         return self._cached(("recent_events", campaign_id, limit), lambda: self._recent(campaign_id, limit))
 
     def _recent(self, campaign_id: str, limit: int) -> Sequence[ConsoleEvent]:
+        """The campaign's newest ``limit`` events, oldest first (one indexed query, newest first)."""
         self._row(campaign_id)
-        latest = self.store.latest_event_id()
-        # read back from the newest event, widening the window until enough of this campaign's are in it
-        found: list[EventRow] = []
-        window = max(limit * 4, 500)
-        low = latest
-        while low > 0 and len(found) < limit:
-            low = max(0, latest - window)
-            found = self.store.events(campaign_id, after_id=low, limit=latest - low)
-            window *= 4
-        return self._console_events(found[-limit:])
+        e = events_t.c
+        query = sa.select(events_t).where(e.campaign_id == campaign_id).order_by(e.id.desc()).limit(limit)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return self._console_events(
+            [
+                EventRow(
+                    id=r["id"],
+                    campaign_id=r["campaign_id"],
+                    at=r["at"],
+                    kind=r["kind"],
+                    who=r["who"],
+                    reason=r["reason"],
+                    data=dict(r["data"] or {}),
+                )
+                for r in reversed(rows)
+            ]
+        )
 
     def latest_event_id(self) -> int:
         return self.store.latest_event_id()
@@ -411,12 +447,12 @@ class StoreSource:
         return self._cached(("spectra", campaign_id, limit), lambda: self._spectra(campaign_id, limit))
 
     def _spectra(self, campaign_id: str, limit: int) -> SpectraView:
-        row = self._row(campaign_id)
-        plan = self._plan(row)
         droplets: list[Droplet] = []
         # the condition measured last (or being measured): its latest droplets
-        measured = [c for c in self.store.conditions(campaign_id) if c.status != "planned"]
-        rounds = [r.index for r in self.store.rounds(campaign_id)]
+        snap = self._snapshot(campaign_id)
+        plan = self._plan(snap.row)
+        measured = [c for c in snap.conditions if c.status != "planned"]
+        rounds = snap.round_indices
         for c in reversed(measured):
             reps = self._latest_replicates(campaign_id, c.round, c.index, c.attempt, limit)
             if not reps:
@@ -460,29 +496,25 @@ class StoreSource:
         return self._cached(("losses", campaign_id), lambda: self._losses(campaign_id))
 
     def _losses(self, campaign_id: str) -> LossesView:
-        self._row(campaign_id)
-        conditions = self.store.conditions(campaign_id)
+        snap = self._snapshot(campaign_id)
         out: list[RoundLosses] = []
         best_so_far: list[dict[str, float]] = []
         best = math.inf
-        for k, r in enumerate(self.store.rounds(campaign_id), start=1):
-            mine = [c for c in conditions if c.round == r.index]
+        for k, r in enumerate(snap.rounds, start=1):
+            mine = [c for c in snap.conditions if c.round == r.index]
             out.append(
                 RoundLosses(
                     index=k,
                     strategy=r.strategy,
                     conditions=[
                         ConditionLoss(
-                            index=i,
-                            median_loss=None if c.median_loss is None else float(c.median_loss),
-                            accepted=int(c.accepted or 0),
-                            inputs=dict(c.inputs),
+                            index=i, median_loss=c.median_loss, accepted=c.accepted, inputs=c.inputs
                         )
                         for i, c in enumerate(mine, start=1)
                     ],
                 )
             )
-            scored = [float(c.median_loss) for c in mine if c.median_loss is not None]
+            scored = [c.median_loss for c in mine if c.median_loss is not None]
             if scored:
                 best = min(best, *scored)
             if math.isfinite(best):
@@ -493,20 +525,19 @@ class StoreSource:
         return self._cached(("bounds", campaign_id), lambda: self._bounds(campaign_id))
 
     def _bounds(self, campaign_id: str) -> BoundsView:
-        row = self._row(campaign_id)
-        plan = self._plan(row)
+        snap = self._snapshot(campaign_id)
+        plan = self._plan(snap.row)
         variables = [VariableLimits(n, limits, unit) for n, (limits, unit) in plan.variables.items()]
         history: list[BoundsStep] = []
         previous: dict[str, tuple[float, float]] | None = None
-        for k, r in enumerate(self.store.rounds(campaign_id), start=1):
-            now = {n: (float(lo), float(hi)) for n, (lo, hi) in dict(r.bounds).items()}
+        for k, r in enumerate(snap.rounds, start=1):
             widened = (
                 []
                 if previous is None
-                else [n for n, b in now.items() if n in previous and _wider(b, previous[n])]
+                else [n for n, b in r.bounds.items() if n in previous and _wider(b, previous[n])]
             )
-            history.append(BoundsStep(k, now, widened))
-            previous = now
+            history.append(BoundsStep(k, r.bounds, widened))
+            previous = r.bounds
         return BoundsView(variables, history)
 
     # ---- control ---------------------------------------------------------------------------------
@@ -558,8 +589,65 @@ class StoreSource:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def _ordinal(rounds: Sequence[RoundRow], index: int) -> int:
-    return _ordinal_of([r.index for r in rounds], index)
+@dataclass(frozen=True)
+class _Round:
+    index: int
+    strategy: str
+    bounds: dict[str, tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class _Cond:
+    round: int
+    index: int
+    status: str
+    attempt: int
+    inputs: dict[str, float]
+    median_loss: float | None
+    accepted: int
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    row: CampaignRow
+    rounds: list[_Round]
+    conditions: list[_Cond]
+    measuring: _Cond | None  # the condition being measured now
+    replicates: int  # of the measuring condition's current attempt
+
+    @property
+    def round_indices(self) -> list[int]:
+        return [r.index for r in self.rounds]
+
+
+def _progress(plan: _Plan, snap: _Snapshot) -> Progress:
+    if not snap.rounds:
+        return Progress(rounds_max=plan.max_rounds, conditions=plan.batch_size, replicates=plan.replicates)
+    last = snap.rounds[-1]
+    in_round = [c for c in snap.conditions if c.round == last.index]
+    current = snap.measuring if snap.measuring is not None and snap.measuring.round == last.index else None
+    replicate = snap.replicates if current is not None else 0
+    if current is None:  # between conditions: the last one finished
+        finished = [c for c in in_round if c.status in ("done", "failed")]
+        current = finished[-1] if finished else None
+        replicate = (plan.replicates or 0) if current is not None else 0
+    done = sum(1 for c in snap.conditions if c.status in ("done", "failed"))
+    per_condition = plan.replicates or 1
+    planned = (plan.max_conditions or 0) or ((plan.max_rounds or 0) * (plan.batch_size or 0))
+    measuring_now = snap.replicates if snap.measuring is not None else 0
+    fraction = (
+        min(1.0, (done * per_condition + measuring_now) / (planned * per_condition)) if planned else 0.0
+    )
+    position = {c.index: i for i, c in enumerate(in_round)}
+    return Progress(
+        round=_ordinal_of(snap.round_indices, last.index),
+        rounds_max=plan.max_rounds,
+        condition=position[current.index] + 1 if current is not None else None,
+        conditions=len(in_round) or plan.batch_size,
+        replicate=replicate or None,
+        replicates=plan.replicates,
+        fraction=fraction,
+    )
 
 
 def _ordinal_of(indices: Sequence[int], index: int) -> int:
@@ -570,7 +658,7 @@ def _ordinal_of(indices: Sequence[int], index: int) -> int:
         return index + 1
 
 
-def _condition_ordinal(conditions: Sequence[ConditionRow], c: ConditionRow) -> int:
+def _condition_ordinal(conditions: Sequence[_Cond], c: _Cond) -> int:
     return _ordinal_of([x.index for x in conditions if x.round == c.round], c.index)
 
 
@@ -583,9 +671,12 @@ def _wider(now: tuple[float, float], before: tuple[float, float]) -> bool:
 
 
 def _floats(values: np.ndarray) -> list[float | None]:
-    return [
-        float(round(v, 5)) if math.isfinite(v) else None for v in np.asarray(values, dtype=float).tolist()
-    ]
+    """JSON-ready numbers (5 decimals are far below the noise); NaN and infinities become None."""
+    a = np.round(np.asarray(values, dtype=float), 5)
+    finite = np.isfinite(a)
+    if finite.all():
+        return a.tolist()
+    return [v if ok else None for v, ok in zip(a.tolist(), finite.tolist(), strict=True)]
 
 
 def _read_plan(row: CampaignRow) -> _Plan:

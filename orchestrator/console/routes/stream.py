@@ -78,11 +78,21 @@ async def stream(
                     if sub.overflowed:
                         return
                 else:
-                    if event is None:  # overflowed: end, the browser reconnects and replays
+                    # a burst (one event per replicate) goes out as one write, not one per event
+                    burst = [event]
+                    while not sub.queue.empty():
+                        burst.append(sub.queue.get_nowait())
+                    frames_out = []
+                    for item in burst:
+                        if item is None:  # overflowed: end, the browser reconnects and replays
+                            break
+                        if item.id > sent:
+                            frames_out.append(_frame(item))
+                            sent = item.id
+                    if frames_out:
+                        yield "".join(frames_out)
+                    if None in burst:
                         return
-                    if event.id > sent:
-                        yield _frame(event)
-                        sent = event.id
                 if time.monotonic() - checked > RECHECK_S:
                     checked = time.monotonic()
                     if await run_in_threadpool(auth.authenticate, request) is None:
