@@ -218,6 +218,14 @@ def load_spec(row: Any, workdir: Path) -> CampaignSpec:
 # -- control flow inside the runner -------------------------------------------------------------------
 
 
+class _FromCaller(Exception):
+    """An exception raised by the caller's ``sleep`` hook: passed back to the caller unchanged."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 class _Aborted(Exception):
     def __init__(self, who: str, reason: str) -> None:
         super().__init__(reason)
@@ -621,7 +629,10 @@ class _Runner:
                     self.store.mark_control_handled(control.id, f"refused: already {status}")
                     continue
                 self._side_control(control)
-            self.sleep(self.poll_s)
+            try:
+                self.sleep(self.poll_s)
+            except BaseException as exc:  # the caller's hook (an agent handing the campaign back)
+                raise _FromCaller(exc) from exc
 
     # ---- history and stop rules -----------------------------------------------------------------
     def _load_history(self, spec: CampaignSpec) -> None:
@@ -1064,6 +1075,8 @@ class _Runner:
             self._stop_flow()
             self._set_status(state.ABORTED, reason=exc.reason or "aborted", who=exc.who)
             return state.ABORTED
+        except _FromCaller as passed:
+            raise passed.original from None
         except (CampaignError, KeyboardInterrupt):
             raise
         except Exception as exc:

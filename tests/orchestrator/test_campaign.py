@@ -567,3 +567,26 @@ def test_an_optimiser_failure_faults_the_campaign_with_the_reason(store: Store, 
     assert run(store, cid) == state.FAULTED
     assert store.campaign(cid).reason == "engine error: RuntimeError: the model diverged (see the log)"
     assert store.rounds(cid) == []
+
+
+def test_an_exception_from_the_callers_wait_hook_reaches_the_caller(store: Store, tmp_path: Path) -> None:
+    """An agent hands a held campaign back by raising from its sleep hook: the runner lets it through."""
+
+    class HandBack(Exception):
+        pass
+
+    cid = start(store, tmp_path)
+    op = Operator(store, cid)
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "replicate" and info["index"] == 0:
+            op.request("pause", "agent stopping")
+
+    def sleep(_: float) -> None:
+        raise HandBack("stopping")
+
+    with pytest.raises(HandBack):
+        run(store, cid, progress=progress, sleep=sleep)
+    row = store.campaign(cid)
+    assert row.status == state.PAUSED and row.owner is None
+    assert all(rate == 0.0 for rate in get_world("simulated")._rates.values())
