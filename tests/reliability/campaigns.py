@@ -173,11 +173,6 @@ def sdl(args: Sequence[str], cwd: Path, **popen: Any) -> subprocess.Popen[bytes]
 
 # -- in this process: pausing at a chosen checkpoint ------------------------------------------------
 
-# the delivered rate of a New Era pump depends on whether it was running (it keeps its rate units
-# while pumping, at most 0.1 % off: see /work/notes/RELIABILITY_FINDINGS.md #8), so a campaign whose
-# pumps were stopped and restarted can differ from an uninterrupted one by this much in a median loss
-RATE_ROUNDING_LOSS_TOL = 1e-3
-
 
 @dataclass
 class PauseRun:

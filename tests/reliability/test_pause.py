@@ -35,22 +35,7 @@ def test_pause_and_resume_equal_the_uninterrupted_run(
     run = cz.run_with_pause(store, start_campaign(store, protocol, cz.RIG, seed=11), at)
     assert run.paused and run.resumed, "the pause was never honoured"
     assert run.outcome.status == "finished"
-    diff = cz.compare(reference.outcome, run.outcome)
-    assert (diff.lost, diff.duplicated, diff.status_differs) == (0, 0, False), diff
-    assert diff.max_median_delta <= cz.RATE_ROUNDING_LOSS_TOL, diff
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="RELIABILITY_FINDINGS.md #8: pumps restarted after a pause get their rate in other units "
-    "(<= 0.1 % apart), so the paused condition's losses differ by ~1e-4; remove this mark once fixed",
-)
-def test_a_pause_mid_condition_is_bit_identical(setup: tuple[Store, Path, cz.PauseRun]) -> None:
-    store, protocol, reference = setup
-    run = cz.run_with_pause(
-        store, start_campaign(store, protocol, cz.RIG, seed=11), int(0.7 * reference.events)
-    )
-    assert cz.compare(reference.outcome, run.outcome).none
+    assert cz.compare(reference.outcome, run.outcome).none, cz.compare(reference.outcome, run.outcome)
 
 
 def test_a_pause_after_the_end_finds_it_finished(setup: tuple[Store, Path, cz.PauseRun]) -> None:
