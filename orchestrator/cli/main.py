@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # command modules under orchestrator.cli, each adding its sub-commands
-COMMAND_MODULES = ["hw", "sim", "serve", "users", "report", "run", "sila", "campaign_control"]
+COMMAND_MODULES = ["hw", "sim", "serve", "users", "report", "run", "sila", "campaign_control", "agent"]
 
 
 def build_parser() -> argparse.ArgumentParser:

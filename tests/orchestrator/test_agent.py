@@ -1,0 +1,400 @@
+"""``sdl agent``: agents claim the campaigns queued for their rig with row locks, never share one,
+hand a campaign back on a clean stop, and mark (and resume) campaigns whose agent died. On SQLite
+always and on PostgreSQL when SDL_TEST_POSTGRES_URL is set (``.ci/run`` starts one)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from orchestrator import state
+from orchestrator.agent import Agent
+from orchestrator.campaign import run_campaign, start_campaign
+from orchestrator.cli.main import main
+from orchestrator.store import Store, normalise_url, open_store
+from tests.orchestrator.campaign_support import SIM_RIG, fingerprint, statuses, tiny_protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_URL = os.environ.get("SDL_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(not PG_URL, reason="SDL_TEST_POSTGRES_URL is not set"),
+            ],
+        ),
+    ]
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'runs' / 'sdl.db'}"
+        return
+    assert PG_URL is not None
+    schema = f"t_{secrets.token_hex(6)}"  # a private schema per test
+    admin = sa.create_engine(normalise_url(PG_URL))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def rig_file(folder: Path, name: str) -> Path:
+    """The simulated rig under another name, on buses of its own (two rigs in one process)."""
+    data = yaml.safe_load(SIM_RIG.read_text())
+    data["name"] = name
+    for pump in data["pumps"]:
+        driver, bus = pump["port"][len("sim://") :].split("/")
+        pump["port"] = f"sim://{driver}/{name}-{bus}"
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def rigs(tmp_path: Path) -> dict[str, Path]:
+    return {name: rig_file(tmp_path, name) for name in ("rig-a", "rig-b")}
+
+
+@pytest.fixture
+def protocol(tmp_path: Path) -> Path:
+    return tiny_protocol(tmp_path)
+
+
+def queue(store: Store, protocol: Path, rig: Path, seed: int, rounds: int = 1) -> str:
+    return start_campaign(
+        store, protocol, rig, seed=seed, options={"max_rounds": rounds}, status=state.QUEUED
+    )
+
+
+def claims(store: Store, campaign_id: str) -> list[str]:
+    """Who claimed the campaign, in order (the runner re-claims what its agent claimed: counted once)."""
+    who: list[str] = []
+    for e in store.events(campaign_id, limit=1000):
+        if e.kind == "claimed" and (not who or who[-1] != e.who):
+            who.append(e.who)
+    return who
+
+
+def serve_in_threads(*agents: Agent) -> None:
+    errors: list[BaseException] = []
+
+    def go(agent: Agent) -> None:
+        try:
+            agent.serve(exit_when_idle=True)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(a,)) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "an agent did not finish"
+    assert not errors, errors
+
+
+_REFERENCES: dict[tuple[int, int], dict[str, Any]] = {}
+
+
+def uninterrupted(tmp_path: Path, protocol: Path, rig: Path, seed: int, rounds: int = 1) -> dict[str, Any]:
+    """The fingerprint of the same campaign run in one go, in a store of its own (once per seed)."""
+    if (seed, rounds) not in _REFERENCES:
+        other = open_store(f"sqlite:///{tmp_path / 'reference.db'}")
+        try:
+            campaign_id = start_campaign(other, protocol, rig, seed=seed, options={"max_rounds": rounds})
+            assert run_campaign(other, campaign_id, owner="reference") == state.FINISHED
+            _REFERENCES[seed, rounds] = fingerprint(other, campaign_id)
+        finally:
+            other.close()
+    return _REFERENCES[seed, rounds]
+
+
+def assert_same_campaign(store: Store, campaign_id: str, reference: dict[str, Any], kept: int) -> None:
+    """Same batches as an uninterrupted run with the seed, every replicate once, and the ``kept``
+    replicates measured before the interruption unchanged. (Droplets measured after a resume in a
+    fresh simulated world may differ in the last digits from an uninterrupted run's.)"""
+    got = fingerprint(store, campaign_id)
+    assert got["rounds"] == reference["rounds"]
+    assert [c[:4] for c in got["conditions"]] == [c[:4] for c in reference["conditions"]]
+    assert [r[:3] for r in got["replicates"]] == [r[:3] for r in reference["replicates"]]
+    assert got["replicates"][:kept] == reference["replicates"][:kept]
+    assert len(store.replicates(campaign_id, include_set_aside=True)) == len(reference["replicates"])
+
+
+def test_two_agents_two_rigs_one_store(store: Store, rigs: dict[str, Path], protocol: Path) -> None:
+    ids = {name: [queue(store, protocol, path, seed) for seed in (1, 2)] for name, path in rigs.items()}
+    a = Agent(store, "rig-a", owner="agent-a@host-a:1")
+    b = Agent(store, "rig-b", owner="agent-b@host-b:1")
+    serve_in_threads(a, b)
+    assert sorted(cid for cid, _ in a.stats.ran) == sorted(ids["rig-a"])
+    assert sorted(cid for cid, _ in b.stats.ran) == sorted(ids["rig-b"])
+    for name, owner in (("rig-a", a.owner), ("rig-b", b.owner)):
+        for campaign_id in ids[name]:
+            row = store.campaign(campaign_id)
+            assert row.status == state.FINISHED and row.owner is None
+            assert claims(store, campaign_id) == [owner]
+
+
+def test_agents_of_one_rig_never_share_a_campaign(
+    store: Store, rigs: dict[str, Path], protocol: Path
+) -> None:
+    """Two agents of one rig (two hosts wired to the same instruments, say) draining its queue at once.
+    The runs are stand-ins (one simulated rig cannot be driven twice in one process); the claims are real."""
+    ids = [queue(store, protocol, rigs["rig-a"], seed) for seed in range(1, 7)]
+    both_busy = threading.Barrier(2)
+
+    def fake_run(store: Store, campaign_id: str, *, owner: str, **_: Any) -> str:
+        store.claim(campaign_id, owner)
+        if not both_busy.broken:
+            try:
+                both_busy.wait(10)  # each agent holds a campaign while the other claims
+            except threading.BrokenBarrierError:
+                pass
+        store.set_status(campaign_id, state.RUNNING, who=owner)
+        store.set_status(campaign_id, state.FINISHED, who=owner)
+        return state.FINISHED
+
+    first = Agent(store, "rig-a", owner="agent-1@host-1:1", run=fake_run)
+    second = Agent(store, "rig-a", owner="agent-2@host-2:1", run=fake_run)
+
+    def drain(agent: Agent) -> None:
+        # as serve() does, but without the idle wait: a look that finds every queued row locked by the
+        # other agent's claim (SKIP LOCKED) comes back empty and is simply repeated
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if agent.step() is None and all(store.campaign(c).status == state.FINISHED for c in ids):
+                return
+
+    threads = [threading.Thread(target=drain, args=(a,)) for a in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not both_busy.broken, "the two agents never held a campaign each at the same time"
+    ran = [cid for cid, _ in first.stats.ran + second.stats.ran]
+    assert Counter(ran) == Counter(ids)  # each exactly once
+    assert first.stats.ran and second.stats.ran
+    for campaign_id in ids:
+        assert len(claims(store, campaign_id)) == 1
+        assert store.campaign(campaign_id).status == state.FINISHED
+
+
+def test_clean_stop_hands_the_campaign_back_and_another_agent_finishes_it(
+    store: Store, rigs: dict[str, Path], protocol: Path, tmp_path: Path
+) -> None:
+    campaign_id = queue(store, protocol, rigs["rig-a"], seed=7)
+    seen = Counter[str]()
+    agent = Agent(store, "rig-a", owner="agent-1@host-1:1")
+
+    def progress(event: str, **info: Any) -> None:
+        seen[event] += 1
+        if event == "replicate" and seen[event] == 4:
+            agent.request_stop()  # as SIGTERM does
+
+    agent._progress = progress
+    agent.serve()
+    row = store.campaign(campaign_id)
+    assert row.status == state.QUEUED and row.owner is None
+    assert agent.stats.handed_back == [campaign_id]
+    moves = statuses(store, campaign_id)
+    assert moves[-2:] == [(state.RUNNING, state.PAUSED), (state.PAUSED, state.QUEUED)]
+    assert store.pending_controls(campaign_id) == []
+    measured = len(store.replicates(campaign_id))
+    assert 4 <= measured < 3 * 3  # stopped mid-campaign, at a replicate boundary
+
+    successor = Agent(store, "rig-a", owner="agent-2@host-2:1")
+    successor.serve(exit_when_idle=True)
+    assert store.campaign(campaign_id).status == state.FINISHED
+    assert_same_campaign(
+        store, campaign_id, uninterrupted(tmp_path, protocol, rigs["rig-a"], seed=7), measured
+    )
+
+
+class _Died(BaseException):  # noqa: N818 - not an Exception: the runner's progress guard must not catch it
+    """The agent's process dies (the runner shields itself from progress callbacks' Exceptions)."""
+
+
+def test_campaign_of_a_dead_agent_is_orphaned_and_resumed_by_another(
+    store_url: str, store: Store, rigs: dict[str, Path], protocol: Path, tmp_path: Path
+) -> None:
+    campaign_id = queue(store, protocol, rigs["rig-a"], seed=3)
+    count = Counter[str]()
+
+    def dies(event: str, **info: Any) -> None:
+        count[event] += 1
+        if event == "replicate" and count[event] == 5:
+            raise _Died()
+
+    doomed = Agent(store, "rig-a", owner="agent-1@gone-host:1", progress=dies)
+    with pytest.raises(_Died):
+        doomed.serve(exit_when_idle=True)
+    store.claim(campaign_id, doomed.owner)  # as a kill -9 leaves it: owner set, heartbeat ageing
+    assert store.campaign(campaign_id).status == state.RUNNING
+
+    # a live agent of another rig leaves it alone; a fresh one of the same rig, a minute later, takes it
+    later = open_store(store_url, clock=lambda: datetime.now(UTC) + timedelta(seconds=120))
+    try:
+        assert Agent(later, "rig-b", owner="agent-b@host-b:1").mark_orphans() == []
+        watcher = Agent(later, "rig-a", owner="agent-2@host-2:1", resume_orphans=False)
+        assert watcher.mark_orphans() == [campaign_id]
+        row = later.campaign(campaign_id)
+        assert row.status == state.ORPHANED and row.owner is None
+        assert "agent-1@gone-host:1 stopped heartbeating" in row.reason
+        assert watcher.mark_orphans() == []  # marked once
+
+        rescuer = Agent(later, "rig-a", owner="agent-3@host-3:1")
+        rescuer.serve(exit_when_idle=True)
+    finally:
+        later.close()
+    assert store.campaign(campaign_id).status == state.FINISHED
+    moves = statuses(store, campaign_id)
+    assert (state.RUNNING, state.ORPHANED) in moves and (state.ORPHANED, state.RUNNING) in moves
+    assert_same_campaign(store, campaign_id, uninterrupted(tmp_path, protocol, rigs["rig-a"], seed=3), 5)
+
+
+def test_two_agents_racing_for_one_orphan(
+    store_url: str, store: Store, rigs: dict[str, Path], protocol: Path
+) -> None:
+    campaign_id = queue(store, protocol, rigs["rig-a"], seed=4)
+    store.claim(campaign_id, "agent-0@gone:1")
+    store.set_status(campaign_id, state.RUNNING, who="agent-0@gone:1")
+    later = open_store(store_url, clock=lambda: datetime.now(UTC) + timedelta(seconds=120))
+    try:
+        agents = [Agent(later, "rig-a", owner=f"agent-{i}@h{i}:1", resume_orphans=False) for i in (1, 2)]
+        found: list[list[str]] = []
+        barrier = threading.Barrier(2)
+
+        def look(agent: Agent) -> None:
+            barrier.wait(5)
+            found.append(agent.mark_orphans())
+
+        threads = [threading.Thread(target=look, args=(a,)) for a in agents]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        later.close()
+    assert sorted(found, key=len) == [[], [campaign_id]]
+    assert [m for m in statuses(store, campaign_id) if m[1] == state.ORPHANED] == [
+        (state.RUNNING, state.ORPHANED)
+    ]
+
+
+def test_an_agent_dying_while_aborting_ends_the_campaign_aborted(
+    store_url: str, store: Store, rigs: dict[str, Path], protocol: Path
+) -> None:
+    campaign_id = queue(store, protocol, rigs["rig-a"], seed=5)
+    store.claim(campaign_id, "agent-0@gone:1")
+    store.set_status(campaign_id, state.RUNNING, who="agent-0@gone:1")
+    store.set_status(campaign_id, state.ABORTING, who="alice", reason="wrong syringe")
+    later = open_store(store_url, clock=lambda: datetime.now(UTC) + timedelta(seconds=120))
+    try:
+        assert Agent(later, "rig-a", owner="agent-1@h:1").step() is None
+    finally:
+        later.close()
+    row = store.campaign(campaign_id)
+    assert row.status == state.ABORTED and "abort completed" in row.reason
+
+
+def sdl(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli.main", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_sdl_agent_sigterm_hands_the_campaign_back(
+    tmp_path: Path, rigs: dict[str, Path], protocol: Path
+) -> None:
+    # SQLite only: the real-signal path is the same on PostgreSQL, whose locking the tests above cover
+    store_url = f"sqlite:///{tmp_path / 'agents.db'}"
+    store = open_store(store_url)
+    campaign_id = queue(store, protocol, rigs["rig-a"], seed=6, rounds=2)
+    # paced simulation: the dry run takes wall time, so the signal lands mid-campaign
+    proc = sdl(
+        "agent", "--rig", str(rigs["rig-a"]), "--db", store_url, "--poll", "0.2", env={"SDL_SIM_PACE": "0.02"}
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not store.replicates(campaign_id) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)  # waits for the other process to measure, polling the shared store
+        assert store.replicates(campaign_id), "the agent measured nothing within 60 s"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    row = store.campaign(campaign_id)
+    assert row.status == state.QUEUED and row.owner is None, err
+    assert "handed back 1" in err
+    # a second agent, batch style, finishes it
+    assert main(["agent", "--rig", "rig-a", "--db", store_url, "--exit-when-idle", "--name", "batch"]) == 0
+    assert store.campaign(campaign_id).status == state.FINISHED
+    assert claims(store, campaign_id)[-1].startswith("batch@")
+    store.close()
+
+
+def test_sdl_agent_refuses_a_bad_rig_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\npumps: [{name: a, driver: kds, port: /dev/null, syringe_diameter_mm: 1}]\n")
+    assert (
+        main(["agent", "--rig", str(bad), "--db", f"sqlite:///{tmp_path / 'x.db'}", "--exit-when-idle"]) == 2
+    )
+    assert "pumps[0].driver" in capsys.readouterr().err
+
+
+def test_a_campaign_the_runner_cannot_run_is_taken_off_the_queue(
+    store: Store, rigs: dict[str, Path], protocol: Path
+) -> None:
+    broken, fine = (queue(store, protocol, rigs["rig-a"], seed) for seed in (1, 2))
+
+    def run(store: Store, campaign_id: str, *, owner: str, **kwargs: Any) -> str:
+        if campaign_id == broken:
+            raise RuntimeError("the rig's USB hub is gone")
+        return run_campaign(store, campaign_id, owner=owner, **kwargs)
+
+    agent = Agent(store, "rig-a", owner="agent-1@h:1", run=run)
+    agent.serve(exit_when_idle=True)  # neither stuck on it nor stopped by it
+    row = store.campaign(broken)
+    assert row.status == state.CREATED and "USB hub is gone" in row.reason and row.owner is None
+    assert store.campaign(fine).status == state.FINISHED
