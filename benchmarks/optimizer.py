@@ -327,15 +327,17 @@ def summarise(runs: list[Run], strategies: Sequence[str], scenario: str, rounds_
         cells.append(f"{np.median(times):.2f}" if times else "-")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     if BASELINE in by:
-        lines += ["", f"Paired Wilcoxon signed-rank tests against `{BASELINE}` (two-sided; rounds censored at "
-                  f"{max_r + 1}; loss at round 6):", "",
+        lines += ["", f"Paired Wilcoxon signed-rank tests against `{BASELINE}` (two-sided; a threshold not reached is "
+                  "counted as one round past the shorter of the two runs, so both sides are censored alike; "
+                  "loss at round 6):", "",
                   "| strategy | quantity | median difference | p |", "|---|---|---|---|"]
         base = by[BASELINE]
         for s, rs in by.items():
             if s == BASELINE:
                 continue
+            cap = min(rounds_of[s], rounds_of[BASELINE]) + 1
             pairs = {
-                **{f"rounds to {t}": (np.minimum(reach[(s, t)], max_r + 1), np.minimum(reach[(BASELINE, t)], max_r + 1))
+                **{f"rounds to {t}": (np.minimum(reach[(s, t)], cap), np.minimum(reach[(BASELINE, t)], cap))
                    for t in THRESHOLDS},
                 "true loss at round 6": (np.array([r.best_true[min(5, len(r.best_true) - 1)] for r in rs]),
                                          np.array([r.best_true[min(5, len(r.best_true) - 1)] for r in base])),
@@ -402,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, help="write the raw per-round results (JSON)")
     parser.add_argument("--load", type=Path, nargs="*", help="tabulate saved results instead of running")
     parser.add_argument("--write", action="store_true", help=f"write the tables into {DOC.relative_to(REPO)}")
+    parser.add_argument("--section", help="name of the block --write replaces (default: optimizer-CHEMISTRY)")
     args = parser.parse_args(argv)
     limit_threads(args.threads)
 
@@ -411,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.load:
         runs = [Run(**r) for path in args.load for r in json.loads(path.read_text())["runs"]]
         strategies = [s for s in strategies if any(r.strategy == s for r in runs)]
+        runs = paired(runs, strategies)
         for r in runs:
             rounds_of[r.strategy] = max(rounds_of.get(r.strategy, 0), len(r.best_true))
     else:
@@ -433,8 +437,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "\n".join(summarise(runs, strategies, sc, rounds_of) for sc in scenarios)
     print(text)
     if args.write:
-        write_section(DOC, f"optimizer-{args.chemistry}", text, " ".join(["python -m benchmarks.optimizer", *(argv or sys.argv[1:])]))
+        write_section(DOC, args.section or f"optimizer-{args.chemistry}", text, " ".join(["python -m benchmarks.optimizer", *(argv or sys.argv[1:])]))
     return 0
+
+
+def paired(runs: list[Run], strategies: Sequence[str]) -> list[Run]:
+    """Only the seeds every strategy ran, per scenario (saved results may come from several runs)."""
+    keep = []
+    for scenario in sorted({r.scenario for r in runs}):
+        seeds = set.intersection(*({r.seed for r in runs if r.scenario == scenario and r.strategy == s}
+                                   for s in strategies))
+        seen = set()
+        for r in runs:
+            key = (r.strategy, r.seed)
+            if r.scenario == scenario and r.strategy in strategies and r.seed in seeds and key not in seen:
+                seen.add(key)
+                keep.append(r)
+    return keep
 
 
 def write_section(path: Path, key: str, body: str, command: str) -> None:
