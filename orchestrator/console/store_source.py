@@ -558,12 +558,32 @@ class StoreSource:
                     f"an e-stop on every rig ({latch.who}: {latch.reason}) still holds rig {row.rig_name!r}: "
                     "clear it with `sdl estop --clear --reason TEXT` once every rig is safe"
                 )
+        if action in ("pause", "abort", "resume") and self.store.live_owner(campaign_id) is None:
+            return self._without_process(row, action, who, why)
         try:
             request_id = self.store.request_control(campaign_id, action, who=who, reason=why)
         except InvalidTransition as exc:  # it ended between the check above and the request
             raise ControlRefused(str(exc)) from None
         log.info("control request stored", campaign=campaign_id, action=action, by=who, request=request_id)
         return ControlReceipt(campaign_id, action, who, why, datetime.now(UTC), request_id)
+
+    def _without_process(self, row: CampaignRow, action: str, who: str, why: str) -> ControlReceipt:
+        """No process drives the campaign (queued, or its process is gone): a pause or an abort
+        takes effect at once, as with ``sdl pause``/``sdl abort``; a resume needs a process."""
+        if action == "resume":
+            raise ControlRefused(
+                f"no process runs campaign {row.id}: continue it with `sdl resume {row.id}` on the lab PC "
+                "(or a scheduled start that resumes it)"
+            )
+        final = states.PAUSED if action == "pause" else states.ABORTED
+        try:
+            self.store.set_status(
+                row.id, final, reason=why, who=who, data={"applied_by": "console", "no_live_process": True}
+            )
+        except InvalidTransition as exc:
+            raise ControlRefused(str(exc)) from None
+        log.info("control applied directly", campaign=row.id, action=action, by=who)
+        return ControlReceipt(row.id, action, who, why, datetime.now(UTC), None)
 
     # ---- health ----------------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
         options={},
         status=state.RUNNING,
     )
+    s.claim(s.campaigns()[0].id, "runner-1")  # a live campaign process (it heartbeats)
     yield s
     s.close()
 
@@ -314,3 +315,17 @@ def test_refresh_renews_the_views_readers_asked_for(store: Store) -> None:
         assert source._trust_s() >= 0.3
     finally:
         source.stop()
+
+
+def test_without_a_live_process_pause_and_abort_apply_at_once(store: Store) -> None:
+    """As ``sdl pause``/``sdl abort``: nobody would honour a request, so the state changes now."""
+    source = StoreSource(store, fresh_s=0)
+    cid = _campaign(store)
+    store.release(cid, "runner-1")
+    receipt = source.request_control(cid, "pause", "alice", "lunch")
+    assert receipt.request_id is None and store.pending_controls(cid) == []
+    assert store.campaign(cid).description.startswith("paused by alice")
+    with pytest.raises(ControlRefused, match=f"sdl resume {cid}"):
+        source.request_control(cid, "resume", "alice", "back")
+    source.request_control(cid, "abort", "alice", "wrong syringe")
+    assert store.campaign(cid).status == state.ABORTED
