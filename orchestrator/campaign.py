@@ -775,7 +775,10 @@ class _Runner:
         try:
             self._checkpoint(spec)
         except (_Reequilibrate, _Restart):
-            pass
+            pass  # no condition in hand: the next one sets its flow and equilibrates anyway
+        except _Fault as exc:
+            self._stop_flow()
+            self._hold(state.FAULTED, str(exc), "system")
 
     # ---- one condition ------------------------------------------------------------------------------
     def _measure_condition(self, spec: CampaignSpec, cond: ConditionRow) -> None:
@@ -917,6 +920,7 @@ class _Runner:
             if i in reps:
                 i += 1
                 continue
+            bind(replicate=i)
             try:
                 self._checkpoint(spec)
                 if not flowing:
@@ -949,7 +953,6 @@ class _Runner:
                         "the droplets in the line have aged"
                     ) from exc
                 continue
-            bind(replicate=i)
             accepted = [reps[k].loss for k in sorted(reps) if reps[k].accepted and reps[k].loss is not None]
             result = screen.screen(
                 counts, self._dark, self._reference, self._wavelengths, grid, self._loss, accepted
