@@ -48,12 +48,12 @@ class FaultPlan:
 
 
 def random_plans(rng: random.Random, horizon_s: float, pumps: list[str], most: int = 2) -> list[FaultPlan]:
-    """One or two faults somewhere in the first ``horizon_s`` virtual seconds of a campaign."""
+    """One to ``most`` faults somewhere in the first ``horizon_s`` virtual seconds of a campaign."""
     plans = []
+    kinds = [("pump", k) for k in PUMP_FAULTS] + [("spectrometer", k) for k in SPECTROMETER_FAULTS]
     for _ in range(rng.randint(1, most)):
-        device = rng.choice([*pumps, "spectrometer"])
-        kinds = SPECTROMETER_FAULTS if device == "spectrometer" else PUMP_FAULTS
-        kind = rng.choice(kinds)
+        what, kind = rng.choice(kinds)  # every kind equally often, then a pump at random
+        device = rng.choice(pumps) if what == "pump" else "spectrometer"
         duration = None if kind in ("stall", "reset") or rng.random() < 0.3 else rng.uniform(0.5, 60.0)
         plans.append(FaultPlan(device, kind, rng.uniform(0.0, horizon_s), duration))
     return plans

@@ -35,7 +35,6 @@ def _run(setup: tuple[Store, Path], *plans: fy.FaultPlan) -> fy.FaultRun:
         fy.FaultPlan("water", "garbage", 60.0, 2.0),
         fy.FaultPlan("spectrometer", "saturated", 40.0, 20.0),
         fy.FaultPlan("spectrometer", "dark_lamp", 30.0, 20.0),
-        fy.FaultPlan("spectrometer", "disconnect", 40.0, 5.0),
     ],
     ids=lambda p: f"{p.device}-{p.kind}",
 )
@@ -75,3 +74,13 @@ def test_a_pump_that_stops_answering_is_not_left_running(setup: tuple[Store, Pat
     run = _run(setup, fy.FaultPlan("water", kind, 60.0, None))
     assert run.clean, run  # held with a reason, then aborted: that part works
     assert not run.pumps_left_running, run
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="RELIABILITY_FINDINGS.md #12: after a spectrometer disconnect (even 0.5 s) its handle stays "
+    "void ('Device is not open'): every resume faults again and the campaign can only be aborted",
+)
+def test_a_spectrometer_replugged_is_used_again(setup: tuple[Store, Path]) -> None:
+    run = _run(setup, fy.FaultPlan("spectrometer", "disconnect", 40.0, 0.5))
+    assert run.status == "finished", run
