@@ -105,7 +105,7 @@ def wait_until(what: str, check: Callable[[], T], timeout_s: float = 120.0, ever
 class PauseResult:
     replicates_after_request: list[int]
     seconds_click_to_page_paused: list[float]
-    replicate_seconds: float  # the median wall time of one replicate at this pace
+    replicate_seconds: float  # the median wall time between consecutive replicates at this pace
 
 
 def _events(client: httpx.Client, campaign: str, after: int) -> list[dict[str, Any]]:
@@ -296,7 +296,7 @@ def table(
             "pause clicked in the page: replicates measured after the request",
             f"worst {worst} of {len(pause.replicates_after_request)} pauses "
             f"(each: {', '.join(map(str, pause.replicates_after_request))}); "
-            f"one replicate takes {pause.replicate_seconds * 1000:.0f} ms at this pace",
+            f"replicates of a condition {pause.replicate_seconds * 1000:.0f} ms apart (median) at this pace",
             f"<= {PAUSE_GOAL_REPLICATES}",
             "met" if worst <= PAUSE_GOAL_REPLICATES else "MISSED",
         ),
