@@ -141,15 +141,9 @@ def uninterrupted(tmp_path: Path, protocol: Path, rig: Path, seed: int, rounds: 
 
 
 def assert_same_campaign(store: Store, campaign_id: str, reference: dict[str, Any], kept: int) -> None:
-    """Same batches as an uninterrupted run with the seed, every replicate once, and the ``kept``
-    replicates measured before the interruption unchanged. (Droplets measured after a resume in a
-    fresh simulated world may differ in the last digits from an uninterrupted run's.)"""
-    got = fingerprint(store, campaign_id)
-    assert got["rounds"] == reference["rounds"]
-    assert [c[:4] for c in got["conditions"]] == [c[:4] for c in reference["conditions"]]
-    assert [r[:3] for r in got["replicates"]] == [r[:3] for r in reference["replicates"]]
-    assert got["replicates"][:kept] == reference["replicates"][:kept]
-    assert len(store.replicates(campaign_id, include_set_aside=True)) == len(reference["replicates"])
+    """Every number as in an uninterrupted run with the seed: nothing lost, nothing measured twice."""
+    assert fingerprint(store, campaign_id) == reference
+    assert len(store.replicates(campaign_id)) == len(reference["replicates"]) > kept
 
 
 def test_two_agents_two_rigs_one_store(store: Store, rigs: dict[str, Path], protocol: Path) -> None:
