@@ -125,6 +125,7 @@ class RichProgress:
         self.conditions = self.bars.add_task("conditions", total=None, note="")
         self.replicates = self.bars.add_task("replicates", total=None, note="")
         self.best: float | None = None
+        self.rounds_run = 0
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -138,6 +139,7 @@ class RichProgress:
         if event == "start":
             bars.update(self.rounds, total=info.get("rounds_max"), note=str(info.get("campaign", "")))
         elif event == "round":
+            self.rounds_run = info["index"] + 1
             bars.update(self.rounds, completed=info["index"], note=f"round {info['index']}")
             bars.update(self.conditions, total=info["conditions"], completed=0, note="")
         elif event == "condition":
@@ -163,8 +165,8 @@ class RichProgress:
         elif event == "status":
             reason = f": {info['reason']}" if info.get("reason") else ""
             self.console.print(f"[bold]{info['status']}[/]{reason}")
-            if info["status"] == "finished":
-                bars.update(self.rounds, completed=bars.tasks[self.rounds].total or 0)
+            if info["status"] == "finished":  # the rounds run, whichever stop rule ended it
+                bars.update(self.rounds, completed=self.rounds_run, total=self.rounds_run)
 
 
 def run_command(args: argparse.Namespace) -> int:
