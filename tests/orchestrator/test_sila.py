@@ -351,3 +351,34 @@ def test_sdl_sila_serve_serves_until_stopped(tmp_path: Path) -> None:
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    path = tmp_path / "rig.yaml"
+    data: dict[str, Any] = {**RIG, "name": "tlsbench", "spectrometer": None}
+    data["pumps"] = [{**RIG["pumps"][0], "port": "sim://newera/tls-line"}]
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_rig(path)
+    rig = build_rig(cfg)
+    rig.connect()
+    pumps, _ = services_for_rig(cfg, rig)
+    servers = build_servers(cfg.name, pumps, None, first_port=free_ports(1))
+    start_servers(servers, ca_dir=tmp_path / "ca")
+    port = servers[0].port
+    try:
+        ca = tmp_path / "ca" / f"{port}.pem"
+        assert ca.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+        p = SilaPump("p", f"sila://127.0.0.1:{port}?ca={ca}")
+        p.connect()
+        p.set_rate_ul_min(5.0)
+        p.run()
+        assert rig.pumps["AgNO3"].status().running
+        p.close()
+        with pytest.raises(NotConnected, match="no SiLA 2 server answered"):
+            SilaPump("p", f"sila://127.0.0.1:{port}?insecure=1").connect()  # plain text to a TLS server
+        with pytest.raises(NotConnected, match="cannot read the CA certificate"):
+            SilaPump("p", f"sila://127.0.0.1:{port}?ca={tmp_path / 'missing.pem'}").connect()
+    finally:
+        stop_servers(servers)
+        rig.safe_state()
+        rig.close()
