@@ -39,6 +39,9 @@ MAX_DIAMETER_MM = 80.0
 FLOW_UNIT = ("ul", "min")
 VOLUME_UNIT = "ul"
 START_TIMEOUT_S = 5.0  # how long GenerateFlow may take to be accepted
+# a server may poll its pump and publish FlowRate a moment late (CETONI's polls its device): this long
+# after a successful GenerateFlow a FlowRate of 0 still reads as "starting", later as stopped
+SETTLE_S = 2.0
 
 
 def rate_limits_ul_min(diameter_mm: float) -> tuple[float, float]:
@@ -115,6 +118,7 @@ class SilaPump:
         self._max_rate = math.inf
         self._fill_last = 0.0
         self._dispensed = 0.0
+        self._started_at: float | None = None
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -293,10 +297,13 @@ class SilaPump:
                 device=self.name,
             )
         with self._lock:
-            running = self._flow() != 0
+            running = self._flow() != 0 or self._settling()
             self._rate = float(rate_ul_min)
             if running:
                 self._generate_flow()
+
+    def _settling(self) -> bool:
+        return self._started_at is not None and time.monotonic() - self._started_at < SETTLE_S
 
     def _flow(self) -> float:
         return float(self._get(self._require().PumpFluidDosingService.FlowRate))
@@ -317,6 +324,7 @@ class SilaPump:
             time.sleep(0.005)
         if instance.status is CommandExecutionStatus.finishedWithError:
             self._call("start the flow", instance.get_responses)
+        self._started_at = time.monotonic()
 
     def run(self) -> None:
         with self._lock:
@@ -327,6 +335,7 @@ class SilaPump:
 
     def stop(self) -> None:
         with self._lock:
+            self._started_at = None
             self._call("stop", self._require().PumpFluidDosingService.StopDosage)
 
     def dispensed_ul(self) -> float:
@@ -344,6 +353,8 @@ class SilaPump:
             alarm = None
             if hasattr(c, "PumpDriveControlService") and self._get(c.PumpDriveControlService.FaultState):
                 alarm = "fault"
+            if flow == 0 and self._settling() and alarm is None:
+                flow = self._rate or 0.0  # started a moment ago; the server has not published it yet
             state = (
                 PumpState.INFUSING if flow > 0 else PumpState.WITHDRAWING if flow < 0 else PumpState.STOPPED
             )

@@ -382,3 +382,19 @@ def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
         stop_servers(servers)
         rig.safe_state()
         rig.close()
+
+
+def test_a_server_that_publishes_the_flow_late_is_not_taken_for_a_stopped_pump(
+    served: tuple[Rig, list[ServedInstrument]], pump: SilaPump, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig, servers = served
+    server = next(s.server for s in servers if s.label == "pump AgNO3")
+    properties = server.feature_servicers["PumpFluidDosingService"].implementation._properties
+    monkeypatch.setitem(properties, "FlowRate", lambda: 0.0)  # as a server that polls its pump
+    pump.set_rate_ul_min(30.0)
+    pump.run()
+    assert pump.status().state is PumpState.INFUSING  # just started: trusted
+    pump.set_rate_ul_min(35.0)  # still applied while the server lags
+    assert rig.pumps["AgNO3"].status().rate_ul_min == pytest.approx(35.0)
+    monkeypatch.setattr("drivers.sila.SETTLE_S", 0.0)
+    assert pump.status().state is PumpState.STOPPED  # later, the server's word counts
