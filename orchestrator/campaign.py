@@ -393,6 +393,8 @@ class _Runner:
                     reason=str(exc),
                     data={"what": what, "device": exc.device, "try": attempt + 1},
                 )
+                if attempt < DEVICE_RETRIES:
+                    self._reconnect(exc.device)
         assert last is not None
         device = last.device or what
         if last.device in self.rig.pumps:
@@ -400,6 +402,20 @@ class _Runner:
         elif self.rig.spectrometer is not None and last.device == self.rig.spectrometer.name:
             device = "spectrometer" if last.device == "spectrometer" else f"spectrometer {last.device}"
         raise _Fault(f"fault: {device} {last.detail}, retried {DEVICE_RETRIES} times ({what}). {last.hint}")
+
+    def _reconnect(self, name: str | None) -> None:
+        """Open a failed device afresh before the next try: a power-cycled pump gets its syringe and
+        mode set again, a re-plugged spectrometer a new handle (serial lines reopen by themselves)."""
+        device: Any = self.rig.pumps.get(name or "")
+        if device is None and self.rig.spectrometer is not None and name == self.rig.spectrometer.name:
+            device = self.rig.spectrometer
+        if device is None:
+            return
+        try:
+            device.close()
+            device.connect()
+        except DeviceError as exc:
+            log.warning("reconnect failed", device=name, error=str(exc))
 
     def _establish_flow(self, rates: Mapping[str, float]) -> None:
         """Set every pump's rate, run them and check that each one runs (retried as a whole)."""

@@ -414,6 +414,25 @@ def test_a_spectrometer_timeout_faults_then_resume_finishes(store: Store, tmp_pa
     assert fingerprint(store, cid) == reference["fingerprint"]  # the fault cost time, not data
 
 
+@pytest.mark.parametrize(
+    ("pumps", "spectrometer"),
+    [
+        ({"AgNO3": [{"kind": "reset", "at_s": 40}]}, None),  # New Era power cycle: diameter lost
+        (None, [{"kind": "disconnect", "at_s": 40, "duration_s": 0.5}]),  # USB re-plugged
+    ],
+    ids=["newera-power-reset", "spectrometer-replugged"],
+)
+def test_a_device_that_comes_back_is_opened_afresh_and_the_campaign_goes_on(
+    store: Store, tmp_path: Path, pumps, spectrometer, reference
+) -> None:
+    rig = rig_with_faults(tmp_path, pumps=pumps, spectrometer=spectrometer)
+    cid = start(store, tmp_path, rig=rig)
+    assert run(store, cid) == state.FINISHED
+    assert "device_error" in event_kinds(store, cid)
+    assert state.FAULTED not in {to for _, to in statuses(store, cid)}
+    assert fingerprint(store, cid) == reference["fingerprint"]
+
+
 def test_a_rig_that_does_not_connect_leaves_the_campaign_resumable(store: Store, tmp_path: Path) -> None:
     rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "disconnect", "at_s": 0, "duration_s": 5}])
     cid = start(store, tmp_path, rig=rig)
