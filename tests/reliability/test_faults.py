@@ -54,11 +54,6 @@ def test_a_clean_run_needs_a_reason_for_every_hold() -> None:
     assert fy.FaultRun([], status="finished").clean
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RELIABILITY_FINDINGS.md #9: a New Era power reset clears the syringe diameter and nothing "
-    "sends it again, so every retry and resume is refused (?OOR) and the campaign can only be aborted",
-)
 def test_a_new_era_power_reset_is_recovered(setup: tuple[Store, Path]) -> None:
     run = _run(setup, fy.FaultPlan("AgNO3", "reset", 40.0, None))
     assert run.status == "finished", run
@@ -76,11 +71,6 @@ def test_a_pump_that_stops_answering_is_not_left_running(setup: tuple[Store, Pat
     assert not run.pumps_left_running, run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RELIABILITY_FINDINGS.md #12: after a spectrometer disconnect (even 0.5 s) its handle stays "
-    "void ('Device is not open'): every resume faults again and the campaign can only be aborted",
-)
 def test_a_spectrometer_replugged_is_used_again(setup: tuple[Store, Path]) -> None:
     run = _run(setup, fy.FaultPlan("spectrometer", "disconnect", 40.0, 0.5))
     assert run.status == "finished", run
