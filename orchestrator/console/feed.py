@@ -43,6 +43,7 @@ class JournalFeed:
         self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._cursor: int | None = None
+        self.rendered: dict[int, str] = {}  # event id -> its SSE frame, shared by every stream
 
     async def _poll(self) -> None:
         while self._subscribers:

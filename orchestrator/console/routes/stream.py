@@ -27,8 +27,15 @@ KEEPALIVE_S = 15.0
 RECHECK_S = 30.0
 
 
-def _frame(event: ConsoleEvent) -> str:
-    return f"id: {event.id}\nevent: journal\ndata: {json.dumps(event.as_json())}\n\n"
+def _frame(event: ConsoleEvent, rendered: dict[int, str]) -> str:
+    """The event as an SSE frame; ``rendered`` (one per app) keeps it, since every open page sends it."""
+    frame = rendered.get(event.id)
+    if frame is None:
+        frame = f"id: {event.id}\nevent: journal\ndata: {json.dumps(event.as_json())}\n\n"
+        if len(rendered) >= 4096:
+            rendered.clear()
+        rendered[event.id] = frame
+    return frame
 
 
 @router.get(
@@ -62,7 +69,7 @@ async def stream(
             while True:
                 backlog = await run_in_threadpool(source.events, campaign, sent, 500)
                 for event in backlog:
-                    yield _frame(event)
+                    yield _frame(event, feed.rendered)
                     sent = event.id
                 if len(backlog) < 500:
                     break
@@ -87,7 +94,7 @@ async def stream(
                         if item is None:  # overflowed: end, the browser reconnects and replays
                             break
                         if item.id > sent:
-                            frames_out.append(_frame(item))
+                            frames_out.append(_frame(item, feed.rendered))
                             sent = item.id
                     if frames_out:
                         yield "".join(frames_out)
