@@ -412,14 +412,10 @@ class ServedInstrument:
     port: int
     server: SilaServer
 
-    @property
-    def url(self) -> str:
-        return f"sila://{{host}}:{self.port}"
-
 
 @dataclass
 class TlsFiles:
-    """PEM files for every server of a rig; None (with ``insecure``) only for tests and loopback."""
+    """The site's PEM key and certificate chain, used by every server of the rig."""
 
     private_key: bytes
     cert_chain: bytes

@@ -4,6 +4,9 @@ always and on PostgreSQL when SDL_TEST_POSTGRES_URL is set (``.ci/run`` starts o
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import secrets
 import signal
@@ -266,6 +269,11 @@ def test_campaign_of_a_dead_agent_is_orphaned_and_resumed_by_another(
         assert row.status == state.ORPHANED and row.owner is None
         assert "agent-1@gone-host:1 stopped heartbeating" in row.reason
         assert watcher.mark_orphans() == []  # marked once
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main(["status", campaign_id, "--json", "--db", store_url]) == 0
+        shown = json.loads(out.getvalue())
+        shown = shown[0] if isinstance(shown, list) else shown
+        assert shown["status"] == state.ORPHANED and "stopped heartbeating" in shown["status_text"]
 
         rescuer = Agent(later, "rig-a", owner="agent-3@host-3:1")
         rescuer.serve(exit_when_idle=True)
