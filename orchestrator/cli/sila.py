@@ -84,7 +84,7 @@ def serve_rig(
     stop = stop or threading.Event()
     try:
         pumps, spectrometer = services_for_rig(cfg, rig)
-        served = build_servers(cfg.name, pumps, spectrometer, first_port=port)
+        served = build_servers(cfg.name, pumps, spectrometer, first_port=port, discovery=discovery)
         start_servers(served, host=host, insecure=insecure, tls=tls, discovery=discovery, ca_dir=ca_dir)
         try:
             if ready is not None:

@@ -426,17 +426,50 @@ def server_uuid(rig_name: str, label: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"sdl-orchestrator:{rig_name}:{label}")
 
 
-def _new_server(rig_name: str, label: str, server_type: str, description: str) -> SilaServer:
-    return SilaServer(
-        server_name=f"{rig_name} {label}"[:255],
-        server_type=server_type,
-        server_description=description,
-        server_version=SERVER_VERSION,
-        server_vendor_url=SERVER_VENDOR_URL,
-        server_uuid=server_uuid(rig_name, label),
-        max_grpc_workers=16,
-        max_child_task_workers=16,
-    )
+class _NoDiscovery:
+    """Stands in for sila2's mDNS broadcaster when discovery is off. The library makes a Zeroconf
+    instance for every server it constructs, which joins the multicast group on every interface and
+    is never closed; a server that does not announce itself needs none of that."""
+
+    def __init__(self) -> None:
+        self.registered_server_infos: dict[Any, Any] = {}
+
+    def register_server(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("this server was built without discovery: build it with discovery=True")
+
+    def unregister_server(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_construct_lock = threading.Lock()
+
+
+def _new_server(
+    rig_name: str, label: str, server_type: str, description: str, *, discovery: bool
+) -> SilaServer:
+    import sila2.server.sila_server as sila_server_module
+
+    def make() -> SilaServer:
+        return SilaServer(
+            server_name=f"{rig_name} {label}"[:255],
+            server_type=server_type,
+            server_description=description,
+            server_version=SERVER_VERSION,
+            server_vendor_url=SERVER_VENDOR_URL,
+            server_uuid=server_uuid(rig_name, label),
+            max_grpc_workers=16,
+            max_child_task_workers=16,
+        )
+
+    if discovery:
+        return make()
+    with _construct_lock:
+        original = sila_server_module.SilaServiceBroadcaster
+        sila_server_module.SilaServiceBroadcaster = _NoDiscovery  # type: ignore[assignment,misc]
+        try:
+            return make()
+        finally:
+            sila_server_module.SilaServiceBroadcaster = original  # type: ignore[misc]
 
 
 def build_servers(
@@ -445,20 +478,26 @@ def build_servers(
     spectrometer: SpectrometerService | None,
     *,
     first_port: int,
+    discovery: bool = False,
 ) -> list[ServedInstrument]:
-    """One server per instrument, pumps first (in the rig file's order), on consecutive ports."""
+    """One server per instrument, pumps first (in the rig file's order), on consecutive ports;
+    ``discovery`` makes them able to announce themselves by mDNS (then start them with it too)."""
     served: list[ServedInstrument] = []
     port = first_port
     for name, service in pumps.items():
         label = f"pump {name}"
-        server = _new_server(rig_name, label, "SyringePump", f"Syringe pump {name} of rig {rig_name}")
+        server = _new_server(
+            rig_name, label, "SyringePump", f"Syringe pump {name} of rig {rig_name}", discovery=discovery
+        )
         for feature, impl in service.implementations(server):
             server.set_feature_implementation(feature, impl)
         served.append(ServedInstrument(label, port, server))
         port += 1
     if spectrometer is not None:
         label = "spectrometer"
-        server = _new_server(rig_name, label, "Spectrometer", f"UV-Vis spectrometer of rig {rig_name}")
+        server = _new_server(
+            rig_name, label, "Spectrometer", f"UV-Vis spectrometer of rig {rig_name}", discovery=discovery
+        )
         for feature, impl in spectrometer.implementations(server):
             server.set_feature_implementation(feature, impl)
         served.append(ServedInstrument(label, port, server))

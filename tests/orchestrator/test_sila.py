@@ -398,3 +398,26 @@ def test_a_server_that_publishes_the_flow_late_is_not_taken_for_a_stopped_pump(
     assert rig.pumps["AgNO3"].status().rate_ul_min == pytest.approx(35.0)
     monkeypatch.setattr("drivers.sila.SETTLE_S", 0.0)
     assert pump.status().state is PumpState.STOPPED  # later, the server's word counts
+
+
+def test_servers_without_discovery_open_no_multicast_socket(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def no_zeroconf(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a server without discovery made a Zeroconf instance")
+
+    monkeypatch.setattr("sila2.discovery.broadcaster.Zeroconf", no_zeroconf)
+    path = tmp_path / "rig.yaml"
+    data: dict[str, Any] = {**RIG, "name": "quietbench", "spectrometer": None}
+    data["pumps"] = [{**RIG["pumps"][0], "port": "sim://newera/quiet-line"}]
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_rig(path)
+    rig = build_rig(cfg)
+    rig.connect()
+    try:
+        pumps, _ = services_for_rig(cfg, rig)
+        servers = build_servers(cfg.name, pumps, None, first_port=free_ports(1))
+        start_servers(servers, insecure=True)
+        stop_servers(servers)
+    finally:
+        rig.close()
