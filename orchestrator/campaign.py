@@ -373,10 +373,11 @@ class _Runner:
             self._flow_ul += sum(self._flow.values()) * max(0.0, now - self._flow_since) / 60.0
             self._flow_since = now
 
-    def _stop_flow(self) -> None:
+    def _stop_flow(self) -> list[str]:
+        """Every pump stopped; returns the devices that could not be reached (see :meth:`_hold`)."""
         self._account_flow()
         self._flow_since = None
-        self.rig.safe_state()
+        return self.rig.safe_state()
 
     def _device(self, what: str, action: Callable[[], Any]) -> Any:
         """``action()`` with bounded retries on device errors; then a _Fault naming the device."""
@@ -614,7 +615,11 @@ class _Runner:
     def _hold(self, status: str, reason: str, who: str) -> float:
         """Pumps safe, status ``status``; wait (polling the store) for resume or abort. Returns the
         wall seconds held. An e-stop moves to paused once its latch is cleared."""
-        self._stop_flow()
+        unreachable = self._stop_flow()
+        if unreachable:
+            # a device that no longer answers may still be pumping: the operator has to know
+            reason += " | NOT STOPPED, stop by hand: " + "; ".join(unreachable)
+            log.error("devices not stopped", devices=unreachable)
         start = self.wall()
         if self._status() != status:
             self._set_status(status, reason=reason, who=who)

@@ -392,6 +392,8 @@ def test_an_unplugged_pump_line_faults_the_campaign(store: Store, tmp_path: Path
     assert reasons[0].startswith("fault: New Era line sim://newera/newera-line cannot open port")
     assert "retried 3 times (setting pump rates)" in reasons[0] and "cable is plugged in" in reasons[0]
     assert ("faulted", "running") in statuses(store, cid)
+    # the unplugged line's pumps cannot be told to stop: the reason says so
+    assert "NOT STOPPED, stop by hand: pump AgNO3" in reasons[0] and "pump PVA" in reasons[0]
     assert len([e for e in store.events(cid, limit=1000) if e.kind == "device_error"]) >= 8
 
 
