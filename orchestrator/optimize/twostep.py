@@ -88,6 +88,13 @@ class PolicySettings(_Strict):
     probes: int = Field(
         512, ge=16, le=100_000, description="probe conditions for stability and the predicted best"
     )
+    keep_trust_margin: float = Field(
+        0.003,
+        ge=0,
+        le=1,
+        description="once the network had conditions in the latest round, its cosine gates are this much "
+        "lower (hysteresis: one noisy stability reading does not hand a converging search back to BO)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PolicySettings:
@@ -162,8 +169,11 @@ def decide_share(
     model_ready: bool,
     accuracy: Agreement | None,
     stability: Agreement | None,
+    trusted_before: bool = False,
 ) -> PolicyDecision:
-    """How many of the ``n`` conditions the network proposes this round, and why."""
+    """How many of the ``n`` conditions the network proposes this round, and why. ``trusted_before``:
+    the network proposed conditions of the latest measured round (its gates are lowered by
+    ``keep_trust_margin``)."""
     if not model_ready:
         return PolicyDecision(0, "BO only: too few measured spectra to train the network")
     if round_index < settings.bo_only_rounds:
@@ -171,7 +181,8 @@ def decide_share(
     if settings.fixed_share is not None:
         k = int(round(settings.fixed_share * n))
         return PolicyDecision(k, f"fixed network share {settings.fixed_share:g}")
-    closed = _closed_gate(settings, accuracy, stability)
+    margin = settings.keep_trust_margin if trusted_before else 0.0
+    closed = _closed_gate(settings, accuracy, stability, margin)
     if closed is not None:
         k = int(round(settings.probation_share * n))
         return PolicyDecision(k, f"{'BO only' if k == 0 else f'network on probation, {k} of {n}'}: {closed}")
@@ -189,17 +200,17 @@ def decide_share(
 
 
 def _closed_gate(
-    settings: PolicySettings, accuracy: Agreement | None, stability: Agreement | None
+    settings: PolicySettings, accuracy: Agreement | None, stability: Agreement | None, margin: float = 0.0
 ) -> str | None:
-    """Why the network is not trusted yet, or None when every gate is open."""
+    """Why the network is not trusted yet, or None when every gate (cosines lowered by ``margin``) is open."""
     if accuracy is None:
         return "no measured batch the network predicted yet"
     if stability is None:
         return "no earlier model to judge stability against"
-    if accuracy.cosine_mean < settings.accuracy_cosine:
-        return f"accuracy cosine {accuracy.cosine_mean:.4f} < {settings.accuracy_cosine:g}"
-    if stability.cosine_mean < settings.stability_cosine:
-        return f"stability cosine {stability.cosine_mean:.4f} < {settings.stability_cosine:g}"
+    if accuracy.cosine_mean < settings.accuracy_cosine - margin:
+        return f"accuracy cosine {accuracy.cosine_mean:.4f} < {settings.accuracy_cosine - margin:g}"
+    if stability.cosine_mean < settings.stability_cosine - margin:
+        return f"stability cosine {stability.cosine_mean:.4f} < {settings.stability_cosine - margin:g}"
     if (
         settings.max_loss_error is not None
         and accuracy.loss_mae is not None
@@ -364,8 +375,17 @@ class TwoStepOptimizer:
         if model is not None and previous is not None and probes is not None:
             stab = stability(previous.predict(probes)[0], model.predict(probes)[0], loss=history.loss)
 
+        trusted_before = last is not None and any(
+            o.round_index == last and o.source == net.SOURCE for o in history.observations
+        )
         decision = decide_share(
-            policy, round_index=rnd, n=n, model_ready=model is not None, accuracy=accuracy, stability=stab
+            policy,
+            round_index=rnd,
+            n=n,
+            model_ready=model is not None,
+            accuracy=accuracy,
+            stability=stab,
+            trusted_before=trusted_before,
         )
         k = min(max(decision.dnn_count, 0), n)
 

@@ -96,6 +96,23 @@ def test_probation_share_while_the_gates_are_closed() -> None:
     assert opened.dnn_count == 15
 
 
+def test_trust_once_given_survives_a_small_dip() -> None:
+    policy = PolicySettings(stability_cosine=0.995, keep_trust_margin=0.003)
+    kw = {
+        "round_index": 4,
+        "n": 15,
+        "model_ready": True,
+        "accuracy": metric(0.999),
+        "stability": metric(0.9943),
+    }
+    assert decide_share(policy, **kw).dnn_count == 0  # a newcomer must pass the full gate
+    kept = decide_share(policy, **kw, trusted_before=True)
+    assert kept.dnn_count > 0 and "trusted" in kept.reason
+    # a real drop still hands the round back to BO
+    dropped = decide_share(policy, **{**kw, "stability": metric(0.990)}, trusted_before=True)
+    assert dropped.dnn_count == 0 and "0.992" in dropped.reason
+
+
 def test_share_grows_with_accuracy() -> None:
     policy = PolicySettings()
     counts = [
