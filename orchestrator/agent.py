@@ -33,8 +33,10 @@ IDLE_POLL_S = 5.0  # how often an idle agent looks for queued and orphaned campa
 HAND_BACK_REASON = "agent stopping: the campaign goes back to the queue"
 
 
-class HandBack(Exception):  # noqa: N818 - a signal to unwind, not an error
-    """Raised inside a running campaign to leave it (the pumps are safe when it is raised)."""
+class HandBack(BaseException):  # noqa: N818 - a signal to unwind, not an error
+    """Raised inside a running campaign to leave it. A BaseException, like KeyboardInterrupt: the
+    second signal raises it wherever the runner is, and no ``except Exception`` there may swallow it;
+    the runner's ``finally`` blocks stop the pumps on the way out."""
 
 
 @dataclass

@@ -25,10 +25,11 @@ import sqlalchemy as sa
 import yaml
 
 from orchestrator import state
-from orchestrator.agent import Agent
+from orchestrator.agent import Agent, HandBack
 from orchestrator.campaign import run_campaign, start_campaign
 from orchestrator.cli.main import main
 from orchestrator.store import Store, normalise_url, open_store
+from simulators.world import get_world
 from tests.orchestrator.campaign_support import SIM_RIG, fingerprint, statuses, tiny_protocol
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -400,3 +401,26 @@ def test_a_campaign_the_runner_cannot_run_is_taken_off_the_queue(
     row = store.campaign(broken)
     assert row.status == state.CREATED and "USB hub is gone" in row.reason and row.owner is None
     assert store.campaign(fine).status == state.FINISHED
+
+
+def test_a_second_signal_leaves_at_once_and_the_campaign_is_queued_as_it_stands(
+    store: Store, rigs: dict[str, Path], protocol: Path, tmp_path: Path
+) -> None:
+    campaign_id = queue(store, protocol, rigs["rig-a"], seed=8)
+    agent = Agent(store, "rig-a", owner="agent-1@host-1:1")
+    count = Counter[str]()
+
+    def progress(event: str, **info: Any) -> None:
+        count[event] += 1
+        if event == "replicate" and count[event] == 2:
+            agent.request_stop()  # the first signal: a pause is asked for
+            raise HandBack("signal SIGTERM again: leaving at once")  # the second lands mid-campaign
+
+    agent._progress = progress
+    agent.serve()
+    row = store.campaign(campaign_id)
+    assert row.status == state.QUEUED and row.owner is None
+    assert store.pending_controls(campaign_id) == []  # the pause that never took effect is withdrawn
+    assert all(rate == 0.0 for rate in get_world("rig-a")._rates.values())  # pumps stopped on the way out
+    Agent(store, "rig-a", owner="agent-2@host-2:1").serve(exit_when_idle=True)
+    assert_same_campaign(store, campaign_id, uninterrupted(tmp_path, protocol, rigs["rig-a"], seed=8), 2)
