@@ -18,7 +18,7 @@ from . import faulty as fy
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Path]:
     folder = tmp_path_factory.mktemp("faults")
-    protocol = cz.small_protocol(folder, rounds=2, batch=2, replicates=3)
+    protocol = cz.small_protocol(folder, rounds=1, batch=2, replicates=3)  # ~60 virtual s
     return open_store(f"sqlite:///{folder / 'faults.db'}"), protocol
 
 
@@ -30,11 +30,11 @@ def _run(setup: tuple[Store, Path], *plans: fy.FaultPlan) -> fy.FaultRun:
 @pytest.mark.parametrize(
     "plan",
     [
-        fy.FaultPlan("TSC", "reset", 40.0, None),  # Harvard: power lost and back
-        fy.FaultPlan("AgNO3", "stall", 40.0, None),
-        fy.FaultPlan("water", "garbage", 60.0, 2.0),
-        fy.FaultPlan("spectrometer", "saturated", 40.0, 20.0),
-        fy.FaultPlan("spectrometer", "dark_lamp", 30.0, 20.0),
+        fy.FaultPlan("TSC", "reset", 20.0, None),  # Harvard: power lost and back
+        fy.FaultPlan("AgNO3", "stall", 20.0, None),
+        fy.FaultPlan("water", "garbage", 25.0, 2.0),
+        fy.FaultPlan("spectrometer", "saturated", 20.0, 20.0),
+        fy.FaultPlan("spectrometer", "dark_lamp", 15.0, 20.0),
     ],
     ids=lambda p: f"{p.device}-{p.kind}",
 )
@@ -55,7 +55,7 @@ def test_a_clean_run_needs_a_reason_for_every_hold() -> None:
 
 
 def test_a_new_era_power_reset_is_recovered(setup: tuple[Store, Path]) -> None:
-    run = _run(setup, fy.FaultPlan("AgNO3", "reset", 40.0, None))
+    run = _run(setup, fy.FaultPlan("AgNO3", "reset", 20.0, None))
     assert run.status == "finished", run
 
 
@@ -66,11 +66,11 @@ def test_a_new_era_power_reset_is_recovered(setup: tuple[Store, Path]) -> None:
 )
 @pytest.mark.parametrize("kind", ["garbage", "disconnect"])
 def test_a_pump_that_stops_answering_is_not_left_running(setup: tuple[Store, Path], kind: str) -> None:
-    run = _run(setup, fy.FaultPlan("water", kind, 60.0, None))
+    run = _run(setup, fy.FaultPlan("water", kind, 25.0, None))
     assert run.clean, run  # held with a reason, then aborted: that part works
     assert not run.pumps_left_running, run
 
 
 def test_a_spectrometer_replugged_is_used_again(setup: tuple[Store, Path]) -> None:
-    run = _run(setup, fy.FaultPlan("spectrometer", "disconnect", 40.0, 0.5))
+    run = _run(setup, fy.FaultPlan("spectrometer", "disconnect", 20.0, 0.5))
     assert run.status == "finished", run
