@@ -67,7 +67,8 @@ def rig_name_of(rig: str) -> str:
     return rig
 
 
-def _json_logs_to_stderr() -> None:
+def json_logs_to_stderr() -> None:
+    """A service logs JSON lines to stderr (journald reads them); stdout stays for the command's answer."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -106,7 +107,7 @@ def agent_command(args: argparse.Namespace) -> int:
         err.print("[bold red]error:[/] --poll takes a positive number of seconds")
         return EXIT_CONFIG
     previous_logging = structlog.get_config()
-    _json_logs_to_stderr()
+    json_logs_to_stderr()
     try:
         store = open_store(args.db)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the operator's to fix

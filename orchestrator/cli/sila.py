@@ -15,9 +15,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
 from rich.console import Console
 
 from drivers.errors import DeviceError
+from orchestrator.cli.agent import json_logs_to_stderr
 from orchestrator.cli.hw import EXIT_CONFIG, EXIT_DEVICE
 from orchestrator.config_errors import ConfigError
 from orchestrator.rig import build_rig, load_rig
@@ -102,8 +104,11 @@ def serve_rig(
 def _serve(args: argparse.Namespace) -> int:
     console = Console()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    scheme_note = "?insecure=1" if args.insecure else ("" if args.cert else f"?ca={args.ca_dir}/PORT.pem")
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous_logging = structlog.get_config()
+    json_logs_to_stderr()
+    ca_dir = args.ca_dir.resolve()
+    scheme_note = "?insecure=1" if args.insecure else ("" if args.cert else f"?ca={ca_dir}/PORT.pem")
 
     def announce(servers: list[tuple[str, int]]) -> None:
         for label, port in servers:
@@ -121,13 +126,16 @@ def _serve(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             cert=args.cert,
             key=args.key,
-            ca_dir=args.ca_dir,
+            ca_dir=ca_dir,
             discovery=args.discovery,
             stop=stop,
             ready=announce,
         )
     except KeyboardInterrupt:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        structlog.configure(**previous_logging)
 
 
 def _guard(func: Callable[..., int], *args: object, **kwargs: object) -> int:

@@ -547,14 +547,21 @@ def start_servers(
         raise
 
 
-def stop_servers(servers: list[SilaServer] | list[ServedInstrument], grace_s: float = 1.0) -> None:
-    for item in servers:
-        server = item.server if isinstance(item, ServedInstrument) else item
-        if server.running:
-            try:
-                server.stop(grace_s)
-            except Exception as exc:  # noqa: BLE001 - stopping must reach every server
-                log.warning("sila server stop failed", error=str(exc))
+def stop_servers(servers: list[SilaServer] | list[ServedInstrument], grace_s: float = 0.5) -> None:
+    """Stop every running server, all at once (each waits out its grace period and its tasks)."""
+
+    def stop(server: SilaServer) -> None:
+        try:
+            server.stop(grace_s)
+        except Exception as exc:  # noqa: BLE001 - stopping must reach every server
+            log.warning("sila server stop failed", error=str(exc))
+
+    running = [s.server if isinstance(s, ServedInstrument) else s for s in servers]
+    threads = [threading.Thread(target=stop, args=(s,)) for s in running if s.running]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def services_for_rig(cfg: Any, rig: Any) -> tuple[dict[str, PumpService], SpectrometerService | None]:
