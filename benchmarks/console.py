@@ -367,7 +367,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     if args.nice:
-        os.nice(args.nice)  # the children inherit it
+        with _priority(args.nice):
+            return _main(args)
+    return _main(args)
+
+
+@contextmanager
+def _priority(niceness: int) -> Iterator[None]:
+    """This process and its children at ``niceness``. With the kernel's autogroup scheduling, a
+    niceness counts only inside its session's group, so the group's niceness is set too (and put
+    back afterwards)."""
+    os.nice(niceness)  # the children inherit it
+    group = Path("/proc/self/autogroup")
+    before = None
+    try:
+        before = group.read_text().split("nice")[-1].strip()
+        group.write_text(str(niceness))
+    except (OSError, ValueError):
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            try:
+                group.write_text(before)
+            except OSError:
+                pass
+
+
+def _main(args: argparse.Namespace) -> int:
     command = "python -m benchmarks.console " + " ".join(
         f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
         for k, v in vars(args).items()
@@ -428,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     context = (
         f"1-minute load average {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after it "
         f"on {os.cpu_count()} CPUs (other work included)"
-        + (f"; benchmark processes at niceness {os.nice(0)}" if args.nice else "")
+        + (f"; benchmark processes and their scheduling group at niceness {os.nice(0)}" if args.nice else "")
     )
     rows = table(pause, loads, loads[0])
     out = Table("measure", "result", "goal", "", title="operator console on 127.0.0.1")
