@@ -797,6 +797,11 @@ def event_text(kind: str, reason: str, who: str | None, at: datetime, data: Mapp
             "" if data.get("accepted", True) else f", rejected: {data.get('reject_reason') or 'screened out'}"
         )
         return f"{where}: {score}{verdict}"
+    if kind in ("estop", "estop_cleared"):
+        rig = data.get("rig")
+        scope = f"rig {rig}" if rig else "every rig"
+        verb = "e-stop latched on" if kind == "estop" else "e-stop cleared on"
+        return f"{verb} {scope}" + (f": {reason}" if reason else "")
     if kind == "control_requested":
         action = data.get("action", "control")
         return f"{action} requested" + (f": {reason}" if reason else "")

@@ -204,7 +204,9 @@ def test_estop_latches_the_rig_and_only_an_admin_clear_releases_it(store: Store)
     assert latch is not None and (latch.who, latch.reason, latch.rig) == ("otto", "smoke", "simulated")
     assert [c.action for c in store.pending_controls(cid)] == ["estop"]
     estop_events = [e for e in source.events(None, 0, 100) if e.kind == "estop"]
-    assert [e.category for e in estop_events] == [ESTOP]
+    assert [(e.category, e.text, e.who) for e in estop_events] == [
+        (ESTOP, "e-stop latched on rig simulated: smoke", "otto")
+    ]
 
     store.set_status(cid, state.ESTOPPED, reason="smoke", who="otto")
     source.request_control(cid, "estop-clear", "ada", "checked the pumps")
