@@ -463,6 +463,7 @@ class TwoStepOptimizer:
             "dnn_count": dnn_count,
             "bo_count": len(batch_x) - dnn_count,
             "reason": decision.reason,
+            "trusted_before": trusted_before,
             "accuracy": accuracy.to_dict() if accuracy is not None else None,
             "accuracy_from": accuracy_from if accuracy is not None else None,
             "stability": stab.to_dict() if stab is not None else None,

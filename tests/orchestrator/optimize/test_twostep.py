@@ -267,6 +267,15 @@ def test_accuracy_measured_from_recorded_predictions_and_gates() -> None:
     assert dnn_count == expected
 
 
+def test_network_picks_in_the_latest_round_lower_its_gates() -> None:
+    history = random_history(2, seed=7)
+    opt, _ = make({"bo_only_rounds": 0})
+    assert opt.suggest(history, toy_space(), 6).notes["policy"]["trusted_before"] is False
+    for obs in history.observations:
+        obs.source = "dnn" if obs.round_index == 1 else obs.source
+    assert opt.suggest(history, toy_space(), 6).notes["policy"]["trusted_before"] is True
+
+
 def test_same_seed_same_batch_and_models_trained_once(monkeypatch: pytest.MonkeyPatch) -> None:
     history = random_history(3, seed=6)
     fits: list[int] = []
