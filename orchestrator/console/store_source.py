@@ -797,6 +797,17 @@ def event_text(kind: str, reason: str, who: str | None, at: datetime, data: Mapp
             "" if data.get("accepted", True) else f", rejected: {data.get('reject_reason') or 'screened out'}"
         )
         return f"{where}: {score}{verdict}"
+    if kind == "round_done":
+        return f"{where} done"
+    if kind == "reagent_used" and isinstance(data.get("ul"), int | float):
+        return f"{where}: {data['ul']:.0f} uL of reagents used"
+    if kind == "rates_set" and isinstance(data.get("rates_ul_min"), Mapping):
+        rates = ", ".join(
+            f"{k} {v:.1f}" for k, v in data["rates_ul_min"].items() if isinstance(v, int | float)
+        )
+        return f"pump rates set (uL/min): {rates}"
+    if kind in ("claimed", "released"):
+        return f"{'taken' if kind == 'claimed' else 'released'} by {data.get('owner') or who}"
     if kind in ("estop", "estop_cleared"):
         rig = data.get("rig")
         scope = f"rig {rig}" if rig else "every rig"

@@ -249,10 +249,14 @@ def test_event_text_for_kinds_it_does_not_know() -> None:
 
     at = datetime(2026, 1, 1, 2, 14, tzinfo=UTC)
     assert event_text("paused", "bubble", "alice", at, {}) == "paused by alice at 02:14: bubble"
+    where = {"round": 0, "condition": 2}
+    assert event_text("pumps_primed", "", "system", at, where) == "round 1 condition 3: pumps primed"
+    assert event_text("round_done", "", "system", at, {"round": 1}) == "round 2 done"
+    rates = {"rates_ul_min": {"AgNO3": 50, "water": 120.25}}
     assert (
-        event_text("rates_set", "", "system", at, {"round": 0, "condition": 2})
-        == "round 1 condition 3: rates set"
+        event_text("rates_set", "", "system", at, rates) == "pump rates set (uL/min): AgNO3 50.0, water 120.2"
     )
+    assert event_text("claimed", "", "sdl@pc:1", at, {"owner": "sdl@pc:1"}) == "taken by sdl@pc:1"
 
 
 def test_the_api_over_a_real_store(store: Store) -> None:
