@@ -658,6 +658,8 @@ def _progress(plan: _Plan, snap: _Snapshot) -> Progress:
     fraction = (
         min(1.0, (done * per_condition + measuring_now) / (planned * per_condition)) if planned else 0.0
     )
+    if snap.row.status == states.FINISHED:  # a stop rule may end it before the budget is spent
+        fraction = 1.0
     position = {c.index: i for i, c in enumerate(in_round)}
     return Progress(
         round=_ordinal_of(snap.round_indices, last.index),

@@ -151,6 +151,8 @@ def test_progress_spectra_losses_and_bounds_follow_the_store(store: Store) -> No
     assert [s.widened for s in bounds.history] == [[], ["Q_seed"]]
     assert bounds.history[1].bounds["Q_seed"] == (1.0, 20.0)
     assert source.campaign(cid).progress.round == 2  # the cache moved with the journal
+    store.set_status(cid, state.FINISHED, reason="loss threshold reached")
+    assert source.campaign(cid).progress.fraction == 1.0  # before the budget of 2 rounds x 3 was spent
 
 
 def test_events_read_as_sentences_with_categories(store: Store) -> None:
