@@ -100,21 +100,23 @@ def run_child(strategy: str, n: int, seed: int, threads: int) -> dict[str, float
 def table(rows: list[dict[str, float]], strategies: Sequence[str], sizes: Sequence[int]) -> str:
     load = os.getloadavg()[0]
     lines = [
-        f"Suggestion of 15 conditions; median wall time over repeats (s) and peak-memory rise (MB); "
+        f"Suggestion of 15 conditions: wall time and CPU time of the process (s, median over repeats) and the "
+        f"rise of peak resident memory during the suggestion (MB); "
         f"{platform.machine()}, {os.cpu_count()} cores, torch/BLAS threads per process as given, "
         f"load average {load:.1f} at the end (the cores were shared with other work).",
         "",
-        "| strategy | " + " | ".join(f"{n} obs: s (goal {GOALS_S.get(n, float('nan')):g}) | MB" for n in sizes) + " |",
-        "|---|" + "---|---|" * len(sizes),
+        "| strategy | " + " | ".join(f"{n} obs: wall s (goal {GOALS_S.get(n, float('nan')):g}) | cpu s | MB"
+                                      for n in sizes) + " |",
+        "|---|" + "---|---|---|" * len(sizes),
     ]
     for s in strategies:
         cells = []
         for n in sizes:
             mine = [r for r in rows if r["strategy"] == s and r["n"] == n]
             if not mine:
-                cells += ["-", "-"]
+                cells += ["-", "-", "-"]
                 continue
-            cells += [f"{np.median([r['wall_s'] for r in mine]):.2f}",
+            cells += [f"{np.median([r['wall_s'] for r in mine]):.2f}", f"{np.median([r['cpu_s'] for r in mine]):.2f}",
                       f"{max(r['peak_rise_mb'] for r in mine):.0f}"]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ from scipy.optimize import minimize
 
 from orchestrator.optimize.base import History, Observation, Space, Suggestion
 from orchestrator.optimize.constraints import candidate_set, check_space, make_feasible, refine_locally
-from orchestrator.optimize.gp import fit_subset
+from orchestrator.optimize.gp import fit_subset, single_threaded
 from orchestrator.optimize.lhs import design_suggestion, round_rng
 from orchestrator.optimize.transforms import UnitScaler
 from orchestrator.optimize.widening import WideningPolicy, select_with_widening
@@ -368,6 +368,10 @@ class CompositeOptimizer:
         self.seed, self.policy, self.s = seed, policy, dict(settings)
 
     def suggest(self, history: History, space: Space, n: int) -> Suggestion:
+        with single_threaded():
+            return self._suggest(history, space, n)
+
+    def _suggest(self, history: History, space: Space, n: int) -> Suggestion:
         check_space(space)
         rows, spectra = median_spectra(history.measured())
         if len(rows) < int(self.s["k_min"]) + 3:

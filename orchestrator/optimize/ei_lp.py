@@ -18,7 +18,7 @@ from scipy.special import erfcx, log_ndtr
 
 from orchestrator.optimize.base import History, Space, Suggestion
 from orchestrator.optimize.constraints import candidate_set, check_space, make_feasible, refine_locally
-from orchestrator.optimize.gp import LossGP, loss_training_data, unit_scaler
+from orchestrator.optimize.gp import LossGP, loss_training_data, single_threaded, unit_scaler
 from orchestrator.optimize.lhs import design_suggestion, round_rng
 from orchestrator.optimize.transforms import UnitScaler
 from orchestrator.optimize.widening import WideningPolicy, select_with_widening
@@ -137,6 +137,10 @@ class GpEiLpOptimizer:
         self.n_global, self.n_local, self.min_radius, self.min_data = n_global, n_local, min_radius, min_data
 
     def suggest(self, history: History, space: Space, n: int) -> Suggestion:
+        with single_threaded():
+            return self._suggest(history, space, n)
+
+    def _suggest(self, history: History, space: Space, n: int) -> Suggestion:
         check_space(space)
         if len(history.measured()) < self.min_data:
             return design_suggestion(self.name, self.seed, history, space, n,
