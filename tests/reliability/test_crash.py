@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.campaign import start_campaign
+from orchestrator.store import open_store
+
 from . import campaigns as cz
 
 SEED = 5
@@ -17,7 +20,11 @@ SEED = 5
 
 def _check(url: str, folder: Path, kills: list[tuple[float, float]]) -> None:
     protocol = cz.small_protocol(folder, rounds=2, batch=2, replicates=3)
-    reference = cz.reference_run(url("reference"), protocol, folder, SEED)
+    # the reference in this process (start_campaign + run_campaign, what `sdl run` calls): it also
+    # checks that the command line and the API give the same campaign
+    store = open_store(url("reference"))
+    reference = cz.run_with_pause(store, start_campaign(store, protocol, cz.RIG, seed=SEED), None).outcome
+    store.engine.dispose()
     total = len(reference.kept)
     assert reference.status == "finished" and total == 2 * 2 * 3
     for i, (where, delay_s) in enumerate(kills):
