@@ -1,6 +1,6 @@
 """Kill -9 at random moments of a small simulated campaign, `sdl resume`, compare with an uninterrupted run.
 
-    python -m benchmarks.crash [--kills 50] [--seed 0] [--store sqlite,postgres]
+    python -m benchmarks.crash [--kills 50] [--write-kills 200] [--seed 0] [--store sqlite,postgres]
                                [--rounds 2] [--batch 3] [--replicates 4] [--verbose]
 
 For each store (SQLite in WAL mode, a fresh file per kill; PostgreSQL at $SDL_TEST_POSTGRES_URL):
@@ -12,6 +12,11 @@ For each store (SQLite in WAL mode, a fresh file per kill; PostgreSQL at $SDL_TE
    Then open the store again (SQLite: ``PRAGMA integrity_check``), ``sdl resume`` the campaign in a new
    process, and compare what it holds with the reference: replicates lost, duplicated (measured
    beyond the reference's), medians and values that differ. Goal: 0, 0, 0, 0 and every one finished.
+
+3. ``--write-kills`` times: a child process that does nothing but write replicates (one transaction
+   each: the row and its event) is SIGKILLed after a random 50-400 ms, mostly inside a transaction
+   (tests/reliability/storekill.py). The store must open, pass its integrity check, hold every
+   replicate with its event (nothing half-written), indices 0..n-1, and take the next replicate.
 
 A SIGKILL is a process losing power; the operating system still flushes what the process handed it.
 A machine losing power is the storage's own promise (SQLite WAL with synchronous=NORMAL may lose the
@@ -31,7 +36,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.store import open_store
 from tests.reliability import campaigns as cz
+from tests.reliability import storekill as sk
 
 
 @dataclass
@@ -103,11 +110,42 @@ def run_store(kind: str, args: argparse.Namespace, folder: Path, protocol: Path,
     return tally
 
 
+@dataclass
+class WriteTally:
+    store: str
+    kills: int = 0
+    opened: int = 0
+    integrity_ok: int = 0
+    atomic: int = 0  # replicate rows == replicate_acquired events
+    contiguous: int = 0
+    continues: int = 0
+    rows: int = 0
+
+
+def write_kills(kind: str, url: str, kills: int, seed: int) -> WriteTally:
+    store = open_store(url)
+    cid = sk.new_campaign(store)
+    store.engine.dispose()
+    rng = random.Random(seed)
+    t = WriteTally(kind)
+    for _ in range(kills):
+        r = sk.kill_during_writes(url, cid, rng.uniform(0.05, 0.4))
+        t.kills += 1
+        t.opened += r.opened
+        t.integrity_ok += r.integrity_ok
+        t.atomic += r.rows == r.events
+        t.contiguous += r.contiguous
+        t.continues += r.continues
+        t.rows = r.rows
+    return t
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--write-kills", type=int, default=200, help="kills of a process that only writes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--campaign-seed", type=int, default=7, help="seed of the campaign")
     parser.add_argument("--store", default="sqlite", help="comma-separated: sqlite, postgres")
@@ -118,10 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Console(width=150)
     tallies = []
+    writes = []
     with tempfile.TemporaryDirectory(prefix="sdl-crash-") as tmp:
         folder = Path(tmp)
         protocol = cz.small_protocol(folder, rounds=args.rounds, batch=args.batch, replicates=args.replicates)
         for kind in [s.strip() for s in args.store.split(",") if s.strip()]:
+            url = (
+                f"sqlite:///{folder / 'writes.db'}"
+                if kind == "sqlite"
+                else os.environ.get("SDL_TEST_POSTGRES_URL", "")
+            )
+            if args.write_kills and url:
+                writes.append(write_kills(kind, url, args.write_kills, args.seed))
+            if not args.kills:
+                continue
             start = time.perf_counter()
             tally = run_store(kind, args, folder, protocol, out)
             tally.notes.append(f"{time.perf_counter() - start:.0f} s")
@@ -143,14 +191,34 @@ def main(argv: list[str] | None = None) -> int:
             f"{t.resumed_finished}/{t.kills}", str(t.lost), str(t.duplicated), str(t.medians_differ),
             f"{t.max_median_delta:.2g}", str(t.values_differ), spread,
         )  # fmt: skip
-    out.print(table)
+    if tallies:
+        out.print(table)
+    if writes:
+        wt = Table(title="SIGKILL of a process writing replicates (one transaction each), then reopen")
+        for col in (
+            "store",
+            "kills",
+            "store opens",
+            "integrity ok",
+            "row = event",
+            "indices 0..n-1",
+            "next write ok",
+            "replicates",
+        ):
+            wt.add_column(col, justify="right")
+        for w in writes:
+            wt.add_row(
+                w.store, str(w.kills), f"{w.opened}/{w.kills}", f"{w.integrity_ok}/{w.kills}", f"{w.atomic}/{w.kills}",
+                f"{w.contiguous}/{w.kills}", f"{w.continues}/{w.kills}", str(w.rows),
+            )  # fmt: skip
+        out.print(wt)
     for t in tallies:
         for note in t.notes:
             out.print(f"{t.store}: {note}")
     bad = any(
         t.lost or t.duplicated or t.medians_differ or t.values_differ or t.resumed_finished != t.kills
         for t in tallies
-    )
+    ) or any(min(w.opened, w.integrity_ok, w.atomic, w.contiguous, w.continues) != w.kills for w in writes)
     return 1 if bad else 0
 
 

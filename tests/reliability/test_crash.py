@@ -14,6 +14,7 @@ from orchestrator.campaign import start_campaign
 from orchestrator.store import open_store
 
 from . import campaigns as cz
+from . import storekill as sk
 
 SEED = 5
 
@@ -48,3 +49,27 @@ def test_sigkill_then_resume_on_postgres(tmp_path: Path) -> None:
     if not url:
         pytest.skip("needs SDL_TEST_POSTGRES_URL (a PostgreSQL server; .ci/run starts one)")
     _check(lambda name: url, tmp_path, [(0.4, 0.0)])
+
+
+def _write_kills(url: str, kills: int) -> None:
+    store = open_store(url)
+    campaign_id = sk.new_campaign(store)
+    store.engine.dispose()
+    for i in range(kills):
+        r = sk.kill_during_writes(url, campaign_id, 0.05 + 0.03 * i)
+        assert r.opened and r.integrity_ok, r
+        assert r.rows == r.events, f"a half-written replicate: {r}"
+        assert r.contiguous and r.continues, r
+    assert r.rows > kills, "the writer wrote (almost) nothing: the kills tested no write"
+
+
+def test_a_store_killed_while_writing_opens_whole_on_sqlite(tmp_path: Path) -> None:
+    _write_kills(f"sqlite:///{tmp_path / 'writes.db'}", 8)
+
+
+@pytest.mark.postgres
+def test_a_store_killed_while_writing_opens_whole_on_postgres() -> None:
+    url = os.environ.get("SDL_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("needs SDL_TEST_POSTGRES_URL (a PostgreSQL server; .ci/run starts one)")
+    _write_kills(url, 8)
