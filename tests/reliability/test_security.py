@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -267,6 +268,34 @@ def test_secrets_never_reach_any_log(tmp_path: Path, all_logs: io.StringIO) -> N
     leaked = [s for s in secrets_seen if s and s in text]
     assert not leaked, f"secrets in the logs: {leaked}"
     assert "wrong-" + password not in text
+
+
+@pytest.mark.postgres
+def test_a_postgres_password_in_the_store_url_never_reaches_the_log(all_logs: io.StringIO) -> None:
+    """The console on PostgreSQL logs where its store is (lifespan "console up"), never the password."""
+    url = os.environ.get("SDL_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("needs SDL_TEST_POSTGRES_URL (a PostgreSQL server; .ci/run starts one)")
+    from argon2 import PasswordHasher
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.password is None:  # the CI cluster trusts local connections: any password is accepted
+        parsed = parsed.set(password="pg-secret-in-the-url-77")
+    secret = parsed.password
+    assert secret
+    app = create_app(
+        parsed.render_as_string(hide_password=False),
+        secret=SECRET,
+        background=False,
+        password_hasher=PasswordHasher(**HASHER_KW),
+        source=FakeSource(),
+    )
+    with TestClient(app) as c:
+        assert c.get("/api/health").status_code == 200
+    text = all_logs.getvalue()
+    assert "console up" in text and ":***@" in text  # the URL is there, its password masked
+    assert str(secret) not in text
 
 
 # -- binding ----------------------------------------------------------------------------------------
