@@ -422,14 +422,14 @@ def _out_of_pump_range(rig: Any, stream: str, rate: float) -> bool:
 class Probe:
     """A connected simulated rig (deploy/rigs/simulated.yaml) for protocols that pass the rig check."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "probe") -> None:
         self.protocol = load_protocol(PROTOCOL_FILE)
         # its own sim:// lines, so that rigs built from generated files elsewhere never share them
-        text = SIM_RIG_FILE.read_text().replace("sim://newera/", "sim://newera/probe-")
+        text = SIM_RIG_FILE.read_text().replace("sim://newera/", f"sim://newera/{name}-")
         self.rig_cfg = RigConfig.model_validate(
-            yaml.safe_load(text.replace("sim://harvard/", "sim://harvard/probe-"))
+            yaml.safe_load(text.replace("sim://harvard/", f"sim://harvard/{name}-"))
         )
-        self.rig = build_rig(self.rig_cfg, self.protocol, world_name="fuzz-probe")
+        self.rig = build_rig(self.rig_cfg, self.protocol, world_name=f"fuzz-{name}")
         self.rig.connect()
         self.tap = WireTap(self.rig_cfg)
 
@@ -703,9 +703,14 @@ class ApiHarness:
         self.headers = {"Authorization": f"Bearer {token}"}
         self.client = TestClient(self.app)
         self.client.__enter__()
+        # a connected simulated rig beside the console: no API call may send it a byte
+        self.probe = Probe("api")
+        self.probe.rig.safe_state()
+        self.probe.tap.bytes = 0
 
     def close(self) -> None:
         self.client.__exit__(None, None, None)
+        self.probe.close()
 
     def state(self) -> tuple[Any, ...]:
         return (
@@ -736,6 +741,8 @@ class ApiHarness:
         what = f"{call.method} {call.path} {call.query} {call.body!r} -> {r.status_code} {r.text[:300]}"
         if r.status_code >= 500:
             return Verdict(Outcome.TRACEBACK, what)
+        if self.probe.tap.bytes:
+            return Verdict(Outcome.HARDWARE, f"{self.probe.tap.bytes} bytes reached a pump: {what}")
         after = self.state()
         if r.status_code >= 400:
             if after != before:
