@@ -347,6 +347,34 @@ class CompositeSurrogate:
         return np.array(picks).reshape(n, -1)
 
 
+class MixedSurrogate:
+    """A share of each batch from the scalar-loss GP-EI-LP, the rest from the composite model.
+
+    Two models that fail differently: the composite is sharp once its spectrum model holds, but with
+    few, uniformly poor conditions (an optimum far outside the initial bounds) its sampled EI chases
+    variance; the scalar GP follows the loss's trend. Predictions (and the widening gate's first
+    opinion) are the composite's; the scalar model is offered to the gate as a second opinion."""
+
+    def __init__(self, main: CompositeSurrogate, scalar: Any, fraction: float) -> None:
+        self.main, self.scalar, self.fraction = main, scalar, fraction
+        self.alternatives = (scalar,)
+
+    def select(self, space: Space, n: int, pending: np.ndarray) -> np.ndarray:
+        m = int(round(self.fraction * n)) if n > 1 else 0
+        first = self.scalar.select(space, m, pending) if m else np.empty((0, pending.shape[1]))
+        rest = self.main.select(space, n - m, np.vstack([pending, first]) if len(pending) else first)
+        return np.vstack([first, rest])
+
+    def predicted_loss(self, x: np.ndarray) -> np.ndarray:
+        return self.main.predicted_loss(x)
+
+    def predicted_best(self, space: Space) -> np.ndarray:
+        return self.main.predicted_best(space)
+
+    def predicted_spectra(self, x: np.ndarray) -> np.ndarray:
+        return self.main.predicted_spectra(x)
+
+
 def median_spectra(observations: list[Observation]) -> tuple[list[Observation], np.ndarray]:
     """Measured conditions that carry spectra, and the median spectrum of each."""
     rows = [o for o in observations if o.spectra is not None and len(o.spectra) and o.median_loss is not None]
@@ -358,6 +386,7 @@ def median_spectra(observations: list[Observation]) -> tuple[list[Observation], 
 DEFAULTS: dict[str, Any] = {
     "mc_samples": 48, "n_global": 768, "n_local": 384, "rerank": 128, "refine": 32, "baseline": 16,
     "max_fit": 100, "max_condition": 400, "fit_iterations": 50, "minmax_stride": 3, "k_min": 5, "k_max": 8, "new_ground_max": 3,
+    "scalar_fraction": 0.0,
 }
 
 
@@ -390,6 +419,9 @@ class CompositeOptimizer:
         failed = history.failed()
         x_failed = space.to_array([o.inputs for o in failed]) if failed else np.empty((0, x.shape[1]))
         surrogate = CompositeSurrogate(gp, pca, history.loss, scaler, x[cond], u[cond], x_failed, rng, self.s)
+        if float(self.s["scalar_fraction"]) > 0:
+            surrogate = MixedSurrogate(surrogate, self._scalar_surrogate(history, space, rng),
+                                       float(self.s["scalar_fraction"]))
         batch, new_space, notes = select_with_widening(surrogate, history, space, n, self.policy)
         batch = make_feasible(new_space, batch)
         predicted = surrogate.predicted_spectra(batch)
@@ -400,6 +432,16 @@ class CompositeOptimizer:
         })
         return Suggestion(batch=new_space.to_dicts(batch), space=new_space, sources=[self.name] * len(batch),
                           predictions=list(predicted), notes=notes)
+
+    def _scalar_surrogate(self, history: History, space: Space, rng: np.random.Generator):
+        from orchestrator.optimize.ei_lp import EILPSurrogate
+        from orchestrator.optimize.gp import LossGP, loss_training_data, unit_scaler
+
+        x, y, _ = loss_training_data(history, space)
+        n_ok = len(history.measured())
+        scaler = unit_scaler(space, use_log=True)
+        gp = LossGP(ard=True).fit(scaler.to_unit(x), y, rng)
+        return EILPSurrogate(gp, scaler, x[:n_ok], y[:n_ok], rng)
 
     def _fallback(self, history: History, space: Space, n: int, n_spectra: int) -> Suggestion:
         """Too few spectra to model (a history imported without them): the scalar-loss GP, else a design."""
@@ -412,9 +454,21 @@ class CompositeOptimizer:
         return design_suggestion(self.name, self.seed, history, space, n, "too few measured conditions to model")
 
 
-def build(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int) -> CompositeOptimizer:
+def build(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int,
+          *, name: str = "composite", defaults: Mapping[str, Any] = DEFAULTS) -> CompositeOptimizer:
     from orchestrator.optimize.registry import take_settings
 
-    s = take_settings("composite", settings, DEFAULTS)
+    s = take_settings(name, settings, defaults)
+    if not 0 <= float(s["scalar_fraction"]) <= 1:
+        from orchestrator.optimize.registry import OptimizerSettingsError
+
+        raise OptimizerSettingsError(f"optimizer.settings.scalar_fraction must lie in [0, 1], got {s['scalar_fraction']!r}")
     policy = WideningPolicy.from_protocol(widening, rule="gated", max_new=int(s["new_ground_max"]))
-    return CompositeOptimizer(seed, policy, s)
+    optimizer = CompositeOptimizer(seed, policy, s)
+    optimizer.name = name
+    return optimizer
+
+
+def build_mixed(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int) -> CompositeOptimizer:
+    """``composite_mix``: the composite with a third of each batch from the scalar GP-EI-LP."""
+    return build(settings, widening, seed, name="composite_mix", defaults={**DEFAULTS, "scalar_fraction": 1 / 3})

@@ -194,9 +194,12 @@ def select_with_widening(
         notes["widening"] = [c.note() for c in changes]
         return batch, space.with_bounds(bounds), notes
 
-    anchors = {"the best measured condition": _best_measured(history, space),
-               "the predicted-best condition": surrogate.predicted_best(space)}
-    anchors = {k: v for k, v in anchors.items() if v is not None}
+    best = _best_measured(history, space)
+    opinions = []  # (model, its anchors): the surrogate, then any second opinions it offers
+    for k, model in enumerate([surrogate, *getattr(surrogate, "alternatives", ())]):
+        label = "the predicted-best condition" if k == 0 else f"model {k + 1}'s predicted-best condition"
+        anchors = {"the best measured condition": best, label: model.predicted_best(space)}
+        opinions.append((model, {a: x for a, x in anchors.items() if x is not None}))
     changes, strips, refused = [], [], []
     bounds = dict(space.bounds)
     for i, side, frac in crowded:
@@ -207,7 +210,10 @@ def select_with_widening(
             continue
         lo, hi = bounds[v.name]
         trial = space.with_bounds({**space.bounds, v.name: (new, v.high) if side == "low" else (v.low, new)})
-        ok, why = _gate(space, trial, surrogate, anchors, i, side, policy)
+        for model, anchors in opinions:
+            ok, why = _gate(space, trial, model, anchors, i, side, policy)
+            if ok:
+                break
         if not ok:
             refused.append({"variable": v.name, "edge": side, "reason": why})
             continue

@@ -75,7 +75,7 @@ def campaign(strategy: str, seed: int, rounds: int, space: Space | None = None) 
     space = space or toy_space()
     hist = History([], WL, LOSS, round_index=1)
     hist.observations += measure(space.to_dicts(latin_hypercube(space, 15, rng)), 1, rng)
-    opt = make_optimizer(strategy, FAST if strategy == "composite" else {}, WIDENING, seed)
+    opt = make_optimizer(strategy, FAST if strategy.startswith("composite") else {}, WIDENING, seed)
     suggestions = []
     for r in range(2, rounds + 1):
         hist.round_index = r
@@ -120,3 +120,18 @@ def test_without_spectra_the_composite_falls_back_to_the_scalar_gp() -> None:
     sug = make_optimizer("composite", FAST, WIDENING, 0).suggest(hist, space, 15)
     assert "spectra" in sug.notes["fallback"]
     assert space.feasible(space.to_array(sug.batch)).all()
+
+
+def test_mixed_composite_takes_a_third_of_the_batch_from_the_scalar_gp() -> None:
+    space = toy_space()
+    hist, _, _ = campaign("lhs", 5, 2, space)
+    hist.round_index = 3
+    a = make_optimizer("composite_mix", FAST, WIDENING, 2).suggest(hist, space, 15)
+    b = make_optimizer("composite_mix", FAST, WIDENING, 2).suggest(hist, space, 15)
+    pure = make_optimizer("composite", FAST, WIDENING, 2).suggest(hist, space, 15)
+    assert a.batch == b.batch and a.sources == ["composite_mix"] * 15
+    assert a.batch != pure.batch
+    assert len(a.predictions) == 15 and a.predictions[0].shape == WL.shape
+    assert a.space.feasible(a.space.to_array(a.batch)).all()
+    with pytest.raises(ValueError, match="scalar_fraction"):
+        make_optimizer("composite", {"scalar_fraction": 1.5}, WIDENING, 0)

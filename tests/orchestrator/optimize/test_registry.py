@@ -15,7 +15,7 @@ from orchestrator.optimize.registry import (
 from orchestrator.optimize.widening import WideningSettingsError
 
 WIDENING = {"enabled": True, "edge_fraction": 0.05, "trigger_fraction": 0.3, "step_fraction": 0.25}
-MINE = ("gp_ei_lp", "gp_ei_lp_paper", "composite", "qnei_botorch")
+MINE = ("gp_ei_lp", "gp_ei_lp_paper", "composite", "composite_mix", "qnei_botorch")
 
 
 def test_default_is_a_registered_model_based_strategy() -> None:

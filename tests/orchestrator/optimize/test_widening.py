@@ -102,6 +102,20 @@ def test_gated_rule_widens_one_step_and_spends_at_most_max_new_outside() -> None
     assert space.feasible(batch).all()
 
 
+def test_a_second_opinion_can_open_an_edge_the_first_model_refuses() -> None:
+    class WithSecondOpinion(BowlSurrogate):
+        def __init__(self) -> None:
+            super().__init__((8.0, 8.0))  # the first model sees its optimum inside
+            self.alternatives = (BowlSurrogate((40.0, 8.0)),)  # the second sees it beyond a's edge
+
+    policy = WideningPolicy.from_protocol(WIDENING, rule="gated", max_new=3)
+    hist = history_at([(19.5, 8.0), (5.0, 8.0)], [0.1, 0.6])
+    _, alone, _ = select_with_widening(BowlSurrogate((8.0, 8.0)), hist, space2(), 15, policy)
+    _, both, notes = select_with_widening(WithSecondOpinion(), hist, space2(), 15, policy)
+    assert alone.variables[0].high == 20.0
+    assert both.variables[0].high == pytest.approx(25.0) and notes["widening"][0]["variable"] == "a"
+
+
 def test_widening_settings_are_validated() -> None:
     with pytest.raises(WideningSettingsError, match="unknown key"):
         WideningPolicy.from_protocol({"enabled": True, "step": 0.1}, rule="gated")
