@@ -69,6 +69,9 @@ def fit_subset(y: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.nda
     return np.sort(np.concatenate([best, rest]))
 
 
+_CHUNK = 2048
+
+
 class LossGP:
     """A fitted GP of the loss over unit-cube inputs; predictions in loss units."""
 
@@ -78,12 +81,14 @@ class LossGP:
         ard: bool = True,
         restarts: int = 2,
         max_fit: int = 300,
+        max_condition: int = 600,
         length_scale_bounds: tuple[float, float] = (0.03, 30.0),
         noise_bounds: tuple[float, float] = (1e-6, 1.0),
     ) -> None:
         self.ard = ard
         self.restarts = restarts
         self.max_fit = max_fit
+        self.max_condition = max_condition
         self.length_scale_bounds = length_scale_bounds
         self.noise_bounds = noise_bounds
         self.gp: GaussianProcessRegressor | None = None
@@ -106,7 +111,10 @@ class LossGP:
                 random_state=np.random.RandomState(rng.integers(2**31)),
             ).fit(u[rows], y[rows])
             if len(rows) < len(y):
-                gp = GaussianProcessRegressor(gp.kernel_, normalize_y=True, optimizer=None).fit(u, y)
+                # condition on at most max_condition rows (the best and a spread): predicting costs
+                # O(rows^2) per candidate, and a campaign's 2,000th condition adds little far from the best
+                cond = fit_subset(y, self.max_condition, rng)
+                gp = GaussianProcessRegressor(gp.kernel_, normalize_y=True, optimizer=None).fit(u[cond], y[cond])
         self.gp = gp
         return self
 
@@ -120,13 +128,18 @@ class LossGP:
     def predict(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and latent (noise-free) standard deviation at unit-cube inputs."""
         assert self.gp is not None, "fit the model first"
-        mean, std = self.gp.predict(np.atleast_2d(u), return_std=True)
+        u = np.atleast_2d(u)
+        parts = [self.gp.predict(u[i : i + _CHUNK], return_std=True) for i in range(0, len(u), _CHUNK)]
+        mean = np.concatenate([p[0] for p in parts]) if parts else np.empty(0)
+        std = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
         var = np.clip(np.square(std) - self._noise_var, 1e-12, None)
         return mean, np.sqrt(var)
 
     def mean(self, u: np.ndarray) -> np.ndarray:
         assert self.gp is not None, "fit the model first"
-        return self.gp.predict(np.atleast_2d(u))
+        u = np.atleast_2d(u)
+        # in chunks: scikit-learn builds the whole (candidates x rows) kernel at once
+        return np.concatenate([self.gp.predict(u[i : i + _CHUNK]) for i in range(0, len(u), _CHUNK)] or [np.empty(0)])
 
     def mean_gradient_norm(self, u: np.ndarray, h: float = 1e-4) -> np.ndarray:
         """|grad mean| at rows of ``u`` by central differences (the mean alone is cheap to predict)."""
