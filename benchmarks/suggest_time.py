@@ -103,7 +103,7 @@ def table(rows: list[dict[str, float]], strategies: Sequence[str], sizes: Sequen
         f"Suggestion of 15 conditions: wall time and CPU time of the process (s, median over repeats) and the "
         f"rise of peak resident memory during the suggestion (MB); "
         f"{platform.machine()}, {os.cpu_count()} cores, torch/BLAS threads per process as given, "
-        f"load average {load:.1f} at the end (the cores were shared with other work).",
+        f"load average {load:.1f} at the end (other work on the machine inflates wall time).",
         "",
         "| strategy | " + " | ".join(f"{n} obs: wall s (goal {GOALS_S.get(n, float('nan')):g}) | cpu s | MB"
                                       for n in sizes) + " |",
