@@ -11,15 +11,12 @@ refits the spectrum network and a Gaussian process on everything measured, and w
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import structlog
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from orchestrator.logging import warnings_to_stderr
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -62,24 +59,8 @@ def _parse_maps(values: list[str] | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
-@contextlib.contextmanager
-def _warnings_on_stderr() -> Iterator[None]:
-    """Only warnings, on stderr: stdout carries the page's path, stderr the progress bar."""
-    previous = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-    try:
-        yield
-    finally:
-        structlog.configure(**previous)
-
-
 def run_report(args: argparse.Namespace) -> int:
-    with _warnings_on_stderr():
+    with warnings_to_stderr():
         return _report(args)
 
 
