@@ -67,12 +67,12 @@ def campaign_logging(path: str | Path, *, level: int = logging.INFO) -> Iterator
 
 
 @contextlib.contextmanager
-def warnings_to_stderr() -> Iterator[None]:
-    """Warnings and errors only, plain text on stderr (commands whose stdout is their answer)."""
+def warnings_to_stderr(level: int = logging.WARNING) -> Iterator[None]:
+    """Warnings and errors only (or ``level`` and up), plain text on stderr (commands whose stdout is their answer)."""
     previous = structlog.get_config()
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )

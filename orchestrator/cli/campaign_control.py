@@ -18,22 +18,21 @@ a bad option), with a message that says what to do.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import migrations, state
+from orchestrator.logging import warnings_to_stderr
 from orchestrator.state import InvalidTransition
 from orchestrator.store import (
     CampaignRow,
@@ -137,22 +136,6 @@ def _who() -> str:
         return "cli"
 
 
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """Errors only, on stderr (the command says what happened itself): stdout carries JSON, CSV or a table."""
-    previous = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-    try:
-        yield
-    finally:
-        structlog.configure(**previous)
-
-
 def _url(args: argparse.Namespace) -> str:
     return normalise_url(args.db or default_db_url())
 
@@ -186,7 +169,7 @@ def _redacted(url: str) -> str:
 
 def _run(action: Callable[[], int | None]) -> int:
     err = Console(stderr=True)
-    with _quiet_logs():
+    with warnings_to_stderr(logging.ERROR):
         try:
             return int(action() or 0)
         except (CommandError, InvalidTransition, StoreError) as exc:
