@@ -65,7 +65,6 @@ from orchestrator.store import (
     Store,
     array_from_bytes,
     conditions_t,
-    events_t,
     open_store,
     replicates_t,
     rounds_t,
@@ -397,24 +396,7 @@ class StoreSource:
     def _recent(self, campaign_id: str, limit: int) -> Sequence[ConsoleEvent]:
         """The campaign's newest ``limit`` events, oldest first (one indexed query, newest first)."""
         self._row(campaign_id)
-        e = events_t.c
-        query = sa.select(events_t).where(e.campaign_id == campaign_id).order_by(e.id.desc()).limit(limit)
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        return self._console_events(
-            [
-                EventRow(
-                    id=r["id"],
-                    campaign_id=r["campaign_id"],
-                    at=r["at"],
-                    kind=r["kind"],
-                    who=r["who"],
-                    reason=r["reason"],
-                    data=dict(r["data"] or {}),
-                )
-                for r in reversed(rows)
-            ]
-        )
+        return self._console_events(self.store.recent_events(campaign_id, limit))
 
     def latest_event_id(self) -> int:
         return self.store.latest_event_id()
