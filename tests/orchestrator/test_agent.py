@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,49 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import yaml
 
 from orchestrator import state
 from orchestrator.agent import Agent, HandBack
 from orchestrator.campaign import run_campaign, start_campaign
 from orchestrator.cli.main import main
-from orchestrator.store import Store, normalise_url, open_store
+from orchestrator.store import Store, open_store
 from simulators.world import get_world
 from tests.orchestrator.campaign_support import SIM_RIG, fingerprint, statuses, tiny_protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("SDL_TEST_POSTGRES_URL")
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(not PG_URL, reason="SDL_TEST_POSTGRES_URL is not set"),
-            ],
-        ),
-    ]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs' / 'sdl.db'}"
-        return
-    assert PG_URL is not None
-    schema = f"t_{secrets.token_hex(6)}"  # a private schema per test
-    admin = sa.create_engine(normalise_url(PG_URL))
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
 
 
 @pytest.fixture
