@@ -821,28 +821,41 @@ class Store:
         return row.owner if row.is_live(self.now(), stale_after_s) else None
 
     def claim_next(self, rig_name: str, owner: str, *, stale_after_s: float = STALE_AFTER_S) -> str | None:
-        """For an agent: claim the oldest queued campaign for ``rig_name`` nobody live holds; its id or None."""
+        """For an agent: claim the oldest queued campaign for ``rig_name`` nobody live holds; its id or None.
+
+        The choice is made in SQL (one row, ``LIMIT 1``); on PostgreSQL that row is locked
+        ``FOR UPDATE SKIP LOCKED``, so agents claiming at once for the same rig each get a different
+        campaign and never wait on each other's whole queue."""
         with self._write() as conn:
+            now = self.now()
+            stale_before = now - timedelta(seconds=stale_after_s)
+            c = campaigns_t.c
             query = (
                 sa.select(campaigns_t)
-                .where(campaigns_t.c.status == state.QUEUED, campaigns_t.c.queued_for_rig == rig_name)
-                .order_by(campaigns_t.c.created_at, campaigns_t.c.id)
+                .where(
+                    c.status == state.QUEUED,
+                    c.queued_for_rig == rig_name,
+                    sa.or_(
+                        c.owner.is_(None),
+                        c.owner == owner,
+                        c.heartbeat_at.is_(None),
+                        c.heartbeat_at <= stale_before,
+                    ),
+                )
+                .order_by(c.created_at, c.id)
+                .limit(1)
             )
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            now = self.now()
-            for r in conn.execute(query).mappings().all():
-                row = CampaignRow(**r)
-                if row.owner not in (None, owner) and row.is_live(now, stale_after_s):
-                    continue
-                conn.execute(
-                    campaigns_t.update()
-                    .where(campaigns_t.c.id == row.id)
-                    .values(owner=owner, heartbeat_at=now, claimed_at=now)
-                )
-                self._event(conn, row.id, "claimed", who=owner, data={"owner": owner, "previous": row.owner})
-                return row.id
-        return None
+            r = conn.execute(query).mappings().first()
+            if r is None:
+                return None
+            row = CampaignRow(**r)
+            conn.execute(
+                campaigns_t.update().where(c.id == row.id).values(owner=owner, heartbeat_at=now, claimed_at=now)
+            )
+            self._event(conn, row.id, "claimed", who=owner, data={"owner": owner, "previous": row.owner})
+            return row.id
 
     # -- rounds and conditions
 

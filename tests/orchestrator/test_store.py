@@ -19,6 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator import migrations
 from orchestrator.state import InvalidTransition
 from orchestrator.store import (
+    STALE_AFTER_S,
     CampaignClaimed,
     ClaimLost,
     DuplicateReplicate,
@@ -275,6 +276,19 @@ def test_agent_claims_the_oldest_queued_campaign_for_its_rig(store: Store, clock
     assert store.claim_next("rig-a", "agent-2") == b
     assert store.claim_next("rig-a", "agent-3") is None
     assert store.campaign(other).owner is None
+
+
+def test_a_queued_claim_whose_agent_went_silent_is_taken_over(store: Store, clock: FakeClock) -> None:
+    a = new_campaign(store, rig="rig-a")
+    store.set_status(a, "queued")
+    assert store.claim_next("rig-a", "agent-1") == a
+    clock.advance(STALE_AFTER_S - 1)
+    assert store.claim_next("rig-a", "agent-2") is None  # agent-1 is still live
+    assert store.claim_next("rig-a", "agent-1") == a  # its own claim is its own again
+    clock.advance(STALE_AFTER_S + 1)
+    assert store.claim_next("rig-a", "agent-2") == a
+    row = store.campaign(a)
+    assert row.owner == "agent-2" and row.heartbeat_at == clock()
 
 
 # ------------------------------------------------------------------------------------- rounds
