@@ -91,14 +91,14 @@ class SpectrometerError(DeviceError):
 class NoDeviceFound(SpectrometerError):
     hint_default = (
         "No Ocean Insight spectrometer was found: check the USB cable, `lsusb` for vendor 2457, and "
-        "install the udev rule (python -m seabreeze.os_setup, or copy 10-oceanoptics.rules to "
+        "install the udev rule (run `seabreeze_os_setup` once, or copy 10-oceanoptics.rules to "
         "/etc/udev/rules.d/ and run `udevadm control --reload-rules`)."
     )
 
 
 class UsbPermissionDenied(SpectrometerError):
     hint_default = (
-        "USB permission denied: install the udev rule 10-oceanoptics.rules (python -m seabreeze.os_setup) "
+        "USB permission denied: install the udev rule 10-oceanoptics.rules (run `seabreeze_os_setup` once) "
         "and re-plug the spectrometer, or add your user to the group the rule names."
     )
 
