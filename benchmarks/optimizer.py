@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.optimize.base import History, Observation, Space, Variable
+from orchestrator.optimize.base import History, Observation, Space
 from orchestrator.optimize.constraints import sample_feasible
 from orchestrator.optimize.lhs import LatinHypercubeOptimizer
 from orchestrator.optimize.registry import make_optimizer
@@ -46,22 +46,30 @@ DOC = REPO / "docs" / "optimizer_benchmark.md"
 THRESHOLDS = (0.05, 0.02, 0.01)
 BATCH = 15
 REPLICATES = 10
-WIDENING = {"enabled": True, "edge_fraction": 0.05, "trigger_fraction": 0.3, "step_fraction": 0.25}
 # strategies and how long each runs; the paper baseline runs longer so its counts are not cut off
 DEFAULT_STRATEGIES = ("lhs", "gp_ei_lp_paper", "gp_ei_lp", "qnei_botorch", "composite")
 BASELINE = "gp_ei_lp_paper"
 
 
+PROTOCOL = REPO / "protocols" / "ag_nanoprism.yaml"
+
+
+@lru_cache(maxsize=1)
+def _protocol():
+    from orchestrator.protocol import load_protocol
+
+    return load_protocol(PROTOCOL)
+
+
 def paper_space() -> Space:
-    """The paper's first-round bounds (README of shared/data/agbonn) with generous hard limits."""
-    pct = (("Q_AgNO3", 4.0, 20.0), ("Q_PVA", 10.0, 40.0), ("Q_TSC", 4.0, 20.0), ("Q_seed", 4.0, 20.0))
-    return Space(
-        variables=(
-            *(Variable(name, lo, hi, 0.5, 80.0) for name, lo, hi in pct),
-            Variable("Q_total", 200.0, 1000.0, 100.0, 2000.0, kind="total", log=True),
-        ),
-        percent_sum_max=90.0,
-    )
+    """The reference protocol's variables as ``sdl run`` sees them: the paper's first-round bounds, the
+    protocol's hard limits, sum limit and log scaling (``log: auto``)."""
+    return _protocol().space()
+
+
+def protocol_widening() -> dict[str, object]:
+    """The reference protocol's ``optimizer.widening``, as a campaign passes it to the optimiser."""
+    return _protocol().optimizer.widening.model_dump()
 
 
 # ---- a second, generic chemistry ----------------------------------------------------------------
@@ -109,6 +117,22 @@ def make_chemistry(name: str, rng: np.random.Generator):
     if name == "bands":
         return Bands(ratio_scale=rng.uniform(1.5, 4.0), shift_nm=rng.uniform(200, 350),
                      conversion_flow=rng.uniform(300, 900))
+    if name == "twoband":  # its optimum moves per seed, often beyond the initial bounds
+        from simulators.chemistry import TwoBand
+
+        d = TwoBand().params
+        return TwoBand(optimum_agno3=d.optimum_agno3 * rng.uniform(0.7, 1.4),
+                       optimum_pva=d.optimum_pva * rng.uniform(0.7, 1.2),
+                       optimum_tsc=d.optimum_tsc * rng.uniform(0.7, 2.0),
+                       optimum_seed=d.optimum_seed * rng.uniform(0.6, 1.4),
+                       optimum_total=d.optimum_total * rng.uniform(0.6, 1.3))
+    if name == "aunanorod":
+        from simulators.chemistry import AuNanorod
+
+        d = AuNanorod().params
+        return AuNanorod(k_ag=d.k_ag * rng.uniform(0.8, 1.25), growth_half=d.growth_half * rng.uniform(0.8, 1.25),
+                         surfactant_half=d.surfactant_half * rng.uniform(0.8, 1.25),
+                         k_red=d.k_red * rng.uniform(0.8, 1.25))
     from simulators.chemistry import AgNanoprism
 
     d = AgNanoprism().params
@@ -168,10 +192,16 @@ def best_condition(model, space: Space, loss: SpectrumLoss, wl: np.ndarray, rng:
     return best_x, best_f
 
 
-def paper_target(wl: np.ndarray) -> SpectrumLoss:
+TARGETS = {"aunanorod": "au_nanorod.csv", "twoband": "two_band.csv"}  # the others: the paper's target
+
+
+def paper_target(wl: np.ndarray, chemistry: str = "agnanoprism") -> SpectrumLoss:
+    """The loss against the chemistry's target (``protocols/targets/``) with the protocol's window."""
     from orchestrator.spectra import interpolate_target, read_target_csv
 
-    return SpectrumLoss(interpolate_target(*read_target_csv(REPO / "protocols" / "targets" / "ag_nanoprism.csv"), wl))
+    target = _protocol().target
+    spectrum = interpolate_target(*read_target_csv(REPO / "protocols" / "targets" / TARGETS.get(chemistry, "ag_nanoprism.csv")), wl)
+    return SpectrumLoss(spectrum, a_low=target.a_low, a_high=target.a_high)
 
 
 def hard_space(space: Space) -> Space:
@@ -197,7 +227,7 @@ def draw_problem(seed: int, scenario: str, chemistry: str) -> Problem:
     0.05 worse than the best within the hard limits (``outside``)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 104729, 0 if scenario == "inside" else 1]))
     wl = wavelength_grid()
-    loss = paper_target(wl)
+    loss = paper_target(wl, chemistry)
     for _ in range(100):
         model = make_chemistry(chemistry, rng)
         x_best, f_best = best_condition(model, hard_space(paper_space()), loss, wl, rng)
@@ -257,7 +287,7 @@ def run_campaign(strategy: str, problem: Problem, rounds: int) -> Run:
     run = Run(strategy, problem.seed, problem.scenario)
     space = problem.space
     history = History([], problem.wavelengths, problem.loss, round_index=1)
-    optimizer = None if strategy == "lhs" else make_optimizer(strategy, {}, WIDENING, seed=problem.seed)
+    optimizer = None if strategy == "lhs" else make_optimizer(strategy, {}, protocol_widening(), seed=problem.seed)
     design = LatinHypercubeOptimizer(seed=problem.seed)  # round 1 of every strategy, and all of "lhs"
     best_median, best_regret = np.inf, np.nan
     for r in range(1, rounds + 1):
@@ -397,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--baseline-rounds", type=int, default=12)
     parser.add_argument("--scenario", choices=("inside", "outside", "both"), default="both")
-    parser.add_argument("--chemistry", choices=("agnanoprism", "bands"), default="agnanoprism")
+    parser.add_argument("--chemistry", choices=("agnanoprism", "bands", "aunanorod", "twoband"), default="agnanoprism")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch/BLAS threads per process (1: fair and steady on shared cores)")

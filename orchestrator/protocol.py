@@ -71,6 +71,10 @@ class InfeasibleInputs(ValueError):
         super().__init__("inputs refused before reaching the pumps: " + "; ".join(problems))
 
 
+# log: auto scales an input in log space when its hard limits span at least this factor
+LOG_AUTO_SPAN = 10.0
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,7 +90,17 @@ class VariableSpec(_Strict):
     stream: Identifier | None = None
     bounds: Interval
     hard_limits: Interval
-    log: bool = False
+    # scale the optimiser's inputs in log space: "auto" (default) where the hard limits are positive and
+    # span at least a decade (flows and their ratios), linear otherwise; true/false forces it
+    log: bool | Literal["auto"] = "auto"
+
+    @property
+    def log_scaled(self) -> bool:
+        """Whether the optimiser sees this input in log space (``log``, with ``auto`` resolved)."""
+        if self.log != "auto":
+            return bool(self.log)
+        low, high = self.hard_limits
+        return low > 0 and high >= LOG_AUTO_SPAN * low
 
     @property
     def unit(self) -> str:
@@ -109,8 +123,10 @@ class VariableSpec(_Strict):
             )
         if self.kind == "total" and hlo <= 0:
             problems.append(Problem("hard_limits", f"the total flow must stay above 0 uL/min, got {hlo:g}"))
-        if self.log and hlo <= 0:
-            problems.append(Problem("log", "a log-scaled variable needs hard_limits above 0"))
+        if self.log is True and hlo <= 0:
+            problems.append(Problem(
+                "log", f"log: true needs hard_limits above 0, got low {hlo:g}: raise the hard low limit, "
+                "or use log: auto (linear when a limit is 0) or log: false"))
         lo, hi = self.bounds
         if not (hlo <= lo and hi <= hhi):
             problems.append(
@@ -378,7 +394,7 @@ class ExperimentProtocol(_Strict):
                     hard_low=v.hard_limits[0],
                     hard_high=v.hard_limits[1],
                     kind=v.kind,
-                    log=v.log,
+                    log=v.log_scaled,
                 )
                 for n, v in self.variables.items()
             ),
