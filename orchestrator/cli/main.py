@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command modules under orchestrator.cli, each adding its sub-commands
@@ -23,7 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def importable_from_working_directory() -> None:
+    """Let ``--chemistry mymodel:Class`` (and a rig's ``chemistry.model``) find ``mymodel.py`` in the
+    directory ``sdl`` runs from, as ``python -m`` would. Appended, so it never shadows an installed package."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
+
+
 def main(argv: list[str] | None = None) -> int:
+    importable_from_working_directory()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

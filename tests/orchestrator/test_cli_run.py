@@ -4,6 +4,7 @@ queueing, bad input refused before anything is stored."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,23 @@ def test_max_rounds_chemistry_and_target_options(tmp_path: Path, db: str, monkey
     assert len(store.rounds(row.id)) == 1
     assert row.options["chemistry"] == "const_model:Const" and row.options["max_rounds"] == 1
     assert "500,1.0" in row.options["target_csv"]
+
+
+
+def test_a_chemistry_module_in_the_working_directory_is_found(tmp_path: Path, db: str, monkeypatch) -> None:
+    """The ``sdl`` script does not put the working directory on sys.path (``python -m`` does):
+    ``--chemistry mymodel:Class`` must still find ``./mymodel.py``, as a chemist would expect."""
+    (tmp_path / "cwd_model_for_sdl_test.py").write_text(
+        "import numpy as np\n"
+        "class Band:\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return 0.5 * np.exp(-0.5 * ((np.asarray(wavelengths) - 600.0) / 40.0) ** 2)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    args = ["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--max-rounds", "1"]
+    assert main([*args, "--chemistry", "cwd_model_for_sdl_test:Band"]) == 0
+    assert sys.path[-1] == str(tmp_path)  # appended: an installed package of the same name still wins
 
 
 def test_queue_only_stores_the_campaign(tmp_path: Path, db: str, capsys) -> None:
