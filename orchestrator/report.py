@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import structlog  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter  # noqa: E402
 
 from orchestrator.optimize import dnn as net  # noqa: E402
 from orchestrator.optimize.base import History, Observation, Space  # noqa: E402
@@ -240,6 +240,17 @@ def predicted_optimum(
 # figures
 
 
+
+def _plain_log_axis(ax: plt.Axes, which: str) -> None:
+    """Axis ``which`` ("x" or "y") in log scale labelled 2, 5, 10, 20 ... (flows and shares read as
+    numbers, not as 2x10^0), without the minor labels that overlap when it spans less than a decade."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _style(source: str) -> tuple[str, str]:
     return SOURCE_STYLE.get(source, DEFAULT_STYLE)
 
@@ -345,7 +356,7 @@ def plot_bounds_by_round(data: ReportData, path: Path) -> Path:
         ax.axhline(v.hard_low, color="grey", ls=":", lw=1)
         ax.axhline(v.hard_high, color="grey", ls=":", lw=1, label="hard limits")
         if v.log:
-            ax.set_yscale("log")
+            _plain_log_axis(ax, "y")
         unit = "%" if v.kind == "percent" else "uL/min"
         ax.set_title(f"{v.name} ({unit})", fontsize=10)
         ax.set_xticks(rounds)
@@ -547,9 +558,9 @@ def plot_loss_map(
     )
     ax.add_patch(rect)
     if vx.log:
-        ax.set_xscale("log")
+        _plain_log_axis(ax, "x")
     if vy.log:
-        ax.set_yscale("log")
+        _plain_log_axis(ax, "y")
     ax.set_xlabel(f"{x_name} ({'%' if vx.kind == 'percent' else 'uL/min'})")
     ax.set_ylabel(f"{y_name} ({'%' if vy.kind == 'percent' else 'uL/min'})")
     fixed = ", ".join(f"{n}={base[i]:.3g}" for i, n in enumerate(names) if i not in (ix, iy))
