@@ -6,10 +6,13 @@ Units are in the names. Drivers never know whether a simulator sits at the other
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from drivers.errors import DeviceError
 
 
 class PumpState(enum.Enum):
@@ -95,3 +98,37 @@ class Spectrometer(Protocol):
         ...
 
     def safe_state(self) -> None: ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """The time a device lives on: the wall clock on a real rig, the world's virtual clock in a dry run.
+
+    A driver that must do something on its own while the host waits (a pump's keep-alive) measures
+    with this clock; a clock that also has ``every(interval_s, callback) -> cancel`` (the simulators'
+    virtual clock) runs such work itself, at the virtual moments a background thread would have."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """Real time (``time.monotonic``): the default clock of a driver."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class StopNotConfirmed(DeviceError):
+    """safe_state() could not confirm that the pump stopped: its line failed. The stop command was
+    still sent without waiting for a reply; whether the pump heard it nobody knows."""
+
+    hint_default = (
+        "The pump may still be pumping: stop it by hand (its STOP key, or switch it off), then check "
+        "its cable, adapter and port before resuming"
+    )

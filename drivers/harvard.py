@@ -33,7 +33,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal
 import serial
 import structlog
 
-from drivers.base import PumpState, PumpStatus
+from drivers.base import PumpState, PumpStatus, StopNotConfirmed
 from drivers.errors import (
     DeviceAlarm,
     DeviceError,
@@ -53,6 +53,10 @@ CR = "\r"
 DEFAULT_BAUDRATE = 115200  # factory setting of the PHD ULTRA, Pump 11 Elite and Legato
 VALID_BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 DIAMETER_RANGE_MM = (0.1, 50.0)
+# ``stp`` sent without waiting for a reply when the line fails. These pumps have no communication
+# watchdog (no time-out in the PHD ULTRA / Pump 11 Elite / Legato pump chain commands): a pump that
+# still hears is stopped only by this; one that hears nothing keeps running until stopped by hand.
+BLIND_STOPS = 3
 
 # A plunger's speed range is fixed, so the rate a syringe gives scales with its cross-section.
 # From the Pump 11 Elite specifications (the narrower range of the family): 1.28 pL/min with a 0.5 uL
@@ -465,8 +469,37 @@ class HarvardPump:
         return PumpStatus(state=state, rate_ul_min=report.rate_ul_min, dispensed_ul=dispensed, alarm=alarm)
 
     def safe_state(self) -> None:
-        """Stop; a stalled or freshly power-cycled pump is already stopped, which is no error here."""
-        self._command("stp", idempotent=True, allow_stall=True, allow_reset=True)
+        """Stop; a stalled or freshly power-cycled pump is already stopped, which is no error here.
+
+        When the line fails (no reply, an unreadable one, the port gone) ``stp`` is still sent a few
+        times without waiting for a reply - a pump whose way back is broken still hears it - and
+        StopNotConfirmed says that nobody knows whether it stopped."""
+        try:
+            self._command("stp", idempotent=True, allow_stall=True, allow_reset=True)
+        except (DeviceTimeout, ProtocolError, NotConnected) as exc:
+            if self.firmware is None:
+                raise  # never reached by this driver, so never started by it: nothing to stop blindly
+            sent = self._blind_stop()
+            raise StopNotConfirmed(
+                f"stop not confirmed ({exc.detail}); 'stp' sent {sent} times without waiting for a reply, "
+                "and the pump has no watchdog of its own",
+                device=self.name,
+            ) from exc
+
+    def _blind_stop(self) -> int:
+        """``stp`` written BLIND_STOPS times on the shared line if it is still held, else on the port
+        opened for this alone; no set-up first (a pump that must be stopped needs nothing else)."""
+        payload = (self._frame("stp") + CR).encode("ascii")
+        with _lines_lock:
+            shared = self._shared or _lines.get(self.port)
+        if shared is not None:
+            with shared.lock:
+                return shared.line.send_blind(payload, BLIND_STOPS)
+        alone = SerialLine(self.port, baudrate=self.baudrate, name=self.port)
+        try:
+            return alone.send_blind(payload, BLIND_STOPS)
+        finally:
+            alone.close()
 
     # -- beyond the protocol -----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import serial
 import structlog
 
-from drivers.base import PumpState, PumpStatus
+from drivers.base import Clock, MonotonicClock, PumpState, PumpStatus, StopNotConfirmed
 from drivers.errors import (
     CommunicationsAlarm,
     DeviceAlarm,
@@ -54,6 +54,10 @@ BAUDRATES = (19200, 9600)
 MIN_DIAMETER_MM = 0.1
 MAX_DIAMETER_MM = 80.0
 MAX_SAFE_TIMEOUT_S = 255
+# what a rig file arms unless it says otherwise: the pump stops itself this long after the host falls
+# silent; the heartbeat talks every third of it, so a busy line or a slow host has two chances to spare
+DEFAULT_SAFE_TIMEOUT_S = 5
+BLIND_STOPS = 3  # STP sent without waiting for a reply when the line fails (I -> P -> S, and one more)
 # while pumping, a rate is spelled in the present units if that rounds it by at most this much;
 # otherwise the units change, which needs a stop
 UNIT_CHANGE_TOLERANCE = 1e-3
@@ -410,8 +414,11 @@ class NewEraPump:
     """One New Era pump at ``address`` on ``port`` (a device path or any pyserial URL).
 
     Pumps given the same port share one serial line. ``safe_mode_timeout_s`` > 0 puts the pump in
-    Safe mode with that watchdog (1-255 s) and keeps it fed from a background heartbeat; after
-    close() (or a crash of this process) nothing feeds it, so the pump stops itself with A?T.
+    Safe mode with that watchdog (1-255 s) and keeps it fed from a heartbeat every third of it; after
+    close() (or a crash of this process, or a dead line) nothing feeds it, so the pump stops itself
+    with A?T. The heartbeat runs on ``clock``: a background thread on the wall clock, or the clock's
+    own timers when it has ``every()`` (the simulators' virtual clock, whose emulated watchdog counts
+    the same virtual seconds). safe_state() that cannot confirm the stop sends STP blindly.
     Alarms are raised once, by the command whose reply carried them (or, when a heartbeat or an
     unsolicited Safe-mode packet saw them, by the next command), and stay in status().alarm until
     the next successful run().
@@ -430,6 +437,7 @@ class NewEraPump:
         retries: int = 2,
         backoff_s: float = 0.05,
         heartbeat: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         if not 0 <= int(address) <= 99 or int(address) != address:
             raise OutOfRange(
@@ -457,7 +465,10 @@ class NewEraPump:
         self._retries = retries
         self._backoff_s = backoff_s
         self._want_heartbeat = heartbeat
+        self._clock: Clock = clock or MonotonicClock()
         self._line: _SharedLine | None = None
+        self._last_baud: int | None = None
+        self._last_safe: bool | None = None  # the framing the pump last answered in
         self._safe = False
         self.model: str | None = None
         self.firmware: str | None = None
@@ -471,6 +482,7 @@ class NewEraPump:
         self._needs_restore = False
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
+        self._hb_cancel: Callable[[], None] | None = None
         self._last_contact = 0.0
 
     # -- connection ----------------------------------------------------------------------------------
@@ -550,6 +562,7 @@ class NewEraPump:
                 except (DeviceTimeout, ProtocolError):
                     continue
                 line.baud_confirmed = True
+                self._last_baud, self._last_safe = baud, safe
                 if reply.alarm == "R":
                     log.info("pump reports power-up reset; acknowledged", pump=self.name)
                 elif reply.alarm:  # an alarm from before we connected: keep it for status(), do not fail
@@ -578,7 +591,7 @@ class NewEraPump:
                 self._latch(reply.alarm, background=False)
                 reply = self._exchange(f"SAF{self._safe_timeout_s}", idempotent=True, any_framing=True)
             self._raise_for(reply, "SAF")
-            self._safe = want_safe
+            self._safe = self._last_safe = want_safe
 
     # -- the SyringePump protocol --------------------------------------------------------------------
 
@@ -607,6 +620,8 @@ class NewEraPump:
         except OutOfRange as exc:
             raise OutOfRange(exc.detail, device=self.name, hint=exc.hint) from None
         self._raise_pending_alarm()
+        if self._needs_restore:  # a power reset cleared the diameter: no rate is taken without it
+            self._restore(rate=False)
         if self._state is None:
             self._state = self._query_state()
         running = self._state in RUNNING
@@ -682,8 +697,27 @@ class NewEraPump:
         )
 
     def safe_state(self) -> None:
-        """Stop the pump. Idempotent; alarms are expected here and only latched."""
-        self.stop()
+        """Stop the pump. Idempotent; alarms are expected here and only latched.
+
+        When the line fails (no reply, an unreadable one, the port gone) STP is still sent a few
+        times without waiting for a reply - a pump whose way back is broken still hears it - and
+        StopNotConfirmed says that nobody knows whether it stopped."""
+        try:
+            self.stop()
+        except (DeviceTimeout, ProtocolError, NotConnected) as exc:
+            if self._last_safe is None:
+                raise  # never reached by this driver, so never started by it: nothing to stop blindly
+            sent = self._blind_stop()
+            watchdog = (
+                f"; its Safe-mode watchdog stops it {self._safe_timeout_s} s after the last command it heard"
+                if self._safe_timeout_s
+                else "; it has no watchdog armed (safe_mode_timeout_s: 0)"
+            )
+            raise StopNotConfirmed(
+                f"stop not confirmed ({exc.detail}); STP sent {sent} times without waiting for a reply"
+                + watchdog,
+                device=self.name,
+            ) from exc
 
     def dispensed_ul(self) -> float:
         """Volume infused since the pump's counter was last cleared (see clear_dispensed)."""
@@ -709,9 +743,10 @@ class NewEraPump:
         self._alarm, self._alarm_reported = None, True
 
     def heartbeat(self) -> None:
-        """One keep-alive status query (the Safe-mode watchdog restarts on every valid packet)."""
+        """One keep-alive status query (the Safe-mode watchdog restarts on every valid packet); one
+        try, since the next beat comes soon and a busy line must not be held."""
         try:
-            reply = self._exchange("", idempotent=True)
+            reply = self._exchange("", idempotent=True, retries=0, parse_retries=0)
         except DeviceError as exc:
             log.warning("heartbeat failed", pump=self.name, error=str(exc))
             return
@@ -844,7 +879,8 @@ class NewEraPump:
                 if reply.error == "COM" and attempt + 1 < attempts:
                     continue  # the pump saw a corrupted packet and did nothing: send it again
                 break
-            self._last_contact = time.monotonic()
+            self._last_contact = self._clock.now()
+            self._last_safe = self._safe
             if any_framing and command.startswith("SAF"):
                 self._safe = split_safe_frames(raw) != []
         if reply.state is not None:
@@ -933,9 +969,10 @@ class NewEraPump:
         assert reply.state is not None
         return reply.state
 
-    def _restore(self) -> None:
-        """Set again what a power reset cleared: diameter, direction, continuous mode and rate."""
-        if self._want_diameter is None or self._rate_ul_min is None:
+    def _restore(self, *, rate: bool = True) -> None:
+        """Set again what a power reset cleared: diameter, direction, continuous mode and (unless a new
+        rate is on its way) the rate."""
+        if self._want_diameter is None or (rate and self._rate_ul_min is None):
             raise PowerResetAlarm(
                 "pump was reset and the driver does not know the diameter and rate to set again",
                 device=self.name,
@@ -945,23 +982,54 @@ class NewEraPump:
         self._needs_restore = False
         self.set_syringe_diameter_mm(self._want_diameter)
         self._command("DIR INF", idempotent=True)
+        if not rate or self._rate_ul_min is None:
+            return
         text, units = choose_rate_units(self._rate_ul_min)
         self._command(f"RAT{text}{units}", idempotent=True)
         self._rate_units = units
 
     def _start_heartbeat(self) -> None:
         interval = max(0.1, self._safe_timeout_s / 3.0)
-        self._hb_stop.clear()
 
         def beat() -> None:
-            while not self._hb_stop.wait(interval):
-                if time.monotonic() - self._last_contact >= interval:
-                    self.heartbeat()
+            # a command in the last half interval fed the watchdog already: the longest silence
+            # is then 1.5 intervals, half the time out
+            if self._line is not None and self._clock.now() - self._last_contact >= interval / 2:
+                self.heartbeat()
 
-        self._hb_thread = threading.Thread(target=beat, name=f"newera-heartbeat-{self.name}", daemon=True)
+        every = getattr(self._clock, "every", None)
+        if callable(every):
+            self._hb_cancel = every(interval, beat)
+            return
+        self._hb_stop.clear()
+
+        def loop() -> None:
+            while not self._hb_stop.wait(interval):
+                beat()
+
+        self._hb_thread = threading.Thread(target=loop, name=f"newera-heartbeat-{self.name}", daemon=True)
         self._hb_thread.start()
 
+    def _blind_stop(self) -> int:
+        """STP written BLIND_STOPS times in the framing the pump last answered in, on the shared line
+        if it is still held, else on the port opened for this alone."""
+        payload = (encode_safe if self._last_safe else encode_basic)(self.address, "STP")
+        with _lines_lock:
+            line = self._line or _lines.get(self.port)
+        if line is not None:
+            with line.lock:
+                return line.serial.send_blind(payload, BLIND_STOPS)
+        baud = self._last_baud or self._baudrates[0]
+        alone = SerialLine(self.port, baudrate=baud, name=f"New Era line {self.port}")
+        try:
+            return alone.send_blind(payload, BLIND_STOPS)
+        finally:
+            alone.close()
+
     def _stop_heartbeat(self) -> None:
+        if self._hb_cancel is not None:
+            self._hb_cancel()
+            self._hb_cancel = None
         self._hb_stop.set()
         if self._hb_thread is not None:
             self._hb_thread.join(timeout=2)

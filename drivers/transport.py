@@ -68,6 +68,23 @@ class SerialLine:
             self.close()
             raise NotConnected(f"write to {self.url!r} failed ({exc})", device=self.name) from exc
 
+    def send_blind(self, payload: bytes, times: int, gap_s: float = 0.05) -> int:
+        """Write ``payload`` ``times`` times without waiting for any reply, (re)opening the port if it
+        can: the last resort of a safe state when replies no longer come back but the device may still
+        hear. Replies that do come are left for the next exchange to drain. Returns the writes sent."""
+        sent = 0
+        for attempt in range(times):
+            if attempt:
+                time.sleep(gap_s)
+            try:
+                self.open()
+                self.write(payload)
+            except NotConnected as exc:
+                log.warning("blind write failed", port=self.url, error=str(exc))
+                continue
+            sent += 1
+        return sent
+
     def read_until(self, complete: ReplyComplete, timeout_s: float) -> bytes:
         """Read until ``complete(buffer)`` or the deadline; raise DeviceTimeout with what arrived."""
         port = self._require()

@@ -948,7 +948,9 @@ class _Runner:
                     self._establish_flow(rates)
                     self._equilibrate(protocol, cond.inputs)
                     flowing = True
-                elif self.rig.clock.now() - self._pumps_checked_at >= self._check_interval_s(rates):
+                # also right after the equilibration wait: a pump that stopped during it (a power
+                # reset, its watchdog) must not go unseen into the first replicate
+                if self.rig.clock.now() - self._pumps_checked_at >= self._check_interval_s(rates):
                     self._recheck_pumps(rates)
                 seq = np.random.SeedSequence([spec.seed, cond.round, cond.index, attempt, i])
 

@@ -28,7 +28,7 @@ from orchestrator.config_errors import (
     validate_model,
 )
 from orchestrator.protocol import ExperimentProtocol
-from simulators.faults import PUMP_FAULTS, SPECTROMETER_FAULTS, Fault
+from simulators.faults import FAULT_PATHS, ONE_WAY_FAULTS, PUMP_FAULTS, SPECTROMETER_FAULTS, Fault
 from simulators.serialsim import drop_bus, get_bus, parse_sim_url
 from simulators.world import Clock, InputMap, VirtualClock, WallClock, World, set_world
 
@@ -66,17 +66,29 @@ class FaultSpec(_Strict):
     kind: str
     at_s: float = Field(0.0, ge=0, allow_inf_nan=False)
     duration_s: PositiveFloat | None = None
+    path: Literal["both", "reply"] | None = Field(
+        None,
+        description="no_reply/garbage on a pump: 'both' (default; the pump hears nothing either) or "
+        "'reply' (only its way back is broken: it still obeys commands)",
+    )
 
     def to_fault(self) -> Fault:
-        return Fault(kind=self.kind, at_s=self.at_s, duration_s=self.duration_s)
+        return Fault(kind=self.kind, at_s=self.at_s, duration_s=self.duration_s, path=self.path or "both")
 
 
-def _fault_problems(faults: list[FaultSpec], allowed: tuple[str, ...]) -> list[Problem]:
-    return [
+def _fault_problems(faults: list[FaultSpec], allowed: tuple[str, ...], *, paths: bool) -> list[Problem]:
+    problems = [
         Problem(f"faults[{i}].kind", f"unknown fault {f.kind!r}; allowed: {', '.join(allowed)}")
         for i, f in enumerate(faults)
         if f.kind not in allowed
     ]
+    for i, f in enumerate(faults):
+        if f.path is not None and not (paths and f.kind in ONE_WAY_FAULTS):
+            where = f"{', '.join(ONE_WAY_FAULTS)} on a pump" if paths else "pump faults"
+            problems.append(
+                Problem(f"faults[{i}].path", f"only {where} take a path ({'/'.join(FAULT_PATHS)}); remove it")
+            )
+    return problems
 
 
 class PumpConfig(_Strict):
@@ -92,6 +104,13 @@ class PumpConfig(_Strict):
         None, description="the reagent stream it pumps; defaults to the pump's name"
     )
     baudrate: int | None = Field(None, description="None: the driver's default (New Era: detects 19200/9600)")
+    safe_mode_timeout_s: int | None = Field(
+        None,
+        ge=0,
+        le=255,
+        description="New Era Safe-mode watchdog: the pump stops itself this many seconds after the host "
+        "falls silent (1-255; 0 turns it off; default 5). Harvard pumps have no such watchdog.",
+    )
     faults: list[FaultSpec] = Field(default_factory=list)
 
     @property
@@ -102,9 +121,26 @@ class PumpConfig(_Strict):
     def is_simulated(self) -> bool:
         return self.port.startswith(SIM_SCHEME)
 
+    @property
+    def watchdog_s(self) -> int:
+        """The Safe-mode watchdog this pump gets (0: none): the rig file's, else the driver's default."""
+        if self.driver != "newera":
+            return 0
+        from drivers.newera import DEFAULT_SAFE_TIMEOUT_S
+
+        return DEFAULT_SAFE_TIMEOUT_S if self.safe_mode_timeout_s is None else self.safe_mode_timeout_s
+
     @model_validator(mode="after")
     def _check(self) -> PumpConfig:
-        problems = _fault_problems(self.faults, PUMP_FAULTS)
+        problems = _fault_problems(self.faults, PUMP_FAULTS, paths=True)
+        if self.driver != "newera" and self.safe_mode_timeout_s:
+            problems.append(
+                Problem(
+                    "safe_mode_timeout_s",
+                    f"a {self.driver} pump has no communication watchdog (only New Era pumps have Safe "
+                    "mode): remove safe_mode_timeout_s or set it to 0",
+                )
+            )
         (dia_low, dia_high), baudrates = driver_ranges(self.driver)
         if not dia_low <= self.syringe_diameter_mm <= dia_high:
             problems.append(
@@ -170,7 +206,7 @@ class SpectrometerConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> SpectrometerConfig:
-        problems = _fault_problems(self.faults, SPECTROMETER_FAULTS)
+        problems = _fault_problems(self.faults, SPECTROMETER_FAULTS, paths=False)
         if self.faults and self.driver != "simulated":
             problems.append(Problem("faults", "faults can only be injected into the simulated spectrometer"))
         if problems:
@@ -636,7 +672,8 @@ def _make_pump(p: PumpConfig, clock: Clock) -> SyringePump:
     if p.driver == "newera":
         from drivers.newera import NewEraPump
 
-        return NewEraPump(p.name, p.port, **kwargs)
+        # the heartbeat keeps the pump's watchdog fed on the clock the rig lives on (virtual in a dry run)
+        return NewEraPump(p.name, p.port, safe_mode_timeout_s=p.watchdog_s, clock=clock, **kwargs)
     if p.driver == "sila":
         from drivers.sila import SilaPump
 
@@ -686,4 +723,3 @@ def new_world(cfg: RigConfig, protocol: ExperimentProtocol | None, chemistry: st
     dead = sim.dead_volume_ul or cfg.dead_volume_ul
     assert dead is not None
     return World(clock=VirtualClock(), dead_volume_ul=dead, inputs=input_maps(protocol), chemistry=model)
-

@@ -17,6 +17,12 @@ URL: ``sim://harvard/<bus>?address=0&address=1&world=NAME&baud=115200&syringe_ul
 diameter the pumps power up with). Rates are limited by the syringe diameter
 as on the pump: its plunger speed range is fixed. Volumes integrate over the world's clock; every change
 of a pump's effective flow is reported to ``World.pump_flow_changed``.
+
+Faults (:meth:`HarvardFirmware.inject`, ``simulators.faults``): ``no_reply`` and ``garbage`` on path
+``both`` leave the pump deaf (nothing carried out; silence, or a garbled answer to a garbled line), on
+path ``reply`` it carries out every command and only what it sends back is lost or garbled. The pumps
+have no communication watchdog (the PHD ULTRA / Pump 11 Elite / Legato pump chain command sets have
+no time-out command): a deaf pump keeps running at its last rate.
 """
 
 from __future__ import annotations
@@ -425,7 +431,10 @@ class HarvardFirmware(Firmware):
         pump.target_reached = prompt == "T*"
         self._report_flow(pump)
         if announce and pump.poll == "off":
-            self._unsolicited += b"\n" + self._prompt_prefix(pump) + prompt.encode()
+            elapsed = self.world.clock.now() - pump.created_s
+            self._unsolicited += self._sent(
+                pump, b"\n" + self._prompt_prefix(pump) + prompt.encode(), elapsed
+            )
 
     def _report_flow(self, pump: _Pump) -> None:
         flow = pump.flow_ul_min
@@ -443,10 +452,10 @@ class HarvardFirmware(Firmware):
         if pump is None:
             return b""  # nobody on the chain has that address
         elapsed = self.world.clock.now() - pump.created_s
-        if pump.faults.holds("no_reply", elapsed):
-            return b""
-        if pump.faults.holds("garbage", elapsed):
-            return bytes(self._rng.randrange(0x80, 0xFF) for _ in range(8 + len(raw)))
+        if pump.faults.holds("no_reply", elapsed, "both"):
+            return b""  # the pump hears nothing: nothing is carried out
+        if pump.faults.holds("garbage", elapsed, "both"):
+            return self._garbled(8 + len(raw))  # a garbled line: no command, a garbled answer
         lines = self._execute(pump, body)
         out = bytearray(raw + b"\r" if pump.echo and pump.poll != "remote" else b"")
         text_prefix = f"{pump.address:02d}:".encode() if pump.address else b""
@@ -456,7 +465,19 @@ class HarvardFirmware(Firmware):
             out += b"\n" + self._prompt_prefix(pump) + pump.prompt.encode()
             if pump.poll == "on":
                 out += XON
-        return bytes(out)
+        return self._sent(pump, bytes(out), elapsed)
+
+    def _sent(self, pump: _Pump, data: bytes, elapsed: float) -> bytes:
+        """What reaches the host of bytes the pump sends: nothing through a dead return line, noise
+        through a noisy one (the command itself was carried out)."""
+        if not data or pump.faults.holds("no_reply", elapsed):
+            return b""
+        if pump.faults.holds("garbage", elapsed):
+            return self._garbled(len(data))
+        return data
+
+    def _garbled(self, size: int) -> bytes:
+        return bytes(self._rng.randrange(0x80, 0xFF) for _ in range(size))
 
     @staticmethod
     def _prompt_prefix(pump: _Pump) -> bytes:

@@ -9,7 +9,9 @@ with a pump at each address. It answers with the bytes of the NE-1000 manual (Pu
   reply; one without an address is taken by every pump on the line (their replies collide, as real).
 * Safe mode (``SAF n``): ``<STX><len><data><CRC hi><CRC lo><ETX>``, ``len`` = bytes after STX, CRC-16
   (CCITT, XMODEM flavour) over ``data``; a bad packet gets ``?COM``; the watchdog alarm (A?T) trips
-  n seconds after the last valid packet; alarms are also sent unsolicited (without clearing them).
+  n seconds after the last valid packet (the manual: "If the time out elapses, a pump alarm will occur,
+  stopping the pump and the Pumping Program"; the timer restarts only with the next valid packet);
+  alarms are also sent unsolicited (without clearing them).
   Safe packets are accepted in Basic mode too, so ``SAF`` can be sent framed from either mode; a
   reply is framed like its request, except the reply to ``SAF n``, which comes in the mode it
   selects (the manual's SAF0 packet is answered in Basic framing). ``SAF n`` takes effect even
@@ -24,9 +26,12 @@ with a pump at each address. It answers with the bytes of the NE-1000 manual (Pu
 * A just-built line is a pump whose power-up reset alarm the operator already cleared at the keypad;
   ``power_on_alarm=1`` builds it freshly powered instead, with A?R pending for the first command.
 
-Volumes integrate over the world's clock; every change of effective flow goes to
+Volumes integrate over the world's clock (so does the watchdog); every change of effective flow goes to
 ``World.pump_flow_changed``. A syringe that runs empty stalls the pump (A?S). Faults from
-``simulators.faults`` are injected per address with :meth:`NewEraFirmware.inject`.
+``simulators.faults`` are injected per address with :meth:`NewEraFirmware.inject`: ``no_reply`` and
+``garbage`` on path ``both`` leave the pump deaf (nothing carried out, no valid packet for the
+watchdog; a garbled command draws a garbled ``?``/``?COM``), on path ``reply`` it obeys every
+command and only its replies (and auto-alarm packets) are lost or mangled.
 """
 
 from __future__ import annotations
@@ -338,7 +343,7 @@ class NewEraFirmware(Firmware):
         return [
             p
             for p in pumps
-            if p is not None and not (basic and p.safe) and not p.faults.holds("no_reply", elapsed)
+            if p is not None and not (basic and p.safe) and not p.faults.holds("no_reply", elapsed, "both")
         ]
 
     def _handle(self, kind: str, packet: bytes, now: float) -> bytes:
@@ -359,6 +364,11 @@ class NewEraFirmware(Firmware):
         address, system, command = self._split_address(text)
         out = bytearray()
         for p in self._targets(address, system, basic=not safe_in, elapsed=elapsed):
+            if p.faults.holds("garbage", elapsed, "both"):
+                # the command arrives garbled: in Safe mode its CRC fails, in Basic mode it is no command
+                error = "?COM" if safe_in else "?"
+                out += self._reply(p, f"{p.address:02d}{p.state}{error}", safe_in, elapsed)
+                continue
             if not valid:
                 out += self._reply(p, f"{p.address:02d}{p.state}?COM", safe_in, elapsed)
                 continue
@@ -370,7 +380,10 @@ class NewEraFirmware(Firmware):
         return bytes(out)
 
     def _reply(self, pump: _Pump, text: str, safe: bool, elapsed: float) -> bytes:
+        """What the host receives of one packet the pump sends (nothing, through a dead return line)."""
         framed = _frame_safe(text) if safe else _frame_basic(text)
+        if pump.faults.holds("no_reply", elapsed):
+            return b""
         if pump.faults.holds("garbage", elapsed):
             # noise on the return line: framing bytes survive, the rest is mangled
             return framed[:1] + bytes(0x80 | b for b in framed[1:-1]) + framed[-1:]
@@ -557,24 +570,29 @@ class NewEraFirmware(Firmware):
             pump.reported_flow = flow
             self.world.pump_flow_changed(self.bus, pump.address, flow)
 
-    def _alarm(self, pump: _Pump, kind: str) -> None:
+    def _alarm(self, pump: _Pump, kind: str, at: float | None = None) -> None:
+        """The pump stops with an alarm, at ``at`` (world clock; default now)."""
         pump.state = "S"
         pump.alarm = kind
         self._flow_changed(pump)
-        if pump.safe:
-            self._unsolicited += _frame_safe(f"{pump.address:02d}A?{kind}")  # the auto-alarm packet
+        if pump.safe:  # the auto-alarm packet, through the same return line as replies
+            elapsed = (self.world.clock.now() if at is None else at) - self._t0
+            self._unsolicited += self._reply(pump, f"{pump.address:02d}A?{kind}", True, elapsed)
 
     def _advance(self, now: float) -> None:
         elapsed = now - self._t0
         for pump in self._pumps.values():
+            if pump.safe and pump.watchdog_armed and now - pump.last_packet_t > pump.safe_timeout_s:
+                # the pump stopped when its time out elapsed, not when someone looked
+                due = max(pump.t_last, pump.last_packet_t + pump.safe_timeout_s)
+                self._integrate(pump, due)
+                pump.watchdog_armed = False  # not restarted until the next valid packet
+                self._alarm(pump, "T", at=due)
             self._integrate(pump, now)
             if pump.faults.fire("reset", elapsed):
                 self._power_reset(pump)
             if pump.state in RUNNING and pump.faults.fire("stall", elapsed):
                 self._alarm(pump, "S")
-            if pump.safe and pump.watchdog_armed and now - pump.last_packet_t > pump.safe_timeout_s:
-                pump.watchdog_armed = False  # not restarted until the next valid packet
-                self._alarm(pump, "T")
 
     def _integrate(self, pump: _Pump, now: float) -> None:
         """Move the plunger from the last update to ``now``, through phase ends, to an empty syringe."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,23 +57,78 @@ class VirtualClock:
 
     ``pace`` (wall seconds per virtual second, default ``$SDL_SIM_PACE`` or 0) makes each sleep also
     take that fraction of wall time, so a person or a browser test can watch a dry run progress;
-    the virtual times, and so every number the run produces, are the same at any pace."""
+    the virtual times, and so every number the run produces, are the same at any pace.
+
+    :meth:`every` is what a background thread is in real time (a pump driver's keep-alive): its
+    callback runs at each multiple of its interval that a sleep on this clock passes, in the
+    sleeping thread, with the clock standing at that moment."""
 
     def __init__(self, start: float = 0.0, pace: float | None = None) -> None:
         self._t = float(start)
         self._lock = threading.Lock()
         self.pace = _pace_from_env() if pace is None else float(pace)
+        self._timers: list[_Timer] = []
+        self._in_timer = threading.local()
 
     def now(self) -> float:
         with self._lock:
             return self._t
 
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
+    def every(self, interval_s: float, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` every ``interval_s`` virtual seconds from now; returns the cancel function."""
+        if not interval_s > 0:
+            raise ValueError(f"timer interval {interval_s!r} s must be > 0")
+        with self._lock:
+            timer = _Timer(self._t + float(interval_s), float(interval_s), callback)
+            self._timers.append(timer)
+
+        def cancel() -> None:
             with self._lock:
-                self._t += float(seconds)
-            if self.pace > 0:
-                time.sleep(seconds * self.pace)
+                if timer in self._timers:
+                    self._timers.remove(timer)
+
+        return cancel
+
+    def sleep(self, seconds: float) -> None:
+        if not seconds > 0:
+            return
+        with self._lock:
+            start = self._t
+            end = start + float(seconds)
+        moved_to = start
+        while not getattr(self._in_timer, "on", False):  # a timer's own sleeps fire no timers
+            with self._lock:
+                due = [t for t in self._timers if t.next <= end]
+                if not due:
+                    break
+                timer = min(due, key=lambda t: t.next)
+                self._t = max(self._t, timer.next)
+                timer.next += timer.interval
+                at = self._t
+            self._pace(at - moved_to)
+            moved_to = at
+            self._in_timer.on = True
+            try:
+                timer.callback()
+            except Exception:  # noqa: BLE001 - a failing keep-alive must not break the sleeper
+                pass
+            finally:
+                self._in_timer.on = False
+        with self._lock:
+            # exactly start + seconds when nobody else moved the clock meanwhile (as before timers)
+            self._t = end if self._t == moved_to else self._t + (end - moved_to)
+        self._pace(end - moved_to)
+
+    def _pace(self, seconds: float) -> None:
+        if self.pace > 0 and seconds > 0:
+            time.sleep(seconds * self.pace)
+
+
+@dataclass
+class _Timer:
+    next: float
+    interval: float
+    callback: Callable[[], None]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import simulators  # noqa: F401 - installs the sim:// URL handler
-from drivers.base import PumpState, SyringePump
+from drivers.base import PumpState, StopNotConfirmed, SyringePump
 from drivers.errors import (
     CommunicationsAlarm,
     DeviceTimeout,
@@ -281,11 +281,26 @@ def test_fault_reset_clears_settings_which_run_sets_again(line: Callable[..., Li
 def test_fault_that_holds_for_a_while(line: Callable[..., Line], kind: str, error: type[Exception]) -> None:
     rig = line()
     pump = _running(rig)
-    rig.firmware.inject(0, Fault(kind, duration_s=5.0))
+    rig.firmware.inject(0, Fault(kind, duration_s=5.0))  # both ways: the pump hears nothing either
     with pytest.raises(error):
         pump.status()
-    with pytest.raises(error):
+    with pytest.raises(StopNotConfirmed, match="stop it by hand") as caught:
         pump.safe_state()
+    assert isinstance(caught.value.__cause__, error) and "no watchdog" in str(caught.value)
+    assert rig.firmware.snapshot(0).state == "I"  # deaf, and Basic mode has no watchdog: still pumping
+    rig.advance(6.0)
+    _assert_stopped(rig, pump)
+
+
+@pytest.mark.parametrize("kind", ["no_reply", "garbage"])
+def test_a_pump_that_still_hears_is_stopped_blind(line: Callable[..., Line], kind: str) -> None:
+    """Only the way back is broken: the stop is never confirmed, but the STPs sent blind stop it."""
+    rig = line()
+    pump = _running(rig)
+    rig.firmware.inject(0, Fault(kind, duration_s=5.0, path="reply"))
+    with pytest.raises(StopNotConfirmed, match="STP sent 3 times without waiting"):
+        pump.safe_state()
+    assert rig.firmware.snapshot(0).state == "S" and rig.flows[-1][2] == 0.0
     rig.advance(6.0)
     _assert_stopped(rig, pump)
 
@@ -297,8 +312,9 @@ def test_fault_disconnect_and_reconnect(line: Callable[..., Line]) -> None:
     assert not rig.firmware.connected
     with pytest.raises(NotConnected, match="failed|cannot open"):
         pump.status()
-    with pytest.raises(NotConnected):
-        pump.safe_state()
+    with pytest.raises(StopNotConfirmed, match="sent 0 times") as caught:
+        pump.safe_state()  # the adapter is gone: not even a blind stop gets out
+    assert isinstance(caught.value.__cause__, NotConnected)
     rig.advance(6.0)
     assert rig.firmware.connected
     _assert_stopped(rig, pump)  # the next command reopened the port
@@ -316,3 +332,66 @@ def test_empty_syringe_stalls_and_refill_resumes(line: Callable[..., Line]) -> N
     pump.run()
     rig.advance(5.0)
     assert pump.dispensed_ul() == pytest.approx(15.0)
+
+
+# -- the Safe-mode watchdog on the world's virtual clock ----------------------------------------------
+
+
+def _watched(rig: Line, **kwargs: object) -> NewEraPump:
+    """A running pump in Safe mode (5 s) whose heartbeat lives on the world's virtual clock, as a rig
+    builds it."""
+    return _running(rig, safe_mode_timeout_s=5, heartbeat=True, clock=rig.world.clock, **kwargs)
+
+
+@pytest.mark.parametrize("pace", [0.0, 1e-4])
+def test_the_heartbeat_keeps_the_watchdog_fed_through_a_long_wait(
+    line: Callable[..., Line], pace: float
+) -> None:
+    rig = line()
+    rig.world.clock.pace = pace  # SDL_SIM_PACE: the same virtual seconds, some wall time spent on them
+    pump = _watched(rig)
+    rig.advance(600.0)  # a long equilibration: nothing but the heartbeat talks to the pump
+    snap = rig.firmware.snapshot(0)
+    assert (snap.state, snap.alarm, snap.safe_timeout_s) == ("I", None, 5)
+    assert snap.infused_ul == pytest.approx(600.0)
+    pump.stop()  # paused: the pumps stand, the heartbeat goes on
+    rig.advance(600.0)
+    assert rig.firmware.snapshot(0).alarm is None and pump.status().alarm is None
+
+
+def test_without_the_heartbeat_the_same_wait_trips_the_watchdog(line: Callable[..., Line]) -> None:
+    rig = line()
+    _running(rig, safe_mode_timeout_s=5, heartbeat=False, clock=rig.world.clock)
+    rig.advance(600.0)
+    snap = rig.firmware.snapshot(0)
+    assert (snap.state, snap.alarm) == ("S", "T") and snap.infused_ul == pytest.approx(5.0)
+
+
+def test_the_watchdog_stops_a_pump_whose_line_died_and_it_is_rearmed_after(line: Callable[..., Line]) -> None:
+    rig = line()
+    pump = _watched(rig)
+    rig.advance(10.0)
+    rig.firmware.inject(0, Fault("no_reply", duration_s=60.0))  # the cable at the pump is cut
+    with pytest.raises(StopNotConfirmed, match="watchdog stops it 5 s after") as caught:
+        pump.safe_state()  # nothing reaches the pump, not even the blind STPs...
+    assert "stop it by hand" in str(caught.value)
+    assert rig.firmware.snapshot(0).state == "I"
+    rig.advance(30.0)  # ...but its watchdog does, 5 s after the last packet it heard
+    snap = rig.firmware.snapshot(0)
+    assert (snap.state, snap.alarm) == ("S", "T") and snap.infused_ul == pytest.approx(15.0)
+    rig.advance(40.0)  # the line is back; the heartbeat's next packet meets the alarm
+    with pytest.raises(CommunicationsAlarm):
+        pump.set_rate_ul_min(60.0)
+    pump.run()  # the campaign's retry: the alarm was acknowledged, the pump runs again
+    assert pump.status().alarm is None
+    rig.advance(600.0)  # and the watchdog is armed and fed again
+    snap = rig.firmware.snapshot(0)
+    assert (snap.state, snap.alarm) == ("I", None)
+
+
+def test_a_closed_driver_leaves_the_pump_to_its_watchdog(line: Callable[..., Line]) -> None:
+    rig = line()
+    pump = _watched(rig)
+    pump.close()  # the host is gone (or crashed) with the pump running
+    rig.advance(60.0)
+    assert rig.firmware.snapshot(0).alarm == "T" and rig.firmware.snapshot(0).state == "S"

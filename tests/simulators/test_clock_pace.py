@@ -33,3 +33,32 @@ def test_bad_pace_is_refused(monkeypatch: pytest.MonkeyPatch, value: str, match:
     monkeypatch.setenv(PACE_ENV, value)
     with pytest.raises(ValueError, match=match):
         VirtualClock()
+
+
+def test_timers_run_at_their_virtual_moments_inside_a_sleep() -> None:
+    """every(): what a background thread is in real time, on virtual time (a pump's keep-alive)."""
+    clock = VirtualClock(pace=0)
+    seen: list[float] = []
+    cancel = clock.every(1.5, lambda: seen.append(clock.now()))
+    clock.sleep(5.0)
+    assert seen == [1.5, 3.0, 4.5] and clock.now() == 5.0
+    clock.sleep(1.0)
+    assert seen[-1] == 6.0
+    cancel()
+    clock.sleep(60.0)
+    assert len(seen) == 4 and clock.now() == 66.0
+
+
+def test_a_timer_that_sleeps_or_fails_does_not_disturb_the_sleeper() -> None:
+    clock = VirtualClock(pace=0)
+    calls: list[float] = []
+
+    def nap() -> None:
+        calls.append(clock.now())
+        clock.sleep(0.25)  # moves the clock, fires no timers from inside one
+        raise RuntimeError("a keep-alive that failed")
+
+    clock.every(1.0, nap)
+    clock.sleep(3.0)  # the failures stay inside the timer
+    assert calls == [1.0, 2.0, 3.0]  # no nested firing at 1.25 + ...: each on its own tick
+    assert clock.now() >= 3.0

@@ -292,12 +292,51 @@ def test_fault_no_reply_holds_for_its_duration_and_commands_are_not_carried_out(
     assert bench("0DIA") == B("00S14.57")
 
 
-def test_fault_garbage_mangles_replies_but_the_pump_acts(bench: Bench) -> None:
-    bench.fw.inject(0, Fault("garbage", duration_s=1.0))
+def test_fault_garbage_both_ways_garbles_the_command_too(bench: Bench) -> None:
+    bench.fw.inject(0, Fault("garbage", duration_s=1.0))  # the default path: both ways
+    reply = bench("0DIA20")
+    assert reply[0] == 2 and reply[-1] == 3 and all(b >= 0x80 for b in reply[1:-1])
+    bench.advance(2.0)
+    assert bench("0DIA") == B("00S14.57")  # the garbled command was not carried out
+
+
+def test_fault_garbage_on_the_reply_path_mangles_replies_but_the_pump_acts(bench: Bench) -> None:
+    bench.fw.inject(0, Fault("garbage", duration_s=1.0, path="reply"))
     reply = bench("0DIA20")
     assert reply[0] == 2 and reply[-1] == 3 and all(b >= 0x80 for b in reply[1:-1])
     bench.advance(2.0)
     assert bench("0DIA") == B("00S20.00")
+
+
+def test_fault_no_reply_on_the_reply_path_obeys_in_silence(bench: Bench) -> None:
+    bench("0RAT10UM")
+    bench("0RUN")
+    bench.fw.inject(0, Fault("no_reply", duration_s=1.0, path="reply"))
+    assert bench("0STP") == b"" and bench("0STP") == b""  # a dead transmit wire: silence...
+    assert bench.fw.snapshot(0).state == "S"  # ...but the pump heard and stopped
+
+
+def test_the_watchdog_stops_a_pump_whose_line_went_deaf_at_its_time_out(bench: Bench) -> None:
+    """Safe mode, then the line dies both ways: nothing valid reaches the pump, so its watchdog stops
+    it timeout seconds after the last valid packet, not when someone looks; its auto-alarm packet is
+    lost on the dead line; once the line is back the next packet reports A?T and re-arms the timer."""
+    bench("0SAF5")
+    bench(S("0RAT60UM"))  # 1 uL/s
+    bench(S("0RUN"))
+    bench.fw.inject(0, Fault("no_reply", at_s=1.0, duration_s=20.0))
+    bench.advance(3.0)
+    assert bench(S("0")) == b""  # deaf: this packet does not feed the watchdog
+    bench.advance(27.0)
+    snap = bench.fw.snapshot(0)
+    assert (snap.state, snap.alarm) == ("S", "T")
+    assert snap.infused_ul == pytest.approx(5.0)  # it ran until 5 s after the last valid packet
+    assert bench.fw.pending() == b""  # the auto-alarm went out while the line was dead
+    assert bench(S("0")) == S("00A?T")  # acknowledged by this reply
+    assert bench(S("0RUN")) == S("00I")
+    bench.advance(4.0)
+    assert bench(S("0")) == S("00I")  # fed again: the timer restarted with the first valid packet
+    bench.advance(5.5)
+    assert bench.fw.snapshot(0).alarm == "T"
 
 
 def test_fault_stall_waits_for_the_pump_to_run(bench: Bench) -> None:
