@@ -34,7 +34,7 @@ from orchestrator.optimize.constraints import candidate_set, check_space, make_f
 from orchestrator.optimize.gp import fit_subset, single_threaded
 from orchestrator.optimize.lhs import design_suggestion, round_rng
 from orchestrator.optimize.transforms import UnitScaler
-from orchestrator.optimize.widening import WideningPolicy, select_with_widening
+from orchestrator.optimize.widening import WideningPolicy, best_measured, edges_pressed, select_with_widening
 from orchestrator.spectra import SpectrumLoss, minmax
 
 DTYPE = torch.float64
@@ -329,7 +329,12 @@ class CompositeSurrogate:
             cands = self._candidates(space)
             keep = np.arange(len(cands))
             picks = []
-            for _ in range(n):
+            if int(self.s["exploit"]) and n > 1:
+                # one pure exploitation pick: the predicted-best condition (the lowest posterior-mean loss)
+                x = self.predicted_best(space)
+                picks.append(x)
+                state.add(self.scaler.to_unit(x[None, :])[0], state.draw())
+            while len(picks) < n:
                 eps = state.draw()
                 values = state.log_value(self.scaler.to_unit(cands[keep]), eps)
                 order = np.argsort(-values, kind="stable")
@@ -386,7 +391,7 @@ def median_spectra(observations: list[Observation]) -> tuple[list[Observation], 
 DEFAULTS: dict[str, Any] = {
     "mc_samples": 48, "n_global": 768, "n_local": 384, "rerank": 128, "refine": 32, "baseline": 16,
     "max_fit": 100, "max_condition": 400, "fit_iterations": 50, "minmax_stride": 3, "k_min": 5, "k_max": 8, "new_ground_max": 3,
-    "scalar_fraction": 0.0,
+    "scalar_fraction": 0.0, "scalar_when": "always", "exploit": 0,
 }
 
 
@@ -419,7 +424,8 @@ class CompositeOptimizer:
         failed = history.failed()
         x_failed = space.to_array([o.inputs for o in failed]) if failed else np.empty((0, x.shape[1]))
         surrogate = CompositeSurrogate(gp, pca, history.loss, scaler, x[cond], u[cond], x_failed, rng, self.s)
-        if float(self.s["scalar_fraction"]) > 0:
+        mixed = float(self.s["scalar_fraction"]) > 0 and self._wants_second_model(surrogate, history, space)
+        if mixed:
             surrogate = MixedSurrogate(surrogate, self._scalar_surrogate(history, space, rng),
                                        float(self.s["scalar_fraction"]))
         batch, new_space, notes = select_with_widening(surrogate, history, space, n, self.policy)
@@ -429,9 +435,20 @@ class CompositeOptimizer:
             "components": int(pca.basis.shape[0]), "explained_variance": round(pca.explained, 6),
             "predicted_loss": [round(float(v), 5) for v in surrogate.predicted_loss(batch)],
             "length_scales": gp.ls.squeeze(1).numpy().round(3).tolist(),
+            "scalar_gp_conditions": int(round(float(self.s["scalar_fraction"]) * n)) if mixed and n > 1 else 0,
         })
         return Suggestion(batch=new_space.to_dicts(batch), space=new_space, sources=[self.name] * len(batch),
                           predictions=list(predicted), notes=notes)
+
+    def _wants_second_model(self, surrogate: CompositeSurrogate, history: History, space: Space) -> bool:
+        """``scalar_when: always``, or ``edge``: only while the best measured or the predicted-best
+        condition presses against an edge that may still widen. Inside the box the composite alone is
+        the sharper model; at an edge the optimum may lie beyond it, where the composite's sampled EI
+        chases variance and the scalar GP's trend (and second opinion for the widening gate) helps."""
+        if self.s["scalar_when"] == "always":
+            return True
+        return bool(edges_pressed(space, [best_measured(history, space), surrogate.predicted_best(space)],
+                                  self.policy.gate_fraction))
 
     def _scalar_surrogate(self, history: History, space: Space, rng: np.random.Generator):
         from orchestrator.optimize.ei_lp import EILPSurrogate
@@ -465,6 +482,11 @@ def build(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed:
         from orchestrator.optimize.registry import OptimizerSettingsError
 
         raise OptimizerSettingsError(f"optimizer.settings.scalar_fraction must lie in [0, 1], got {s['scalar_fraction']!r}")
+    if s["scalar_when"] not in ("always", "edge"):
+        from orchestrator.optimize.registry import OptimizerSettingsError
+
+        raise OptimizerSettingsError(
+            f"optimizer.settings.scalar_when must be 'always' or 'edge', got {s['scalar_when']!r}")
     policy = WideningPolicy.from_protocol(widening, rule="gated", max_new=int(s["new_ground_max"]))
     optimizer = CompositeOptimizer(seed, policy, s)
     optimizer.name = name
@@ -474,3 +496,10 @@ def build(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed:
 def build_mixed(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int) -> CompositeOptimizer:
     """``composite_mix``: the composite with a third of each batch from the scalar GP-EI-LP."""
     return build(settings, widening, seed, name="composite_mix", defaults={**DEFAULTS, "scalar_fraction": 1 / 3})
+
+
+def build_edge_mixed(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int) -> CompositeOptimizer:
+    """``composite_edge``: the composite alone while its best conditions lie inside the box, a third of
+    the batch from the scalar GP-EI-LP while they press against an edge that may still widen."""
+    return build(settings, widening, seed, name="composite_edge",
+                 defaults={**DEFAULTS, "scalar_fraction": 1 / 3, "scalar_when": "edge"})

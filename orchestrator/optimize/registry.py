@@ -39,6 +39,7 @@ _FACTORIES: dict[str, str | Factory] = {
     "gp_ei_lp_paper": "orchestrator.optimize.registry:_make_gp_ei_lp_paper",
     "composite": "orchestrator.optimize.composite:build",
     "composite_mix": "orchestrator.optimize.composite:build_mixed",
+    "composite_edge": "orchestrator.optimize.composite:build_edge_mixed",
     "qnei_botorch": "orchestrator.optimize.qnei:build",
 }
 

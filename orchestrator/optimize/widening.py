@@ -129,7 +129,24 @@ def crowded_edges(space: Space, batch: np.ndarray, policy: WideningPolicy) -> li
     return out
 
 
-def _best_measured(history: History, space: Space) -> np.ndarray | None:
+def edges_pressed(space: Space, points: list[np.ndarray | None], fraction: float) -> list[tuple[int, str]]:
+    """(variable index, side) of every edge that may still widen (not on its hard limit) and that one of
+    ``points`` lies within ``fraction`` of (in the unit scaling of the current bounds)."""
+    scaler = UnitScaler.for_space(space)
+    out: list[tuple[int, str]] = []
+    for x in points:
+        if x is None:
+            continue
+        u = scaler.to_unit(np.asarray(x, dtype=float)[None, :])[0]
+        for i, v in enumerate(space.variables):
+            for side, near, open_ in (("low", u[i] <= fraction, v.low > v.hard_low + 1e-9),
+                                      ("high", u[i] >= 1 - fraction, v.high < v.hard_high - 1e-9)):
+                if near and open_ and (i, side) not in out:
+                    out.append((i, side))
+    return out
+
+
+def best_measured(history: History, space: Space) -> np.ndarray | None:
     measured = history.measured()
     if not measured:
         return None
@@ -194,7 +211,7 @@ def select_with_widening(
         notes["widening"] = [c.note() for c in changes]
         return batch, space.with_bounds(bounds), notes
 
-    best = _best_measured(history, space)
+    best = best_measured(history, space)
     opinions = []  # (model, its anchors): the surrogate, then any second opinions it offers
     for k, model in enumerate([surrogate, *getattr(surrogate, "alternatives", ())]):
         label = "the predicted-best condition" if k == 0 else f"model {k + 1}'s predicted-best condition"

@@ -135,3 +135,34 @@ def test_mixed_composite_takes_a_third_of_the_batch_from_the_scalar_gp() -> None
     assert a.space.feasible(a.space.to_array(a.batch)).all()
     with pytest.raises(ValueError, match="scalar_fraction"):
         make_optimizer("composite", {"scalar_fraction": 1.5}, WIDENING, 0)
+
+
+def test_edge_mix_asks_the_scalar_gp_only_while_the_best_presses_an_edge() -> None:
+    inside = toy_space()  # the toy optimum (14, 9, 400) lies well inside
+    hist, _, _ = campaign("lhs", 5, 2, inside)
+    hist.round_index = 3
+    a = make_optimizer("composite_edge", FAST, WIDENING, 2).suggest(hist, inside, 15)
+    b = make_optimizer("composite_edge", FAST, WIDENING, 2).suggest(hist, inside, 15)
+    assert a.batch == b.batch and a.sources == ["composite_edge"] * 15
+    assert a.notes["scalar_gp_conditions"] == 0
+    # the same chemistry with a's upper bound at 6: the best conditions sit on that edge
+    short = inside.with_bounds({**inside.bounds, "a": (2.0, 6.0)})
+    hist, _, _ = campaign("lhs", 5, 2, short)
+    hist.round_index = 3
+    c = make_optimizer("composite_edge", FAST, WIDENING, 2).suggest(hist, short, 15)
+    assert c.notes["scalar_gp_conditions"] == 5
+    assert c.space.feasible(c.space.to_array(c.batch)).all()
+    mix = make_optimizer("composite_mix", FAST, WIDENING, 2).suggest(hist, inside, 15)
+    assert mix.notes["scalar_gp_conditions"] == 5
+    with pytest.raises(ValueError, match="scalar_when"):
+        make_optimizer("composite", {"scalar_when": "sometimes"}, WIDENING, 0)
+
+
+def test_exploit_puts_the_predicted_best_condition_first() -> None:
+    space = toy_space()
+    hist, _, _ = campaign("lhs", 4, 2, space)
+    hist.round_index = 3
+    sug = make_optimizer("composite", {**FAST, "exploit": 1}, WIDENING, 1).suggest(hist, space, 15)
+    first = sug.notes["predicted_loss"][0]
+    assert first <= min(sug.notes["predicted_loss"]) + 1e-3
+    assert sug.batch == make_optimizer("composite", {**FAST, "exploit": 1}, WIDENING, 1).suggest(hist, space, 15).batch

@@ -165,3 +165,13 @@ def test_gated_rule_widens_towards_an_optimum_outside() -> None:
     spaces = run_rounds("gp_ei_lp", optimum=(40.0, 12.0), rounds=5)
     assert spaces[-1].variables[0].high > 25.0  # at least two steps towards 40
     assert spaces[-1].variables[1].high <= 20.0 + 0.25 * 15.0 + 1e-9
+
+
+def test_edges_pressed_lists_open_edges_near_the_points() -> None:
+    from orchestrator.optimize.widening import edges_pressed
+
+    space = Space(variables=(Variable("a", 10.0, 20.0, 0.5, 80.0), Variable("b", 0.5, 20.0, 0.5, 80.0)))
+    assert edges_pressed(space, [np.array([19.5, 10.0])], 0.1) == [(0, "high")]
+    assert edges_pressed(space, [np.array([15.0, 10.0]), None], 0.1) == []
+    # b's low edge is its hard limit: nothing to widen there
+    assert edges_pressed(space, [np.array([10.2, 0.6])], 0.1) == [(0, "low")]
