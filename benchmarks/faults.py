@@ -7,12 +7,16 @@ Each campaign gets one fault (tests/reliability/faulty.py): a random device of
 deploy/rigs/simulated.yaml and a fault it can have (pumps: no_reply, garbage, stall, reset,
 disconnect; spectrometer: no_reply, disconnect, saturated, dark_lamp), starting at a random virtual
 moment of the campaign, lasting a random 0.5-60 s or (one in three, and always for stall and reset)
-until cleared. Whenever the runner holds (faulted, paused), the pumps are read in the emulated
-firmware, 30 virtual seconds pass and the operator resumes; after ``--max-resumes`` holds it aborts.
+until cleared; a pump's no_reply or garbage takes the whole line (both: the pump hears nothing
+either) or only the pump's way back (reply: it still obeys), half each. Whenever the runner holds
+(faulted, paused), the pumps are read in the emulated firmware, 30 virtual seconds pass (the New Era
+pumps' Safe-mode watchdog, 5 s by default, stops a pump the host can no longer reach), the pumps are
+read again and the operator resumes; after ``--max-resumes`` holds it aborts.
 
-Counted per fault: campaigns that finished, that held with a reason and were then aborted (clean),
-anything else (an exception, a hold without a reason: unclean), and campaigns with a pump running
-in the firmware while held after the fault, or after the campaign ended. Goal: unclean 0, pumps 0.
+Counted per fault and pump family: campaigns that finished, that held with a reason and were then
+aborted (clean), anything else (an exception, a hold without a reason: unclean), campaigns with a
+pump running in the firmware when a hold began, still running 30 s into it ("left running"), or
+running after the campaign ended. Goal: unclean 0, left running 0, running after the end 0.
 """
 
 from __future__ import annotations
@@ -59,8 +63,14 @@ def worker(job: tuple[int, list[fy.FaultPlan], dict]) -> list[fy.FaultRun]:
     ]
 
 
-def label(plan: fy.FaultPlan) -> str:
-    return f"{'spectrometer' if plan.device == 'spectrometer' else 'pump'} {plan.kind}"
+FAMILY = {"newera": "New Era", "harvard": "Harvard", "sila": "SiLA"}
+
+
+def label(plan: fy.FaultPlan, drivers: dict[str, str]) -> str:
+    if plan.device == "spectrometer":
+        return f"spectrometer {plan.kind}"
+    path = f" ({plan.path})" if plan.path else ""
+    return f"{FAMILY.get(drivers[plan.device], drivers[plan.device])} pump {plan.kind}{path}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    out = Console(width=160)
+    out = Console(width=230)
     start = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="sdl-faults-"))
     protocol = cz.small_protocol(folder, rounds=args.rounds, batch=args.batch, replicates=args.replicates)
     horizon = horizon_s(protocol, folder, args.campaign_seed)
     rng = random.Random(args.seed)
-    pumps = [p.name for p in load_rig(cz.RIG).pumps]
+    drivers = {p.name: p.driver for p in load_rig(cz.RIG).pumps}
+    pumps = list(drivers)
     plans = [fy.random_plans(rng, horizon, pumps, most=1)[0] for _ in range(args.campaigns)]
     opts = {
         "rounds": args.rounds,
@@ -104,26 +115,29 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     examples: dict[str, list[str]] = collections.defaultdict(list)
     for run in runs:
-        key = label(run.plans[0])
-        for k in (key, "all"):
+        key = label(run.plans[0], drivers)
+        family = key.split(" pump ")[0] if " pump " in key else None
+        for k in (key, *([f"{family} pumps, all faults"] if family else []), "all"):
             row = rows[k]
             row["campaigns"] += 1
             row["finished"] += run.status == "finished" and not run.error
             row["held, reason, aborted"] += run.clean and run.status == "aborted"
             row["held at least once"] += bool(run.holds)
             row["unclean"] += not run.clean
-            row["pumps running while held"] += any(h.running for h in run.holds)
-            row["pumps running after the end"] += bool(run.running_after)
+            row["running when held"] += any(h.running for h in run.holds)
+            row["left running (30 s into a hold)"] += any(h.still_running for h in run.holds)
+            row["running after the end"] += bool(run.running_after)
         if (not run.clean or run.pumps_left_running) and len(examples[key]) < args.show:
             p = run.plans[0]
-            running = sorted({n for h in run.holds for n in h.running} | set(run.running_after))
+            running = sorted({n for h in run.holds for n in h.still_running} | set(run.running_after))
             examples[key].append(
-                f"{p.device} {p.kind} at {p.at_s:.0f} s for {p.duration_s and round(p.duration_s)} s -> {run.status}; "
-                f"holds {[h.reason[:110] for h in run.holds][:1]}; running {running}; {run.error[:200]}"
+                f"{p.device} {p.kind} {p.path or ''} at {p.at_s:.0f} s for {p.duration_s and round(p.duration_s)} s "
+                f"-> {run.status}; holds {[h.reason[:240] for h in run.holds][:1]}; left running {running}; "
+                f"{run.error[:200]}"
             )
     cols = [
         "campaigns", "finished", "held, reason, aborted", "held at least once", "unclean",
-        "pumps running while held", "pumps running after the end",
+        "running when held", "left running (30 s into a hold)", "running after the end",
     ]  # fmt: skip
     table = Table(
         title=f"faults at random moments: {args.campaigns} campaigns of {args.rounds} rounds x {args.batch} conditions x "
@@ -133,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("fault")
     for c in cols:
         table.add_column(c, justify="right")
-    for key in [*sorted(k for k in rows if k != "all"), "all"]:
+    summaries = sorted(k for k in rows if k.endswith("pumps, all faults"))
+    for key in [*sorted(k for k in rows if k != "all" and k not in summaries), *summaries, "all"]:
         table.add_row(key, *(str(rows[key][c]) for c in cols))
     out.print(table)
     for key, lines in sorted(examples.items()):
@@ -142,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     total = rows["all"]
     return (
         1
-        if total["unclean"] or total["pumps running while held"] or total["pumps running after the end"]
+        if total["unclean"] or total["left running (30 s into a hold)"] or total["running after the end"]
         else 0
     )
 

@@ -480,8 +480,9 @@ class HarvardPump:
             if self.firmware is None:
                 raise  # never reached by this driver, so never started by it: nothing to stop blindly
             sent = self._blind_stop()
+            cause = exc.detail if self._shared is not None else "not connected: reconnecting to it failed"
             raise StopNotConfirmed(
-                f"stop not confirmed ({exc.detail}); 'stp' sent {sent} times without waiting for a reply, "
+                f"stop not confirmed ({cause}); 'stp' sent {sent} times without waiting for a reply, "
                 "and the pump has no watchdog of its own",
                 device=self.name,
             ) from exc

@@ -713,9 +713,9 @@ class NewEraPump:
                 if self._safe_timeout_s
                 else "; it has no watchdog armed (safe_mode_timeout_s: 0)"
             )
+            cause = exc.detail if self._line is not None else "not connected: reconnecting to it failed"
             raise StopNotConfirmed(
-                f"stop not confirmed ({exc.detail}); STP sent {sent} times without waiting for a reply"
-                + watchdog,
+                f"stop not confirmed ({cause}); STP sent {sent} times without waiting for a reply" + watchdog,
                 device=self.name,
             ) from exc
 

@@ -380,13 +380,19 @@ class _Runner:
         return self.rig.safe_state()
 
     def _device(self, what: str, action: Callable[[], Any]) -> Any:
-        """``action()`` with bounded retries on device errors; then a _Fault naming the device."""
+        """``action()`` with bounded retries on device errors; then a _Fault naming the device.
+
+        The reason carries the first error of the sequence (the cause: no reply, an unreadable one)
+        and what reconnecting said, not only the last error, which after a failed reconnect is just
+        the driver's "not connected"."""
+        first: DeviceError | None = None
         last: DeviceError | None = None
+        reconnect_error: str | None = None
         for attempt in range(DEVICE_RETRIES + 1):
             try:
                 return action()
             except DeviceError as exc:
-                last = exc
+                first, last = first or exc, exc
                 log.warning("device error", what=what, attempt=attempt, device=exc.device, error=str(exc))
                 self.store.journal(
                     self.campaign_id,
@@ -395,28 +401,36 @@ class _Runner:
                     data={"what": what, "device": exc.device, "try": attempt + 1},
                 )
                 if attempt < DEVICE_RETRIES:
-                    self._reconnect(exc.device)
-        assert last is not None
-        device = last.device or what
-        if last.device in self.rig.pumps:
-            device = f"pump {last.device}"
-        elif self.rig.spectrometer is not None and last.device == self.rig.spectrometer.name:
-            device = "spectrometer" if last.device == "spectrometer" else f"spectrometer {last.device}"
-        raise _Fault(f"fault: {device} {last.detail}, retried {DEVICE_RETRIES} times ({what}). {last.hint}")
+                    reconnect_error = self._reconnect(exc.device) or reconnect_error
+        assert first is not None and last is not None
+        device = first.device or what
+        if first.device in self.rig.pumps:
+            device = f"pump {first.device}"
+        elif self.rig.spectrometer is not None and first.device == self.rig.spectrometer.name:
+            device = "spectrometer" if first.device == "spectrometer" else f"spectrometer {first.device}"
+        reason = f"fault: {device} {first.detail}, retried {DEVICE_RETRIES} times ({what})"
+        if reconnect_error is not None:
+            reason += f"; reconnecting failed: {reconnect_error}"
+        elif last.detail != first.detail:
+            reason += f"; last: {last.detail}"
+        raise _Fault(f"{reason}. {first.hint}")
 
-    def _reconnect(self, name: str | None) -> None:
+    def _reconnect(self, name: str | None) -> str | None:
         """Open a failed device afresh before the next try: a power-cycled pump gets its syringe and
-        mode set again, a re-plugged spectrometer a new handle (serial lines reopen by themselves)."""
+        mode set again, a re-plugged spectrometer a new handle (serial lines reopen by themselves).
+        Returns why reconnecting failed, if it did."""
         device: Any = self.rig.pumps.get(name or "")
         if device is None and self.rig.spectrometer is not None and name == self.rig.spectrometer.name:
             device = self.rig.spectrometer
         if device is None:
-            return
+            return None
         try:
             device.close()
             device.connect()
         except DeviceError as exc:
             log.warning("reconnect failed", device=name, error=str(exc))
+            return exc.detail
+        return None
 
     def _establish_flow(self, rates: Mapping[str, float]) -> None:
         """Set every pump's rate, run them and check that each one runs (retried as a whole)."""
@@ -617,8 +631,9 @@ class _Runner:
         wall seconds held. An e-stop moves to paused once its latch is cleared."""
         unreachable = self._stop_flow()
         if unreachable:
-            # a device that no longer answers may still be pumping: the operator has to know
-            reason += " | NOT STOPPED, stop by hand: " + "; ".join(unreachable)
+            # a device that no longer answers may still be pumping: the operator has to know which
+            names = ", ".join(problem.split(": ", 1)[0] for problem in unreachable)
+            reason += f" | NOT STOPPED, stop by hand: {names} ({'; '.join(unreachable)})"
             log.error("devices not stopped", devices=unreachable)
         start = self.wall()
         if self._status() != status:

@@ -510,13 +510,14 @@ class Rig:
                 log.warning("close failed", rig=self.name, device=label, error=str(exc))
 
     def safe_state(self) -> list[str]:
-        """Put every device in its safe state (pumps stopped). Never raises; returns what failed."""
+        """Put every device in its safe state (pumps stopped). Never raises; returns what failed, one
+        ``"<device label>: <what happened>"`` each (e.g. ``pump water: stop not confirmed (...)``)."""
         problems: list[str] = []
         for label, device in self._devices():
             try:
                 device.safe_state()
             except Exception as exc:  # noqa: BLE001 - one failing device must not keep the others running
-                problems.append(f"{label}: {exc}")
+                problems.append(f"{label}: {getattr(exc, 'detail', None) or exc}")
                 log.error("safe state failed", rig=self.name, device=label, error=str(exc))
         return problems
 

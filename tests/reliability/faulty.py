@@ -3,13 +3,15 @@
 A fault plan names a device of deploy/rigs/simulated.yaml (one of its five pumps or the spectrometer),
 a fault the simulators can inject there (simulators/faults.py: no_reply, garbage, stall, reset,
 disconnect on pumps; no_reply, disconnect, saturated, dark_lamp on the spectrometer), when it starts
-(virtual seconds after the rig was built) and how long it lasts (None: until cleared, one-shot for
-stall and reset).
+(virtual seconds after the rig was built), how long it lasts (None: until cleared, one-shot for
+stall and reset) and, for a pump's no_reply or garbage, which way the line fails (``both``: the pump
+hears nothing either; ``reply``: it still obeys, only its replies are lost or garbled).
 
 The campaign runs in this process. Whenever the runner holds (faulted, paused, e-stopped) and waits,
 the operator's side runs instead of a wall-clock sleep: the pumps are looked at in the emulated
 firmware itself (so a pump that no longer answers is still seen running), 30 virtual seconds pass
-(a temporary fault may clear), and the campaign is resumed; after ``max_resumes`` holds it is aborted.
+(a temporary fault may clear; a New Era pump's watchdog stops it within its time out), the pumps are
+looked at again, and the campaign is resumed; after ``max_resumes`` holds it is aborted.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from orchestrator.campaign import run_campaign, start_campaign
 from orchestrator.rig import load_rig
 from orchestrator.store import Store
-from simulators.faults import PUMP_FAULTS, SPECTROMETER_FAULTS
+from simulators.faults import FAULT_PATHS, ONE_WAY_FAULTS, PUMP_FAULTS, SPECTROMETER_FAULTS
 from simulators.serialsim import get_bus, parse_sim_url
 from simulators.world import get_world
 
@@ -39,11 +41,14 @@ class FaultPlan:
     kind: str
     at_s: float
     duration_s: float | None
+    path: str | None = None  # a pump's no_reply/garbage: "both" (default) or "reply"
 
     def entry(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "at_s": round(self.at_s, 3)}
         if self.duration_s is not None:
             out["duration_s"] = round(self.duration_s, 3)
+        if self.path is not None:
+            out["path"] = self.path
         return out
 
 
@@ -55,7 +60,8 @@ def random_plans(rng: random.Random, horizon_s: float, pumps: list[str], most: i
         what, kind = rng.choice(kinds)  # every kind equally often, then a pump at random
         device = rng.choice(pumps) if what == "pump" else "spectrometer"
         duration = None if kind in ("stall", "reset") or rng.random() < 0.3 else rng.uniform(0.5, 60.0)
-        plans.append(FaultPlan(device, kind, rng.uniform(0.0, horizon_s), duration))
+        path = rng.choice(FAULT_PATHS) if what == "pump" and kind in ONE_WAY_FAULTS else None
+        plans.append(FaultPlan(device, kind, rng.uniform(0.0, horizon_s), duration, path))
     return plans
 
 
@@ -63,7 +69,8 @@ def random_plans(rng: random.Random, horizon_s: float, pumps: list[str], most: i
 class Hold:
     status: str
     reason: str
-    running: list[str]  # pumps running in the firmware while held
+    running: list[str]  # pumps running in the firmware when the hold began
+    still_running: list[str] = field(default_factory=list)  # ...and WAIT_WHILE_HELD_S into it
 
 
 @dataclass
@@ -84,7 +91,9 @@ class FaultRun:
 
     @property
     def pumps_left_running(self) -> bool:
-        return bool(self.running_after) or any(h.running for h in self.holds)
+        """A pump still pumping WAIT_WHILE_HELD_S into a hold, or after the end. (One running when the
+        hold began may be stopped by its watchdog within its time out: see ``Hold.running``.)"""
+        return bool(self.running_after) or any(h.still_running for h in self.holds)
 
 
 class PumpWatch:
@@ -123,9 +132,13 @@ def run_with_faults(
         row = store.campaign(campaign_id)
         if row.status not in HOLDS:
             return
+        hold: Hold | None = None
         if not run.holds or run.holds[-1].status != row.status or len(run.holds) <= max_resumes:
-            run.holds.append(Hold(row.status, row.reason, watch.running()))
+            hold = Hold(row.status, row.reason, watch.running())
+            run.holds.append(hold)
         get_world(watch.world_name).clock.sleep(WAIT_WHILE_HELD_S)
+        if hold is not None:
+            hold.still_running = watch.running()
         action = "resume" if len(run.holds) <= max_resumes else "abort"
         if not any(c.action == action for c in store.pending_controls(campaign_id)):
             store.request_control(campaign_id, action, who="bench", reason=f"{action} after {row.status}")
