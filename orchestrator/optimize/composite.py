@@ -500,6 +500,7 @@ def build_mixed(settings: Mapping[str, Any], widening: Mapping[str, Any] | None,
 
 def build_edge_mixed(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int) -> CompositeOptimizer:
     """``composite_edge``: the composite alone while its best conditions lie inside the box, a third of
-    the batch from the scalar GP-EI-LP while they press against an edge that may still widen."""
+    the batch from the scalar GP-EI-LP while they press against an edge that may still widen; the
+    first pick of each batch is the predicted-best condition."""
     return build(settings, widening, seed, name="composite_edge",
-                 defaults={**DEFAULTS, "scalar_fraction": 1 / 3, "scalar_when": "edge"})
+                 defaults={**DEFAULTS, "scalar_fraction": 1 / 3, "scalar_when": "edge", "exploit": 1})

@@ -67,6 +67,15 @@ def test_log_variables_step_in_log_units() -> None:
     assert stepped_edge(space, 0, "high", 0.5) == pytest.approx(1000.0 * 10**0.5)
 
 
+def test_log_variables_step_down_at_least_as_far_as_a_linear_one() -> None:
+    share = Space((Variable("tsc", 4.0, 20.0, 0.5, 80.0, log=True),))
+    # the log step alone would give 4 / 5**0.25 = 2.67; the linear step reaches the hard limit
+    assert stepped_edge(share, 0, "low", 0.25) == pytest.approx(0.5)
+    flow = Space((Variable("q", 200.0, 1000.0, 10.0, 5000.0, kind="total", log=True),))
+    assert stepped_edge(flow, 0, "low", 0.1) == pytest.approx(min(200.0 / 5**0.1, 200.0 - 80.0))
+    assert stepped_edge(flow, 0, "high", 0.1) == pytest.approx(1000.0 * 5**0.1)
+
+
 def test_crowding_counts_the_fraction_near_each_edge() -> None:
     batch = np.array([[20.0, 5.0], [19.5, 6.0], [10.0, 7.0], [1.0, 8.0]])
     assert crowded_edges(space2(), batch, WideningPolicy(trigger_fraction=0.5)) == [(0, "high", 0.5)]
