@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from drivers import harvard
-from drivers.base import PumpState
+from drivers.base import PumpState, StopNotConfirmed
 from drivers.errors import (
     DeviceError,
     DeviceTimeout,
@@ -347,6 +347,47 @@ def test_every_fault_raises_its_exception_and_the_pump_ends_stopped(make_line, k
     pump.run()
     assert line.firmware.snapshot(2).poll == "on" and line.firmware.snapshot(2).diameter_mm == 14.5
     pump.safe_state()
+
+
+@pytest.mark.parametrize("kind", ["no_reply", "garbage"])
+def test_a_pump_that_still_hears_is_stopped_blind(make_line, kind: str) -> None:
+    """Only the pump's way back is broken: every command is still carried out, so the 'stp' sent
+    blindly by safe_state stops it, though nothing confirms it (StopNotConfirmed)."""
+    line = make_line("address=0&address=2")
+    pump = line.pump(2)
+    pump.set_rate_ul_min(30)
+    pump.run()
+    line.firmware.inject(2, Fault(kind, at_s=line.world.clock.now(), duration_s=10, path="reply"))
+    answer = line.firmware.receive(b"02:ver\r", 115200)
+    assert answer == b"" if kind == "no_reply" else all(b >= 0x80 for b in answer)
+    with pytest.raises(StopNotConfirmed, match="'stp' sent 3 times without waiting") as caught:
+        pump.safe_state()
+    assert "stop it by hand" in str(caught.value) and "no watchdog" in str(caught.value)
+    assert not line.firmware.snapshot(2).running
+    assert line.world.calls[-1] == (line.bus, 2, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["no_reply", "garbage"])
+def test_a_deaf_pump_keeps_running_and_safe_state_says_so(make_line, kind: str) -> None:
+    """Both ways: the pump hears nothing usable and has no watchdog. Nothing stops it but a hand;
+    safe_state says so instead of pretending."""
+    line = make_line()
+    pump = line.pump()
+    pump.set_rate_ul_min(30)
+    pump.run()
+    line.firmware.inject(0, Fault(kind, at_s=line.world.clock.now(), duration_s=10))
+    with pytest.raises(StopNotConfirmed, match="stop it by hand"):
+        pump.safe_state()
+    assert line.firmware.snapshot(0).running
+
+
+def test_a_never_connected_pump_sends_nothing_blind(make_line) -> None:
+    line = make_line()
+    pump = line.pump()
+    pump.close()
+    fresh = HarvardPump("fresh", line.url, timeout_s=0.05, retries=0)
+    with pytest.raises(NotConnected):
+        fresh.safe_state()  # never reached by this driver, so never started by it
 
 
 def test_a_reset_pump_gets_its_setup_back_before_it_runs_again(make_line) -> None:
