@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import structlog
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -180,10 +181,23 @@ def probe_port(port: str, timeout_s: float = 2.0) -> str | None:
 # ---- the scheduler ---------------------------------------------------------------------------------
 
 
+class _Scheduler(BackgroundScheduler):
+    """APScheduler's background scheduler without its shutdown race (3.11): shutdown() stops the
+    executors and job stores, then wakes the scheduler thread, which looks once more for due jobs -
+    even on a paused scheduler - and submits them to the stopped executor ("cannot schedule new
+    futures after shutdown"), then dies removing them (JobLookupError). A stopped scheduler looks
+    for nothing."""
+
+    def _process_jobs(self) -> float | None:
+        if self.state == STATE_STOPPED:
+            return None
+        return super()._process_jobs()
+
+
 class ConsoleScheduler:
     def __init__(self, store_url: str) -> None:
         self.store_url = store_url
-        self._scheduler = BackgroundScheduler(
+        self._scheduler = _Scheduler(
             jobstores={"default": SQLAlchemyJobStore(url=store_url, tablename=JOB_TABLE)},
             timezone=UTC,
             # a missed interval run happens once when the server is back, not once per missed slot
@@ -196,7 +210,10 @@ class ConsoleScheduler:
             self._scheduler.start(paused=paused)
 
     def shutdown(self) -> None:
+        """Stop: jobs already running finish in their threads; due ones stay in the store for the
+        next start (a start job within its grace time, an interval job at its next slot)."""
         if self._scheduler.running:
+            self._scheduler.pause()  # nothing is submitted from here on
             self._scheduler.shutdown(wait=False)
 
     def add_start(

@@ -144,3 +144,35 @@ def test_start_job_runs_sdl_in_its_own_process(tmp_path: Path) -> None:
         "--db",
         "sqlite:///x.db",
     ]
+
+
+def test_shutdown_with_a_due_job_is_clean_and_keeps_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 13: a paused scheduler (a second server, the fuzzer's app) holding a due start job
+    submitted it to its stopped executor at shutdown ("cannot schedule new futures after shutdown")
+    and its thread died on JobLookupError. Shutdown is quiet now, and the job waits in the store."""
+    import logging
+    import threading
+
+    died: list[str] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: died.append(f"{args.exc_type.__name__}: {args.exc_value}")
+    try:
+        with caplog.at_level(logging.WARNING, logger="apscheduler"):
+            for i in range(3):
+                url = f"sqlite:///{tmp_path / f's{i}.db'}"
+                first = ConsoleScheduler(url)
+                first.start(paused=True)
+                due = first.add_start("otto", None, resume_campaign_id="1")  # at = now: due at once
+                first.shutdown()
+                again = ConsoleScheduler(url)
+                again.start(paused=True)
+                try:
+                    assert [s.id for s in again.list()] == [due.id]
+                finally:
+                    again.shutdown()
+    finally:
+        threading.excepthook = previous
+    assert died == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("apscheduler")] == []
