@@ -540,8 +540,17 @@ class NewEraPump:
             self._start_heartbeat()
 
     def close(self) -> None:
-        """Release the port (closed when its last pump lets go). Does not stop the pump: call safe_state()."""
+        """Release the port (closed when its last pump lets go). Does not stop the pump: call safe_state().
+
+        A pump in Safe mode that is known to stand still is first returned to Basic mode (SAF0): the
+        host leaving on purpose must not sound its alarm. A running one keeps its watchdog, which
+        stops it once the heartbeat is gone."""
         self._stop_heartbeat()
+        if self._line is not None and self._safe and self._state is not None and self._state not in RUNNING:
+            try:
+                self._exchange("SAF0", idempotent=True, retries=0, parse_retries=0, any_framing=True)
+            except DeviceError as exc:
+                log.warning("could not leave Safe mode at close", pump=self.name, error=str(exc))
         line, self._line = self._line, None
         if line is not None:
             _release_line(line, self)

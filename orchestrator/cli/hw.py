@@ -166,6 +166,16 @@ def run_pump(args: argparse.Namespace) -> int:
     """Set the diameter and rate, then run, stop or only report one pump."""
     cfg = load_rig(args.rig)
     diameter = check_pump_request(cfg, args.name, args.diameter, args.rate)
+    # manual control: a pump started here keeps running after exit, as documented, and a later
+    # --status must not arm a watchdog that stops it once this command is gone (New Era Safe mode)
+    cfg = cfg.model_copy(
+        update={
+            "pumps": [
+                p.model_copy(update={"safe_mode_timeout_s": 0}) if p.name == args.name else p
+                for p in cfg.pumps
+            ]
+        }
+    )
     rig = _one_device_rig(cfg, pump=args.name)
     pump = rig.pumps[args.name]
     console = _console()

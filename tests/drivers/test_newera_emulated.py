@@ -395,3 +395,13 @@ def test_a_closed_driver_leaves_the_pump_to_its_watchdog(line: Callable[..., Lin
     pump.close()  # the host is gone (or crashed) with the pump running
     rig.advance(60.0)
     assert rig.firmware.snapshot(0).alarm == "T" and rig.firmware.snapshot(0).state == "S"
+
+
+def test_a_stopped_pump_closed_on_purpose_does_not_sound_its_alarm(line: Callable[..., Line]) -> None:
+    rig = line()
+    pump = _watched(rig)
+    pump.safe_state()
+    pump.close()  # the campaign ended: pumps stopped, then the host lets go
+    rig.advance(60.0)
+    snap = rig.firmware.snapshot(0)
+    assert (snap.state, snap.alarm, snap.safe_timeout_s) == ("S", None, 0)

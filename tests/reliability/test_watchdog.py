@@ -129,3 +129,16 @@ def test_a_fault_path_reaches_the_emulator(tmp_path: Path) -> None:
 
     cfg = load_rig(_rig_file(tmp_path, add))
     assert cfg.pumps[4].faults[0].to_fault() == Fault("no_reply", path="reply")
+
+
+def test_a_pump_started_by_hand_keeps_running_after_sdl_hw_exits() -> None:
+    """``sdl hw pump NAME --run`` documents that the pump runs on after the command: manual control
+    arms no watchdog (else the pump would stop, alarm sounding, 5 s after the command)."""
+    from orchestrator.cli.main import main
+    from simulators.world import get_world
+
+    assert main(["hw", "--rig", str(cz.RIG), "pump", "AgNO3", "--rate", "100", "--run"]) == 0
+    firmware, address = _firmware(load_rig(cz.RIG), "AgNO3")
+    get_world("simulated").clock.sleep(60.0)  # nobody talks to the pump any more
+    snap = firmware.snapshot(address)
+    assert (snap.state, snap.alarm, snap.safe_timeout_s) == ("I", None, 0)
