@@ -29,7 +29,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 GOALS_S = {135: 2.0, 500: 5.0, 2000: 20.0}
-WIDENING = {"enabled": True, "edge_fraction": 0.05, "trigger_fraction": 0.3, "step_fraction": 0.25}
 
 
 def build_history(n: int, seed: int = 0):
@@ -73,7 +72,9 @@ def measure_one(strategy: str, n: int, seed: int, threads: int) -> dict[str, flo
     torch.set_num_threads(threads)
     threadpool_limits(threads)
     history, space = build_history(n, seed)
-    optimizer = make_optimizer(strategy, {}, WIDENING, seed)
+    from benchmarks.optimizer import protocol_widening
+
+    optimizer = make_optimizer(strategy, {}, protocol_widening(), seed)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     cpu0 = time.process_time()
