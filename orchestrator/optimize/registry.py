@@ -27,7 +27,7 @@ class OptimizerSettingsError(ValueError):
 
 # which strategy "default" means: the best one in docs/optimizer_benchmark.md (the composite with a third of
 # each batch from the scalar GP: as fast to 0.01 as the composite inside the bounds, and the only one that
-# was not slow on either chemistry when the optimum lay outside them)
+# was not slow on any of the four chemistries benchmarked when the optimum lay outside them)
 DEFAULT_STRATEGY = "composite_mix"
 
 _FACTORIES: dict[str, str | Factory] = {
