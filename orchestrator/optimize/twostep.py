@@ -129,8 +129,8 @@ class StopSettings(_Strict):
 
 class TwoStepSettings(_Strict):
     bo: str = Field(
-        "composite",
-        description="registered strategy proposing the BO part of each batch (e.g. composite, gp_ei_lp)",
+        "composite_mix",
+        description="registered strategy proposing the BO part of each batch (composite_mix, composite, gp_ei_lp ...)",
     )
     bo_settings: dict[str, Any] = Field(default_factory=dict)
     dnn: net.DnnSettings = Field(default_factory=net.DnnSettings)
