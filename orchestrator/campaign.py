@@ -71,6 +71,7 @@ __all__ = [
 
 CONTROL_POLL_S = 0.5  # wall seconds between looks at the store while paused, faulted or e-stopped
 ESTOP_POLL_S = 0.2  # wall seconds between looks at the e-stop latch (watcher thread)
+EQUILIBRATION_LOOK_S = 2.0  # rig-clock seconds between looks for a pause or abort while equilibrating
 HEARTBEAT_EVERY_S = 5.0  # well inside the store's STALE_AFTER_S
 DEVICE_RETRIES = 3  # retries of a failed device operation before the campaign is faulted
 CALIBRATION_ROUND = 2**31 - 1  # the seed "round" of the dark and reference spectra (never a real round)
@@ -505,10 +506,24 @@ class _Runner:
                 )
 
     def _equilibrate(self, protocol: ExperimentProtocol, inputs: Mapping[str, float]) -> None:
+        """Wait for the new flow to reach the cell. The wait can last a minute at low flows, so a pause,
+        an abort or an e-stop cuts it short (the next checkpoint honours it; on resume the flow is set
+        and waited for again) instead of keeping the operator waiting until the first replicate."""
         assert self.rig.dead_volume_ul is not None
-        wait = protocol.equilibration_s(self.rig.dead_volume_ul, inputs)
-        self.rig.clock.sleep(wait)
+        clock = self.rig.clock
+        end = clock.now() + protocol.equilibration_s(self.rig.dead_volume_ul, inputs)
+        while (left := end - clock.now()) > 0:
+            clock.sleep(min(left, EQUILIBRATION_LOOK_S))
+            if left > EQUILIBRATION_LOOK_S and self._interrupt_requested():
+                log.info("equilibration cut short by a control request")
+                raise _Reequilibrate()
         self._account_flow()
+
+    def _interrupt_requested(self) -> bool:
+        """An e-stop seen by the watcher, or a pause or abort waiting for the next checkpoint."""
+        if self.watcher is not None and self.watcher.tripped.is_set():
+            return True
+        return any(c.action in ("pause", "abort") for c in self.store.pending_controls(self.campaign_id))
 
     # ---- calibration ----------------------------------------------------------------------------
     def _calibrate(self, spec: CampaignSpec, *, dark_only: bool = False) -> None:

@@ -223,6 +223,37 @@ def test_abort_stops_and_keeps_the_data(store: Store, tmp_path: Path) -> None:
     assert run(store, cid) == state.ABORTED  # final
 
 
+def test_a_pause_during_the_equilibration_wait_is_honoured_before_any_droplet(
+    store: Store, tmp_path: Path, reference
+) -> None:
+    """The wait for a new flow can last a minute: a pause clicked during it stops the pumps then,
+    not after the first replicate; on resume the flow is set and waited for again, data unchanged."""
+    cid = start(store, tmp_path)
+    op = Operator(store, cid)
+    measured_when_paused: list[int] = []
+
+    def click_pause() -> None:
+        cancel()
+        op.request("pause", "bubble in the line")
+
+    def progress(event: str, **info: Any) -> None:
+        nonlocal cancel
+        if event == "condition_done" and (info["round"], info["index"]) == (0, 0):
+            # the rig's world exists once the run has built the rig
+            cancel = get_world("simulated").clock.every(3.0, click_pause)  # 3 s into condition 1's wait
+        if event == "status" and info["status"] == state.PAUSED:
+            measured_when_paused.append(len(store.replicates(cid, 0, 1)))
+
+    def sleep(_: float) -> None:
+        if op.status() == state.PAUSED:
+            op.request("resume", "bubble cleared")
+
+    cancel: Any = None
+    assert run(store, cid, progress=progress, sleep=sleep) == state.FINISHED
+    assert measured_when_paused == [0]
+    assert fingerprint(store, cid) == reference["fingerprint"]
+
+
 def test_abort_while_paused(store: Store, tmp_path: Path) -> None:
     cid = start(store, tmp_path)
     op = Operator(store, cid)
