@@ -123,7 +123,7 @@ def format_rate(rate_ul_min: float, limits_ul_min: tuple[float, float] | None = 
     text = format_number(value)
     if limits_ul_min is not None:
         low, high = limits_ul_min
-        sent = float(text) * factor
+        sent = parse_quantity(f"{text} {units}")  # what the pump will run, read as the driver reads it back
         if sent > high >= rate_ul_min:
             text = format_number(value, rounding=ROUND_DOWN)
         elif sent < low <= rate_ul_min:
@@ -193,9 +193,10 @@ def parse_quantity(text: str) -> float:
     match = _QUANTITY.match(text)
     if match is None:
         raise ProtocolError(f"expected a number and units, got {text!r}")
-    value, unit = float(match.group(1)), match.group(2)
+    value, unit = match.group(1), match.group(2)
     factor = rate_unit_factor(unit) if "/" in unit else volume_unit_factor(unit)
-    return value * factor
+    # in decimal, then rounded once: "9 nl/min" is 0.009 uL/min, not 9 * 0.001 = 0.009000000000000001
+    return float(Decimal(value) * Decimal(repr(factor)))
 
 
 def volume_unit_factor(unit: str) -> float:
