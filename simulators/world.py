@@ -12,26 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from drivers.base import Clock, MonotonicClock
 
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class WallClock:
-    """Real time, for pty emulators serving other programs and for real rigs."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
+# Real time, for pty emulators serving other programs and for real rigs: the drivers' own clock.
+WallClock = MonotonicClock
 
 
 PACE_ENV = "SDL_SIM_PACE"
