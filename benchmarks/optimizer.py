@@ -300,6 +300,7 @@ def run_campaign(strategy: str, problem: Problem, rounds: int) -> Run:
         run.suggest_s.append(time.perf_counter() - t0)
         space = suggestion.space
         run.bounds.append({v.name: [v.low, v.high] for v in space.variables})
+        history.bounds.append(space.bounds)
         obs = measure(problem, suggestion.batch, r, strategy)
         history.observations.extend(obs)
         for o in obs:

@@ -753,6 +753,7 @@ class _Runner:
             wavelengths=protocol.wavelengths(),
             loss=self._loss,
             round_index=index,
+            bounds=[dict(r.bounds) for r in self.store.rounds(self.campaign_id)],
         )
         suggestion = optimizer.suggest(history, space, n)
         notes = jsonable(dict(suggestion.notes))

@@ -259,6 +259,11 @@ class WideningSpec(_Strict):
     step_fraction: Fraction = Field(
         0.25, description="widen by this fraction of the current range, capped at hard limits"
     )
+    step_growth: float = Field(
+        2.0, ge=1.0, le=4.0, allow_inf_nan=False,
+        description="an edge that moved out in each of the last k rounds steps step_fraction x step_growth^k "
+        "(at most the whole current range); 1 keeps every step the same",
+    )
 
 
 class OptimizerSpec(_Strict):

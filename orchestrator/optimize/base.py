@@ -90,6 +90,9 @@ class History:
     wavelengths: np.ndarray
     loss: SpectrumLoss
     round_index: int = 0
+    # the search bounds of every past round, oldest first (the engine's per-round ``bounds``); widening
+    # reads from them how many rounds running an edge has moved out
+    bounds: list[dict[str, tuple[float, float]]] = field(default_factory=list)
 
     def measured(self) -> list[Observation]:
         return [o for o in self.observations if not o.failed and o.median_loss is not None]

@@ -542,6 +542,32 @@ def test_optimizer_stop_note_ends_the_campaign(store: Store, tmp_path: Path) -> 
     assert store.campaign(cid).reason == "optimiser stop: model converged"
 
 
+def test_the_optimiser_sees_every_past_rounds_bounds(store: Store, tmp_path: Path) -> None:
+    """Widening grows its step from the bounds of the rounds before (History.bounds)."""
+    from orchestrator.optimize import registry
+    from orchestrator.optimize.base import Suggestion
+
+    seen: list[list[dict]] = []
+
+    class Widener:
+        name = "widener"
+
+        def suggest(self, history, space, n):
+            seen.append([dict(b) for b in history.bounds])
+            assert history.bounds == [] or history.bounds[-1] == space.bounds
+            v = space.variables[0]
+            wider = space.with_bounds({**space.bounds, v.name: (v.low, v.high + 1.0)})
+            return Suggestion(batch=[{u.name: u.low for u in space.variables}], space=wider, sources=["w"])
+
+    registry.register("test_widener", lambda settings, widening, seed: Widener(), replace=True)
+    cid = start(store, tmp_path, optimizer={"strategy": "test_widener"}, stop={"max_rounds": 3})
+    assert run(store, cid) == state.FINISHED
+    name = store.rounds(cid)[0].bounds and next(iter(store.rounds(cid)[0].bounds))
+    assert [len(b) for b in seen] == [0, 1, 2]
+    assert [b[name][1] for b in seen[2]] == [r.bounds[name][1] for r in store.rounds(cid)[:2]]
+    assert seen[2][1][name][1] == pytest.approx(seen[2][0][name][1] + 1.0)
+
+
 def test_infeasible_suggestion_never_reaches_a_pump(store: Store, tmp_path: Path) -> None:
     from orchestrator.optimize import registry
     from orchestrator.optimize.base import Suggestion

@@ -3,6 +3,8 @@ the edge and a predicted improvement outward, steps once per edge and spends few
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from orchestrator.optimize.widening import (
     WideningPolicy,
     WideningSettingsError,
     crowded_edges,
+    edge_streak,
     select_with_widening,
     stepped_edge,
 )
@@ -111,6 +114,71 @@ def test_gated_rule_widens_one_step_and_spends_at_most_max_new_outside() -> None
     assert space.feasible(batch).all()
 
 
+def test_edge_streak_counts_the_latest_rounds_running_that_moved_an_edge_out() -> None:
+    rounds = [{"a": (0.0, 20.0)}, {"a": (0.0, 25.0)}, {"a": (0.0, 31.25)}]
+    assert edge_streak(rounds, "a", "high") == 2
+    assert edge_streak(rounds, "a", "low") == 0
+    assert edge_streak([*rounds, {"a": (0.0, 31.25)}], "a", "high") == 0  # a round without a move ends it
+    assert edge_streak([{"a": (0.0, 20.0)}, {"a": (0.0, 20.0)}, {"a": (0.0, 25.0)}], "a", "high") == 1
+    assert edge_streak([{"a": (5.0, 20.0)}, {"a": (2.0, 20.0)}], "a", "low") == 1
+    assert edge_streak([], "a", "high") == 0
+
+
+def test_an_edge_that_keeps_paying_steps_further_each_round() -> None:
+    policy = WideningPolicy.from_protocol(WIDENING | {"step_growth": 2.0}, rule="gated", max_new=3)
+    hist = history_at([(31.0, 8.0), (5.0, 8.0)], [0.1, 0.6])
+    hist.bounds = [{"a": (0.0, 20.0), "b": (0.0, 20.0)}, {"a": (0.0, 25.0), "b": (0.0, 20.0)},
+                   {"a": (0.0, 31.25), "b": (0.0, 20.0)}]
+    surrogate = BowlSurrogate((70.0, 8.0))
+    batch, space, notes = select_with_widening(surrogate, hist, space2(31.25), 15, policy)
+    # moved out two rounds running: 0.25 x 2^2 = the whole current range, 31.25 -> 62.5
+    assert space.variables[0].high == pytest.approx(62.5)
+    assert "moved out 2 round(s) running" in notes["widening"][0]["reason"]
+    assert int(np.sum(batch[:, 0] > 31.25 + 1e-9)) == 3 and space.feasible(batch).all()
+    # the same history with step_growth 1 steps a quarter, and the paper's plain rule never grows
+    for same in (WideningPolicy.from_protocol(WIDENING | {"step_growth": 1.0}, rule="gated"),
+                 WideningPolicy.from_protocol(WIDENING, rule="plain")):
+        _, space, _ = select_with_widening(BowlSurrogate((70.0, 8.0)), hist, space2(31.25), 15, same)
+        assert space.variables[0].high == pytest.approx(31.25 * 1.25)
+
+
+def test_a_grown_step_is_still_gated_and_capped_at_the_hard_limit() -> None:
+    policy = WideningPolicy.from_protocol(WIDENING, rule="gated")
+    rounds = [{"a": (0.0, 20.0), "b": (0.0, 20.0)}, {"a": (0.0, 30.0), "b": (0.0, 20.0)},
+              {"a": (0.0, 50.0), "b": (0.0, 20.0)}]
+    hist = history_at([(49.0, 8.0), (5.0, 8.0)], [0.1, 0.6])
+    hist.bounds = rounds
+    _, space, _ = select_with_widening(BowlSurrogate((75.0, 8.0)), hist, space2(50.0), 15, policy)
+    assert space.variables[0].high == pytest.approx(80.0)  # 50 + 50 capped at the hard limit
+    _, space, notes = select_with_widening(BowlSurrogate((30.0, 8.0)), hist, space2(50.0), 15, policy)
+    assert space.variables[0].high == 50.0 and notes["widening_refused"][0]["variable"] == "a"
+
+
+class TwoBasins(BowlSurrogate):
+    """Best inside at (8, 8); a second, slightly worse basin at (26, 8) just beyond a's edge at 20."""
+
+    def __init__(self) -> None:
+        super().__init__((8.0, 8.0))
+
+    def predicted_loss(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(x)
+        inner = ((x - [8.0, 8.0]) ** 2).sum(axis=1)
+        outer = ((x - [26.0, 8.0]) ** 2).sum(axis=1) + 5.0
+        return np.minimum(inner, outer) / 100.0
+
+
+def test_the_batchs_own_picks_on_an_edge_can_pass_the_gate() -> None:
+    """The acquisition crowds a's edge because the slope runs outward there, though the best measured and
+    the predicted-best conditions sit inside: the most promising pick on the edge opens it."""
+    hist = history_at([(8.0, 8.0), (2.0, 15.0)], [0.05, 0.6])
+    policy = WideningPolicy.from_protocol(WIDENING, rule="gated")
+    _, space, notes = select_with_widening(TwoBasins(), hist, space2(), 15, policy)
+    assert space.variables[0].high == pytest.approx(25.0)
+    assert notes["widening"][0]["reason"].startswith("gated rule: 100% of the batch crowds it; the most promising pick")
+    _, space, notes = select_with_widening(TwoBasins(), hist, space2(), 15, replace(policy, gate_on_picks=False))
+    assert space == space2() and notes["widening_refused"][0]["variable"] == "a"
+
+
 def test_a_second_opinion_can_open_an_edge_the_first_model_refuses() -> None:
     class WithSecondOpinion(BowlSurrogate):
         def __init__(self) -> None:
@@ -128,6 +196,8 @@ def test_a_second_opinion_can_open_an_edge_the_first_model_refuses() -> None:
 def test_widening_settings_are_validated() -> None:
     with pytest.raises(WideningSettingsError, match="unknown key"):
         WideningPolicy.from_protocol({"enabled": True, "step": 0.1}, rule="gated")
+    with pytest.raises(WideningSettingsError, match="step_growth"):
+        WideningPolicy.from_protocol(WIDENING | {"step_growth": 0.5}, rule="gated")
     with pytest.raises(WideningSettingsError, match="step_fraction"):
         WideningPolicy.from_protocol({"step_fraction": 0.0}, rule="gated")
     assert not WideningPolicy.from_protocol(None, rule="gated").enabled
