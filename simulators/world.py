@@ -14,8 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 
 from drivers.base import Clock, MonotonicClock
+
+log = structlog.get_logger("simulators.world")
 
 # Real time, for pty emulators serving other programs and for real rigs: the drivers' own clock.
 WallClock = MonotonicClock
@@ -97,8 +100,9 @@ class VirtualClock:
             self._in_timer.on = True
             try:
                 timer.callback()
-            except Exception:  # noqa: BLE001 - a failing keep-alive must not break the sleeper
-                pass
+            except Exception as exc:  # noqa: BLE001 - a failing keep-alive must not break the sleeper
+                log.warning("virtual clock timer failed", callback=getattr(timer.callback, "__qualname__", "?"),
+                            error=repr(exc), at_s=at)
             finally:
                 self._in_timer.on = False
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from simulators.world import PACE_ENV, VirtualClock
 
@@ -59,6 +60,10 @@ def test_a_timer_that_sleeps_or_fails_does_not_disturb_the_sleeper() -> None:
         raise RuntimeError("a keep-alive that failed")
 
     clock.every(1.0, nap)
-    clock.sleep(3.0)  # the failures stay inside the timer
+    with capture_logs() as logs:
+        clock.sleep(3.0)  # the failures stay inside the timer, and are logged
     assert calls == [1.0, 2.0, 3.0]  # no nested firing at 1.25 + ...: each on its own tick
     assert clock.now() >= 3.0
+    failed = [e for e in logs if e["event"] == "virtual clock timer failed"]
+    assert len(failed) == 3 and "a keep-alive that failed" in failed[0]["error"]
+    assert failed[0]["callback"].endswith("nap")
