@@ -233,16 +233,30 @@ class GreedyNoisyEI:
         return torch.movedim(f, 0, -1) * self.y_std + self.y_mean
 
     def add(self, u: np.ndarray, eps: torch.Tensor) -> None:
-        """Append a point (a measured incumbent, a pending or a chosen condition) with its base sample."""
-        self.p_u = torch.cat([self.p_u, torch.as_tensor(np.atleast_2d(u), dtype=DTYPE)])
+        """Append a point (a measured incumbent, a pending or a chosen condition) with its base sample.
+
+        The joint posterior of the points so far is kept as a Cholesky factor and grown by one row
+        (the new point's covariance with the others), not refactored: adding p points costs O(p^2)
+        posterior evaluations less than recomputing it each time."""
+        ut = torch.as_tensor(np.atleast_2d(u), dtype=DTYPE)
+        mean, v = self.gp.parts(ut)  # (k, 1), (k, n, 1)
+        var = 1.0 + 1e-8 - (v * v).sum(-2, keepdim=True)  # (k, 1, 1); Matern with unit signal variance
+        if len(self.p_u):
+            cross = self.gp.prior_cov(ut, self.p_u) - v.transpose(-1, -2) @ self.p_v  # (k, 1, p)
+            row = torch.linalg.solve_triangular(self.p_chol, cross.transpose(-1, -2), upper=False).transpose(-1, -2)
+            diag = (var - (row * row).sum(-1, keepdim=True)).clamp_min(1e-12).sqrt()
+            top = torch.cat([self.p_chol, torch.zeros_like(self.p_chol[..., :1])], dim=-1)
+            self.p_chol = torch.cat([top, torch.cat([row, diag], dim=-1)], dim=-2)
+            self.p_mean, self.p_v = torch.cat([self.p_mean, mean], dim=-1), torch.cat([self.p_v, v], dim=-1)
+        else:
+            row = torch.zeros((var.shape[0], 1, 0), dtype=DTYPE)
+            diag = var.clamp_min(1e-12).sqrt()
+            self.p_chol, self.p_mean, self.p_v = diag, mean, v
+        self.p_u = torch.cat([self.p_u, ut])
         self.p_eps = torch.cat([self.p_eps, eps[:, None, :]], dim=1)
-        mean, v = self.gp.parts(self.p_u)
-        cov = self.gp.prior_cov(self.p_u, self.p_u) - v.transpose(-1, -2) @ v
-        cov = cov + 1e-8 * torch.eye(len(self.p_u), dtype=DTYPE)
-        self.p_mean, self.p_v = mean, v
-        self.p_chol = torch.linalg.cholesky_ex(cov)[0]
-        f = mean.unsqueeze(-1) + self.p_chol @ self.p_eps  # (k, p, M)
-        losses = self.score_loss(self._to_scores(f[:, -1:, :]))[0]  # (M,)
+        # the new point's samples: its row of the factor times the base samples of every point so far
+        f = mean.unsqueeze(-1) + torch.cat([row, diag], dim=-1) @ self.p_eps  # (k, 1, M)
+        losses = self.score_loss(self._to_scores(f))[0]  # (M,)
         self.best = torch.minimum(self.best, losses)
 
     def sample_losses(self, u: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -166,3 +166,33 @@ def test_exploit_puts_the_predicted_best_condition_first() -> None:
     first = sug.notes["predicted_loss"][0]
     assert first <= min(sug.notes["predicted_loss"]) + 1e-3
     assert sug.batch == make_optimizer("composite", {**FAST, "exploit": 1}, WIDENING, 1).suggest(hist, space, 15).batch
+
+
+def test_the_batch_posterior_grows_by_one_row_and_equals_the_full_factor() -> None:
+    """GreedyNoisyEI appends each pending/chosen point's row to the Cholesky factor of the joint
+    posterior instead of refactoring: the factor must equal the full one, and the samples with it."""
+    from orchestrator.optimize.composite import BatchedGP, GreedyNoisyEI
+
+    rng = np.random.default_rng(3)
+    u = rng.random((30, 3))
+    y = np.column_stack([np.sin(3 * u[:, 0]) + u[:, 1], np.cos(2 * u[:, 2]) * u[:, 0]])
+    gp = BatchedGP(max_iter=20).fit(u, y, np.arange(30)).condition(u, y)
+    seen: list[torch.Tensor] = []
+
+    def loss(scores: torch.Tensor) -> torch.Tensor:  # any function of the sampled scores
+        seen.append(scores)
+        return scores.sum(-1)
+
+    points = rng.random((6, 3))
+    state = GreedyNoisyEI(gp, loss, points[:4], np.random.default_rng(0), n_samples=16, failed_u=np.empty((0, 3)))
+    state.add(points[4], state.draw())
+    state.add(points[5], state.draw())
+    p = torch.as_tensor(points, dtype=torch.float64)
+    mean, v = gp.parts(p)
+    cov = gp.prior_cov(p, p) - v.transpose(-1, -2) @ v + 1e-8 * torch.eye(6, dtype=torch.float64)
+    full = torch.linalg.cholesky(cov)
+    assert torch.allclose(state.p_chol, full, atol=1e-10)
+    assert torch.allclose(state.p_mean, mean, atol=1e-12) and torch.allclose(state.p_v, v, atol=1e-12)
+    # the last point's samples: the full factor's last row times every base sample so far
+    f = mean[:, -1:, None] + full[:, -1:, :] @ state.p_eps
+    assert torch.allclose(seen[-1], state._to_scores(f), atol=1e-10)
