@@ -54,7 +54,7 @@ from orchestrator.rig import (
 )
 from orchestrator.screening import ReplicateScreen, median_mad
 from orchestrator.spectra import TargetFileError, read_target_csv
-from orchestrator.store import ClaimLost, ConditionRow, PlannedCondition, Store, jsonable
+from orchestrator.store import ClaimLost, ConditionRow, PlannedCondition, RoundRow, Store, jsonable
 
 log = structlog.get_logger("orchestrator.campaign")
 
@@ -735,12 +735,14 @@ class _Runner:
         return None
 
     # ---- rounds ---------------------------------------------------------------------------------
-    def _plan_round(self, spec: CampaignSpec, index: int, planned: int, previous_bounds: dict | None) -> bool:
-        """Ask the optimiser for the next batch and persist it; False if the optimiser says stop."""
+    def _plan_round(self, spec: CampaignSpec, planned: int, rounds: list[RoundRow]) -> bool:
+        """Ask the optimiser for the next batch (after ``rounds``, all done) and persist it; False if the
+        optimiser says stop."""
         protocol = spec.protocol
         space = protocol.space()
-        if previous_bounds:
-            space = space.with_bounds(previous_bounds)
+        index = len(rounds)
+        if rounds:
+            space = space.with_bounds(rounds[-1].bounds)
         n = protocol.batch_size
         if protocol.stop.max_conditions is not None:
             n = min(n, protocol.stop.max_conditions - planned)
@@ -753,7 +755,7 @@ class _Runner:
             wavelengths=protocol.wavelengths(),
             loss=self._loss,
             round_index=index,
-            bounds=[dict(r.bounds) for r in self.store.rounds(self.campaign_id)],
+            bounds=[dict(r.bounds) for r in rounds],
         )
         suggestion = optimizer.suggest(history, space, n)
         notes = jsonable(dict(suggestion.notes))
@@ -797,8 +799,7 @@ class _Runner:
                 planned = len(self.store.conditions(self.campaign_id))
                 reason = self._stop_reason(spec, len(rounds), planned)
                 if reason is None:
-                    previous = rounds[-1].bounds if rounds else None
-                    if self._plan_round(spec, len(rounds), planned, previous):
+                    if self._plan_round(spec, planned, rounds):
                         continue
                     reason = self._stop_note
                 self._stop_flow()
