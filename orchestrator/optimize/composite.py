@@ -221,6 +221,10 @@ class GreedyNoisyEI:
         self.y_std = torch.as_tensor(gp.y_std, dtype=DTYPE)
         self.p_u = torch.empty((0, baseline_u.shape[1]), dtype=DTYPE)
         self.p_eps = torch.empty((self.k, 0, self.m), dtype=DTYPE)
+        # the joint posterior of the points added so far: mean (k, p), V (k, n, p), Cholesky factor (k, p, p)
+        self.p_mean = torch.empty((self.k, 0), dtype=DTYPE)
+        self.p_v = torch.empty((self.k, gp.x.shape[1], 0), dtype=DTYPE)
+        self.p_chol = torch.empty((self.k, 0, 0), dtype=DTYPE)
         self.best = torch.full((self.m,), float("inf"), dtype=DTYPE)
         for u in baseline_u:
             self.add(u, self.draw())
@@ -241,17 +245,12 @@ class GreedyNoisyEI:
         ut = torch.as_tensor(np.atleast_2d(u), dtype=DTYPE)
         mean, v = self.gp.parts(ut)  # (k, 1), (k, n, 1)
         var = 1.0 + 1e-8 - (v * v).sum(-2, keepdim=True)  # (k, 1, 1); Matern with unit signal variance
-        if len(self.p_u):
-            cross = self.gp.prior_cov(ut, self.p_u) - v.transpose(-1, -2) @ self.p_v  # (k, 1, p)
-            row = torch.linalg.solve_triangular(self.p_chol, cross.transpose(-1, -2), upper=False).transpose(-1, -2)
-            diag = (var - (row * row).sum(-1, keepdim=True)).clamp_min(1e-12).sqrt()
-            top = torch.cat([self.p_chol, torch.zeros_like(self.p_chol[..., :1])], dim=-1)
-            self.p_chol = torch.cat([top, torch.cat([row, diag], dim=-1)], dim=-2)
-            self.p_mean, self.p_v = torch.cat([self.p_mean, mean], dim=-1), torch.cat([self.p_v, v], dim=-1)
-        else:
-            row = torch.zeros((var.shape[0], 1, 0), dtype=DTYPE)
-            diag = var.clamp_min(1e-12).sqrt()
-            self.p_chol, self.p_mean, self.p_v = diag, mean, v
+        cross = self.gp.prior_cov(ut, self.p_u) - v.transpose(-1, -2) @ self.p_v  # (k, 1, p)
+        row = torch.linalg.solve_triangular(self.p_chol, cross.transpose(-1, -2), upper=False).transpose(-1, -2)
+        diag = (var - (row * row).sum(-1, keepdim=True)).clamp_min(1e-12).sqrt()
+        top = torch.cat([self.p_chol, torch.zeros((self.k, len(self.p_u), 1), dtype=DTYPE)], dim=-1)
+        self.p_chol = torch.cat([top, torch.cat([row, diag], dim=-1)], dim=-2)
+        self.p_mean, self.p_v = torch.cat([self.p_mean, mean], dim=-1), torch.cat([self.p_v, v], dim=-1)
         self.p_u = torch.cat([self.p_u, ut])
         self.p_eps = torch.cat([self.p_eps, eps[:, None, :]], dim=1)
         # the new point's samples: its row of the factor times the base samples of every point so far
