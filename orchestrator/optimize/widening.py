@@ -212,15 +212,11 @@ def _gate(
     return False, f"none of {', '.join(anchors)} sits on it with a better predicted loss outward"
 
 
-def _best_pick_on_edge(
-    space: Space, batch: np.ndarray, model: Surrogate, i: int, side: str, policy: WideningPolicy
-) -> dict[str, np.ndarray]:
+def _best_pick_on_edge(on_edge: np.ndarray, model: Surrogate) -> dict[str, np.ndarray]:
     """The batch's pick on the edge that ``model`` predicts best (the acquisition's own reason to crowd it)."""
-    u = UnitScaler.for_space(space).to_unit(batch)[:, i]
-    on = batch[u <= policy.edge_fraction] if side == "low" else batch[u >= 1 - policy.edge_fraction]
-    if len(on) == 0:
+    if len(on_edge) == 0:
         return {}
-    return {"the most promising pick on the edge": on[int(np.argmin(model.predicted_loss(on)))]}
+    return {"the most promising pick on the edge": on_edge[int(np.argmin(model.predicted_loss(on_edge)))]}
 
 
 def _strip(widened: Space, space: Space, i: int, side: str) -> Space:
@@ -265,6 +261,7 @@ def select_with_widening(
         opinions.append((model, {a: x for a, x in anchors.items() if x is not None}))
     changes, strips, refused = [], [], []
     bounds = dict(space.bounds)
+    u_batch = UnitScaler.for_space(space).to_unit(batch)
     for i, side, frac in crowded:
         v = space.variables[i]
         streak = edge_streak(history.bounds, v.name, side)
@@ -275,10 +272,10 @@ def select_with_widening(
             continue
         lo, hi = bounds[v.name]
         trial = space.with_bounds({**space.bounds, v.name: (new, v.high) if side == "low" else (v.low, new)})
+        on_edge = batch[u_batch[:, i] <= policy.edge_fraction if side == "low" else u_batch[:, i] >= 1 - policy.edge_fraction]
         for model, anchors in opinions:
-            if policy.gate_on_picks:
-                anchors = {**anchors, **_best_pick_on_edge(space, batch, model, i, side, policy)}
-            ok, why = _gate(space, trial, model, anchors, i, side, policy)
+            picks = _best_pick_on_edge(on_edge, model) if policy.gate_on_picks else {}
+            ok, why = _gate(space, trial, model, {**anchors, **picks}, i, side, policy)
             if ok:
                 break
         if not ok:
