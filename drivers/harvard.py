@@ -44,7 +44,7 @@ from drivers.errors import (
     ProtocolError,
     StallAlarm,
 )
-from drivers.transport import SerialLine
+from drivers.transport import SerialLine, send_blind_anywhere
 
 log = structlog.get_logger("drivers.harvard")
 
@@ -494,14 +494,8 @@ class HarvardPump:
         payload = (self._frame("stp") + CR).encode("ascii")
         with _lines_lock:
             shared = self._shared or _lines.get(self.port)
-        if shared is not None:
-            with shared.lock:
-                return shared.line.send_blind(payload, BLIND_STOPS)
-        alone = SerialLine(self.port, baudrate=self.baudrate, name=self.port)
-        try:
-            return alone.send_blind(payload, BLIND_STOPS)
-        finally:
-            alone.close()
+        held = (shared.line, shared.lock) if shared is not None else None
+        return send_blind_anywhere(payload, BLIND_STOPS, held=held, url=self.port, baudrate=self.baudrate, name=self.port)
 
     # -- beyond the protocol -----------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from drivers.errors import (
     ProtocolError,
     StallAlarm,
 )
-from drivers.transport import SerialLine
+from drivers.transport import SerialLine, send_blind_anywhere
 
 log = structlog.get_logger("drivers.newera")
 
@@ -1025,15 +1025,9 @@ class NewEraPump:
         payload = (encode_safe if self._last_safe else encode_basic)(self.address, "STP")
         with _lines_lock:
             line = self._line or _lines.get(self.port)
-        if line is not None:
-            with line.lock:
-                return line.serial.send_blind(payload, BLIND_STOPS)
-        baud = self._last_baud or self._baudrates[0]
-        alone = SerialLine(self.port, baudrate=baud, name=f"New Era line {self.port}")
-        try:
-            return alone.send_blind(payload, BLIND_STOPS)
-        finally:
-            alone.close()
+        held = (line.serial, line.lock) if line is not None else None
+        return send_blind_anywhere(payload, BLIND_STOPS, held=held, url=self.port,
+                                   baudrate=self._last_baud or self._baudrates[0], name=f"New Era line {self.port}")
 
     def _stop_heartbeat(self) -> None:
         if self._hb_cancel is not None:

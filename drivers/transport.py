@@ -6,6 +6,7 @@ timeouts come from the operation; only idempotent commands are retried, with bac
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -145,3 +146,19 @@ class SerialLine:
                     time.sleep(backoff_s * (2**attempt))
         assert last is not None
         raise last
+
+
+def send_blind_anywhere(payload: bytes, times: int, *, held: tuple[SerialLine, threading.RLock] | None,
+                        url: str, baudrate: int, name: str) -> int:
+    """``payload`` written ``times`` times without waiting for replies (a stop that must get through):
+    on the line a driver still holds, under its lock so no exchange is cut in half, else on the port
+    opened for this alone and closed again. Returns the writes sent."""
+    if held is not None:
+        line, lock = held
+        with lock:
+            return line.send_blind(payload, times)
+    alone = SerialLine(url, baudrate=baudrate, name=name)
+    try:
+        return alone.send_blind(payload, times)
+    finally:
+        alone.close()
