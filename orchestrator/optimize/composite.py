@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -442,14 +443,20 @@ class CompositeOptimizer:
         pca = SpectrumPCA.fit(spectra[cond], k_min=int(self.s["k_min"]), k_max=int(self.s["k_max"]))
         scores = pca.scores(spectra[cond])
         fit_rows = fit_subset(losses[cond], int(self.s["max_fit"]), rng)
-        gp = BatchedGP(int(self.s["fit_iterations"])).fit(u[cond], scores, fit_rows).condition(u[cond], scores)
+        # with a scalar GP in every batch (``scalar_when: always``) its scikit-learn fit runs next to the
+        # composite's torch fit, on the second core: the suggestion waits for the longer of the two only.
+        # It takes its draws from ``rng`` before anything after it does, as it would in turn.
+        always = float(self.s["scalar_fraction"]) > 0 and self.s["scalar_when"] == "always"
+        with ThreadPoolExecutor(1) as pool:
+            scalar = pool.submit(self._scalar_surrogate, history, space, rng) if always else None
+            gp = BatchedGP(int(self.s["fit_iterations"])).fit(u[cond], scores, fit_rows).condition(u[cond], scores)
         failed = history.failed()
         x_failed = space.to_array([o.inputs for o in failed]) if failed else np.empty((0, x.shape[1]))
         surrogate = CompositeSurrogate(gp, pca, history.loss, scaler, x[cond], u[cond], x_failed, rng, self.s)
         mixed = float(self.s["scalar_fraction"]) > 0 and self._wants_second_model(surrogate, history, space)
         if mixed:
-            surrogate = MixedSurrogate(surrogate, self._scalar_surrogate(history, space, rng),
-                                       float(self.s["scalar_fraction"]))
+            second = scalar.result() if scalar is not None else self._scalar_surrogate(history, space, rng)
+            surrogate = MixedSurrogate(surrogate, second, float(self.s["scalar_fraction"]))
         batch, new_space, notes = select_with_widening(surrogate, history, space, n, self.policy)
         batch = make_feasible(new_space, batch)
         predicted = surrogate.predicted_spectra(batch)
