@@ -179,6 +179,48 @@ class ConditionRow:
 
 
 @dataclass(frozen=True)
+class RoundBrief:
+    """A round without its notes: what a progress view needs."""
+
+    index: int
+    strategy: str
+    bounds: dict[str, tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class ConditionBrief:
+    """A condition without its predicted spectrum and rates: what a progress view needs."""
+
+    round: int
+    index: int
+    status: str
+    attempt: int
+    inputs: dict[str, float]
+    median_loss: float | None
+    accepted: int
+
+
+@dataclass(frozen=True)
+class CampaignProgress:
+    """Rounds and conditions of a campaign read in one transaction, and the condition being measured."""
+
+    rounds: list[RoundBrief]
+    conditions: list[ConditionBrief]
+    measuring: ConditionBrief | None
+    replicates: int  # droplets (not set aside) of the measuring condition's current attempt
+
+
+@dataclass(frozen=True)
+class Droplet:
+    """One replicate's absorbance and verdict, without the raw counts."""
+
+    index: int
+    absorbance: np.ndarray
+    loss: float | None
+    accepted: bool
+
+
+@dataclass(frozen=True)
 class ReplicateRow:
     campaign_id: str
     round: int
@@ -984,6 +1026,18 @@ class Store:
             conditions_t.c.condition_index == condition_index,
         ]
 
+    @staticmethod
+    def _kept_of_attempt(campaign_id: str, round_index: int, condition_index: int, attempt: int) -> list[Any]:
+        """Where-clauses for one attempt's replicates that are not set aside."""
+        c = replicates_t.c
+        return [
+            c.campaign_id == campaign_id,
+            c.round_index == round_index,
+            c.condition_index == condition_index,
+            c.attempt == attempt,
+            c.set_aside.is_(False),
+        ]
+
     def _require_condition(
         self, conn: Connection, campaign_id: str, round_index: int, condition_index: int
     ) -> None:
@@ -1187,22 +1241,68 @@ class Store:
                 for r in conn.execute(query)
             ]
 
+    def progress(self, campaign_id: str) -> CampaignProgress:
+        """Rounds, conditions and the measuring condition's droplet count in one read transaction,
+        without the large columns (predicted spectra, raw counts) ``conditions`` decodes: a console
+        polls this every few seconds."""
+        with self._read() as conn:
+            self._campaign_row(conn, campaign_id)
+            r, c = rounds_t.c, conditions_t.c
+            rounds = [
+                RoundBrief(x.round_index, x.strategy, _bounds_from(x.bounds) or {})
+                for x in conn.execute(
+                    sa.select(r.round_index, r.strategy, r.bounds)
+                    .where(r.campaign_id == campaign_id)
+                    .order_by(r.round_index)
+                )
+            ]
+            conditions = [
+                ConditionBrief(
+                    x.round_index, x.condition_index, x.status, x.attempt,
+                    {k: float(v) for k, v in x.inputs.items()},
+                    None if x.median_loss is None else float(x.median_loss), int(x.accepted or 0),
+                )
+                for x in conn.execute(
+                    sa.select(c.round_index, c.condition_index, c.status, c.attempt, c.inputs, c.median_loss, c.accepted)
+                    .where(c.campaign_id == campaign_id)
+                    .order_by(c.round_index, c.condition_index)
+                )
+            ]
+            measuring = next((x for x in reversed(conditions) if x.status == "measuring"), None)
+            replicates = 0
+            if measuring is not None:
+                replicates = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(replicates_t)
+                    .where(*self._kept_of_attempt(campaign_id, measuring.round, measuring.index, measuring.attempt))
+                ).scalar_one()
+        return CampaignProgress(rounds, conditions, measuring, int(replicates))
+
+    def latest_droplets(
+        self, campaign_id: str, round_index: int, condition_index: int, attempt: int, limit: int
+    ) -> list[Droplet]:
+        """The last ``limit`` droplets (not set aside) of one attempt, oldest first, without the raw
+        counts ``replicates`` decodes."""
+        c = replicates_t.c
+        query = (
+            sa.select(c.replicate_index, c.absorbance, c.loss, c.accepted)
+            .where(*self._kept_of_attempt(campaign_id, round_index, condition_index, attempt))
+            .order_by(c.replicate_index.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [Droplet(x.replicate_index, array_from_bytes(x.absorbance), x.loss, bool(x.accepted)) for x in reversed(rows)]
+
     def set_aside(
         self, campaign_id: str, round_index: int, condition_index: int, attempt: int, reason: str
     ) -> None:
         """Set aside every replicate of that attempt (kept, but no longer counted), journaled."""
         with self._write() as conn:
             self._require_condition(conn, campaign_id, round_index, condition_index)
-            c = replicates_t.c
             count = conn.execute(
                 replicates_t.update()
-                .where(
-                    c.campaign_id == campaign_id,
-                    c.round_index == round_index,
-                    c.condition_index == condition_index,
-                    c.attempt == attempt,
-                    c.set_aside.is_(False),
-                )
+                .where(*self._kept_of_attempt(campaign_id, round_index, condition_index, attempt))
                 .values(set_aside=True, set_aside_reason=reason)
             ).rowcount
             self._event(

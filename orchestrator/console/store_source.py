@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import sqlalchemy as sa
 import structlog
 import yaml
 
@@ -61,13 +60,11 @@ from orchestrator.spectra import interpolate_target, wavelength_grid
 from orchestrator.state import InvalidTransition
 from orchestrator.store import (
     CampaignRow,
+    ConditionBrief,
     EventRow,
+    RoundBrief,
     Store,
-    array_from_bytes,
-    conditions_t,
     open_store,
-    replicates_t,
-    rounds_t,
 )
 from orchestrator.store import UnknownCampaign as StoreUnknownCampaign
 
@@ -328,60 +325,9 @@ class StoreSource:
         return self._cached(("snapshot", campaign_id), lambda: self._read_snapshot(campaign_id))
 
     def _read_snapshot(self, campaign_id: str) -> _Snapshot:
-        """Everything the progress, losses and bounds views need, in one read transaction and
-        without the large columns (predicted spectra, raw counts) ``Store.conditions`` decodes."""
         row = self._row(campaign_id)
-        c, r, rep = conditions_t.c, rounds_t.c, replicates_t.c
-        with self.store.engine.connect() as conn:
-            rounds = [
-                _Round(
-                    x.round_index, x.strategy, {k: (float(v[0]), float(v[1])) for k, v in x.bounds.items()}
-                )
-                for x in conn.execute(
-                    sa.select(r.round_index, r.strategy, r.bounds)
-                    .where(r.campaign_id == campaign_id)
-                    .order_by(r.round_index)
-                )
-            ]
-            conditions = [
-                _Cond(
-                    x.round_index,
-                    x.condition_index,
-                    x.status,
-                    x.attempt,
-                    {k: float(v) for k, v in x.inputs.items()},
-                    None if x.median_loss is None else float(x.median_loss),
-                    int(x.accepted or 0),
-                )
-                for x in conn.execute(
-                    sa.select(
-                        c.round_index,
-                        c.condition_index,
-                        c.status,
-                        c.attempt,
-                        c.inputs,
-                        c.median_loss,
-                        c.accepted,
-                    )
-                    .where(c.campaign_id == campaign_id)
-                    .order_by(c.round_index, c.condition_index)
-                )
-            ]
-            measuring = next((x for x in reversed(conditions) if x.status == "measuring"), None)
-            replicates = 0
-            if measuring is not None:
-                replicates = conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(replicates_t)
-                    .where(
-                        rep.campaign_id == campaign_id,
-                        rep.round_index == measuring.round,
-                        rep.condition_index == measuring.index,
-                        rep.attempt == measuring.attempt,
-                        rep.set_aside.is_(False),
-                    )
-                ).scalar_one()
-        return _Snapshot(row, rounds, conditions, measuring, int(replicates))
+        progress = self.store.progress(campaign_id)
+        return _Snapshot(row, progress.rounds, progress.conditions, progress.measuring, progress.replicates)
 
     # ---- events ----------------------------------------------------------------------------------
 
@@ -436,43 +382,22 @@ class StoreSource:
         measured = [c for c in snap.conditions if c.status != "planned"]
         rounds = snap.round_indices
         for c in reversed(measured):
-            reps = self._latest_replicates(campaign_id, c.round, c.index, c.attempt, limit)
+            reps = self.store.latest_droplets(campaign_id, c.round, c.index, c.attempt, limit)
             if not reps:
                 continue
             droplets = [
                 Droplet(
                     round=_ordinal_of(rounds, c.round),
                     condition=_condition_ordinal(measured, c),
-                    replicate=int(r["replicate_index"]) + 1,
-                    absorbance=_floats(array_from_bytes(r["absorbance"])[:: plan.stride]),
-                    loss=None if r["loss"] is None or not math.isfinite(r["loss"]) else float(r["loss"]),
-                    accepted=bool(r["accepted"]),
+                    replicate=r.index + 1,
+                    absorbance=_floats(r.absorbance[:: plan.stride]),
+                    loss=None if r.loss is None or not math.isfinite(r.loss) else float(r.loss),
+                    accepted=r.accepted,
                 )
                 for r in reps
             ]
             break
         return SpectraView(plan.plot_grid, plan.plot_target, droplets)
-
-    def _latest_replicates(
-        self, campaign_id: str, round_index: int, condition: int, attempt: int, limit: int
-    ) -> list[Mapping[str, Any]]:
-        """The last ``limit`` replicates of one attempt, oldest first: only the columns the plot
-        needs (``Store.replicates`` also decodes every raw spectrum, which a page does not show)."""
-        c = replicates_t.c
-        query = (
-            sa.select(c.replicate_index, c.absorbance, c.loss, c.accepted)
-            .where(
-                c.campaign_id == campaign_id,
-                c.round_index == round_index,
-                c.condition_index == condition,
-                c.attempt == attempt,
-                c.set_aside.is_(False),
-            )
-            .order_by(c.replicate_index.desc())
-            .limit(limit)
-        )
-        with self.store.engine.connect() as conn:
-            return list(reversed(conn.execute(query).mappings().all()))
 
     def losses(self, campaign_id: str) -> LossesView:
         return self._cached(("losses", campaign_id), lambda: self._losses(campaign_id))
@@ -592,29 +517,11 @@ class StoreSource:
 
 
 @dataclass(frozen=True)
-class _Round:
-    index: int
-    strategy: str
-    bounds: dict[str, tuple[float, float]]
-
-
-@dataclass(frozen=True)
-class _Cond:
-    round: int
-    index: int
-    status: str
-    attempt: int
-    inputs: dict[str, float]
-    median_loss: float | None
-    accepted: int
-
-
-@dataclass(frozen=True)
 class _Snapshot:
     row: CampaignRow
-    rounds: list[_Round]
-    conditions: list[_Cond]
-    measuring: _Cond | None  # the condition being measured now
+    rounds: list[RoundBrief]
+    conditions: list[ConditionBrief]
+    measuring: ConditionBrief | None  # the condition being measured now
     replicates: int  # of the measuring condition's current attempt
 
     @property
@@ -662,7 +569,7 @@ def _ordinal_of(indices: Sequence[int], index: int) -> int:
         return index + 1
 
 
-def _condition_ordinal(conditions: Sequence[_Cond], c: _Cond) -> int:
+def _condition_ordinal(conditions: Sequence[ConditionBrief], c: ConditionBrief) -> int:
     return _ordinal_of([x.index for x in conditions if x.round == c.round], c.index)
 
 

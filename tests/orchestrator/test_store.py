@@ -697,6 +697,48 @@ def test_replicate_losses_match_the_full_rows(store: Store) -> None:
     assert [r.set_aside for r in lean] == [False, False, True] and store.replicate_losses(cid, 1) == []
 
 
+def test_progress_matches_the_full_rows_and_counts_the_measuring_droplets(store: Store) -> None:
+    cid = new_campaign(store)
+    assert store.progress(cid).rounds == [] and store.progress(cid).measuring is None
+    store.add_round(cid, 0, strategy="lhs", bounds={"Q_AgNO3": (4.0, 20.0)}, conditions=planned(3), notes={})
+    store.start_condition(cid, 0, 0, 0)
+    _replicate(store, cid, 0, 0, 0)
+    store.finish_condition(cid, 0, 0, median_loss=0.25, mad=0.01, accepted=1, failed=False)
+    store.start_condition(cid, 0, 1, 1)
+    _replicate(store, cid, 1, 0, 0)  # an earlier attempt does not count
+    for rep in range(3):
+        _replicate(store, cid, 1, 1, rep)
+    store.set_aside(cid, 0, 1, 1, "bubble")  # nor do droplets set aside ...
+    _replicate(store, cid, 1, 1, 3)  # ... only the current attempt's kept ones
+    progress = store.progress(cid)
+    assert [(r.index, r.strategy, r.bounds) for r in progress.rounds] == [
+        (x.index, x.strategy, x.bounds) for x in store.rounds(cid)
+    ]
+    assert [(c.round, c.index, c.status, c.attempt, c.inputs, c.median_loss, c.accepted) for c in progress.conditions] == [
+        (c.round, c.index, c.status, c.attempt, c.inputs, c.median_loss, c.accepted) for c in store.conditions(cid)
+    ]
+    assert (progress.measuring.index, progress.measuring.attempt, progress.replicates) == (1, 1, 1)
+    with pytest.raises(UnknownCampaign):
+        store.progress("no-such-campaign")
+
+
+def test_latest_droplets_are_the_last_kept_ones_of_one_attempt_oldest_first(store: Store) -> None:
+    cid = new_campaign(store)
+    store.add_round(cid, 0, strategy="lhs", bounds={}, conditions=planned(2), notes={})
+    for rep in range(4):
+        _replicate(store, cid, 0, 0, rep)
+    _replicate(store, cid, 0, 1, 0)
+    _replicate(store, cid, 1, 0, 0)
+    droplets = store.latest_droplets(cid, 0, 0, 0, limit=3)
+    full = {r.index: r for r in store.replicates(cid, 0, 0) if r.attempt == 0}
+    assert [d.index for d in droplets] == [1, 2, 3]
+    for d in droplets:
+        assert np.array_equal(d.absorbance, full[d.index].absorbance)
+        assert (d.loss, d.accepted) == (full[d.index].loss, full[d.index].accepted)
+    assert [d.index for d in store.latest_droplets(cid, 0, 0, 1, limit=3)] == [0]
+    assert store.latest_droplets(cid, 0, 1, 1, limit=3) == []
+
+
 def test_the_migration_downgrades_and_upgrades_again(store: Store) -> None:
     from alembic import command
 
