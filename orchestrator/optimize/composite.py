@@ -276,26 +276,19 @@ class GreedyNoisyEI:
         return self.score_loss(self._to_scores(f))
 
     def log_value(self, u: np.ndarray, eps: torch.Tensor, chunk: int = 384) -> np.ndarray:
+        out = []
         ut = torch.as_tensor(np.atleast_2d(u), dtype=DTYPE)
-        parts = [ut[i : i + chunk] for i in range(0, len(ut), chunk)]
-        if len(parts) == 1 and len(ut) >= 64:
-            parts = list(torch.tensor_split(ut, 2))
-        # the chunks are independent: two threads (torch releases the GIL in its kernels) use both cores
-        return torch.cat(list(_CHUNK_POOL.map(lambda part: self._log_value(part, eps), parts))).numpy()
-
-    @torch.no_grad()
-    def _log_value(self, part: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        improvement = self.best - self.sample_losses(part, eps)
-        # log of E[tau * softplus(improvement / tau)]: a smooth ReLU keeps a ranking where EI is ~0
-        soft = torch.nn.functional.softplus(improvement / self.tau) * self.tau
-        value = torch.log(soft.mean(-1).clamp_min(1e-300))
-        if len(self.failed_u):
-            d2 = torch.cdist(part, self.failed_u).square()
-            value = value + torch.log1p(-torch.exp(-d2 / (2 * self.failed_radius**2)) + 1e-12).sum(-1)
-        return value
-
-
-_CHUNK_POOL = ThreadPoolExecutor(2, thread_name_prefix="composite-chunks")
+        for i in range(0, len(ut), chunk):
+            part = ut[i : i + chunk]
+            improvement = self.best - self.sample_losses(part, eps)
+            # log of E[tau * softplus(improvement / tau)]: a smooth ReLU keeps a ranking where EI is ~0
+            soft = torch.nn.functional.softplus(improvement / self.tau) * self.tau
+            value = torch.log(soft.mean(-1).clamp_min(1e-300))
+            if len(self.failed_u):
+                d2 = torch.cdist(part, self.failed_u).square()
+                value = value + torch.log1p(-torch.exp(-d2 / (2 * self.failed_radius**2)) + 1e-12).sum(-1)
+            out.append(value)
+        return torch.cat(out).numpy()
 
 
 class CompositeSurrogate:
