@@ -67,6 +67,9 @@ def test_score_loss_is_the_protocol_loss() -> None:
     rebuilt = pca.mean + scores @ pca.basis
     mine = ScoreLoss(LOSS, pca)(torch.as_tensor(scores)).numpy()
     np.testing.assert_allclose(mine, LOSS(rebuilt), atol=2e-6)
+    # samples come as (candidates, draws, k): the same losses, in the same shape
+    stacked = ScoreLoss(LOSS, pca)(torch.as_tensor(np.stack([scores, scores[::-1]]))).numpy()
+    np.testing.assert_array_equal(stacked, np.stack([mine, mine[::-1]]))
     assert 5 <= pca.basis.shape[0] <= 8
 
 
