@@ -325,6 +325,8 @@ class StoreSource:
         return self._cached(("snapshot", campaign_id), lambda: self._read_snapshot(campaign_id))
 
     def _read_snapshot(self, campaign_id: str) -> _Snapshot:
+        """Everything the progress, losses and bounds views need: ``Store.progress`` reads it in one
+        transaction without the large columns."""
         row = self._row(campaign_id)
         progress = self.store.progress(campaign_id)
         return _Snapshot(row, progress.rounds, progress.conditions, progress.measuring, progress.replicates)
