@@ -140,6 +140,40 @@ def test_mixed_composite_takes_a_third_of_the_batch_from_the_scalar_gp() -> None
         make_optimizer("composite", {"scalar_fraction": 1.5}, WIDENING, 0)
 
 
+def test_the_scalar_fit_beside_the_composite_fit_gives_the_batch_of_fitting_it_first(monkeypatch) -> None:
+    """composite_mix fits its scalar GP on a second thread; the batch must not depend on when that
+    thread runs, so running the fit at once (before the composite's) gives the same batch."""
+    from concurrent.futures import Future
+
+    from orchestrator.optimize import composite
+
+    class AtOnce:
+        def __init__(self, workers: int) -> None:
+            self.calls = 0
+
+        def __enter__(self) -> AtOnce:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def submit(self, fn, *args):
+            AtOnce.calls += 1
+            done: Future = Future()
+            done.set_result(fn(*args))
+            return done
+
+    AtOnce.calls = 0
+    space = toy_space()
+    hist, _, _ = campaign("lhs", 5, 2, space)
+    hist.round_index = 3
+    beside = make_optimizer("composite_mix", FAST, WIDENING, 2).suggest(hist, space, 15)
+    monkeypatch.setattr(composite, "ThreadPoolExecutor", AtOnce)
+    first = make_optimizer("composite_mix", FAST, WIDENING, 2).suggest(hist, space, 15)
+    assert AtOnce.calls == 1
+    assert first.batch == beside.batch
+
+
 def test_edge_mix_asks_the_scalar_gp_only_while_the_best_presses_an_edge() -> None:
     inside = toy_space()  # the toy optimum (14, 9, 400) lies well inside
     hist, _, _ = campaign("lhs", 5, 2, inside)
