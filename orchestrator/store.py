@@ -202,12 +202,17 @@ class ConditionBrief:
 
 @dataclass(frozen=True)
 class CampaignProgress:
-    """Rounds and conditions of a campaign read in one transaction, and the condition being measured."""
+    """A campaign, its rounds and conditions read in one transaction, and the condition being measured."""
 
+    campaign: CampaignRow
     rounds: list[RoundBrief]
     conditions: list[ConditionBrief]
     measuring: ConditionBrief | None
     replicates: int  # droplets (not set aside) of the measuring condition's current attempt
+
+    @property
+    def round_indices(self) -> list[int]:
+        return [r.index for r in self.rounds]
 
 
 @dataclass(frozen=True)
@@ -1242,11 +1247,11 @@ class Store:
             ]
 
     def progress(self, campaign_id: str) -> CampaignProgress:
-        """Rounds, conditions and the measuring condition's droplet count in one read transaction,
-        without the large columns (predicted spectra, raw counts) ``conditions`` decodes: a console
-        polls this every few seconds."""
+        """The campaign, its rounds, conditions and the measuring condition's droplet count in one read
+        transaction, without the large columns (predicted spectra, raw counts) ``conditions`` decodes:
+        a console polls this every few seconds."""
         with self._read() as conn:
-            self._campaign_row(conn, campaign_id)
+            campaign = self._campaign_row(conn, campaign_id)
             r, c = rounds_t.c, conditions_t.c
             rounds = [
                 RoundBrief(x.round_index, x.strategy, _bounds_from(x.bounds) or {})
@@ -1276,7 +1281,7 @@ class Store:
                     .select_from(replicates_t)
                     .where(*self._kept_of_attempt(campaign_id, measuring.round, measuring.index, measuring.attempt))
                 ).scalar_one()
-        return CampaignProgress(rounds, conditions, measuring, int(replicates))
+        return CampaignProgress(campaign, rounds, conditions, measuring, int(replicates))
 
     def latest_droplets(
         self, campaign_id: str, round_index: int, condition_index: int, attempt: int, limit: int

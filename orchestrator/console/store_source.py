@@ -16,7 +16,8 @@ import io
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,10 +60,10 @@ from orchestrator.console.source import (
 from orchestrator.spectra import interpolate_target, wavelength_grid
 from orchestrator.state import InvalidTransition
 from orchestrator.store import (
+    CampaignProgress,
     CampaignRow,
     ConditionBrief,
     EventRow,
-    RoundBrief,
     Store,
     open_store,
 )
@@ -259,10 +260,8 @@ class StoreSource:
             self._refresher = None
 
     def _row(self, campaign_id: str) -> CampaignRow:
-        try:
+        with _known(campaign_id):
             return self.store.campaign(campaign_id)
-        except StoreUnknownCampaign:
-            raise UnknownCampaign(campaign_id) from None
 
     def _plan(self, row: CampaignRow) -> _Plan:
         plan = self._plans.get(row.id)
@@ -302,7 +301,7 @@ class StoreSource:
 
     def _detail(self, campaign_id: str) -> CampaignDetail:
         snap = self._snapshot(campaign_id)
-        row, plan = snap.row, self._plan(snap.row)
+        row, plan = snap.campaign, self._plan(snap.campaign)
         best = None
         for c in snap.conditions:
             if c.median_loss is not None and (best is None or c.median_loss < best.loss):
@@ -321,15 +320,13 @@ class StoreSource:
             variables=list(plan.variables),
         )
 
-    def _snapshot(self, campaign_id: str) -> _Snapshot:
+    def _snapshot(self, campaign_id: str) -> CampaignProgress:
+        """Everything the progress, losses and bounds views need (one read transaction, cached)."""
         return self._cached(("snapshot", campaign_id), lambda: self._read_snapshot(campaign_id))
 
-    def _read_snapshot(self, campaign_id: str) -> _Snapshot:
-        """Everything the progress, losses and bounds views need: ``Store.progress`` reads it in one
-        transaction without the large columns."""
-        row = self._row(campaign_id)
-        progress = self.store.progress(campaign_id)
-        return _Snapshot(row, progress.rounds, progress.conditions, progress.measuring, progress.replicates)
+    def _read_snapshot(self, campaign_id: str) -> CampaignProgress:
+        with _known(campaign_id):
+            return self.store.progress(campaign_id)
 
     # ---- events ----------------------------------------------------------------------------------
 
@@ -380,7 +377,7 @@ class StoreSource:
         droplets: list[Droplet] = []
         # the condition measured last (or being measured): its latest droplets
         snap = self._snapshot(campaign_id)
-        plan = self._plan(snap.row)
+        plan = self._plan(snap.campaign)
         measured = [c for c in snap.conditions if c.status != "planned"]
         rounds = snap.round_indices
         for c in reversed(measured):
@@ -435,7 +432,7 @@ class StoreSource:
 
     def _bounds(self, campaign_id: str) -> BoundsView:
         snap = self._snapshot(campaign_id)
-        plan = self._plan(snap.row)
+        plan = self._plan(snap.campaign)
         variables = [VariableLimits(n, limits, unit) for n, (limits, unit) in plan.variables.items()]
         history: list[BoundsStep] = []
         previous: dict[str, tuple[float, float]] | None = None
@@ -518,20 +515,16 @@ class StoreSource:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    row: CampaignRow
-    rounds: list[RoundBrief]
-    conditions: list[ConditionBrief]
-    measuring: ConditionBrief | None  # the condition being measured now
-    replicates: int  # of the measuring condition's current attempt
-
-    @property
-    def round_indices(self) -> list[int]:
-        return [r.index for r in self.rounds]
+@contextmanager
+def _known(campaign_id: str) -> Iterator[None]:
+    """The store's UnknownCampaign as the console's."""
+    try:
+        yield
+    except StoreUnknownCampaign:
+        raise UnknownCampaign(campaign_id) from None
 
 
-def _progress(plan: _Plan, snap: _Snapshot) -> Progress:
+def _progress(plan: _Plan, snap: CampaignProgress) -> Progress:
     if not snap.rounds:
         return Progress(rounds_max=plan.max_rounds, conditions=plan.batch_size, replicates=plan.replicates)
     last = snap.rounds[-1]
@@ -549,7 +542,7 @@ def _progress(plan: _Plan, snap: _Snapshot) -> Progress:
     fraction = (
         min(1.0, (done * per_condition + measuring_now) / (planned * per_condition)) if planned else 0.0
     )
-    if snap.row.status == states.FINISHED:  # a stop rule may end it before the budget is spent
+    if snap.campaign.status == states.FINISHED:  # a stop rule may end it before the budget is spent
         fraction = 1.0
     position = {c.index: i for i, c in enumerate(in_round)}
     return Progress(

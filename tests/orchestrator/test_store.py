@@ -711,6 +711,7 @@ def test_progress_matches_the_full_rows_and_counts_the_measuring_droplets(store:
     store.set_aside(cid, 0, 1, 1, "bubble")  # nor do droplets set aside ...
     _replicate(store, cid, 1, 1, 3)  # ... only the current attempt's kept ones
     progress = store.progress(cid)
+    assert progress.campaign == store.campaign(cid) and progress.round_indices == [0]
     assert [(r.index, r.strategy, r.bounds) for r in progress.rounds] == [
         (x.index, x.strategy, x.bounds) for x in store.rounds(cid)
     ]
