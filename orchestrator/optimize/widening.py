@@ -149,6 +149,11 @@ def edge_streak(past_bounds: list[Mapping[str, tuple[float, float]]], name: str,
     return streak
 
 
+def near_edge(u: np.ndarray, side: str, fraction: float) -> np.ndarray:
+    """Whether unit-scaled coordinates ``u`` lie within ``fraction`` of the range of the ``side`` edge."""
+    return u <= fraction if side == "low" else u >= 1 - fraction
+
+
 def crowded_edges(space: Space, batch: np.ndarray, policy: WideningPolicy) -> list[tuple[int, str, float]]:
     """(variable index, side, crowding fraction) of every edge at least ``trigger_fraction`` crowd."""
     if len(batch) == 0:
@@ -156,8 +161,8 @@ def crowded_edges(space: Space, batch: np.ndarray, policy: WideningPolicy) -> li
     u = UnitScaler.for_space(space).to_unit(batch)
     out = []
     for i in range(len(space.variables)):
-        for side, near in (("low", u[:, i] <= policy.edge_fraction), ("high", u[:, i] >= 1 - policy.edge_fraction)):
-            frac = float(near.mean())
+        for side in ("low", "high"):
+            frac = float(near_edge(u[:, i], side, policy.edge_fraction).mean())
             if frac >= policy.trigger_fraction:
                 out.append((i, side, frac))
     return out
@@ -173,9 +178,8 @@ def edges_pressed(space: Space, points: list[np.ndarray | None], fraction: float
             continue
         u = scaler.to_unit(np.asarray(x, dtype=float)[None, :])[0]
         for i, v in enumerate(space.variables):
-            for side, near, open_ in (("low", u[i] <= fraction, v.low > v.hard_low + 1e-9),
-                                      ("high", u[i] >= 1 - fraction, v.high < v.hard_high - 1e-9)):
-                if near and open_ and (i, side) not in out:
+            for side, open_ in (("low", v.low > v.hard_low + 1e-9), ("high", v.high < v.hard_high - 1e-9)):
+                if near_edge(u[i], side, fraction) and open_ and (i, side) not in out:
                     out.append((i, side))
     return out
 
@@ -195,8 +199,7 @@ def _gate(
     scaler = UnitScaler.for_space(space)
     for label, x in anchors.items():
         u = scaler.to_unit(x[None, :])[0]
-        on_edge = u[i] <= policy.gate_fraction if side == "low" else u[i] >= 1 - policy.gate_fraction
-        if not on_edge:
+        if not near_edge(u[i], side, policy.gate_fraction):
             continue
         # a grown step does not move the probe: it asks for the local trend, where the model has data
         edge_u, out_u = (0.0, -0.5 * policy.step_fraction) if side == "low" else (1.0, 1.0 + 0.5 * policy.step_fraction)
@@ -272,7 +275,7 @@ def select_with_widening(
             continue
         lo, hi = bounds[v.name]
         trial = space.with_bounds({**space.bounds, v.name: (new, v.high) if side == "low" else (v.low, new)})
-        on_edge = batch[u_batch[:, i] <= policy.edge_fraction if side == "low" else u_batch[:, i] >= 1 - policy.edge_fraction]
+        on_edge = batch[near_edge(u_batch[:, i], side, policy.edge_fraction)]
         for model, anchors in opinions:
             picks = _best_pick_on_edge(on_edge, model) if policy.gate_on_picks else {}
             ok, why = _gate(space, trial, model, {**anchors, **picks}, i, side, policy)
