@@ -147,7 +147,7 @@ def start_campaign(
     try:
         target_file = Path(target) if target is not None else protocol.target_path
         protocol.target_spectrum(target_file)  # the grid must lie inside it
-        target_csv = target_file.read_text(encoding="utf-8")
+        target_csv = target_file.read_text(encoding="utf-8-sig", errors="replace")  # as read_target_csv
     except (TargetFileError, OSError) as exc:
         raise ConfigError(target or protocol_path, [Problem("target", str(exc))]) from exc
     chemistry = options.get("chemistry")

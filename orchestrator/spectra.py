@@ -11,7 +11,7 @@ Only shape (through the cosine) and amplitude (through delta) count.
 
 from __future__ import annotations
 
-import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,23 +29,40 @@ class TargetFileError(ValueError):
 
 
 def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A two-column CSV (wavelength_nm, absorbance), header optional; sorted by wavelength."""
+    """A two-column table (wavelength_nm, absorbance), sorted by wavelength.
+
+    What spectrometer software and spreadsheets write is accepted: columns split by commas,
+    semicolons, tabs or spaces (with semicolons or tabs a decimal comma is read as a point), ``#``
+    comments, and a header or metadata block before the first row of numbers (an OceanView export's
+    ``>>>>>Begin Spectral Data<<<<<`` block). Columns after the second are ignored. Once the numbers
+    start, every row must hold two."""
     path = Path(path)
     try:
-        with path.open(newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+        lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
     except OSError as exc:
         raise TargetFileError(f"{path}: cannot read the target spectrum ({exc.strerror})") from exc
-    if rows and not _is_number(rows[0][0]):
-        rows = rows[1:]
-    try:
-        data = np.array([[float(r[0]), float(r[1])] for r in rows], dtype=float)
-    except (ValueError, IndexError) as exc:
+    rows: list[tuple[float, float]] = []
+    header: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        pair = _two_numbers(text)
+        if pair is None and not rows:
+            header.append(text)
+            continue
+        if pair is None:
+            raise TargetFileError(
+                f"{path}: line {number} ({text[:60]!r}) is not two numbers, wavelength_nm and absorbance"
+            )
+        rows.append(pair)
+    if len(rows) < 2:
+        seen = f"; it starts with {header[0][:60]!r}" if header else ""
         raise TargetFileError(
-            f"{path}: every row needs two numbers, wavelength_nm and absorbance ({exc})"
-        ) from exc
-    if len(data) < 2:
-        raise TargetFileError(f"{path}: a target needs at least two points, found {len(data)}")
+            f"{path}: a target needs at least two rows of two numbers, wavelength_nm and absorbance, "
+            f"found {len(rows)}{seen}"
+        )
+    data = np.array(rows, dtype=float)
     if not np.all(np.isfinite(data)):
         raise TargetFileError(f"{path}: the target holds NaN or infinite values")
     data = data[np.argsort(data[:, 0])]
@@ -56,12 +73,21 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return data[:, 0], data[:, 1]
 
 
-def _is_number(text: str) -> bool:
+def _two_numbers(line: str) -> tuple[float, float] | None:
+    """The first two fields of a table row as numbers, or None (a header or a text line)."""
+    if ";" in line or "\t" in line:
+        fields = re.split(r"[;\t]", line.replace(",", "."))
+    elif "," in line:
+        fields = line.split(",")
+    else:
+        fields = line.split()
+    fields = [f.strip().strip('"') for f in fields]
+    if len(fields) < 2:
+        return None
     try:
-        float(text)
+        return float(fields[0]), float(fields[1])
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def interpolate_target(wl_nm: np.ndarray, absorbance: np.ndarray, grid_nm: np.ndarray) -> np.ndarray:

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--target",
         type=Path,
         metavar="CSV",
-        help="target spectrum (wavelength_nm,absorbance), replaces the protocol's",
+        help="target spectrum, replaces the protocol's: two columns, wavelength (nm) and absorbance, split by "
+             "commas, semicolons, tabs or spaces; header lines are skipped",
     )
     run.add_argument(
         "--queue", action="store_true", help="only store the campaign, queued for its rig's agent"

@@ -64,14 +64,15 @@ def test_max_rounds_chemistry_and_target_options(tmp_path: Path, db: str, monkey
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     target = tmp_path / "t.csv"
-    target.write_text("wavelength_nm,absorbance\n300,0.0\n500,1.0\n900,0.0\n")
+    # as a German spreadsheet saves it: a Windows code page, semicolons, decimal commas
+    target.write_bytes("Wellenl\u00e4nge;Extinktion\r\n300;0,0\r\n500;1,0\r\n900;0,0\r\n".encode("cp1252"))
     args = ["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--max-rounds", "1"]
     assert main([*args, "--chemistry", "const_model:Const", "--target", str(target)]) == 0
     store = new_store(tmp_path / "runs")
     (row,) = store.campaigns()
     assert len(store.rounds(row.id)) == 1
     assert row.options["chemistry"] == "const_model:Const" and row.options["max_rounds"] == 1
-    assert "500,1.0" in row.options["target_csv"]
+    assert "500;1,0" in row.options["target_csv"]
 
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from orchestrator.config_errors import ConfigError
 from orchestrator.protocol import ExperimentProtocol, InfeasibleInputs, load_protocol, protocol_from_dict
-from orchestrator.spectra import TargetFileError
+from orchestrator.spectra import TargetFileError, read_target_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "protocols" / "ag_nanoprism.yaml"
@@ -292,6 +292,49 @@ def test_target_override(tmp_path: Path, reference: ExperimentProtocol) -> None:
     short.write_text("wavelength_nm,absorbance\n400,0.1\n600,1.0\n")
     with pytest.raises(TargetFileError, match="short.csv.*extend the target"):
         reference.target_spectrum(override_csv=short)
+
+
+# the same three points as spectrometer software and spreadsheets write them
+TARGET_LAYOUTS = {
+    "comma": "wavelength_nm,absorbance\n300,0.1\n450,1.0\n900,0.1\n",
+    "semicolon, decimal comma": "Wellenl\u00e4nge (nm);Extinktion\n300;0,1\n450;1,0\n900;0,1\n",
+    "tab, extra column": "nm\tA\tsd\n300\t0.1\t0.01\n450\t1.0\t0.01\n900\t0.1\t0.01\n",
+    "spaces, no header": "  300   0.1\n450 1.0\n  900 0.1  \n",
+    "OceanView export": (
+        "Data from abs.txt Node\nDate: Sat Nov 28 10:00:00 CET 2026\nIntegration Time (sec): 1.000000E-1\n"
+        "Number of Pixels in Spectrum: 3\n>>>>>Begin Spectral Data<<<<<\n300.0\t0.1\n450.0\t1.0\n900.0\t0.1\n"
+    ),
+    "BOM, CRLF, quotes": "\ufeff\"wavelength\",\"absorbance\"\r\n\"300\",\"0.1\"\r\n450,1.0\r\n900,0.1\r\n",
+}
+
+
+@pytest.mark.parametrize("layout", sorted(TARGET_LAYOUTS))
+def test_target_file_layouts(tmp_path: Path, layout: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(TARGET_LAYOUTS[layout], encoding="utf-8")
+    wl, a = read_target_csv(path)
+    np.testing.assert_array_equal(wl, [300, 450, 900])
+    np.testing.assert_array_equal(a, [0.1, 1.0, 0.1])
+
+
+def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes("Wellenl\u00e4nge (nm);Extinktion (\u00b5A)\r\n300;0,1\r\n450;1,0\r\n".encode("cp1252"))
+    np.testing.assert_array_equal(read_target_csv(path)[1], [0.1, 1.0])
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("wavelength_nm,absorbance\n300,0.1\n450,n/a\n900,0.1\n", r"line 3 \('450,n/a'\) is not two numbers"),
+    ("wavelength_nm;absorbance\n300\n", "at least two rows of two numbers.*found 0; it starts with 'wavelength_nm;absorbance'"),
+    ("just some notes\nabout a spectrum\n", "found 0; it starts with 'just some notes'"),
+    ("300,0.1\n450,1.0\n450,0.5\n", "wavelengths must be distinct"),
+    ("300,0.1\n450,nan\n", "NaN or infinite"),
+])
+def test_bad_target_files(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(TargetFileError, match=match):
+        read_target_csv(path)
 
 
 def test_min_accepted_defaults_to_half_of_n(tmp_path: Path, reference_data: dict) -> None:
