@@ -228,8 +228,8 @@ class GreedyNoisyEI:
         self.y_std = torch.as_tensor(gp.y_std, dtype=DTYPE)
         self.p_u = torch.empty((0, baseline_u.shape[1]), dtype=DTYPE)
         self.p_eps = torch.empty((self.k, 0, self.m), dtype=DTYPE)
-        # the joint posterior of the points added so far: mean (k, p), V (k, n, p), Cholesky factor (k, p, p)
-        self.p_mean = torch.empty((self.k, 0), dtype=DTYPE)
+        # the joint posterior of the points added so far: V (k, n, p) and the Cholesky factor (k, p, p); their
+        # means are not kept, each point's samples are drawn (and scored) as it is added
         self.p_v = torch.empty((self.k, gp.x.shape[1], 0), dtype=DTYPE)
         self.p_chol = torch.empty((self.k, 0, 0), dtype=DTYPE)
         self.best = torch.full((self.m,), float("inf"), dtype=DTYPE)
@@ -257,7 +257,7 @@ class GreedyNoisyEI:
         diag = (var - (row * row).sum(-1, keepdim=True)).clamp_min(1e-12).sqrt()
         top = torch.cat([self.p_chol, torch.zeros((self.k, len(self.p_u), 1), dtype=DTYPE)], dim=-1)
         self.p_chol = torch.cat([top, torch.cat([row, diag], dim=-1)], dim=-2)
-        self.p_mean, self.p_v = torch.cat([self.p_mean, mean], dim=-1), torch.cat([self.p_v, v], dim=-1)
+        self.p_v = torch.cat([self.p_v, v], dim=-1)
         self.p_u = torch.cat([self.p_u, ut])
         self.p_eps = torch.cat([self.p_eps, eps[:, None, :]], dim=1)
         # the new point's samples: its row of the factor times the base samples of every point so far
