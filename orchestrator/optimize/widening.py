@@ -215,11 +215,16 @@ def _gate(
     return False, f"none of {', '.join(anchors)} sits on it with a better predicted loss outward"
 
 
-def _best_pick_on_edge(on_edge: np.ndarray, model: Surrogate) -> dict[str, np.ndarray]:
-    """The batch's pick on the edge that ``model`` predicts best (the acquisition's own reason to crowd it)."""
+def _best_pick_on_edge(on_edge: np.ndarray, model: Surrogate, typical: float) -> dict[str, np.ndarray]:
+    """The batch's pick on the edge that ``model`` predicts best (the acquisition's own reason to crowd
+    it), if that pick is itself promising: predicted no worse than ``typical`` (the median of the
+    measured conditions' median losses). A worse pick is there for the model's uncertainty, which every
+    edge has; widening for it spends the batch's new-ground share far from the best conditions."""
     if len(on_edge) == 0:
         return {}
-    return {"the most promising pick on the edge": on_edge[int(np.argmin(model.predicted_loss(on_edge)))]}
+    predicted = model.predicted_loss(on_edge)
+    k = int(np.argmin(predicted))
+    return {"the most promising pick on the edge": on_edge[k]} if predicted[k] <= typical else {}
 
 
 def _strip(widened: Space, space: Space, i: int, side: str) -> Space:
@@ -257,6 +262,8 @@ def select_with_widening(
         return batch, space.with_bounds(bounds), notes
 
     best = best_measured(history, space)
+    losses = [o.median_loss for o in history.measured() if o.median_loss is not None]
+    typical = float(np.median(losses)) if losses else np.inf
     opinions = []  # (model, its anchors): the surrogate, then any second opinions it offers
     for k, model in enumerate([surrogate, *getattr(surrogate, "alternatives", ())]):
         label = "the predicted-best condition" if k == 0 else f"model {k + 1}'s predicted-best condition"
@@ -277,7 +284,7 @@ def select_with_widening(
         trial = space.with_bounds({**space.bounds, v.name: (new, v.high) if side == "low" else (v.low, new)})
         on_edge = batch[near_edge(u_batch[:, i], side, policy.edge_fraction)]
         for model, anchors in opinions:
-            picks = _best_pick_on_edge(on_edge, model) if policy.gate_on_picks else {}
+            picks = _best_pick_on_edge(on_edge, model, typical) if policy.gate_on_picks else {}
             ok, why = _gate(space, trial, model, {**anchors, **picks}, i, side, policy)
             if ok:
                 break

@@ -170,13 +170,26 @@ class TwoBasins(BowlSurrogate):
 def test_the_batchs_own_picks_on_an_edge_can_pass_the_gate() -> None:
     """The acquisition crowds a's edge because the slope runs outward there, though the best measured and
     the predicted-best conditions sit inside: the most promising pick on the edge opens it."""
-    hist = history_at([(8.0, 8.0), (2.0, 15.0)], [0.05, 0.6])
+    hist = history_at([(8.0, 8.0), (2.0, 15.0), (15.0, 2.0)], [0.05, 0.6, 0.7])
     policy = WideningPolicy.from_protocol(WIDENING, rule="gated")
     _, space, notes = select_with_widening(TwoBasins(), hist, space2(), 15, policy)
     assert space.variables[0].high == pytest.approx(25.0)
     assert notes["widening"][0]["reason"].startswith("gated rule: 100% of the batch crowds it; the most promising pick")
     _, space, notes = select_with_widening(TwoBasins(), hist, space2(), 15, replace(policy, gate_on_picks=False))
     assert space == space2() and notes["widening_refused"][0]["variable"] == "a"
+
+
+def test_a_pick_on_the_edge_worse_than_most_measured_conditions_opens_nothing() -> None:
+    """The same edge, but most measured conditions already beat the best pick on it (predicted 0.41
+    against a median of 0.3): the pick is there for the model's uncertainty, and widening for it would
+    spend the new-ground share far from the best conditions (a traced TwoBand campaign lost two rounds
+    so, with its optimum inside the box)."""
+    hist = history_at([(8.0, 8.0), (2.0, 15.0), (15.0, 2.0)], [0.05, 0.3, 0.7])
+    policy = WideningPolicy.from_protocol(WIDENING, rule="gated")
+    _, space, notes = select_with_widening(TwoBasins(), hist, space2(), 15, policy)
+    assert space == space2() and "new_ground_conditions" not in notes
+    assert notes["widening_refused"][0]["variable"] == "a"
+    assert "most promising pick" not in notes["widening_refused"][0]["reason"]
 
 
 def test_a_second_opinion_can_open_an_edge_the_first_model_refuses() -> None:
