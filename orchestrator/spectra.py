@@ -34,8 +34,9 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     What spectrometer software and spreadsheets write is accepted: columns split by commas,
     semicolons, tabs or spaces (with semicolons or tabs a decimal comma is read as a point), ``#``
     comments, and a header or metadata block before the first row of numbers (an OceanView export's
-    ``>>>>>Begin Spectral Data<<<<<`` block). Columns after the second are ignored. Once the numbers
-    start, every row must hold two."""
+    ``>>>>>Begin Spectral Data<<<<<`` block), and text after the last row of numbers (its ``>>>>>End
+    Spectral Data<<<<<``). Columns after the second are ignored; a text line between rows of numbers
+    is an error."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
@@ -43,6 +44,7 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise TargetFileError(f"{path}: cannot read the target spectrum ({exc.strerror})") from exc
     rows: list[tuple[float, float]] = []
     header: list[str] = []
+    footer: tuple[int, str] | None = None  # the first text line after the numbers (">>>>>End Spectral Data")
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -50,12 +52,15 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         pair = _two_numbers(text)
         if pair is None and not rows:
             header.append(text)
-            continue
-        if pair is None:
+        elif pair is None and not re.match(r"[-+.]?\d", text):
+            footer = footer or (number, text)  # text after the numbers: a footer, if no numbers follow
+        elif pair is None or footer is not None:
+            bad_number, bad = (number, text) if pair is None else footer
             raise TargetFileError(
-                f"{path}: line {number} ({text[:60]!r}) is not two numbers, wavelength_nm and absorbance"
+                f"{path}: line {bad_number} ({bad[:60]!r}) is not two numbers, wavelength_nm and absorbance"
             )
-        rows.append(pair)
+        else:
+            rows.append(pair)
     if len(rows) < 2:
         seen = f"; it starts with {header[0][:60]!r}" if header else ""
         raise TargetFileError(

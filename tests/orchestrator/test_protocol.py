@@ -303,6 +303,7 @@ TARGET_LAYOUTS = {
     "OceanView export": (
         "Data from abs.txt Node\nDate: Sat Nov 28 10:00:00 CET 2026\nIntegration Time (sec): 1.000000E-1\n"
         "Number of Pixels in Spectrum: 3\n>>>>>Begin Spectral Data<<<<<\n300.0\t0.1\n450.0\t1.0\n900.0\t0.1\n"
+        ">>>>>End Spectral Data<<<<<\nExported by OceanView\n"
     ),
     "BOM, CRLF, quotes": "\ufeff\"wavelength\",\"absorbance\"\r\n\"300\",\"0.1\"\r\n450,1.0\r\n900,0.1\r\n",
 }
@@ -325,6 +326,8 @@ def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "match"), [
     ("wavelength_nm,absorbance\n300,0.1\n450,n/a\n900,0.1\n", r"line 3 \('450,n/a'\) is not two numbers"),
+    ("300,0.1\n450,0.5\nsee notes\n\n900,0.1\nend\n", r"line 3 \('see notes'\) is not two numbers"),
+    ("300,0.1\n450,0.5\n900,n/a\n", r"line 3 \('900,n/a'\) is not two numbers"),
     ("wavelength_nm;absorbance\n300\n", "at least two rows of two numbers.*found 0; it starts with 'wavelength_nm;absorbance'"),
     ("just some notes\nabout a spectrum\n", "found 0; it starts with 'just some notes'"),
     ("300,0.1\n450,1.0\n450,0.5\n", "wavelengths must be distinct"),
