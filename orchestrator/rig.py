@@ -560,7 +560,14 @@ def make_chemistry(spec: str, params: Mapping[str, Any] | None = None) -> Any:
     try:
         model = cls(**dict(params or {}))
     except Exception as exc:  # noqa: BLE001 - any constructor failure is a config problem of this rig
-        raise ConfigError(None, [Problem("chemistry.params", f"{spec} rejected its params ({exc})")]) from exc
+        hint = (
+            "check simulation.chemistry.params in the rig file" if params else
+            "a model named with --chemistry is built without params: give them defaults, or name the "
+            "model and its params in a copy of the rig file under simulation.chemistry (model, params)"
+        )
+        raise ConfigError(None, [Problem(
+            "chemistry.params", f"{spec} rejected its params {dict(params or {})} ({exc}); {hint}"
+        )]) from exc
     if not callable(getattr(model, "droplet", None)):
         raise ConfigError(
             None, [Problem("chemistry.model", f"{spec} has no droplet(inputs, wavelengths, rng) method")]

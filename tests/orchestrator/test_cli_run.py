@@ -76,6 +76,24 @@ def test_max_rounds_chemistry_and_target_options(tmp_path: Path, db: str, monkey
 
 
 
+def test_a_chemistry_that_needs_params_says_where_to_give_them(tmp_path: Path, db: str, monkeypatch, capsys) -> None:
+    (tmp_path / "needs_k.py").write_text(
+        "import numpy as np\n"
+        "class NeedsK:\n"
+        "    def __init__(self, k):\n"
+        "        self.k = k\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return np.ones(len(wavelengths))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--chemistry", "needs_k:NeedsK"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "missing 1 required positional argument: 'k'" in err
+    assert "built without params" in err and "simulation.chemistry" in err
+    assert new_store(tmp_path / "runs").campaigns() == []  # nothing stored
+
+
 def test_a_chemistry_module_in_the_working_directory_is_found(tmp_path: Path, db: str, monkeypatch) -> None:
     """The ``sdl`` script does not put the working directory on sys.path (``python -m`` does):
     ``--chemistry mymodel:Class`` must still find ``./mymodel.py``, as a chemist would expect."""
