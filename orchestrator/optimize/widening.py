@@ -215,16 +215,20 @@ def _gate(
     return False, f"none of {', '.join(anchors)} sits on it with a better predicted loss outward"
 
 
-def _best_pick_on_edge(on_edge: np.ndarray, model: Surrogate, typical: float) -> dict[str, np.ndarray]:
+def _best_pick_on_edge(on_edge: np.ndarray, model: Surrogate, typical: float) -> tuple[dict[str, np.ndarray], str]:
     """The batch's pick on the edge that ``model`` predicts best (the acquisition's own reason to crowd
     it), if that pick is itself promising: predicted no worse than ``typical`` (the median of the
     measured conditions' median losses). A worse pick is there for the model's uncertainty, which every
-    edge has; widening for it spends the batch's new-ground share far from the best conditions."""
+    edge has; widening for it spends the batch's new-ground share far from the best conditions.
+    Returns the anchor (or none) and, when the pick was passed over, why (for the journal)."""
     if len(on_edge) == 0:
-        return {}
+        return {}, ""
     predicted = model.predicted_loss(on_edge)
     k = int(np.argmin(predicted))
-    return {"the most promising pick on the edge": on_edge[k]} if predicted[k] <= typical else {}
+    if predicted[k] <= typical:
+        return {"the most promising pick on the edge": on_edge[k]}, ""
+    return {}, (f"; the most promising pick on it predicts {predicted[k]:.4f}, worse than the median "
+                f"measured condition ({typical:.4f})")
 
 
 def _strip(widened: Space, space: Space, i: int, side: str) -> Space:
@@ -283,13 +287,15 @@ def select_with_widening(
         lo, hi = bounds[v.name]
         trial = space.with_bounds({**space.bounds, v.name: (new, v.high) if side == "low" else (v.low, new)})
         on_edge = batch[near_edge(u_batch[:, i], side, policy.edge_fraction)]
+        passed_over = ""
         for model, anchors in opinions:
-            picks = _best_pick_on_edge(on_edge, model, typical) if policy.gate_on_picks else {}
+            picks, over = _best_pick_on_edge(on_edge, model, typical) if policy.gate_on_picks else ({}, "")
+            passed_over = passed_over or over
             ok, why = _gate(space, trial, model, {**anchors, **picks}, i, side, policy)
             if ok:
                 break
         if not ok:
-            refused.append({"variable": v.name, "edge": side, "reason": why})
+            refused.append({"variable": v.name, "edge": side, "reason": why + passed_over})
             continue
         try:
             check_space(_strip(trial, space, i, side))
