@@ -53,7 +53,7 @@ from orchestrator.rig import (
     make_chemistry,
 )
 from orchestrator.screening import ReplicateScreen, median_mad
-from orchestrator.spectra import TargetFileError, read_target_csv
+from orchestrator.spectra import TargetFileError, read_target_csv, read_target_text
 from orchestrator.store import ClaimLost, ConditionRow, PlannedCondition, RoundRow, Store, jsonable
 
 log = structlog.get_logger("orchestrator.campaign")
@@ -147,7 +147,7 @@ def start_campaign(
     try:
         target_file = Path(target) if target is not None else protocol.target_path
         protocol.target_spectrum(target_file)  # the grid must lie inside it
-        target_csv = target_file.read_text(encoding="utf-8-sig", errors="replace")  # as read_target_csv
+        target_csv = read_target_text(target_file)
     except (TargetFileError, OSError) as exc:
         raise ConfigError(target or protocol_path, [Problem("target", str(exc))]) from exc
     chemistry = options.get("chemistry")

@@ -28,6 +28,15 @@ class TargetFileError(ValueError):
     pass
 
 
+def read_target_text(path: str | Path) -> str:
+    """A target file's text as it is parsed and stored: UTF-8 (a BOM dropped), any byte that is not
+    (a Windows code page's degree sign or umlaut in a header) replaced, since only the numbers count."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise TargetFileError(f"{path}: cannot read the target spectrum ({exc.strerror})") from exc
+
+
 def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A two-column table (wavelength_nm, absorbance), sorted by wavelength.
 
@@ -38,10 +47,7 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Spectral Data<<<<<``). Columns after the second are ignored; a text line between rows of numbers
     is an error."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
-    except OSError as exc:
-        raise TargetFileError(f"{path}: cannot read the target spectrum ({exc.strerror})") from exc
+    lines = read_target_text(path).splitlines()
     rows: list[tuple[float, float]] = []
     header: list[str] = []
     footer: tuple[int, str] | None = None  # the first text line after the numbers (">>>>>End Spectral Data")
