@@ -11,17 +11,19 @@ exactly on every sampled spectrum, and the batch built greedily (sequential gree
 ``optimize_acqf(sequential=True)``), each pick conditioned on the previous ones with fixed base samples.
 
 Speed (the goal is <= 2 s for 15 conditions at 135 observations on two cores): the GPs are one
-batched exact GP in plain torch (BoTorch's model and fitting machinery cost ~60 ms per likelihood
-evaluation here, against ~2 ms for this), with BoTorch's default dimension-scaled length-scale prior
-(Hvarfner et al. 2024); the acquisition is maximised over a feasible candidate set (uniform plus
-clouds around the incumbents) refined by shrinking local clouds, with the loss evaluated through the
-PC basis; large histories fit hyperparameters on a subset and condition on the most relevant rows.
+batched exact GP in plain torch with its likelihood gradient written out (BoTorch's model and fitting
+machinery cost ~60 ms per likelihood evaluation here, against ~4 ms for this, value and gradient), with
+BoTorch's default dimension-scaled length-scale prior (Hvarfner et al. 2024); the acquisition is
+maximised over a feasible candidate set (uniform plus clouds around the incumbents) refined by
+shrinking local clouds, with the loss evaluated through the PC basis; the widening's picks in new
+ground reuse the main batch's joint posterior; large histories fit hyperparameters on a subset and
+condition on the most relevant rows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -132,60 +134,73 @@ class BatchedGP:
         r = torch.sqrt(d2.clamp_min(1e-12)) * math.sqrt(5.0)
         return (1.0 + r + r.square() / 3.0) * torch.exp(-r)
 
-    def fit(self, u: np.ndarray, y: np.ndarray, rows: np.ndarray) -> BatchedGP:
+    @staticmethod
+    def map_objective(u: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+        """The MAP objective of the k GPs on standardised outputs ``y`` (n, k) at inputs ``u`` (n, d), per
+        row, as a function of the raw parameters (log(ls - 0.025) (k*d), log noise (k), constant mean (k)):
+        negative log marginal likelihood plus log priors, and its exact gradient
+        0.5 tr((K^-1 - alpha alpha^T) dK/dtheta) written out (a third of autograd's backward through
+        the Cholesky factor here)."""
         k, d = y.shape[1], u.shape[1]
-        x = torch.as_tensor(u[rows], dtype=DTYPE).expand(k, -1, -1)
-        self.y_mean = y[rows].mean(axis=0)
-        self.y_std = np.maximum(y[rows].std(axis=0), 1e-9)
-        yt = torch.as_tensor(((y[rows] - self.y_mean) / self.y_std).T, dtype=DTYPE)  # (k, n)
-        mu, sigma = math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
-        mode = math.exp(mu - sigma**2)
-        raw_ls = torch.full((k, 1, d), math.log(mode - 0.025), dtype=DTYPE, requires_grad=True)
-        raw_noise = torch.full((k,), math.log(0.05), dtype=DTYPE, requires_grad=True)
-        const = torch.zeros(k, dtype=DTYPE, requires_grad=True)
-        n = x.shape[1]
+        x = torch.as_tensor(u, dtype=DTYPE)  # (n, d), shared by the k GPs
+        yt = torch.as_tensor(y.T, dtype=DTYPE)  # (k, n)
+        mu, sigma = BatchedGP.ls_prior(d)
+        n = x.shape[0]
         eye = torch.eye(n, dtype=DTYPE)
-
-        def objective() -> torch.Tensor:
-            ls = 0.025 + torch.exp(raw_ls)
-            noise = torch.exp(raw_noise).clamp_min(1e-6)
-            kxx = self.kernel(x, x, ls) + (noise[:, None, None] + 1e-8) * eye
-            chol, info = torch.linalg.cholesky_ex(kxx)
-            r = (yt - const[:, None]).unsqueeze(-1)
-            alpha = torch.cholesky_solve(r, chol)
-            nll = 0.5 * (r * alpha).sum((-1, -2)) + torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-            log_ls = torch.log(ls)
-            prior = ((log_ls - mu) ** 2 / (2 * sigma**2) + log_ls).sum((-1, -2))
-            prior = prior + (torch.log(noise) + 4.0) ** 2 / 2.0 + torch.log(noise)
-            return (nll + prior).sum() / n
-
-        params = [raw_ls, raw_noise, const]
-        sizes = [t.numel() for t in params]
+        diff2 = (x[:, None, :] - x[None, :, :]).square()  # (n, n, d)
+        sizes = [k * d, k, k]
 
         def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            # scipy's L-BFGS-B drives the torch objective: torch.optim would import torch._dynamo (~3 s)
-            with torch.no_grad():
-                for t, part in zip(params, np.split(theta, np.cumsum(sizes)[:-1]), strict=True):
-                    t.copy_(torch.as_tensor(part, dtype=DTYPE).reshape(t.shape))
-            for t in params:
-                t.grad = None
-            loss = objective()
-            if not torch.isfinite(loss):
+            raw_ls, raw_noise, const = (torch.as_tensor(p, dtype=DTYPE) for p in np.split(theta, np.cumsum(sizes)[:-1]))
+            ls = 0.025 + torch.exp(raw_ls.reshape(k, d))
+            noise = torch.exp(raw_noise).clamp_min(1e-6)
+            s = math.sqrt(5.0) * torch.sqrt((diff2 @ ls.square().reciprocal().T).permute(2, 0, 1).clamp_min(1e-12))
+            e = torch.exp(-s)
+            kxx = (1.0 + s + s.square() / 3.0) * e + (noise[:, None, None] + 1e-8) * eye
+            chol, info = torch.linalg.cholesky_ex(kxx)
+            if bool(info.any()):
                 return 1e10, np.zeros_like(theta)
-            loss.backward()
-            grad = np.concatenate([t.grad.reshape(-1).numpy() for t in params])
-            return loss.item(), grad
+            r = (yt - const[:, None]).unsqueeze(-1)
+            alpha = torch.cholesky_solve(r, chol)  # (k, n, 1)
+            nll = 0.5 * (r * alpha).sum((-1, -2)) + torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+            log_ls, log_noise = torch.log(ls), torch.log(noise)
+            prior = ((log_ls - mu) ** 2 / (2 * sigma**2) + log_ls).sum(-1) + (log_noise + 4.0) ** 2 / 2.0 + log_noise
+            value = float((nll + prior).sum()) / n
+            if not math.isfinite(value):
+                return 1e10, np.zeros_like(theta)
+            w = torch.cholesky_inverse(chol) - alpha @ alpha.transpose(-1, -2)  # K^-1 - alpha alpha^T (k, n, n)
+            # dk/dls_j = 5/3 (1 + s) exp(-s) (x_aj - x_bj)^2 / ls_j^3 for Matern 5/2
+            g_ls = 0.5 * torch.einsum("kab,abd->kd", w * (5.0 / 3.0) * (1.0 + s) * e, diff2) / ls**3
+            g_ls = (g_ls + ((log_ls - mu) / sigma**2 + 1.0) / ls) * (ls - 0.025)
+            g_noise = (0.5 * torch.diagonal(w, dim1=-2, dim2=-1).sum(-1) + (log_noise + 5.0) / noise) * noise
+            g_const = -alpha.sum((-1, -2))
+            return value, torch.cat([g_ls.reshape(-1), g_noise, g_const]).numpy() / n
 
-        theta0 = np.concatenate([t.detach().reshape(-1).numpy() for t in params])
+        return value_and_grad
+
+    @staticmethod
+    def ls_prior(d: int) -> tuple[float, float]:
+        """Location and scale of the log-normal length-scale prior in ``d`` dimensions."""
+        return math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
+
+    def fit(self, u: np.ndarray, y: np.ndarray, rows: np.ndarray) -> BatchedGP:
+        """MAP hyperparameters on ``rows``, by scipy's L-BFGS-B (torch.optim would import torch._dynamo, ~3 s)."""
+        k, d = y.shape[1], u.shape[1]
+        self.y_mean = y[rows].mean(axis=0)
+        self.y_std = np.maximum(y[rows].std(axis=0), 1e-9)
+        value_and_grad = self.map_objective(u[rows], (y[rows] - self.y_mean) / self.y_std)
+        mu, sigma = self.ls_prior(d)
+        mode = math.exp(mu - sigma**2)
+        sizes = [k * d, k, k]
+        theta0 = np.concatenate([np.full(k * d, math.log(mode - 0.025)), np.full(k, math.log(0.05)), np.zeros(k)])
         bounds = [(math.log(1e-3), math.log(50.0))] * sizes[0] + [(math.log(1e-6), math.log(2.0))] * sizes[1] \
             + [(-5.0, 5.0)] * sizes[2]
         res = minimize(value_and_grad, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": self.max_iter})
-        value_and_grad(res.x)
-        with torch.no_grad():
-            self.ls = 0.025 + torch.exp(raw_ls)
-            self.noise = torch.exp(raw_noise).clamp_min(1e-6)
-            self.const = const.clone()
+        raw_ls, raw_noise, const = np.split(res.x, np.cumsum(sizes)[:-1])
+        self.ls = 0.025 + torch.exp(torch.as_tensor(raw_ls, dtype=DTYPE).reshape(k, 1, d))
+        self.noise = torch.exp(torch.as_tensor(raw_noise, dtype=DTYPE)).clamp_min(1e-6)
+        self.const = torch.as_tensor(const, dtype=DTYPE)
         return self
 
     def condition(self, u: np.ndarray, y: np.ndarray) -> BatchedGP:
@@ -228,13 +243,15 @@ class GreedyNoisyEI:
         self.y_std = torch.as_tensor(gp.y_std, dtype=DTYPE)
         self.p_u = torch.empty((0, baseline_u.shape[1]), dtype=DTYPE)
         self.p_eps = torch.empty((self.k, 0, self.m), dtype=DTYPE)
-        # the joint posterior of the points added so far: V (k, n, p) and the Cholesky factor (k, p, p); their
-        # means are not kept, each point's samples are drawn (and scored) as it is added
+        # the joint posterior of the points added so far: mean (k, p), V (k, n, p), Cholesky factor (k, p, p)
+        self.p_mean = torch.empty((self.k, 0), dtype=DTYPE)
         self.p_v = torch.empty((self.k, gp.x.shape[1], 0), dtype=DTYPE)
         self.p_chol = torch.empty((self.k, 0, 0), dtype=DTYPE)
+        self.p_loss = torch.empty((0, self.m), dtype=DTYPE)  # each point's loss samples
         self.best = torch.full((self.m,), float("inf"), dtype=DTYPE)
         for u in baseline_u:
             self.add(u, self.draw())
+        self.n_base = len(self.p_u)
 
     def draw(self) -> torch.Tensor:
         return torch.as_tensor(self.rng.standard_normal((self.k, self.m)), dtype=DTYPE)
@@ -257,13 +274,45 @@ class GreedyNoisyEI:
         diag = (var - (row * row).sum(-1, keepdim=True)).clamp_min(1e-12).sqrt()
         top = torch.cat([self.p_chol, torch.zeros((self.k, len(self.p_u), 1), dtype=DTYPE)], dim=-1)
         self.p_chol = torch.cat([top, torch.cat([row, diag], dim=-1)], dim=-2)
-        self.p_v = torch.cat([self.p_v, v], dim=-1)
+        self.p_mean, self.p_v = torch.cat([self.p_mean, mean], dim=-1), torch.cat([self.p_v, v], dim=-1)
         self.p_u = torch.cat([self.p_u, ut])
         self.p_eps = torch.cat([self.p_eps, eps[:, None, :]], dim=1)
         # the new point's samples: its row of the factor times the base samples of every point so far
         f = mean.unsqueeze(-1) + torch.cat([row, diag], dim=-1) @ self.p_eps  # (k, 1, M)
         losses = self.score_loss(self._to_scores(f))[0]  # (M,)
+        self.p_loss = torch.cat([self.p_loss, losses[None, :]])
         self.best = torch.minimum(self.best, losses)
+
+    def truncate(self, p: int) -> None:
+        """Keep the first ``p`` points only (their factor is the leading block of the joint one)."""
+        self.p_chol, self.p_v, self.p_u = self.p_chol[:, :p, :p], self.p_v[..., :p], self.p_u[:p]
+        self.p_mean, self.p_eps, self.p_loss = self.p_mean[:, :p], self.p_eps[:, :p], self.p_loss[:p]
+        self._update_best()
+
+    def _update_best(self) -> None:
+        self.best = self.p_loss.amin(0) if len(self.p_u) else torch.full((self.m,), float("inf"), dtype=DTYPE)
+
+    def resample(self) -> None:
+        """New base samples for every point (the joint samples a state built afresh on them would draw;
+        the factor does not depend on them)."""
+        self.p_eps = torch.as_tensor(self.rng.standard_normal((self.k, len(self.p_u), self.m)), dtype=DTYPE)
+        f = self.p_mean.unsqueeze(-1) + self.p_chol @ self.p_eps  # (k, p, M)
+        self.p_loss = self.score_loss(self._to_scores(f))  # (p, M)
+        self._update_best()
+
+    def continue_with(self, pending_u: np.ndarray, *, fresh_samples: bool) -> None:
+        """Make the points after the incumbents exactly ``pending_u``: keep the longest run of the current
+        ones that it starts with, drop the rest, add the remainder; with ``fresh_samples`` every point's
+        samples are then drawn anew, as in a state built from scratch."""
+        added = self.p_u[self.n_base :].numpy()
+        j = 0
+        while j < min(len(added), len(pending_u)) and np.allclose(added[j], pending_u[j], rtol=0.0, atol=1e-12):
+            j += 1
+        self.truncate(self.n_base + j)
+        for u in pending_u[j:]:
+            self.add(u, self.draw())
+        if fresh_samples:
+            self.resample()
 
     def sample_losses(self, u: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Loss samples (N, M) at candidates ``u`` (N, d), conditioned on the points added so far."""
@@ -306,6 +355,7 @@ class CompositeSurrogate:
         order = np.argsort(expected, kind="stable")
         self.baseline_u = u_data[order[: int(settings["baseline"])]]
         self.anchors = x_data[order[:5]]
+        self._state: GreedyNoisyEI | None = None
 
     def expected_loss(self, u: np.ndarray) -> np.ndarray:
         """Posterior mean of the loss (MC over the marginal posterior of the scores, fixed samples)."""
@@ -341,11 +391,18 @@ class CompositeSurrogate:
         return x
 
     def select(self, space: Space, n: int, pending: np.ndarray) -> np.ndarray:
+        """``n`` conditions by sequential greedy noisy EI given ``pending`` ones. One joint posterior of the
+        incumbents and the conditions chosen serves all calls on this model: a later call (the widening's
+        picks for new ground, after the main batch) keeps the part of it that its ``pending`` starts
+        with instead of building it again, and draws fresh samples for it, as a new state would."""
         with torch.no_grad():
-            state = GreedyNoisyEI(self.gp, self.score_loss, self.baseline_u, self.rng, n_samples=self.m,
-                                  failed_u=self.u_failed)
-            for x in np.atleast_2d(pending) if len(pending) else []:
-                state.add(self.scaler.to_unit(x[None, :])[0], state.draw())
+            again = self._state is not None
+            if not again:
+                self._state = GreedyNoisyEI(self.gp, self.score_loss, self.baseline_u, self.rng, n_samples=self.m,
+                                            failed_u=self.u_failed)
+            state = self._state
+            state.continue_with(self.scaler.to_unit(np.atleast_2d(pending)) if len(pending) else
+                                np.empty((0, self.baseline_u.shape[1])), fresh_samples=again)
             cands = self._candidates(space)
             keep = np.arange(len(cands))
             picks = []
@@ -410,7 +467,8 @@ def median_spectra(observations: list[Observation]) -> tuple[list[Observation], 
 
 # new_ground_max: up to 5 of a batch go into ground a widening just opened (3 before): on the chemistries
 # with the optimum outside, 20 seeds, 0.01 by round 6 rose from 20 to 50 % (bands) and 30 to 40 %
-# (AuNanorod), TwoBand 40 -> 30 %; docs/optimizer_benchmark.md
+# (AuNanorod), TwoBand 40 -> 30 %; a later re-draw of the same code gave 30, 35 and 25 %: the gains are
+# within seed noise except perhaps on bands (40 seeds: 25-32 %); docs/optimizer_benchmark.md
 DEFAULTS: dict[str, Any] = {
     "mc_samples": 48, "n_global": 768, "n_local": 384, "rerank": 128, "refine": 32, "baseline": 16,
     "max_fit": 100, "max_condition": 400, "fit_iterations": 50, "minmax_stride": 3, "k_min": 5, "k_max": 8, "new_ground_max": 5,

@@ -233,3 +233,62 @@ def test_the_batch_posterior_grows_by_one_row_and_equals_the_full_factor() -> No
     # the last point's samples: the full factor's last row times every base sample so far
     f = mean[:, -1:, None] + full[:, -1:, :] @ state.p_eps
     assert torch.allclose(seen[-1], state._to_scores(f), atol=1e-10)
+
+
+def test_a_state_cut_back_and_continued_equals_one_built_afresh() -> None:
+    """The widening's new-ground picks continue the main batch's posterior state: cut back to the
+    conditions they keep and grown by the new ones, it must equal a state built on those conditions
+    from scratch, and with fresh samples its losses must be those of the new samples."""
+    from orchestrator.optimize.composite import BatchedGP, GreedyNoisyEI
+
+    rng = np.random.default_rng(5)
+    u = rng.random((30, 3))
+    y = np.column_stack([np.sin(3 * u[:, 0]) + u[:, 1], np.cos(2 * u[:, 2]) * u[:, 0]])
+    gp = BatchedGP(max_iter=20).fit(u, y, np.arange(30)).condition(u, y)
+    base, batch, new = rng.random((3, 3)), rng.random((4, 3)), rng.random((1, 3))
+
+    def build() -> GreedyNoisyEI:
+        return GreedyNoisyEI(gp, lambda z: z.sum(-1), base, np.random.default_rng(0), n_samples=16,
+                             failed_u=np.empty((0, 3)))
+
+    cont = build()
+    cont.continue_with(batch, fresh_samples=False)
+    eps_batch = cont.p_eps[:, 3:].clone()
+    cont.continue_with(np.vstack([batch[:2], new]), fresh_samples=False)  # keeps two of the batch, adds one
+    assert len(cont.p_u) == 3 + 3
+    assert torch.equal(cont.p_eps[:, 3:5], eps_batch[:, :2])  # the kept conditions keep their samples
+
+    fresh = build()
+    for j, x in enumerate([batch[0], batch[1], new[0]]):
+        fresh.add(x, cont.p_eps[:, 3 + j])
+    assert torch.allclose(cont.p_chol, fresh.p_chol, atol=1e-12)
+    assert torch.allclose(cont.p_mean, fresh.p_mean, atol=1e-12)
+    assert torch.allclose(cont.best, fresh.best, atol=1e-12)
+
+    # fresh samples: every point's losses follow from the factor and the new base samples
+    cont.continue_with(np.vstack([batch[:2], new]), fresh_samples=True)
+    assert len(cont.p_u) == 6 and torch.allclose(cont.p_chol, fresh.p_chol, atol=1e-12)
+    assert not torch.equal(cont.p_eps[:, 3:5], eps_batch[:, :2])
+    f = cont.p_mean.unsqueeze(-1) + cont.p_chol @ cont.p_eps
+    assert torch.allclose(cont.p_loss, cont._to_scores(f).sum(-1), atol=1e-12)
+    assert torch.allclose(cont.best, cont.p_loss.amin(0))
+    # cutting back forgets the dropped conditions' samples in the running best
+    cont.truncate(3)
+    assert torch.allclose(cont.best, cont.p_loss.amin(0)) and len(cont.p_loss) == 3
+
+
+def test_the_map_gradient_written_out_matches_finite_differences() -> None:
+    from scipy.optimize import approx_fprime
+
+    from orchestrator.optimize.composite import BatchedGP
+
+    rng = np.random.default_rng(2)
+    u = rng.random((25, 3))
+    y = np.column_stack([np.sin(4 * u[:, 0]) + u[:, 1], u[:, 2] ** 2]) + 0.05 * rng.standard_normal((25, 2))
+    f = BatchedGP.map_objective(u, (y - y.mean(0)) / y.std(0))
+    for _ in range(3):
+        theta = np.concatenate([rng.normal(-1.0, 0.7, 6), rng.normal(-3.0, 1.0, 2), rng.normal(0.0, 0.3, 2)])
+        value, grad = f(theta)
+        numeric = approx_fprime(theta, lambda t: f(t)[0], 1e-6)
+        assert np.isfinite(value)
+        assert np.allclose(grad, numeric, rtol=1e-4, atol=1e-5)
