@@ -41,7 +41,7 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A two-column table (wavelength_nm, absorbance), sorted by wavelength.
 
     What spectrometer software and spreadsheets write is accepted: columns split by commas,
-    semicolons, tabs or spaces (with semicolons or tabs a decimal comma is read as a point), ``#``
+    semicolons, tabs or spaces (with semicolons, tabs or spaces a decimal comma is read as a point), ``#``
     comments, and a header or metadata block before the first row of numbers (an OceanView export's
     ``>>>>>Begin Spectral Data<<<<<`` block), and text after the last row of numbers (its ``>>>>>End
     Spectral Data<<<<<``). Columns after the second are ignored; a text line between rows of numbers
@@ -85,13 +85,21 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _two_numbers(line: str) -> tuple[float, float] | None:
-    """The first two fields of a table row as numbers, or None (a header or a text line)."""
+    """The first two fields of a table row as numbers, or None (a header or a text line). A row with
+    commas is read comma-separated; if that gives no two numbers and the row also splits on spaces,
+    as ``400 0,123`` or ``400,5 0,123``, its commas are decimal commas."""
     if ";" in line or "\t" in line:
-        fields = re.split(r"[;\t]", line.replace(",", "."))
-    elif "," in line:
-        fields = line.split(",")
-    else:
-        fields = line.split()
+        return _first_two(re.split(r"[;\t]", line.replace(",", ".")))
+    if "," in line:
+        pair = _first_two(line.split(","))
+        spaced = line.split()
+        if pair is None and len(spaced) >= 2 and all(f.count(",") <= 1 for f in spaced[:2]):
+            pair = _first_two([f.replace(",", ".") for f in spaced])
+        return pair
+    return _first_two(line.split())
+
+
+def _first_two(fields: list[str]) -> tuple[float, float] | None:
     fields = [f.strip().strip('"') for f in fields]
     if len(fields) < 2:
         return None

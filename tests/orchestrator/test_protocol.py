@@ -300,6 +300,8 @@ TARGET_LAYOUTS = {
     "semicolon, decimal comma": "Wellenl\u00e4nge (nm);Extinktion\n300;0,1\n450;1,0\n900;0,1\n",
     "tab, extra column": "nm\tA\tsd\n300\t0.1\t0.01\n450\t1.0\t0.01\n900\t0.1\t0.01\n",
     "spaces, no header": "  300   0.1\n450 1.0\n  900 0.1  \n",
+    "spaces, decimal comma": "Wellenl\u00e4nge Extinktion\n300,0 0,1\n450 1,0\n900,0   0,1\n",
+    "comma and space": "nm, A\n300, 0.1\n450 ,1.0\n900,0.1\n",
     "OceanView export": (
         "Data from abs.txt Node\nDate: Sat Nov 28 10:00:00 CET 2026\nIntegration Time (sec): 1.000000E-1\n"
         "Number of Pixels in Spectrum: 3\n>>>>>Begin Spectral Data<<<<<\n300.0\t0.1\n450.0\t1.0\n900.0\t0.1\n"
@@ -332,6 +334,7 @@ def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
     ("just some notes\nabout a spectrum\n", "found 0; it starts with 'just some notes'"),
     ("300,0.1\n450,1.0\n450,0.5\n", "wavelengths must be distinct"),
     ("300,0.1\n450,nan\n", "NaN or infinite"),
+    ("300 0,1\n450 1,0,5\n900 0,1\n", r"line 2 \('450 1,0,5'\) is not two numbers"),
 ])
 def test_bad_target_files(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "bad.csv"
