@@ -264,6 +264,11 @@ class WideningSpec(_Strict):
         description="an edge that moved out in each of the last k rounds steps step_fraction x step_growth^k "
         "(at most the whole current range); 1 keeps every step the same",
     )
+    stalled_edge_rounds: int = Field(
+        0, ge=0, le=20,
+        description="also open an edge the best measured condition sits on once it is this many rounds old "
+        "(no later round beat it), even if no model predicts a gain beyond it; 0 turns this off",
+    )
 
 
 class OptimizerSpec(_Strict):

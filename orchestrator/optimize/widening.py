@@ -18,6 +18,9 @@ Two rules, both driven by the protocol's ``optimizer.widening`` (``edge_fraction
   first bounds is reached in a few rounds instead of one quarter-range per round, while an edge
   that stops paying (the gate refuses it once) falls back to the first step. Trust-region methods
   grow their region the same way after successes (TuRBO, Eriksson et al., NeurIPS 2019).
+  With ``stalled_edge_rounds`` = k > 0, an edge the best measured condition sits on also triggers
+  once that condition is k rounds old (no later round beat it), and opens even when no model predicts
+  a gain beyond it: along an input the loss is nearly flat in, the models never do (off by default).
 
 Every change is returned as a note (the engine journals ``Suggestion.notes["widening"]``) and the
 widened box as ``Suggestion.space``.
@@ -36,7 +39,7 @@ from orchestrator.optimize.constraints import InfeasibleSpaceError, check_space,
 from orchestrator.optimize.transforms import UnitScaler
 
 Rule = Literal["gated", "plain"]
-_PROTOCOL_KEYS = {"enabled", "edge_fraction", "trigger_fraction", "step_fraction", "step_growth"}
+_PROTOCOL_KEYS = {"enabled", "edge_fraction", "trigger_fraction", "step_fraction", "step_growth", "stalled_edge_rounds"}
 
 
 class WideningSettingsError(ValueError):
@@ -62,6 +65,7 @@ class WideningPolicy:
     trigger_fraction: float = 0.3
     step_fraction: float = 0.25
     step_growth: float = 2.0
+    stalled_edge_rounds: int = 0
     rule: Rule = "gated"
     max_new: int = 3
     gate_on_picks: bool = True
@@ -83,6 +87,9 @@ class WideningPolicy:
                 raise WideningSettingsError(f"optimizer.widening.{key} must lie in (0, 1], got {value!r}")
         if not 1 <= policy.step_growth <= 4:
             raise WideningSettingsError(f"optimizer.widening.step_growth must lie in [1, 4], got {policy.step_growth!r}")
+        if policy.stalled_edge_rounds != int(policy.stalled_edge_rounds) or policy.stalled_edge_rounds < 0:
+            raise WideningSettingsError(
+                f"optimizer.widening.stalled_edge_rounds must be a whole number >= 0, got {policy.stalled_edge_rounds!r}")
         if rule not in ("gated", "plain"):
             raise WideningSettingsError(f"widening rule must be 'gated' or 'plain', got {rule!r}")
         if max_new < 0:
@@ -192,6 +199,24 @@ def best_measured(history: History, space: Space) -> np.ndarray | None:
     return space.to_array([best.inputs])[0]
 
 
+def stalled_edges(history: History, space: Space, policy: WideningPolicy) -> dict[tuple[int, str], int]:
+    """Open edges that the best measured condition sits on (within the gate fraction) when it was measured
+    ``stalled_edge_rounds`` or more rounds before the one being suggested: no later round beat it, and
+    the optimum may lie beyond an edge along which the models see the loss as flat (none of them then
+    predicts the gain the gate asks for). Maps (variable index, side) to that condition's age in rounds;
+    empty with the setting at 0."""
+    if policy.stalled_edge_rounds <= 0:
+        return {}
+    measured = [o for o in history.measured() if o.median_loss is not None]
+    if not measured:
+        return {}
+    best = min(measured, key=lambda o: o.median_loss)
+    age = history.round_index - best.round_index
+    if age < policy.stalled_edge_rounds:
+        return {}
+    return {edge: age for edge in edges_pressed(space, [space.to_array([best.inputs])[0]], policy.gate_fraction)}
+
+
 def _gate(
     space: Space, widened: Space, surrogate: Surrogate, anchors: dict[str, np.ndarray], i: int, side: str,
     policy: WideningPolicy,
@@ -247,6 +272,8 @@ def select_with_widening(
     if not policy.enabled:
         return batch, space, notes
     crowded = crowded_edges(space, batch, policy)
+    stalled = stalled_edges(history, space, policy) if policy.rule == "gated" else {}
+    crowded += [(i, side, 0.0) for i, side in stalled if all((i, side) != (j, s) for j, s, _ in crowded)]
     if not crowded:
         return batch, space, notes
 
@@ -294,6 +321,9 @@ def select_with_widening(
             ok, why = _gate(space, trial, model, {**anchors, **picks}, i, side, policy)
             if ok:
                 break
+        if not ok and (i, side) in stalled:
+            ok, why = True, (f"the best measured condition sits on it, unbeaten for {stalled[(i, side)] - 1} "
+                             "round(s) since; opened to look beyond though no model predicts a gain there")
         if not ok:
             refused.append({"variable": v.name, "edge": side, "reason": why + passed_over})
             continue
@@ -305,7 +335,8 @@ def select_with_widening(
         bounds[v.name] = (new, hi) if side == "low" else (lo, new)
         grown = f"; step {step:.0%} of the range (moved out {streak} round(s) running)" if streak else ""
         changes.append(EdgeChange(v.name, side, (v.low, v.high)[_side_index(side)], new,
-                                  f"gated rule: {frac:.0%} of the batch crowds it; {why}{grown}"))
+                                  f"gated rule: {frac:.0%} of the batch crowds it; {why}{grown}" if frac > 0
+                                  else f"gated rule, stalled edge: {why}{grown}"))
         strips.append((i, side))
     if refused:
         notes["widening_refused"] = refused

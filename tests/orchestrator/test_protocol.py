@@ -202,6 +202,8 @@ BAD_FIELDS = [
     ("batch_size", "fifteen", "batch_size", "valid integer"),
     ("optimizer.widening.step_fraction", 2, "optimizer.widening.step_fraction", "less than or equal to 1"),
     ("optimizer.widening.step_growth", 0.5, "optimizer.widening.step_growth", "greater than or equal to 1"),
+    ("optimizer.widening.stalled_edge_rounds", -1, "optimizer.widening.stalled_edge_rounds",
+     "greater than or equal to 0"),
     ("stop.loss_threshold", 1.5, "stop.loss_threshold", "less than or equal to 1"),
     ("colour", "red", "colour", "allowed here: name, description, variables"),
 ]

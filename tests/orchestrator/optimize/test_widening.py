@@ -115,6 +115,43 @@ def test_gated_rule_widens_one_step_and_spends_at_most_max_new_outside() -> None
     assert space.feasible(batch).all()
 
 
+class InsideSurrogate(BowlSurrogate):
+    """Predicts its best inside the box and picks away from every edge: nothing crowds, nothing passes."""
+
+    def select(self, space: Space, n: int, pending: np.ndarray) -> np.ndarray:
+        self.selected_spaces.append(space)
+        lo = np.array([v.low for v in space.variables])
+        hi = np.array([v.high for v in space.variables])
+        return np.tile((lo + hi) / 2, (n, 1))
+
+
+@pytest.mark.parametrize(("rounds_setting", "best_round", "opens"), [
+    (2, 1, True),    # measured in round 1, round 2 did not beat it, round 3 is being suggested
+    (2, 2, False),   # measured in the last round: not stalled yet
+    (0, 1, False),   # off (the default)
+    (3, 1, False),   # not old enough for this setting
+])
+def test_a_stalled_best_on_an_edge_opens_it_without_the_models_support(
+    rounds_setting: int, best_round: int, opens: bool
+) -> None:
+    policy = WideningPolicy.from_protocol(WIDENING | {"stalled_edge_rounds": rounds_setting}, rule="gated")
+    wl = np.linspace(380, 800, 5)
+    obs = [Observation(best_round, {"a": 19.8, "b": 8.0}, 0.1), Observation(1, {"a": 5.0, "b": 8.0}, 0.6),
+           Observation(2, {"a": 10.0, "b": 8.0}, 0.5)]
+    hist = History(obs, wl, SpectrumLoss(np.arange(5.0)), round_index=3)
+    # the model's bowl sits inside, so the gate alone refuses: the loss rises a half step out
+    batch, space, notes = select_with_widening(InsideSurrogate((10.0, 8.0)), hist, space2(), 15, policy)
+    assert (space.variables[0].high > 20.0) is opens
+    if opens:
+        (change,) = notes["widening"]
+        assert change["variable"] == "a" and change["edge"] == "high"
+        assert "stalled edge" in change["reason"] and "unbeaten for 1 round(s)" in change["reason"]
+        assert notes["new_ground_conditions"] == policy.max_new
+        assert int(np.sum(batch[:, 0] > 20.0 + 1e-9)) == policy.max_new
+    else:
+        assert notes["widening"] == []
+
+
 def test_edge_streak_counts_the_latest_rounds_running_that_moved_an_edge_out() -> None:
     rounds = [{"a": (0.0, 20.0)}, {"a": (0.0, 25.0)}, {"a": (0.0, 31.25)}]
     assert edge_streak(rounds, "a", "high") == 2
@@ -215,6 +252,10 @@ def test_widening_settings_are_validated() -> None:
         WideningPolicy.from_protocol(WIDENING | {"step_growth": 0.5}, rule="gated")
     with pytest.raises(WideningSettingsError, match="step_fraction"):
         WideningPolicy.from_protocol({"step_fraction": 0.0}, rule="gated")
+    with pytest.raises(WideningSettingsError, match="stalled_edge_rounds"):
+        WideningPolicy.from_protocol(WIDENING | {"stalled_edge_rounds": -1}, rule="gated")
+    with pytest.raises(WideningSettingsError, match="stalled_edge_rounds"):
+        WideningPolicy.from_protocol(WIDENING | {"stalled_edge_rounds": 1.5}, rule="gated")
     assert not WideningPolicy.from_protocol(None, rule="gated").enabled
 
 
