@@ -87,7 +87,8 @@ class WideningPolicy:
                 raise WideningSettingsError(f"optimizer.widening.{key} must lie in (0, 1], got {value!r}")
         if not 1 <= policy.step_growth <= 4:
             raise WideningSettingsError(f"optimizer.widening.step_growth must lie in [1, 4], got {policy.step_growth!r}")
-        if policy.stalled_edge_rounds != int(policy.stalled_edge_rounds) or policy.stalled_edge_rounds < 0:
+        k = policy.stalled_edge_rounds
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or k < 0:
             raise WideningSettingsError(
                 f"optimizer.widening.stalled_edge_rounds must be a whole number >= 0, got {policy.stalled_edge_rounds!r}")
         if rule not in ("gated", "plain"):

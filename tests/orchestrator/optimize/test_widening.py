@@ -256,6 +256,8 @@ def test_widening_settings_are_validated() -> None:
         WideningPolicy.from_protocol(WIDENING | {"stalled_edge_rounds": -1}, rule="gated")
     with pytest.raises(WideningSettingsError, match="stalled_edge_rounds"):
         WideningPolicy.from_protocol(WIDENING | {"stalled_edge_rounds": 1.5}, rule="gated")
+    with pytest.raises(WideningSettingsError, match="stalled_edge_rounds"):
+        WideningPolicy.from_protocol(WIDENING | {"stalled_edge_rounds": "two"}, rule="gated")
     assert not WideningPolicy.from_protocol(None, rule="gated").enabled
 
 
