@@ -148,11 +148,10 @@ class BatchedGP:
         n = x.shape[0]
         eye = torch.eye(n, dtype=DTYPE)
         diff2 = (x[:, None, :] - x[None, :, :]).square()  # (n, n, d)
-        sizes = [k * d, k, k]
 
         def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            raw_ls, raw_noise, const = (torch.as_tensor(p, dtype=DTYPE) for p in np.split(theta, np.cumsum(sizes)[:-1]))
-            ls = 0.025 + torch.exp(raw_ls.reshape(k, d))
+            raw_ls, raw_noise, const = BatchedGP.unpack(theta, k, d)
+            ls = 0.025 + torch.exp(raw_ls)
             noise = torch.exp(raw_noise).clamp_min(1e-6)
             s = math.sqrt(5.0) * torch.sqrt((diff2 @ ls.square().reciprocal().T).permute(2, 0, 1).clamp_min(1e-12))
             e = torch.exp(-s)
@@ -179,6 +178,12 @@ class BatchedGP:
         return value_and_grad
 
     @staticmethod
+    def unpack(theta: np.ndarray, k: int, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The raw parameter vector's parts: log(ls - 0.025) (k, d), log noise (k), constant mean (k)."""
+        return (torch.as_tensor(theta[: k * d], dtype=DTYPE).reshape(k, d),
+                torch.as_tensor(theta[k * d : k * d + k], dtype=DTYPE), torch.as_tensor(theta[k * d + k :], dtype=DTYPE))
+
+    @staticmethod
     def ls_prior(d: int) -> tuple[float, float]:
         """Location and scale of the log-normal length-scale prior in ``d`` dimensions."""
         return math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
@@ -191,16 +196,14 @@ class BatchedGP:
         value_and_grad = self.map_objective(u[rows], (y[rows] - self.y_mean) / self.y_std)
         mu, sigma = self.ls_prior(d)
         mode = math.exp(mu - sigma**2)
-        sizes = [k * d, k, k]
         theta0 = np.concatenate([np.full(k * d, math.log(mode - 0.025)), np.full(k, math.log(0.05)), np.zeros(k)])
-        bounds = [(math.log(1e-3), math.log(50.0))] * sizes[0] + [(math.log(1e-6), math.log(2.0))] * sizes[1] \
-            + [(-5.0, 5.0)] * sizes[2]
+        bounds = [(math.log(1e-3), math.log(50.0))] * (k * d) + [(math.log(1e-6), math.log(2.0))] * k \
+            + [(-5.0, 5.0)] * k
         res = minimize(value_and_grad, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": self.max_iter})
-        raw_ls, raw_noise, const = np.split(res.x, np.cumsum(sizes)[:-1])
-        self.ls = 0.025 + torch.exp(torch.as_tensor(raw_ls, dtype=DTYPE).reshape(k, 1, d))
-        self.noise = torch.exp(torch.as_tensor(raw_noise, dtype=DTYPE)).clamp_min(1e-6)
-        self.const = torch.as_tensor(const, dtype=DTYPE)
+        raw_ls, raw_noise, self.const = self.unpack(res.x, k, d)
+        self.ls = (0.025 + torch.exp(raw_ls)).unsqueeze(1)  # (k, 1, d)
+        self.noise = torch.exp(raw_noise).clamp_min(1e-6)
         return self
 
     def condition(self, u: np.ndarray, y: np.ndarray) -> BatchedGP:

@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from orchestrator.optimize.base import History, Space
+from orchestrator.optimize.base import History, Observation, Space
 from orchestrator.optimize.constraints import InfeasibleSpaceError, check_space, make_feasible
 from orchestrator.optimize.transforms import UnitScaler
 
@@ -192,12 +192,14 @@ def edges_pressed(space: Space, points: list[np.ndarray | None], fraction: float
     return out
 
 
+def best_observation(history: History) -> Observation | None:
+    """The measured condition with the lowest median loss (the first of equals), or None."""
+    return min(history.measured(), key=lambda o: o.median_loss, default=None)
+
+
 def best_measured(history: History, space: Space) -> np.ndarray | None:
-    measured = history.measured()
-    if not measured:
-        return None
-    best = min(measured, key=lambda o: o.median_loss if o.median_loss is not None else np.inf)
-    return space.to_array([best.inputs])[0]
+    best = best_observation(history)
+    return None if best is None else space.to_array([best.inputs])[0]
 
 
 def stalled_edges(history: History, space: Space, policy: WideningPolicy) -> dict[tuple[int, str], int]:
@@ -206,12 +208,9 @@ def stalled_edges(history: History, space: Space, policy: WideningPolicy) -> dic
     the optimum may lie beyond an edge along which the models see the loss as flat (none of them then
     predicts the gain the gate asks for). Maps (variable index, side) to that condition's age in rounds;
     empty with the setting at 0."""
-    if policy.stalled_edge_rounds <= 0:
+    best = best_observation(history) if policy.stalled_edge_rounds > 0 else None
+    if best is None:
         return {}
-    measured = [o for o in history.measured() if o.median_loss is not None]
-    if not measured:
-        return {}
-    best = min(measured, key=lambda o: o.median_loss)
     age = history.round_index - best.round_index
     if age < policy.stalled_edge_rounds:
         return {}
@@ -294,7 +293,7 @@ def select_with_widening(
         return batch, space.with_bounds(bounds), notes
 
     best = best_measured(history, space)
-    losses = [o.median_loss for o in history.measured() if o.median_loss is not None]
+    losses = [o.median_loss for o in history.measured()]
     typical = float(np.median(losses)) if losses else np.inf
     opinions = []  # (model, its anchors): the surrogate, then any second opinions it offers
     for k, model in enumerate([surrogate, *getattr(surrogate, "alternatives", ())]):
