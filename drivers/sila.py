@@ -39,6 +39,7 @@ MAX_DIAMETER_MM = 80.0
 FLOW_UNIT = ("ul", "min")
 VOLUME_UNIT = "ul"
 START_TIMEOUT_S = 5.0  # how long GenerateFlow may take to be accepted
+ERROR_GRACE_S = 0.2  # how long a running GenerateFlow is watched for a refusal
 # a server may poll its pump and publish FlowRate a moment late (CETONI's polls its device): this long
 # after a successful GenerateFlow a FlowRate of 0 still reads as "starting", later as stopped
 SETTLE_S = 2.0
@@ -311,12 +312,23 @@ class SilaPump:
     def _generate_flow(self) -> None:
         from sila2.framework import CommandExecutionStatus
 
-        dosing = self._require().PumpFluidDosingService
+        c = self._require()
+        dosing = c.PumpFluidDosingService
+        if hasattr(c, "PumpDriveControlService") and self._get(c.PumpDriveControlService.PumpDriveState) != "Enabled":
+            raise DeviceAlarm(
+                "could not start the flow: the pump drive is disabled",
+                device=self.name,
+                hint="Enable the pump drive (vendor software or EnablePumpDrive), then resume.",
+            )
         instance = self._call("start the flow", dosing.GenerateFlow, self._rate)
-        deadline = time.monotonic() + START_TIMEOUT_S
+        now = time.monotonic()
+        deadline, grace = now + START_TIMEOUT_S, now + ERROR_GRACE_S
         # CETONI's GenerateFlow runs as long as the flow does, ours finishes once it runs: either way
-        # it has left "waiting" once the pump took the rate
-        while instance.status in (None, CommandExecutionStatus.waiting):
+        # it has left "waiting" once the pump took the rate. A refusal runs for a moment first, so a
+        # "running" command is watched a little longer for an error.
+        while instance.status in (None, CommandExecutionStatus.waiting) or (
+            instance.status is CommandExecutionStatus.running and time.monotonic() < grace
+        ):
             if time.monotonic() > deadline:
                 raise DeviceTimeout(
                     f"the server did not start the flow within {START_TIMEOUT_S:g} s", device=self.name

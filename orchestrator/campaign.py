@@ -53,7 +53,7 @@ from orchestrator.rig import (
     make_chemistry,
 )
 from orchestrator.screening import ReplicateScreen, median_mad
-from orchestrator.spectra import TargetFileError, read_target_csv, read_target_text
+from orchestrator.spectra import TargetFileError, parse_target_text, read_target_csv, read_target_text
 from orchestrator.store import ClaimLost, ConditionRow, PlannedCondition, RoundRow, Store, jsonable
 
 log = structlog.get_logger("orchestrator.campaign")
@@ -146,8 +146,8 @@ def start_campaign(
     target = options.get("target")
     try:
         target_file = Path(target) if target is not None else protocol.target_path
-        protocol.target_spectrum(target_file)  # the grid must lie inside it
-        target_csv = read_target_text(target_file)
+        target_csv = read_target_text(target_file)  # read once: the text checked is the text stored
+        protocol.target_on_grid(*parse_target_text(target_csv, target_file), source=target_file)
     except (TargetFileError, OSError) as exc:
         raise ConfigError(target or protocol_path, [Problem("target", str(exc))]) from exc
     chemistry = options.get("chemistry")

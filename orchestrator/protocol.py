@@ -265,7 +265,7 @@ class WideningSpec(_Strict):
         "(at most the whole current range); 1 keeps every step the same",
     )
     stalled_edge_rounds: int = Field(
-        0, ge=0, le=20,
+        2, ge=0, le=20,
         description="also open an edge the best measured condition sits on once it is this many rounds old "
         "(no later round beat it), even if no model predicts a gain beyond it; 0 turns this off",
     )
@@ -427,11 +427,14 @@ class ExperimentProtocol(_Strict):
         """The target on the protocol grid; ``override_csv`` (relative to the working directory)
         replaces the protocol's target for one campaign."""
         path = Path(override_csv) if override_csv is not None else self.target_path
-        wl, absorbance = read_target_csv(path)
+        return self.target_on_grid(*read_target_csv(path), source=path)
+
+    def target_on_grid(self, wl: np.ndarray, absorbance: np.ndarray, *, source: str | Path) -> np.ndarray:
+        """A target table (as read from ``source``) on the protocol grid, which must lie inside it."""
         try:
             return interpolate_target(wl, absorbance, self.wavelengths())
         except TargetFileError as exc:
-            raise TargetFileError(f"{path}: {exc}") from exc
+            raise TargetFileError(f"{source}: {exc}") from exc
 
     def loss(self, override_csv: str | Path | None = None) -> SpectrumLoss:
         return SpectrumLoss(

@@ -46,8 +46,12 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     ``>>>>>Begin Spectral Data<<<<<`` block), and text after the last row of numbers (its ``>>>>>End
     Spectral Data<<<<<``). Columns after the second are ignored; a text line between rows of numbers
     is an error."""
-    path = Path(path)
-    lines = read_target_text(path).splitlines()
+    return parse_target_text(read_target_text(path), path)
+
+
+def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_target_csv` on a target file's text already read (``path`` names it in errors)."""
+    lines = text.splitlines()
     rows: list[tuple[float, float]] = []
     header: list[str] = []
     footer: tuple[int, str] | None = None  # the first text line after the numbers (">>>>>End Spectral Data")

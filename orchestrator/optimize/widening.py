@@ -20,7 +20,8 @@ Two rules, both driven by the protocol's ``optimizer.widening`` (``edge_fraction
   grow their region the same way after successes (TuRBO, Eriksson et al., NeurIPS 2019).
   With ``stalled_edge_rounds`` = k > 0, an edge the best measured condition sits on also triggers
   once that condition is k rounds old (no later round beat it), and opens even when no model predicts
-  a gain beyond it: along an input the loss is nearly flat in, the models never do (off by default).
+  a gain beyond it: along an input the loss is nearly flat in, the models never do (default k = 2;
+  0 turns it off).
 
 Every change is returned as a note (the engine journals ``Suggestion.notes["widening"]``) and the
 widened box as ``Suggestion.space``.
@@ -65,7 +66,7 @@ class WideningPolicy:
     trigger_fraction: float = 0.3
     step_fraction: float = 0.25
     step_growth: float = 2.0
-    stalled_edge_rounds: int = 0
+    stalled_edge_rounds: int = 2
     rule: Rule = "gated"
     max_new: int = 3
     gate_on_picks: bool = True

@@ -421,3 +421,37 @@ def test_servers_without_discovery_open_no_multicast_socket(
         stop_servers(servers)
     finally:
         rig.close()
+
+
+class _RefusedAfterAMoment:
+    """A GenerateFlow instance that runs for a moment, then ends in an error (a server refusing the
+    rate after its command started, as a busy server does)."""
+
+    def __init__(self, running_s: float) -> None:
+        self._until = time.monotonic() + running_s
+
+    @property
+    def status(self) -> Any:
+        from sila2.framework import CommandExecutionStatus
+
+        if time.monotonic() < self._until:
+            return CommandExecutionStatus.running
+        return CommandExecutionStatus.finishedWithError
+
+    def get_responses(self) -> Any:
+        from sila2.framework import UndefinedExecutionError
+
+        raise UndefinedExecutionError("the pusher is blocked")
+
+
+def test_a_refusal_shortly_after_the_flow_started_is_not_missed() -> None:
+    from types import SimpleNamespace
+
+    from drivers.errors import DeviceError
+
+    p = SilaPump("slow-server", "sila://127.0.0.1:1?insecure=1")
+    dosing = SimpleNamespace(GenerateFlow=lambda rate: _RefusedAfterAMoment(0.05))
+    p._client = SimpleNamespace(PumpFluidDosingService=dosing)
+    p._rate = 10.0
+    with pytest.raises(DeviceError, match="pusher is blocked"):
+        p.run()

@@ -19,6 +19,7 @@ from orchestrator.optimize.widening import (
     select_with_widening,
     stepped_edge,
 )
+from orchestrator.protocol import WideningSpec
 from orchestrator.spectra import SpectrumLoss
 
 WIDENING = {"enabled": True, "edge_fraction": 0.05, "trigger_fraction": 0.3, "step_fraction": 0.25}
@@ -128,7 +129,7 @@ class InsideSurrogate(BowlSurrogate):
 @pytest.mark.parametrize(("rounds_setting", "best_round", "opens"), [
     (2, 1, True),    # measured in round 1, round 2 did not beat it, round 3 is being suggested
     (2, 2, False),   # measured in the last round: not stalled yet
-    (0, 1, False),   # off (the default)
+    (0, 1, False),   # off
     (3, 1, False),   # not old enough for this setting
 ])
 def test_a_stalled_best_on_an_edge_opens_it_without_the_models_support(
@@ -150,6 +151,13 @@ def test_a_stalled_best_on_an_edge_opens_it_without_the_models_support(
         assert int(np.sum(batch[:, 0] > 20.0 + 1e-9)) == policy.max_new
     else:
         assert notes["widening"] == []
+
+
+def test_stalled_edges_are_on_by_default_in_the_protocol_and_the_policy_alike() -> None:
+    spec = WideningSpec().model_dump()
+    assert spec["stalled_edge_rounds"] == 2
+    assert WideningPolicy.from_protocol(spec, rule="gated").stalled_edge_rounds == 2
+    assert WideningPolicy.from_protocol(WIDENING, rule="gated").stalled_edge_rounds == 2  # key left out
 
 
 def test_edge_streak_counts_the_latest_rounds_running_that_moved_an_edge_out() -> None:
