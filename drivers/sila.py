@@ -229,6 +229,13 @@ class SilaPump:
     def _get(self, prop: Any) -> Any:
         return self._call("read a property", prop.get)
 
+    def _drive_disabled(self, what: str) -> DeviceAlarm:
+        return DeviceAlarm(
+            f"could not {what}: the pump drive is disabled",
+            device=self.name,
+            hint="Enable the pump drive (vendor software or EnablePumpDrive), then resume.",
+        )
+
     def _call(self, what: str, func: Any, *args: Any) -> Any:
         """Call the server; SiLA and gRPC errors come back as the device errors the rig knows."""
         from sila2.framework import (
@@ -244,11 +251,7 @@ class SilaPump:
             raise OutOfRange(f"could not {what}: {exc.message}", device=self.name) from exc
         except DefinedExecutionError as exc:
             if exc.identifier == "PumpIsNotEnabled":
-                raise DeviceAlarm(
-                    f"could not {what}: the pump drive is disabled",
-                    device=self.name,
-                    hint="Enable the pump drive (vendor software or EnablePumpDrive), then resume.",
-                ) from exc
+                raise self._drive_disabled(what) from exc
             if exc.identifier == "PumpIsInFaultState":
                 raise DeviceAlarm(f"could not {what}: {exc.message}", device=self.name) from exc
             raise DeviceError(f"could not {what}: {exc.identifier}: {exc.message}", device=self.name) from exc
@@ -314,12 +317,8 @@ class SilaPump:
 
         c = self._require()
         dosing = c.PumpFluidDosingService
-        if hasattr(c, "PumpDriveControlService") and self._get(c.PumpDriveControlService.PumpDriveState) != "Enabled":
-            raise DeviceAlarm(
-                "could not start the flow: the pump drive is disabled",
-                device=self.name,
-                hint="Enable the pump drive (vendor software or EnablePumpDrive), then resume.",
-            )
+        if hasattr(c, "PumpDriveControlService") and self._get(c.PumpDriveControlService.PumpDriveState) == "Disabled":
+            raise self._drive_disabled("start the flow")
         instance = self._call("start the flow", dosing.GenerateFlow, self._rate)
         now = time.monotonic()
         deadline, grace = now + START_TIMEOUT_S, now + ERROR_GRACE_S
