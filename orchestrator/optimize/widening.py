@@ -203,16 +203,17 @@ def best_measured(history: History, space: Space) -> np.ndarray | None:
     return None if best is None else space.to_array([best.inputs])[0]
 
 
-def stalled_edges(history: History, space: Space, policy: WideningPolicy) -> dict[tuple[int, str], int]:
-    """Open edges that the best measured condition sits on (within the gate fraction) when it was measured
-    ``stalled_edge_rounds`` or more rounds before the one being suggested: no later round beat it, and
-    the optimum may lie beyond an edge along which the models see the loss as flat (none of them then
-    predicts the gain the gate asks for). Maps (variable index, side) to that condition's age in rounds;
-    empty with the setting at 0."""
-    best = best_observation(history) if policy.stalled_edge_rounds > 0 else None
-    if best is None:
+def stalled_edges(
+    best: Observation | None, round_index: int, space: Space, policy: WideningPolicy
+) -> dict[tuple[int, str], int]:
+    """Open edges that the best measured condition (``best``, from :func:`best_observation`) sits on
+    (within the gate fraction) when it was measured ``stalled_edge_rounds`` or more rounds before the one
+    being suggested (``round_index``): no later round beat it, and the optimum may lie beyond an edge
+    along which the models see the loss as flat (none of them then predicts the gain the gate asks
+    for). Maps (variable index, side) to that condition's age in rounds; empty with the setting at 0."""
+    if best is None or policy.stalled_edge_rounds <= 0:
         return {}
-    age = history.round_index - best.round_index
+    age = round_index - best.round_index
     if age < policy.stalled_edge_rounds:
         return {}
     return {edge: age for edge in edges_pressed(space, [space.to_array([best.inputs])[0]], policy.gate_fraction)}
@@ -273,7 +274,8 @@ def select_with_widening(
     if not policy.enabled:
         return batch, space, notes
     crowded = crowded_edges(space, batch, policy)
-    stalled = stalled_edges(history, space, policy) if policy.rule == "gated" else {}
+    best_obs = best_observation(history) if policy.rule == "gated" else None  # the plain rule needs none
+    stalled = stalled_edges(best_obs, history.round_index, space, policy)
     crowded += [(i, side, 0.0) for i, side in stalled if all((i, side) != (j, s) for j, s, _ in crowded)]
     if not crowded:
         return batch, space, notes
@@ -293,7 +295,7 @@ def select_with_widening(
         notes["widening"] = [c.note() for c in changes]
         return batch, space.with_bounds(bounds), notes
 
-    best = best_measured(history, space)
+    best = None if best_obs is None else space.to_array([best_obs.inputs])[0]
     losses = [o.median_loss for o in history.measured()]
     typical = float(np.median(losses)) if losses else np.inf
     opinions = []  # (model, its anchors): the surrogate, then any second opinions it offers
