@@ -112,8 +112,21 @@ def _row(inputs: Mapping[str, float]) -> np.ndarray:
     return np.array([[float(inputs[n]) for n in INPUTS]])
 
 
+BUILT_IN = ("agnanoprism", "bands", "aunanorod", "twoband")
+
+
 def make_chemistry(name: str, rng: np.random.Generator):
-    """The chemistry of one seed, its constants drawn so that no single optimum is learned by heart."""
+    """The chemistry of one seed, its constants drawn so that no single optimum is learned by heart.
+    ``module:Class`` (a model of one's own, as ``sdl run --chemistry`` takes it) is built without
+    params and keeps its constants: its seeds differ in initial design, noise and ``inside`` box."""
+    if ":" in name:
+        from orchestrator.rig import make_chemistry as build
+
+        model = build(name)
+        if not (callable(getattr(model, "spectra", None)) or callable(getattr(model, "spectrum", None))):
+            raise SystemExit(f"{name}: the benchmark scores true (noise-free) losses, so the model needs "
+                             "spectrum(inputs, wavelengths) or spectra(x, wavelengths) beside droplet()")
+        return model
     if name == "bands":
         return Bands(ratio_scale=rng.uniform(1.5, 4.0), shift_nm=rng.uniform(200, 350),
                      conversion_flow=rng.uniform(300, 900))
@@ -195,12 +208,14 @@ def best_condition(model, space: Space, loss: SpectrumLoss, wl: np.ndarray, rng:
 TARGETS = {"aunanorod": "au_nanorod.csv", "twoband": "two_band.csv"}  # the others: the paper's target
 
 
-def paper_target(wl: np.ndarray, chemistry: str = "agnanoprism") -> SpectrumLoss:
-    """The loss against the chemistry's target (``protocols/targets/``) with the protocol's window."""
+def paper_target(wl: np.ndarray, chemistry: str = "agnanoprism", target_csv: str | None = None) -> SpectrumLoss:
+    """The loss against the chemistry's target (``protocols/targets/``, or ``target_csv``) with the
+    protocol's absorbance window."""
     from orchestrator.spectra import interpolate_target, read_target_csv
 
     target = _protocol().target
-    spectrum = interpolate_target(*read_target_csv(REPO / "protocols" / "targets" / TARGETS.get(chemistry, "ag_nanoprism.csv")), wl)
+    path = Path(target_csv) if target_csv else REPO / "protocols" / "targets" / TARGETS.get(chemistry, "ag_nanoprism.csv")
+    spectrum = interpolate_target(*read_target_csv(path), wl)
     return SpectrumLoss(spectrum, a_low=target.a_low, a_high=target.a_high)
 
 
@@ -221,13 +236,13 @@ def box_around(x: np.ndarray, like: Space, rng: np.random.Generator) -> Space:
 
 
 @lru_cache(maxsize=64)
-def draw_problem(seed: int, scenario: str, chemistry: str) -> Problem:
+def draw_problem(seed: int, scenario: str, chemistry: str, target_csv: str | None = None) -> Problem:
     """The paper's target spectrum, chemistry constants drawn for this seed, and initial bounds that
     hold the best condition (``inside``) or the paper's bounds where the best inside them is at least
     0.05 worse than the best within the hard limits (``outside``)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 104729, 0 if scenario == "inside" else 1]))
     wl = wavelength_grid()
-    loss = paper_target(wl, chemistry)
+    loss = paper_target(wl, chemistry, target_csv)
     for _ in range(100):
         model = make_chemistry(chemistry, rng)
         x_best, f_best = best_condition(model, hard_space(paper_space()), loss, wl, rng)
@@ -235,6 +250,11 @@ def draw_problem(seed: int, scenario: str, chemistry: str) -> Problem:
             space = paper_space()
             _, f_in = best_condition(model, space, loss, wl, rng, n_random=6000)
             if f_in - f_best < 0.05:
+                if chemistry not in BUILT_IN:  # its constants are fixed: another draw cannot help
+                    raise SystemExit(
+                        f"{chemistry}: the best condition inside the protocol's initial bounds ({f_in:.3f}) is "
+                        f"within 0.05 of the best within the hard limits ({f_best:.3f}), so there is no "
+                        "'outside' problem; run --scenario inside")
                 continue
         else:
             space = box_around(x_best, paper_space(), rng)
@@ -385,17 +405,18 @@ def summarise(runs: list[Run], strategies: Sequence[str], scenario: str, rounds_
 
 
 # ---- running --------------------------------------------------------------------------------------
-def _job(args: tuple[Sequence[str], int, str, str, Mapping[str, int]]) -> list[Run]:
+def _job(args: tuple[Sequence[str], int, str, str, Mapping[str, int], str | None]) -> list[Run]:
     """Every strategy on one problem (one seed, one scenario): the problem is drawn once per process."""
-    strategies, seed, scenario, chemistry, rounds_of = args
-    problem = draw_problem(seed, scenario, chemistry)
+    strategies, seed, scenario, chemistry, rounds_of, target_csv = args
+    problem = draw_problem(seed, scenario, chemistry, target_csv)
     return [run_campaign(s, problem, rounds_of[s]) for s in strategies]
 
 
 def run_all(strategies: Sequence[str], seeds: Sequence[int], scenarios: Sequence[str], chemistry: str,
-            rounds_of: Mapping[str, int], jobs: int, progress: Callable[[list[Run]], None]) -> list[Run]:
+            rounds_of: Mapping[str, int], jobs: int, progress: Callable[[list[Run]], None],
+            target_csv: str | None = None) -> list[Run]:
     """Seeds outermost, so an interrupted run still holds complete, paired seeds."""
-    work = [(tuple(strategies), seed, sc, chemistry, dict(rounds_of)) for seed in seeds for sc in scenarios]
+    work = [(tuple(strategies), seed, sc, chemistry, dict(rounds_of), target_csv) for seed in seeds for sc in scenarios]
     out: list[Run] = []
     if jobs <= 1:
         for w in work:
@@ -428,7 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--baseline-rounds", type=int, default=12)
     parser.add_argument("--scenario", choices=("inside", "outside", "both"), default="both")
-    parser.add_argument("--chemistry", choices=("agnanoprism", "bands", "aunanorod", "twoband"), default="agnanoprism")
+    parser.add_argument("--chemistry", default="agnanoprism", type=chemistry_arg,
+                        help=f"{', '.join(BUILT_IN)} (constants drawn per seed) or module:Class, a model of "
+                             "your own as `sdl run --chemistry` takes it (constants as built)")
+    parser.add_argument("--target", type=Path, help="target spectrum CSV (default: the chemistry's, in protocols/targets/)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch/BLAS threads per process (1: fair and steady on shared cores)")
@@ -464,12 +488,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.save.write_text(json.dumps({"chemistry": args.chemistry, "runs": [r.__dict__ for r in done]}))
 
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        runs = run_all(strategies, seeds, scenarios, args.chemistry, rounds_of, args.jobs, progress)
+        target_csv = str(args.target.resolve()) if args.target else None
+        runs = run_all(strategies, seeds, scenarios, args.chemistry, rounds_of, args.jobs, progress, target_csv)
     text = "\n".join(summarise(runs, strategies, sc, rounds_of) for sc in scenarios)
     print(text)
     if args.write:
         write_section(DOC, args.section or f"optimizer-{args.chemistry}", text, " ".join(["python -m benchmarks.optimizer", *(argv or sys.argv[1:])]))
     return 0
+
+
+def chemistry_arg(value: str) -> str:
+    if value in BUILT_IN or ":" in value:
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: one of {', '.join(BUILT_IN)}, or module:Class")
 
 
 def paired(runs: list[Run], strategies: Sequence[str]) -> list[Run]:

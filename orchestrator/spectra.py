@@ -91,9 +91,13 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
 def _two_numbers(line: str) -> tuple[float, float] | None:
     """The first two fields of a table row as numbers, or None (a header or a text line). A row with
     commas is read comma-separated; if that gives no two numbers and the row also splits on spaces,
-    as ``400 0,123`` or ``400,5 0,123``, its commas are decimal commas."""
+    as ``400 0,123`` or ``400,5 0,123``, its commas are decimal commas, and so are the commas inside
+    fields split by a comma and spaces, as ``400, 0,123`` (not 400 and 0)."""
     if ";" in line or "\t" in line:
         return _first_two(re.split(r"[;\t]", line.replace(",", ".")))
+    spaced_commas = re.split(r",\s+", line)
+    if len(spaced_commas) >= 2 and any("," in f for f in spaced_commas[:2]):
+        return _first_two([f.replace(",", ".") for f in spaced_commas])
     if "," in line:
         pair = _first_two(line.split(","))
         spaced = line.split()

@@ -304,6 +304,7 @@ TARGET_LAYOUTS = {
     "spaces, no header": "  300   0.1\n450 1.0\n  900 0.1  \n",
     "spaces, decimal comma": "Wellenl\u00e4nge Extinktion\n300,0 0,1\n450 1,0\n900,0   0,1\n",
     "comma and space": "nm, A\n300, 0.1\n450 ,1.0\n900,0.1\n",
+    "comma and space, decimal comma": "nm, A\n300, 0,1\n450, 1,0\n900,0, 0,1\n",
     "OceanView export": (
         "Data from abs.txt Node\nDate: Sat Nov 28 10:00:00 CET 2026\nIntegration Time (sec): 1.000000E-1\n"
         "Number of Pixels in Spectrum: 3\n>>>>>Begin Spectral Data<<<<<\n300.0\t0.1\n450.0\t1.0\n900.0\t0.1\n"
