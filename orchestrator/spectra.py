@@ -11,6 +11,7 @@ Only shape (through the cosine) and amplitude (through delta) count.
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,9 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A two-column table (wavelength_nm, absorbance), sorted by wavelength.
 
     What spectrometer software and spreadsheets write is accepted: columns split by commas,
-    semicolons, tabs or spaces (with semicolons, tabs or spaces a decimal comma is read as a point), ``#``
+    semicolons, tabs or spaces (with semicolons, tabs or spaces a decimal comma is read as a point; with
+    commas only inside double quotes, as ``"380","0,0389"``, and a row such as ``380,0,0389`` that may be
+    either is refused unless a header or decimal points elsewhere settle it), ``#``
     comments, and a header or metadata block before the first row of numbers (an OceanView export's
     ``>>>>>Begin Spectral Data<<<<<`` block), and text after the last row of numbers (its ``>>>>>End
     Spectral Data<<<<<``). Columns after the second are ignored; a text line between rows of numbers
@@ -54,14 +57,18 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
     lines = text.splitlines()
     rows: list[tuple[float, float]] = []
     header: list[str] = []
+    one_number: tuple[int, str] | None = None  # the first line that is a single number (a one-column file)
+    comma_rows: list[tuple[int, str, int, bool]] = []  # line, text, fields split at commas, ambiguous
     footer: tuple[int, str] | None = None  # the first text line after the numbers (">>>>>End Spectral Data")
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        pair = _two_numbers(text)
+        pair, n_fields, ambiguous = _read_row(text)
         if pair is None and not rows:
             header.append(text)
+            if one_number is None and _is_one_number(text):
+                one_number = (number, text)
         elif pair is None and not re.match(r"[-+.]?\d", text):
             footer = footer or (number, text)  # text after the numbers: a footer, if no numbers follow
         elif pair is None or footer is not None:
@@ -71,12 +78,20 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
             )
         else:
             rows.append(pair)
+            if n_fields:
+                comma_rows.append((number, text, n_fields, ambiguous))
     if len(rows) < 2:
-        seen = f"; it starts with {header[0][:60]!r}" if header else ""
+        seen = f"; it starts with {header[0][:60]!r}" if header and not _is_one_number(header[0]) else ""
+        one = (
+            f"; its rows hold one number each (line {one_number[0]}: {one_number[1][:60]!r}), but a target "
+            "needs two columns, wavelength_nm and absorbance"
+            if one_number else ""
+        )
         raise TargetFileError(
             f"{path}: a target needs at least two rows of two numbers, wavelength_nm and absorbance, "
-            f"found {len(rows)}{seen}"
+            f"found {len(rows)}{seen}{one}"
         )
+    _check_decimal_commas(comma_rows, _comma_columns(header[-1]) if header else None, path)
     data = np.array(rows, dtype=float)
     if not np.all(np.isfinite(data)):
         raise TargetFileError(f"{path}: the target holds NaN or infinite values")
@@ -88,23 +103,96 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
     return data[:, 0], data[:, 1]
 
 
-def _two_numbers(line: str) -> tuple[float, float] | None:
-    """The first two fields of a table row as numbers, or None (a header or a text line). A row with
-    commas is read comma-separated; if that gives no two numbers and the row also splits on spaces,
-    as ``400 0,123`` or ``400,5 0,123``, its commas are decimal commas, and so are the commas inside
-    fields split by a comma and spaces, as ``400, 0,123`` (not 400 and 0)."""
+def _check_decimal_commas(
+    comma_rows: list[tuple[int, str, int, bool]], header_columns: int | None, path: str | Path
+) -> None:
+    """Rows split at commas into more than two fields with no decimal point, as ``380,0,0389``, may hold
+    decimal commas (380 and 0.0389) or a third column (380, 0 and 389). They are read as columns only
+    when the header line before the numbers names as many comma-separated columns, or, without such a
+    header, when every row splits into as many fields and some row has decimal points
+    (``300,0.1,0.01``); otherwise the file is refused rather than misread."""
+    ambiguous = [row for row in comma_rows if row[3]]
+    if not ambiguous:
+        return
+    if header_columns is not None:
+        bad = next((row for row in ambiguous if row[2] != header_columns), None)
+        why = f"but the header names {header_columns} columns" if bad else ""
+    else:
+        other = next((row for row in comma_rows if row[2] != ambiguous[0][2]), None)
+        if other is not None:
+            bad = ambiguous[0]
+            why = f"but line {other[0]} ({other[1][:60]!r}) into {other[2]}"
+        elif all(row[3] for row in comma_rows):
+            bad = ambiguous[0]
+            why = "with no decimal point in any row and no header naming the columns"
+        else:
+            bad = None
+    if bad is None:
+        return
+    raise TargetFileError(
+        f"{path}: line {bad[0]} ({bad[1][:60]!r}) splits into {bad[2]} fields at its commas {why}: "
+        "commas both separate the columns and mark decimals, so the numbers cannot be told apart; "
+        "save the file with semicolons or tabs as separators, or with decimal points"
+    )
+
+
+def _comma_columns(line: str) -> int | None:
+    """How many columns a header line names if it is split at commas (None if it is not)."""
+    if '"' in line:
+        fields, delimiter = _csv_fields(line)
+        return len(fields) if delimiter == "," else None
+    if ";" in line or "\t" in line or "," not in line:
+        return None
+    return len(line.split(","))
+
+
+def _csv_fields(line: str) -> tuple[list[str], str]:
+    """A line with double quotes read as CSV, split at the semicolons, tabs, commas or spaces outside its
+    quotes (in that order of preference), and the separator used."""
+    bare = re.sub(r'"[^"]*"?', "", line)
+    delimiter = next((d for d in ";\t," if d in bare), " ")
+    return next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), []), delimiter
+
+
+def _is_one_number(line: str) -> bool:
+    try:
+        float(line.strip().strip('"').replace(",", "."))
+    except ValueError:
+        return False
+    return True
+
+
+def _read_row(line: str) -> tuple[tuple[float, float] | None, int, bool]:
+    """The first two fields of a table row as numbers (or None: a header or a text line), how many
+    fields the row has if it was split at commas (else 0), and whether those commas may also be decimal
+    commas: more than two fields, no decimal point, and a comma between two digits outside quotes
+    (``380,0,0389``; see :func:`_check_decimal_commas`).
+
+    A row with double quotes is read as CSV, and a comma inside its quoted fields is a decimal comma
+    (``"380","0,0389"``). A row with commas is read comma-separated; if that gives no two numbers and
+    the row also splits on spaces, as ``400 0,123`` or ``400,5 0,123``, its commas are decimal commas,
+    and so are the commas inside fields split by a comma and spaces, as ``400, 0,123`` (not 400 and 0)."""
+    if '"' in line:
+        fields, delimiter = _csv_fields(line)
+        pair = _first_two([f.replace(",", ".") for f in fields])
+        if delimiter != ",":
+            return pair, 0, False
+        bare = re.sub(r'"[^"]*"?', "", line)
+        return pair, len(fields), len(fields) > 2 and "." not in bare and bool(re.search(r"\d,\d", bare))
     if ";" in line or "\t" in line:
-        return _first_two(re.split(r"[;\t]", line.replace(",", ".")))
+        return _first_two(re.split(r"[;\t]", line.replace(",", "."))), 0, False
     spaced_commas = re.split(r",\s+", line)
     if len(spaced_commas) >= 2 and any("," in f for f in spaced_commas[:2]):
-        return _first_two([f.replace(",", ".") for f in spaced_commas])
+        return _first_two([f.replace(",", ".") for f in spaced_commas]), 0, False
     if "," in line:
-        pair = _first_two(line.split(","))
+        fields = line.split(",")
+        pair = _first_two(fields)
         spaced = line.split()
         if pair is None and len(spaced) >= 2 and all(f.count(",") <= 1 for f in spaced[:2]):
-            pair = _first_two([f.replace(",", ".") for f in spaced])
-        return pair
-    return _first_two(line.split())
+            return _first_two([f.replace(",", ".") for f in spaced]), 0, False
+        ambiguous = len(fields) > 2 and "." not in line and bool(re.search(r"\d,\d", line))
+        return pair, len(fields), ambiguous
+    return _first_two(line.split()), 0, False
 
 
 def _first_two(fields: list[str]) -> tuple[float, float] | None:

@@ -311,6 +311,12 @@ TARGET_LAYOUTS = {
         ">>>>>End Spectral Data<<<<<\nExported by OceanView\n"
     ),
     "BOM, CRLF, quotes": "\ufeff\"wavelength\",\"absorbance\"\r\n\"300\",\"0.1\"\r\n450,1.0\r\n900,0.1\r\n",
+    # LibreOffice in a German locale with a comma separator: a quoted comma is a decimal comma
+    "quoted, comma, decimal comma": "\"Wellenl\u00e4nge\",\"Extinktion\"\n\"300\",\"0,1\"\n\"450\",\"1,0\"\n\"900\",\"0,1\"\n",
+    "quoted where needed, comma, decimal comma": "nm,A\n300,\"0,1\"\n450,\"1,0\"\n900,\"0,1\"\n",
+    "quoted, comma, decimal comma wavelengths": "\"300,0\",\"0,1\"\n\"450,0\",\"1,0\"\n\"900,0\",\"0,1\"\n",
+    "comma, extra column": "nm,A,sd\n300,0.1,0.01\n450,1.0,0.01\n900,0.1,0.01\n",
+    "comma, extra column, no header": "300,0.1,0.01\n450,1,0\n900,0.1,0.01\n",
 }
 
 
@@ -338,6 +344,18 @@ def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
     ("300,0.1\n450,1.0\n450,0.5\n", "wavelengths must be distinct"),
     ("300,0.1\n450,nan\n", "NaN or infinite"),
     ("300 0,1\n450 1,0,5\n900 0,1\n", r"line 2 \('450 1,0,5'\) is not two numbers"),
+    # commas as separators and decimal commas: refused, not read as 380 and 0
+    (
+        "wavelength_nm,absorbance\n380,0,0000\n450,1,0000\n900,0,1000\n",
+        r"line 2 \('380,0,0000'\) splits into 3 fields at its commas but the header names 2 columns: "
+        r"commas both separate the columns and mark decimals.*semicolons or tabs as separators",
+    ),
+    ("nm,A\n300,0.1\n450,1,0\n900,0.1\n", r"line 3 \('450,1,0'\) splits into 3 fields.*header names 2 columns"),
+    ("300,0,1\n450,1\n900,0,1\n", r"line 1 \('300,0,1'\) splits into 3 fields at its commas but line 2 \('450,1'\) into 2"),
+    ("300,0,1\n450,1,0\n900,0,1\n", r"line 1 \('300,0,1'\) splits into 3 fields.*no decimal point in any row"),
+    # one column
+    ("0.00000\n0.1\n0.5\n", r"found 0; its rows hold one number each \(line 1: '0.00000'\), but a target needs two columns"),
+    ("absorbance\n0.1\n1.0\n", r"found 0; it starts with 'absorbance'; its rows hold one number each \(line 2: '0.1'\)"),
 ])
 def test_bad_target_files(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "bad.csv"
