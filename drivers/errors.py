@@ -20,6 +20,12 @@ class DeviceError(Exception):
         super().__init__(f"{prefix}{message}. {self.hint}")
 
 
+class SimulationModelError(Exception):
+    """A simulated instrument's model failed (a chemistry model of a dry run raised, or answered with
+    the wrong shape). Not a device fault: no cable is to blame and retrying gives the same answer, so
+    drivers pass it through untouched and the engine stops the campaign with it."""
+
+
 class NotConnected(DeviceError):
     """The port could not be opened, or the device was used before ``connect()``."""
 

@@ -31,6 +31,7 @@ from drivers.errors import (
     DeviceTimeout,
     NoDeviceFound,
     OutOfRange,
+    SimulationModelError,
     SpectrometerError,
     UsbPermissionDenied,
 )
@@ -267,6 +268,8 @@ class OceanSpectrometer:
                 ),
                 dtype=float,
             )
+        except SimulationModelError:
+            raise
         except Exception as exc:  # noqa: BLE001
             # some units store no nonlinearity coefficients or have no electric dark pixels: seabreeze
             # says "This device does not support dark count/nonlinearity correction."; drop that one
@@ -318,7 +321,7 @@ class OceanSpectrometer:
     def _call(self, fn: Any) -> Any:
         try:
             return fn()
-        except DeviceError:
+        except (DeviceError, SimulationModelError):
             raise
         except Exception as exc:  # noqa: BLE001
             raise self._classify(exc, "the spectrometer refused a command") from exc

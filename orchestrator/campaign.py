@@ -31,7 +31,7 @@ import numpy as np
 import structlog
 import yaml
 
-from drivers.errors import DeviceError, StallAlarm
+from drivers.errors import DeviceError, SimulationModelError, StallAlarm
 from orchestrator import state
 from orchestrator.config_errors import ConfigError, Problem, validate_model
 from orchestrator.logging import bind, unbind
@@ -820,7 +820,7 @@ class _Runner:
                     )
                     continue
                 self._measure_condition(spec, cond)
-            self.store.finish_round(self.campaign_id, current.index, bounds_next=current.bounds)
+            self.store.finish_round(self.campaign_id, current.index)
             unbind("round", "condition", "attempt", "replicate")
 
     def _checkpoint_outside(self, spec: CampaignSpec) -> None:
@@ -1138,14 +1138,18 @@ class _Runner:
         except (CampaignError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            # a bug or an optimiser failure: pumps safe, the campaign faulted with the reason, the
-            # traceback in the log file; `sdl resume` continues once it is fixed
+            # a bug, an optimiser failure or (dry run) the chemistry model's failure: pumps safe, the
+            # campaign faulted with the reason, the traceback in the log file; `sdl resume` continues
+            # once it is fixed. Not a hold: no operator at the rig can mend it.
             log.exception("engine error")
             self.rig.safe_state()
             if state.FAULTED in state.allowed(self._status()):
-                self._set_status(
-                    state.FAULTED, reason=f"engine error: {type(exc).__name__}: {exc} (see the log)"
+                reason = (
+                    f"{exc}; fix the model, then `sdl resume {self.campaign_id}` or run again (see the log)"
+                    if isinstance(exc, SimulationModelError)
+                    else f"engine error: {type(exc).__name__}: {exc} (see the log)"
                 )
+                self._set_status(state.FAULTED, reason=reason)
                 return state.FAULTED
             raise
         finally:

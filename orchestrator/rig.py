@@ -19,7 +19,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.base import Spectrometer, SyringePump
-from drivers.errors import DeviceError
+from drivers.errors import DeviceError, SimulationModelError
 from orchestrator.config_errors import (
     ConfigError,
     CrossFieldProblems,
@@ -30,6 +30,7 @@ from orchestrator.config_errors import (
 from orchestrator.protocol import ExperimentProtocol
 from simulators.faults import FAULT_PATHS, ONE_WAY_FAULTS, PUMP_FAULTS, SPECTROMETER_FAULTS, Fault
 from simulators.serialsim import drop_bus, get_bus, parse_sim_url
+from simulators.spectrometer import SimulatedSeabreezeSpectrometer, model_absorbance, pixel_wavelengths
 from simulators.world import Clock, InputMap, VirtualClock, WallClock, World, set_world
 
 log = structlog.get_logger("orchestrator.rig")
@@ -576,33 +577,20 @@ def make_chemistry(spec: str, params: Mapping[str, Any] | None = None) -> Any:
 
 
 def _check_chemistry_takes(model: Any, spec: str, protocol: ExperimentProtocol) -> None:
-    """One droplet at the protocol's lower bounds (always feasible), so that a model that cannot take
-    the protocol's inputs fails now, naming both, not at the first replicate of a dry run."""
-    inputs = {name: v.bounds[0] for name, v in protocol.variables.items()}
+    """One droplet at the protocol's lower bounds (always feasible) and at the wavelengths the simulated
+    spectrometer will ask for (its pixels, about 200-850 nm, not the protocol's grid), so that a model
+    that cannot take either fails now, naming both, not at the first replicate of a dry run."""
+    inputs = {name: float(v.bounds[0]) for name, v in protocol.variables.items()}
     try:
-        spectrum = np.asarray(
-            model.droplet(inputs, protocol.wavelengths(), np.random.default_rng(0)), dtype=float
-        )
-    except Exception as exc:  # noqa: BLE001 - whatever the model raises, the pairing is the problem
-        raise ConfigError(
-            None,
-            [
-                Problem(
-                    "chemistry.model",
-                    f"{spec} cannot take protocol {protocol.name!r}'s inputs {sorted(inputs)} ({exc})",
-                )
-            ],
-        ) from exc
-    if spectrum.shape != protocol.wavelengths().shape:
-        raise ConfigError(
-            None,
-            [
-                Problem(
-                    "chemistry.model",
-                    f"{spec} returned {spectrum.shape} points for a {len(protocol.wavelengths())}-point grid",
-                )
-            ],
-        )
+        model_absorbance(model, inputs, pixel_wavelengths(), np.random.default_rng(0))
+    except SimulationModelError as exc:
+        raise ConfigError(None, [Problem(
+            "chemistry.model",
+            f"{exc}. Checked with one droplet at the lower bounds of protocol {protocol.name}: {spec} is "
+            "called as droplet(inputs, wavelengths, rng) with the protocol's variables by name, the "
+            "simulated spectrometer's pixel wavelengths and a numpy Generator, and returns one "
+            "absorbance per wavelength",
+        )]) from exc
 
 
 def build_rig(
@@ -696,8 +684,6 @@ def _make_spectrometer(s: SpectrometerConfig, world: World | None, world_name: s
 
     backend: Any = None
     if s.driver == "simulated":
-        from simulators.spectrometer import SimulatedSeabreezeSpectrometer
-
         backend = SimulatedSeabreezeSpectrometer(world=world, faults=[f.to_fault() for f in s.faults])
     return OceanSpectrometer(
         "spectrometer",

@@ -23,9 +23,9 @@ perfect match; ``null`` where a value does not exist yet)::
                  "grid_nm": [380, 800, 1],
                  "loss": "1 - delta * cos(minmax(A), minmax(target)) ..."},
       "rounds": [{
-        "index": 0, "strategy": "lhs", "status": "done",    # planned|measuring|done
+        "index": 0, "strategy": "composite_mix", "status": "done",  # planned|measuring|done
         "bounds": {"Q_AgNO3": [4, 20], ...},               # the bounds this round was drawn in
-        "bounds_next": {...} | null,                       # what the next round uses
+        "bounds_next": {...} | null,                       # the next round's bounds (null: not planned yet)
         "widened": ["Q_seed"],                             # variables whose bounds grew since the last round
         "conditions": [{
           "index": 0, "inputs": {"Q_AgNO3": 7.1, ...}, "source": "lhs",
@@ -166,7 +166,8 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
     rounds_out: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     previous: Mapping[str, Any] | None = {v["name"]: v["bounds"] for v in variables if v["bounds"]}
-    for rnd in store.rounds(campaign_id):
+    rounds = store.rounds(campaign_id)
+    for i, rnd in enumerate(rounds):
         conds_out = []
         for c in (c for c in conditions if c.round == rnd.index):
             conds_out.append(
@@ -206,9 +207,8 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
                 "strategy": rnd.strategy,
                 "status": rnd.status,
                 "bounds": {k: list(v) for k, v in rnd.bounds.items()},
-                "bounds_next": None
-                if rnd.bounds_next is None
-                else {k: list(v) for k, v in rnd.bounds_next.items()},
+                # the next round's own bounds: they are decided when it is planned, after this one ends
+                "bounds_next": {k: list(v) for k, v in rounds[i + 1].bounds.items()} if i + 1 < len(rounds) else None,
                 "widened": _widened(rnd.bounds, previous),
                 "conditions": conds_out,
             }

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from drivers.errors import SimulationModelError
 from simulators.faults import SPECTROMETER_FAULTS, Fault, FaultSchedule
 from simulators.world import World, get_world
 
@@ -39,6 +40,32 @@ ELECTRIC_DARK_PIXELS = tuple(range(2, 20))
 # third-order pixel -> wavelength calibration (nm); spans ~200-850 nm, slightly compressed to the red
 WAVELENGTH_COEFFS = (199.8, 0.3672, -2.38e-5, -1.0e-10)
 
+
+
+def model_name(model: Any) -> str:
+    """``module:Class`` of a chemistry model, as ``--chemistry`` names it."""
+    return f"{type(model).__module__}:{type(model).__qualname__}"
+
+
+def model_absorbance(model: Any, inputs: dict[str, float], wavelengths: np.ndarray, rng: Any) -> np.ndarray:
+    """One droplet's absorbance at ``wavelengths`` from the chemistry model, or a
+    :class:`SimulationModelError` that names the model, the inputs and what went wrong: a model that
+    raises, or answers with the wrong number of values, is the model's bug, not the spectrometer's."""
+    where = ", ".join(f"{k}={v:.4g}" for k, v in inputs.items())
+    try:
+        absorbance = np.asarray(model.droplet(inputs, wavelengths, rng), dtype=float)
+    except Exception as exc:
+        raise SimulationModelError(
+            f"chemistry model {model_name(model)} raised {type(exc).__name__}: {exc} at {where} "
+            f"(wavelengths {wavelengths[0]:.1f}-{wavelengths[-1]:.1f} nm, {len(wavelengths)} points)"
+        ) from exc
+    if absorbance.shape != wavelengths.shape:
+        raise SimulationModelError(
+            f"chemistry model {model_name(model)} returned {absorbance.size} values for "
+            f"{len(wavelengths)} wavelengths ({wavelengths[0]:.1f}-{wavelengths[-1]:.1f} nm) at {where}: "
+            "droplet() must return one absorbance per wavelength it is given"
+        )
+    return absorbance
 
 class SeaBreezeError(Exception):
     """What python-seabreeze raises; the simulator raises the same kind of error."""
@@ -233,8 +260,7 @@ class SimulatedSeabreezeSpectrometer:
         inputs = world.detector_inputs()
         if inputs is None or world.chemistry is None:
             return np.ones(PIXELS)
-        absorbance = np.asarray(world.chemistry.droplet(inputs, self._wavelengths, world.rng), dtype=float)
-        return np.power(10.0, -absorbance)
+        return np.power(10.0, -model_absorbance(world.chemistry, inputs, self._wavelengths, world.rng))
 
     def _expose(self) -> np.ndarray:
         t_s = self._integration_us * 1e-6

@@ -631,6 +631,78 @@ def test_target_and_chemistry_overrides_are_stored_and_used(
     assert all(loss is not None and loss < 0.02 for loss in losses)  # the model's peak is the target
 
 
+MODELS_THAT_FAIL = '''
+import numpy as np
+from scipy.interpolate import interp1d
+
+GRID = np.arange(380.0, 801.0)
+
+
+class Peak:
+    def droplet(self, inputs, wavelengths, rng):
+        return 0.9 * np.exp(-0.5 * ((np.asarray(wavelengths) - 600.0) / 60.0) ** 2)
+
+
+class Tired(Peak):
+    """Answers its first four droplets (the check before the run takes one), then fails."""
+
+    calls = 0
+
+    def droplet(self, inputs, wavelengths, rng):
+        self.calls += 1
+        return super().droplet(inputs, wavelengths, rng) if self.calls <= 4 else self.fail(inputs, wavelengths, rng)
+
+
+class TiredRaises(Tired):
+    def fail(self, inputs, wavelengths, rng):
+        raise ValueError("model not valid here")
+
+
+class TiredWrongShape(Tired):
+    def fail(self, inputs, wavelengths, rng):
+        return Peak.droplet(self, inputs, wavelengths, rng)[:421]
+
+
+class Tabulated:
+    """A table on the protocol's grid: it cannot answer at the spectrometer's 200-850 nm pixels."""
+
+    def droplet(self, inputs, wavelengths, rng):
+        return interp1d(GRID, np.exp(-0.5 * ((GRID - 600.0) / 60.0) ** 2))(wavelengths)
+'''
+
+
+@pytest.mark.parametrize(("model", "said"), [
+    ("TiredRaises", "raised ValueError: model not valid here at Q_AgNO3="),
+    ("TiredWrongShape", "returned 421 values for 2048 wavelengths"),
+])
+def test_a_chemistry_model_failing_mid_run_stops_the_dry_run_naming_the_model(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, said: str
+) -> None:
+    """Not a spectrometer fault held for an operator (the dry run would wait forever for one): the
+    campaign stops faulted, the reason names the model, what went wrong and the inputs; nothing is
+    retried as if a cable were loose, and what was measured before stays."""
+    (tmp_path / "failing_models.py").write_text(MODELS_THAT_FAIL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cid = start_campaign(
+        store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": f"failing_models:{model}"}
+    )
+    assert run(store, cid) == state.FAULTED
+    reason = store.campaign(cid).reason
+    assert f"chemistry model failing_models:{model} {said}" in reason and "fix the model" in reason
+    assert "USB" not in reason and "device_error" not in event_kinds(store, cid)
+    assert len(store.replicates(cid)) == 4 - 1  # the droplets measured before it failed are kept
+
+
+def test_a_model_that_cannot_answer_at_the_spectrometers_wavelengths_is_refused_before_the_run(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "failing_models.py").write_text(MODELS_THAT_FAIL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"Tabulated raised ValueError.*wavelengths 199\.8-85\d\.\d nm, 2048 points"):
+        start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, options={"chemistry": "failing_models:Tabulated"})
+    assert store.campaigns() == []
+
+
 def test_an_optimiser_failure_faults_the_campaign_with_the_reason(store: Store, tmp_path: Path) -> None:
     from orchestrator.optimize import registry
 

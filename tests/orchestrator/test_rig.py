@@ -460,7 +460,8 @@ def test_chemistry_that_cannot_take_the_protocols_inputs(
     with pytest.raises(ConfigError) as info:
         build_rig(load_rig(SIMULATED), renamed)
     message = str(info.value)
-    assert "simulators.chemistry:AgNanoprism cannot take protocol 'ag_nanoprism'" in message
+    assert "chemistry model simulators.chemistry:AgNanoprism raised" in message
+    assert "lower bounds of protocol ag_nanoprism" in message
     assert "Q_silver" in message
 
 

@@ -85,7 +85,7 @@ def campaign(store: Store) -> str:
     store.journal(cid, "reagent_used", data={"round": 0, "condition": 1, "ul": 400.0})
     store.finish_condition(cid, 0, 1, median_loss=None, mad=None, accepted=0, failed=True)
     b1 = {**b0, "Q_AgNO3": (2, 20)}
-    store.finish_round(cid, 0, bounds_next=b1)
+    store.finish_round(cid, 0)  # the engine does not know the next bounds yet when a round ends
     store.add_round(cid, 1, strategy="qnei", bounds=b1, conditions=[cond(3, 900, "qnei")], notes={})
     store.start_condition(
         cid, 1, 0, 0, rates={"AgNO3": 27.0, "PVA": 180.0, "TSC": 90.0, "seed": 90.0, "water": 513.0}
