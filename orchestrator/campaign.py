@@ -22,6 +22,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,10 +141,10 @@ def start_campaign(
             f"unknown campaign option(s) {', '.join(unknown)}; known: chemistry, target, max_rounds"
         )
     protocol_path, rig_path = Path(protocol_path), Path(rig_path)
-    protocol = load_protocol(protocol_path)
+    target = options.get("target")
+    protocol = load_protocol(protocol_path, target_file=target)
     rig_cfg = load_rig(rig_path)
     check_protocol_against_rig(protocol, rig_cfg, source=f"rig {rig_path} with protocol {protocol_path}")
-    target = options.get("target")
     try:
         target_file = Path(target) if target is not None else protocol.target_path
         target_csv = read_target_text(target_file)  # read once: the text checked is the text stored
@@ -235,6 +236,11 @@ class _Aborted(Exception):
 
 class _Fault(Exception):
     """A device that kept failing after its retries; the campaign is faulted until resumed."""
+
+
+class _Stopped(Exception):
+    """The campaign cannot usefully go on (every droplet of a round rejected): it ends faulted with this
+    reason, resumable once the cause is mended; not a hold, which a dry run would wait out forever."""
 
 
 class _Reequilibrate(Exception):
@@ -822,6 +828,22 @@ class _Runner:
                 self._measure_condition(spec, cond)
             self.store.finish_round(self.campaign_id, current.index)
             unbind("round", "condition", "attempt", "replicate")
+            self._check_round_measured(current.index)
+
+    def _check_round_measured(self, index: int) -> None:
+        """Droplets arrived but every condition of the round failed: going on would spend reagent on
+        rounds the optimiser learns nothing from, so the campaign stops with the commonest reasons."""
+        conditions = self.store.conditions(self.campaign_id, index)
+        replicates = self.store.replicates(self.campaign_id, index)
+        if not conditions or not replicates or not all(c.failed for c in conditions):
+            return
+        reasons = Counter((r.reject_reason or "accepted").split(":", 1)[0] for r in replicates)
+        common = ", ".join(f"{why} x{n}" for why, n in reasons.most_common(3))
+        raise _Stopped(
+            f"every condition of round {index} failed ({len(replicates)} droplets: {common}); check the "
+            "lamp, the flow cell and the syringes (on a dry run: the chemistry model's output, absorbance "
+            f"of one droplet), then `sdl resume {self.campaign_id}`"
+        )
 
     def _checkpoint_outside(self, spec: CampaignSpec) -> None:
         """A checkpoint between conditions: a hold here needs no re-equilibration of its own."""
@@ -1138,14 +1160,15 @@ class _Runner:
         except (CampaignError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            # a bug, an optimiser failure or (dry run) the chemistry model's failure: pumps safe, the
-            # campaign faulted with the reason, the traceback in the log file; `sdl resume` continues
-            # once it is fixed. Not a hold: no operator at the rig can mend it.
-            log.exception("engine error")
+            # a bug, an optimiser failure, (dry run) the chemistry model's failure or a round with
+            # nothing measured: pumps safe, the campaign faulted with the reason, the traceback in the
+            # log file; `sdl resume` continues once it is fixed. Not a hold: a dry run would wait forever.
+            log.exception("campaign stopped" if isinstance(exc, (_Stopped, SimulationModelError)) else "engine error")
             self.rig.safe_state()
             if state.FAULTED in state.allowed(self._status()):
                 reason = (
-                    f"{exc}; fix the model, then `sdl resume {self.campaign_id}` or run again (see the log)"
+                    str(exc) if isinstance(exc, _Stopped)
+                    else f"{exc}; fix the model, then `sdl resume {self.campaign_id}` or run again (see the log)"
                     if isinstance(exc, SimulationModelError)
                     else f"engine error: {type(exc).__name__}: {exc} (see the log)"
                 )

@@ -327,7 +327,7 @@ class ExperimentProtocol(_Strict):
         context = info.context or {}
         if context.get("base_dir") is not None:
             self._base_dir = Path(context["base_dir"])
-        problems = [*self._variable_problems(), *self._target_problems()]
+        problems = [*self._variable_problems(), *self._target_problems(context.get("target_file"))]
         if problems:
             raise CrossFieldProblems(problems)
         return self
@@ -371,11 +371,11 @@ class ExperimentProtocol(_Strict):
             )
         return problems
 
-    def _target_problems(self) -> list[Problem]:
+    def _target_problems(self, override: str | Path | None = None) -> list[Problem]:
         try:
-            self.target_spectrum()
+            self.target_spectrum(override)
         except TargetFileError as exc:
-            return [Problem("target.file", str(exc))]
+            return [Problem("target" if override is not None else "target.file", str(exc))]
         return []
 
     # -- the optimiser's view -------------------------------------------------------------------
@@ -510,11 +510,13 @@ class ExperimentProtocol(_Strict):
         return ranges
 
 
-def load_protocol(path: str | Path) -> ExperimentProtocol:
-    """Read and validate a protocol file; every problem comes back in one :class:`ConfigError`."""
+def load_protocol(path: str | Path, *, target_file: str | Path | None = None) -> ExperimentProtocol:
+    """Read and validate a protocol file; every problem comes back in one :class:`ConfigError`.
+    ``target_file`` (``--target``) is checked in place of the protocol's own target, which then need
+    not exist (a protocol copied without its target folder)."""
     path = Path(path)
     data = read_yaml_mapping(path, "protocol")
-    return validate_model(ExperimentProtocol, data, path, base_dir=path.resolve().parent)
+    return validate_model(ExperimentProtocol, data, path, base_dir=path.resolve().parent, target_file=target_file)
 
 
 def protocol_from_dict(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from campaign_support import (
     SIM_RIG,
+    TARGET,
     event_kinds,
     fingerprint,
     new_store,
@@ -481,7 +482,8 @@ def test_a_rig_that_does_not_connect_leaves_the_campaign_resumable(store: Store,
 def test_a_flooded_detector_rejects_replicates_remeasures_then_fails(store: Store, tmp_path: Path) -> None:
     rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "saturated", "at_s": 1}])
     cid = start(store, tmp_path, rig=rig, stop={"max_rounds": 1})
-    assert run(store, cid) == state.FINISHED
+    assert run(store, cid) == state.FAULTED  # nothing measured in the whole round: stop and say why
+    assert store.campaign(cid).reason.startswith("every condition of round 0 failed (9 droplets: saturated x9)")
     conditions = store.conditions(cid)
     assert all(c.status == "failed" and c.median_loss is None and c.attempt == 1 for c in conditions)
     every = store.replicates(cid, include_set_aside=True)
@@ -740,3 +742,39 @@ def test_an_exception_from_the_callers_wait_hook_reaches_the_caller(store: Store
     row = store.campaign(cid)
     assert row.status == state.PAUSED and row.owner is None
     assert all(rate == 0.0 for rate in get_world("simulated")._rates.values())
+
+
+def test_a_target_given_for_the_run_replaces_a_missing_protocol_target(store: Store, tmp_path: Path) -> None:
+    """A protocol copied into a folder of one's own without its targets/ folder runs with --target."""
+    protocol = tiny_protocol(tmp_path, target={"file": "targets/missing.csv"})
+    with pytest.raises(ConfigError, match="missing.csv"):
+        start_campaign(store, protocol, SIM_RIG)
+    target = tmp_path / "mine.csv"
+    target.write_text(TARGET.read_text())
+    cid = start_campaign(store, protocol, SIM_RIG, seed=SEED, options={"target": str(target)})
+    assert store.campaign(cid).options["target_csv"] == TARGET.read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("wavelength_nm,absorbance\n400,0.1\n")
+    with pytest.raises(ConfigError, match="bad.csv"):
+        start_campaign(store, protocol, SIM_RIG, options={"target": str(bad)})
+    assert len(store.campaigns()) == 1
+
+
+def test_a_round_whose_every_condition_failed_stops_the_campaign_with_the_reasons(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model answering in percent transmittance (or a lamp left off) makes every droplet unusable:
+    the campaign stops after that round, saying why, instead of spending its budget and "finishing"."""
+    (tmp_path / "transmittance.py").write_text(
+        "import numpy as np\n"
+        "class PercentT:\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return np.full(len(wavelengths), 95.0)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cid = start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": "transmittance:PercentT"})
+    assert run(store, cid) == state.FAULTED
+    row = store.campaign(cid)
+    assert row.reason.startswith("every condition of round 0 failed (") and f"sdl resume {cid}" in row.reason
+    assert [r.index for r in store.rounds(cid)] == [0]  # no second round spent
+    assert all(c.failed for c in store.conditions(cid)) and store.replicates(cid)  # the droplets are kept
