@@ -539,25 +539,36 @@ class Rig:
 def import_object(spec: str, what: str = "chemistry model") -> Any:
     """The object named ``module:Attr``, or a ConfigError that names it and says what went wrong."""
     module_name, _, attr = spec.partition(":")
+
+    def problem(text: str) -> ConfigError:
+        return ConfigError(None, [Problem("chemistry.model", text)])
+
     if not module_name or not attr:
-        raise ConfigError(None, [Problem("chemistry.model", f"{spec!r} is not module:Class")])
+        raise problem(f"{spec!r} is not module:Class")
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        dotted = module_name.removesuffix(".py").replace("\\", "/").strip("/").replace("/", ".")
+        raise problem(f"{spec!r} names a file; name the module with dots and without .py: {dotted}:{attr}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(
-            None,
-            [Problem("chemistry.model", f"cannot import module {module_name!r} of {what} {spec!r} ({exc})")],
+        raise problem(
+            f"cannot import module {module_name!r} of {what} {spec!r} ({exc}); sdl looks in the current "
+            f"folder ({Path.cwd()}) and on PYTHONPATH"
         ) from exc
     try:
         return getattr(module, attr)
     except AttributeError as exc:
-        raise ConfigError(
-            None, [Problem("chemistry.model", f"module {module_name!r} has no {attr!r} ({what} {spec!r})")]
+        where = getattr(module, "__file__", None) or "a namespace package"
+        raise problem(
+            f"module {module_name!r} ({where}) has no {attr!r} ({what} {spec!r}); if that is not your "
+            "file, another module of the same name comes first: rename yours"
         ) from exc
 
 
 def make_chemistry(spec: str, params: Mapping[str, Any] | None = None) -> Any:
     cls = import_object(spec)
+    if not callable(cls):
+        raise ConfigError(None, [Problem("chemistry.model", f"{spec} is not a class (it is {type(cls).__name__} {cls!r:.40})")])
     try:
         model = cls(**dict(params or {}))
     except Exception as exc:  # noqa: BLE001 - any constructor failure is a config problem of this rig

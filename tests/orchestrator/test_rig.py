@@ -271,8 +271,13 @@ def test_rate_limits_scale_with_the_barrel_area() -> None:
     ("chemistry", "expected"),
     [
         ("no_such_module:Model", "cannot import module 'no_such_module'"),
-        ("simulators.chemistry:NoSuchModel", "module 'simulators.chemistry' has no 'NoSuchModel'"),
+        ("no_such_module:Model", "sdl looks in the current folder"),
+        ("simulators.chemistry:NoSuchModel", "module 'simulators.chemistry' ("),
+        ("simulators.chemistry:NoSuchModel", "chemistry.py) has no 'NoSuchModel'"),
+        ("test:MyModel", "another module of the same name comes first: rename yours"),  # the stdlib's test
         ("simulators.chemistry", "is not module:Class"),
+        ("simulators/chemistry.py:TwoBand", "name the module with dots and without .py: simulators.chemistry:TwoBand"),
+        ("simulators.spectrometer:PIXELS", "is not a class (it is int 2048)"),
         ("collections:OrderedDict", "has no droplet(inputs, wavelengths, rng) method"),
     ],
 )
