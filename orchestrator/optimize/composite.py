@@ -36,6 +36,7 @@ from orchestrator.optimize.base import History, Observation, Space, Suggestion
 from orchestrator.optimize.constraints import candidate_set, check_space, make_feasible, refine_locally
 from orchestrator.optimize.gp import fit_subset, single_threaded
 from orchestrator.optimize.lhs import design_suggestion, round_rng
+from orchestrator.optimize.replicates import replicate_median
 from orchestrator.optimize.transforms import UnitScaler
 from orchestrator.optimize.widening import WideningPolicy, best_measured, edges_pressed, select_with_widening
 from orchestrator.spectra import SpectrumLoss, minmax
@@ -460,12 +461,23 @@ class MixedSurrogate:
         return self.main.predicted_spectra(x)
 
 
-def median_spectra(observations: list[Observation]) -> tuple[list[Observation], np.ndarray]:
-    """Measured conditions that carry spectra, and the median spectrum of each."""
-    rows = [o for o in observations if o.spectra is not None and len(o.spectra) and o.median_loss is not None]
+def median_spectra(observations: list[Observation],
+                   wavelengths: np.ndarray | None = None) -> tuple[list[Observation], np.ndarray]:
+    """Measured conditions that carry spectra, and the median spectrum of each: the replicates' median
+    over their finite points, a point missing in every replicate bridged along ``wavelengths``
+    (:func:`orchestrator.optimize.replicates.replicate_median`); a condition without any finite point
+    is left out. Every row returned is finite, as the PCA and the GPs need."""
+    rows, medians = [], []
+    for o in observations:
+        if o.median_loss is None:
+            continue
+        med = replicate_median(o.spectra, wavelengths)
+        if med is not None:
+            rows.append(o)
+            medians.append(med)
     if not rows:
         return [], np.empty((0, 0))
-    return rows, np.array([np.median(np.atleast_2d(o.spectra), axis=0) for o in rows])
+    return rows, np.array(medians)
 
 
 # new_ground_max: up to 5 of a batch go into ground a widening just opened (3 before): on the chemistries
@@ -491,7 +503,7 @@ class CompositeOptimizer:
 
     def _suggest(self, history: History, space: Space, n: int) -> Suggestion:
         check_space(space)
-        rows, spectra = median_spectra(history.measured())
+        rows, spectra = median_spectra(history.measured(), history.wavelengths)
         if len(rows) < int(self.s["k_min"]) + 3:
             return self._fallback(history, space, n, len(rows))
         rng = round_rng(self.seed, history.round_index)

@@ -34,9 +34,10 @@ import structlog
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.optimize.base import History, Observation, Space
+from orchestrator.optimize.base import History, Space
 from orchestrator.optimize.constraints import make_feasible, sample_feasible
 from orchestrator.optimize.registry import OptimizerSettingsError
+from orchestrator.optimize.replicates import replicate_mean
 from orchestrator.optimize.transforms import UnitScaler
 from orchestrator.spectra import SpectrumLoss
 
@@ -120,7 +121,8 @@ def parse_settings(
 
 @dataclass(frozen=True)
 class SpectrumData:
-    """Per-condition mean of the accepted replicate spectra and the replicate count (the weight)."""
+    """Per-condition mean of the accepted replicate spectra and the replicate count (the weight); points
+    missing in some replicates or all are handled by :func:`orchestrator.optimize.replicates.replicate_mean`."""
 
     x: np.ndarray  # (n, d) physical inputs
     mean: np.ndarray  # (n, n_wl)
@@ -130,7 +132,7 @@ class SpectrumData:
     def from_history(cls, history: History, names: Sequence[str]) -> SpectrumData:
         xs, means, counts = [], [], []
         for obs in history.observations:
-            spectrum, count = _mean_spectrum(obs)
+            spectrum, count = replicate_mean(obs.spectra, history.wavelengths)
             if spectrum is None:
                 continue
             xs.append([float(obs.inputs[n]) for n in names])
@@ -149,33 +151,6 @@ class SpectrumData:
         for a in (self.x, self.mean, self.count):
             h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
         return h.hexdigest()
-
-
-def _mean_spectrum(obs: Observation) -> tuple[np.ndarray | None, int]:
-    if obs.spectra is None:
-        return None, 0
-    s = np.atleast_2d(np.asarray(obs.spectra, dtype=float))
-    if s.shape[0] == 0:
-        return None, 0
-    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
-        mean = np.nanmean(s, axis=0)
-    bad = ~np.isfinite(mean)
-    if bad.all():
-        return None, 0
-    if bad.any():
-        # a point NaN in every replicate (screened spectra may keep a few): bridge it from its neighbours
-        idx = np.arange(len(mean))
-        mean[bad] = np.interp(idx[bad], idx[~bad], mean[~bad])
-    return mean, int(s.shape[0])
-
-
-@contextmanager
-def _quiet_nan_warnings():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        yield
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import numpy as np
 
 from orchestrator.optimize.base import History, Observation, Space
 from orchestrator.optimize.constraints import sample_feasible
+from orchestrator.optimize.replicates import replicate_median
 from orchestrator.spectra import SpectrumLoss
 
 
@@ -93,19 +94,11 @@ def probe_points(space: Space, n: int, seed: int) -> np.ndarray:
     return sample_feasible(space, n, np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED])))
 
 
-def measured_spectrum(obs: Observation) -> np.ndarray | None:
-    """A condition's measured spectrum: the median of its accepted replicate spectra."""
-    if obs.spectra is None:
-        return None
-    s = np.atleast_2d(np.asarray(obs.spectra, dtype=float))
-    if s.shape[0] == 0 or not np.isfinite(s).any():
-        return None
-    med = np.nanmedian(s, axis=0)
-    bad = ~np.isfinite(med)
-    if bad.any():
-        idx = np.arange(len(med))
-        med[bad] = np.interp(idx[bad], idx[~bad], med[~bad])
-    return med
+def measured_spectrum(obs: Observation, wavelengths: np.ndarray | None = None) -> np.ndarray | None:
+    """A condition's measured spectrum: the median of its accepted replicate spectra over their finite
+    points, a point missing in every replicate bridged along ``wavelengths``
+    (:func:`orchestrator.optimize.replicates.replicate_median`); None without spectra."""
+    return replicate_median(obs.spectra, wavelengths)
 
 
 def accuracy_from_history(history: History, round_index: int | None = None) -> Agreement | None:
@@ -115,7 +108,7 @@ def accuracy_from_history(history: History, round_index: int | None = None) -> A
     for obs in history.observations:
         if obs.prediction is None or obs.failed:
             continue
-        measured = measured_spectrum(obs)
+        measured = measured_spectrum(obs, history.wavelengths)
         if measured is None:
             continue
         pred = np.asarray(obs.prediction, dtype=float)

@@ -292,3 +292,53 @@ def test_the_map_gradient_written_out_matches_finite_differences() -> None:
         numeric = approx_fprime(theta, lambda t: f(t)[0], 1e-6)
         assert np.isfinite(value)
         assert np.allclose(grad, numeric, rtol=1e-4, atol=1e-5)
+
+
+def with_nan_band(hist: History, lo: float = 595.0, hi: float = 605.0, extra: bool = True) -> History:
+    """Every replicate NaN in a pixel band (a masked detector region, as screening keeps it), and some
+    replicates NaN at a few more points of their own."""
+    rng = np.random.default_rng(0)
+    band = (WL >= lo) & (WL <= hi)
+    for o in hist.observations:
+        if o.spectra is None:
+            continue
+        o.spectra = np.array(o.spectra, dtype=float)
+        o.spectra[:, band] = np.nan
+        if extra:
+            o.spectra[0, rng.choice(len(WL), 3, replace=False)] = np.nan
+    return hist
+
+
+@pytest.mark.parametrize("strategy", ["composite", "composite_mix", "composite_edge"])
+def test_replicate_spectra_with_nan_bands_give_a_finite_batch(strategy: str) -> None:
+    space = toy_space()
+    hist, _, _ = campaign("lhs", 5, 2, space)
+    hist.round_index = 3
+    with_nan_band(hist)
+    a = make_optimizer(strategy, FAST, WIDENING, 2).suggest(hist, space, 15)
+    x = a.space.to_array(a.batch)
+    assert x.shape == (15, 3) and np.isfinite(x).all() and a.space.feasible(x).all()
+    assert len(a.predictions) == 15 and np.isfinite(np.array(a.predictions)).all()
+    assert np.isfinite(a.notes["predicted_loss"]).all() and np.isfinite(LOSS(np.array(a.predictions))).all()
+    assert a.batch == make_optimizer(strategy, FAST, WIDENING, 2).suggest(hist, space, 15).batch
+
+
+def test_without_nan_the_batch_is_the_one_plain_medians_give(monkeypatch) -> None:
+    """The NaN handling changes nothing for spectra without NaN: the batch of the old ``np.median``
+    path, exactly."""
+    from orchestrator.optimize import composite
+
+    def plain_medians(observations, wavelengths=None):
+        rows = [o for o in observations if o.spectra is not None and len(o.spectra) and o.median_loss is not None]
+        return rows, np.array([np.median(np.atleast_2d(o.spectra), axis=0) for o in rows])
+
+    space = toy_space()
+    hist, _, _ = campaign("lhs", 5, 2, space)
+    hist.observations[0].failed, hist.observations[0].median_loss = True, None
+    hist.round_index = 3
+    new = {s: make_optimizer(s, FAST, WIDENING, 2).suggest(hist, space, 15) for s in ("composite", "composite_mix")}
+    monkeypatch.setattr(composite, "median_spectra", plain_medians)
+    for strategy, sug in new.items():
+        old = make_optimizer(strategy, FAST, WIDENING, 2).suggest(hist, space, 15)
+        assert sug.batch == old.batch
+        np.testing.assert_array_equal(np.array(sug.predictions), np.array(old.predictions))

@@ -314,3 +314,27 @@ def test_registered_strategies() -> None:
     assert dnn_only.name == "dnn"
     s = dnn_only.suggest(random_history(2, seed=2), toy_space(), 6)
     assert s.sources == ["dnn"] * 6
+
+
+def test_nan_bands_in_the_replicates_reach_neither_bo_nor_the_network() -> None:
+    """Screening keeps droplets with a few NaN points (a masked pixel band): two_step over its default BO
+    (composite_mix) gives a full, finite batch, with finite predictions and accuracy."""
+    history = random_history(3, seed=6)
+    band = np.abs(WAVELENGTHS - 600.0) < 5.0
+    for i, obs in enumerate(history.observations):
+        obs.spectra = np.array(obs.spectra, dtype=float)
+        obs.spectra[:, band] = np.nan
+        obs.spectra[i % len(obs.spectra), 3 * i % len(WAVELENGTHS)] = np.nan
+    clear_model_cache()
+    fast_bo = {"n_global": 384, "n_local": 192, "rerank": 64, "refine": 16, "mc_samples": 32}
+    opt = make_optimizer(
+        "two_step", {**FAST, "bo_settings": fast_bo, "policy": {**FAST["policy"], "bo_only_rounds": 0,
+                                                               "fixed_share": 0.4}}, None, 0)
+    s = opt.suggest(history, toy_space(), 10)
+    x = toy_space().to_array(s.batch)
+    assert x.shape == (10, 3) and toy_space().feasible(x).all()
+    assert s.sources.count("dnn") == 4 and s.sources.count("composite_mix") == 6
+    assert np.isfinite(np.array(s.predictions)).all()
+    policy = s.notes["policy"]
+    assert np.isfinite(policy["predicted_loss"]).all() and np.isfinite(policy["predicted_best"])
+    assert np.isfinite(policy["accuracy"]["cosine_mean"]) and np.isfinite(policy["stability"]["cosine_mean"])
