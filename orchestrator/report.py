@@ -593,7 +593,7 @@ def plot_best_spectra(data: ReportData, model: LossModel | None, path: Path, k: 
     for j, o in enumerate(best):
         ax = axes[j // cols][j % cols]
         spectra = None if o.spectra is None else np.atleast_2d(o.spectra)
-        median = measured_spectrum(o)
+        median = measured_spectrum(o, wl)
         if spectra is not None:
             for s in spectra[:30]:
                 ax.plot(wl, s, color="0.75", lw=0.6)

@@ -255,12 +255,14 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
             status = run_campaign(store, campaign_id, owner=_owner(), progress=progress)
         except KeyboardInterrupt:
             # the runner has stopped the pumps on its way out; leave the campaign resumable
+            # (a campaign already held, faulted or e-stopped, keeps that status and its reason)
             current = store.campaign(campaign_id).status
-            if state.PAUSED in state.allowed(current):
+            if current in state.ACTIVE and state.PAUSED in state.allowed(current):
                 store.set_status(
                     campaign_id, state.PAUSED, reason="interrupted at the terminal (Ctrl-C)", who=_who()
                 )
-            console.print(f"interrupted: {campaign_id} is paused; `sdl resume {campaign_id}` continues it")
+                current = state.PAUSED
+            console.print(f"interrupted: {campaign_id} is {current}; `sdl resume {campaign_id}` continues it")
         except CampaignError as exc:
             console.print(f"[bold red]error:[/] {exc}")
     row = store.campaign(campaign_id)

@@ -200,3 +200,28 @@ def test_a_faulted_run_exits_1_with_the_reason(tmp_path: Path, db: str, capsys, 
     out = capsys.readouterr().out
     assert "faulted: fault: New Era line" in out.replace("\n", " ")
     assert "aborted by carol" in out
+
+
+@pytest.mark.parametrize(("held", "reason", "after"), [
+    (state.RUNNING, "started", state.PAUSED),
+    (state.FAULTED, "fault: pump seed stalled, retried 3 times", state.FAULTED),
+])
+def test_ctrl_c_pauses_a_running_campaign_and_keeps_a_held_ones_reason(
+    tmp_path: Path, db: str, monkeypatch, capsys, held: str, reason: str, after: str
+) -> None:
+    """Ctrl-C at the terminal leaves the campaign resumable; one already held (faulted at 2 a.m.)
+    keeps the reason it was held for instead of 'interrupted'."""
+    import orchestrator.campaign as campaign
+
+    def interrupted(store, campaign_id, **kwargs):
+        store.set_status(campaign_id, state.RUNNING, reason="started", who="test")
+        if held != state.RUNNING:
+            store.set_status(campaign_id, held, reason=reason, who="system")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(campaign, "run_campaign", interrupted)
+    main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--seed", "4"])
+    (row,) = new_store(tmp_path / "runs").campaigns()
+    assert row.status == after
+    assert row.reason == (reason if after == held else "interrupted at the terminal (Ctrl-C)")
+    assert f"is {after}; `sdl resume {row.id}` continues it" in capsys.readouterr().out
