@@ -238,11 +238,6 @@ class _Fault(Exception):
     """A device that kept failing after its retries; the campaign is faulted until resumed."""
 
 
-class _Stopped(Exception):
-    """The campaign cannot usefully go on (every droplet of a round rejected): it ends faulted with this
-    reason, resumable once the cause is mended; not a hold, which a dry run would wait out forever."""
-
-
 class _Reequilibrate(Exception):
     """The flow was interrupted (pause, e-stop, fault): set it again and wait before the next replicate."""
 
@@ -828,21 +823,24 @@ class _Runner:
                 self._measure_condition(spec, cond)
             self.store.finish_round(self.campaign_id, current.index)
             unbind("round", "condition", "attempt", "replicate")
-            self._check_round_measured(current.index)
+            lost = self._round_lost(current.index)
+            if lost is not None:
+                self._hold(state.FAULTED, lost, "system")
 
-    def _check_round_measured(self, index: int) -> None:
-        """Droplets arrived but every condition of the round failed: going on would spend reagent on
-        rounds the optimiser learns nothing from, so the campaign stops with the commonest reasons."""
+    def _round_lost(self, index: int) -> str | None:
+        """Why the campaign must wait for an operator after round ``index``: droplets arrived but every
+        condition failed, so going on would spend reagent on rounds the optimiser learns nothing from
+        (a lamp left off, a blocked cell; on a dry run, a model answering in transmittance)."""
         conditions = self.store.conditions(self.campaign_id, index)
         replicates = self.store.replicates(self.campaign_id, index)
         if not conditions or not replicates or not all(c.failed for c in conditions):
-            return
+            return None
         reasons = Counter((r.reject_reason or "accepted").split(":", 1)[0] for r in replicates)
         common = ", ".join(f"{why} x{n}" for why, n in reasons.most_common(3))
-        raise _Stopped(
+        return (
             f"every condition of round {index} failed ({len(replicates)} droplets: {common}); check the "
-            "lamp, the flow cell and the syringes (on a dry run: the chemistry model's output, absorbance "
-            f"of one droplet), then `sdl resume {self.campaign_id}`"
+            "lamp, the flow cell and the syringes (on a dry run: that the chemistry model returns the "
+            "absorbance of one droplet), then resume to plan the next round"
         )
 
     def _checkpoint_outside(self, spec: CampaignSpec) -> None:
@@ -1160,15 +1158,14 @@ class _Runner:
         except (CampaignError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            # a bug, an optimiser failure, (dry run) the chemistry model's failure or a round with
-            # nothing measured: pumps safe, the campaign faulted with the reason, the traceback in the
-            # log file; `sdl resume` continues once it is fixed. Not a hold: a dry run would wait forever.
-            log.exception("campaign stopped" if isinstance(exc, (_Stopped, SimulationModelError)) else "engine error")
+            # a bug, an optimiser failure or (dry run) the chemistry model's failure: pumps safe, the
+            # campaign faulted with the reason, the traceback in the log file; `sdl resume` continues
+            # once it is fixed. Not a hold: no operator at the rig can mend it.
+            log.exception("chemistry model error" if isinstance(exc, SimulationModelError) else "engine error")
             self.rig.safe_state()
             if state.FAULTED in state.allowed(self._status()):
                 reason = (
-                    str(exc) if isinstance(exc, _Stopped)
-                    else f"{exc}; fix the model, then `sdl resume {self.campaign_id}` or run again (see the log)"
+                    f"{exc}; fix the model, then `sdl resume {self.campaign_id}` or run again (see the log)"
                     if isinstance(exc, SimulationModelError)
                     else f"engine error: {type(exc).__name__}: {exc} (see the log)"
                 )

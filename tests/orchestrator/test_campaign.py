@@ -482,8 +482,14 @@ def test_a_rig_that_does_not_connect_leaves_the_campaign_resumable(store: Store,
 def test_a_flooded_detector_rejects_replicates_remeasures_then_fails(store: Store, tmp_path: Path) -> None:
     rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "saturated", "at_s": 1}])
     cid = start(store, tmp_path, rig=rig, stop={"max_rounds": 1})
-    assert run(store, cid) == state.FAULTED  # nothing measured in the whole round: stop and say why
-    assert store.campaign(cid).reason.startswith("every condition of round 0 failed (9 droplets: saturated x9)")
+    held: list[str] = []
+
+    def operator(_: float) -> None:  # nothing measured in the whole round: held, saying why
+        held.append(store.campaign(cid).reason)
+        store.request_control(cid, "resume", who="operator", reason="detector checked")
+
+    assert run(store, cid, sleep=operator) == state.FINISHED  # resumed: the round budget is spent
+    assert held and held[0].startswith("every condition of round 0 failed (9 droplets: saturated x9)")
     conditions = store.conditions(cid)
     assert all(c.status == "failed" and c.median_loss is None and c.attempt == 1 for c in conditions)
     every = store.replicates(cid, include_set_aside=True)
@@ -760,11 +766,12 @@ def test_a_target_given_for_the_run_replaces_a_missing_protocol_target(store: St
     assert len(store.campaigns()) == 1
 
 
-def test_a_round_whose_every_condition_failed_stops_the_campaign_with_the_reasons(
+def test_a_round_whose_every_condition_failed_holds_the_campaign_with_the_reasons(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model answering in percent transmittance (or a lamp left off) makes every droplet unusable:
-    the campaign stops after that round, saying why, instead of spending its budget and "finishing"."""
+    the campaign waits for an operator after that round, saying why, instead of spending its budget
+    and reporting "finished"."""
     (tmp_path / "transmittance.py").write_text(
         "import numpy as np\n"
         "class PercentT:\n"
@@ -773,8 +780,15 @@ def test_a_round_whose_every_condition_failed_stops_the_campaign_with_the_reason
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     cid = start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": "transmittance:PercentT"})
-    assert run(store, cid) == state.FAULTED
-    row = store.campaign(cid)
-    assert row.reason.startswith("every condition of round 0 failed (") and f"sdl resume {cid}" in row.reason
-    assert [r.index for r in store.rounds(cid)] == [0]  # no second round spent
+    held: list[tuple[str, str, int]] = []
+
+    def operator(_: float) -> None:
+        row = store.campaign(cid)
+        held.append((row.status, row.reason, len(store.rounds(cid))))
+        store.request_control(cid, "abort", who="operator", reason="the model returns %T")
+
+    assert run(store, cid, sleep=operator) == state.ABORTED
+    status, reason, rounds = held[0]
+    assert status == state.FAULTED and reason.startswith("every condition of round 0 failed (")
+    assert rounds == 1  # held before a second round was planned
     assert all(c.failed for c in store.conditions(cid)) and store.replicates(cid)  # the droplets are kept
