@@ -112,8 +112,8 @@ def _fail(message: str, code: int) -> int:
 class RichProgress:
     """Progress bars for rounds, conditions and replicates, fed by the runner's progress events."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
+    def __init__(self, console: Console, campaign_id: str = "CAMPAIGN") -> None:
+        self.console, self.campaign_id = console, campaign_id
         self.bars = Progress(
             TextColumn("{task.description:<11}"),
             BarColumn(),
@@ -166,6 +166,12 @@ class RichProgress:
         elif event == "status":
             reason = f": {info['reason']}" if info.get("reason") else ""
             self.console.print(f"[bold]{info['status']}[/]{reason}")
+            if info["status"] in ("paused", "faulted", "estopped"):
+                cid = self.campaign_id
+                self.console.print(
+                    f"  waiting for an operator: `sdl resume {cid}` (another terminal, or the console) "
+                    f"continues, `sdl abort {cid}` ends it; Ctrl-C here leaves it {info['status']}"
+                )
             if info["status"] == "finished":  # the rounds run, whichever stop rule ended it
                 bars.update(self.rounds, completed=self.rounds_run, total=self.rounds_run)
 
@@ -250,7 +256,7 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
 
     log_path = log_path_for(store.url, campaign_id)
     status: str | None = None
-    with campaign_logging(log_path), RichProgress(console) as progress:
+    with campaign_logging(log_path), RichProgress(console, campaign_id) as progress:
         try:
             status = run_campaign(store, campaign_id, owner=_owner(), progress=progress)
         except KeyboardInterrupt:

@@ -237,12 +237,13 @@ class GreedyNoisyEI:
     them with common base samples; EI of the batch loss over the incumbents' sampled best."""
 
     def __init__(self, gp: BatchedGP, score_loss: ScoreLoss, baseline_u: np.ndarray, rng: np.random.Generator,
-                 *, n_samples: int, failed_u: np.ndarray, tau: float = 1e-4, failed_radius: float = 0.05) -> None:
+                 *, n_samples: int, failed_u: np.ndarray, tau: float = 1e-4) -> None:
         self.gp, self.score_loss, self.rng = gp, score_loss, rng
         self.k = gp.x.shape[0]
         self.m = n_samples
-        self.tau, self.failed_radius = tau, failed_radius
+        self.tau = tau
         self.failed_u = torch.as_tensor(failed_u, dtype=DTYPE)
+        self._success: SuccessModel | None = None
         self.y_mean = torch.as_tensor(gp.y_mean, dtype=DTYPE)
         self.y_std = torch.as_tensor(gp.y_std, dtype=DTYPE)
         self.p_u = torch.empty((0, baseline_u.shape[1]), dtype=DTYPE)
@@ -338,10 +339,63 @@ class GreedyNoisyEI:
             soft = torch.nn.functional.softplus(improvement / self.tau) * self.tau
             value = torch.log(soft.mean(-1).clamp_min(1e-300))
             if len(self.failed_u):
-                d2 = torch.cdist(part, self.failed_u).square()
-                value = value + torch.log1p(-torch.exp(-d2 / (2 * self.failed_radius**2)) + 1e-12).sum(-1)
+                # EI weighted by the chance of a measurement, and (the probabilistic constraint of Gelbart
+                # et al.) ground where failures outweigh successes more than 2 : 1 ranked last
+                log_p = self.log_success(part)
+                value = value + log_p - 1e6 * (log_p < math.log(1.0 / 3.0))
             out.append(value)
         return torch.cat(out).numpy()
+
+    def log_success(self, u: torch.Tensor) -> torch.Tensor:
+        """Log of the chance that a condition at ``u`` gives a measurement at all (constrained BO with an
+        unknown constraint weighs EI by it, Gelbart et al., UAI 2014); :class:`SuccessModel`."""
+        if self._success is None:
+            self._success = SuccessModel(self.gp.x[0], self.failed_u)
+        return self._success.log_p(u)
+
+
+class SuccessModel:
+    """Where do conditions give a measurement at all? The kernel-weighted share of successes among the
+    measured conditions near a point, shrunk toward the campaign's overall share by one
+    pseudo-observation, with length scales of its own (leave-one-out likelihood): which inputs a
+    failure depends on need not be those the spectra do. Near a cluster of failures the chance is low;
+    in ground where nothing was measured, the overall share; next to a lone failure among successes
+    (a bubble), barely lower."""
+
+    def __init__(self, ok: torch.Tensor, bad: torch.Tensor) -> None:
+        self.ok, self.bad = ok, bad
+        self.prior = (len(ok) + 1.0) / (len(ok) + len(bad) + 2.0)
+        self.ls = self._length_scales()
+
+    def log_p(self, u: torch.Tensor) -> torch.Tensor:
+        w_ok = BatchedGP.kernel(u[None], self.ok[None], self.ls[None, None])[0].sum(-1)
+        w_bad = BatchedGP.kernel(u[None], self.bad[None], self.ls[None, None])[0].sum(-1)
+        return torch.log((self.prior + w_ok) / (1.0 + w_ok + w_bad))
+
+    def _length_scales(self, at_most: int = 240) -> torch.Tensor:
+        """The length scales (0.02-10 unit widths) whose kernel share best predicts each measured
+        condition's outcome from the others (leave-one-out log likelihood, L-BFGS-B in log units), on at
+        most ``at_most`` conditions (up to half of them failures, the rest successes, a fixed subset)."""
+        pick = np.random.default_rng(len(self.ok) + 7919 * len(self.bad))
+        bad = self.bad[np.sort(pick.permutation(len(self.bad))[: at_most // 2])]
+        ok = self.ok[np.sort(pick.permutation(len(self.ok))[: at_most - len(bad)])]
+        x = torch.cat([ok, bad])
+        y = torch.cat([torch.ones(len(ok), dtype=DTYPE), torch.zeros(len(bad), dtype=DTYPE)])
+        off = 1.0 - torch.eye(len(x), dtype=DTYPE)
+
+        def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            with torch.enable_grad():  # the batch selection runs under no_grad
+                t = torch.as_tensor(theta, dtype=DTYPE).requires_grad_(True)
+                w = BatchedGP.kernel(x[None], x[None], torch.exp(t)[None, None])[0] * off
+                p = ((self.prior + w @ y) / (1.0 + w.sum(-1))).clamp(1e-6, 1 - 1e-6)
+                value = -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).mean()
+                value.backward()
+            return float(value.detach()), t.grad.numpy().copy()
+
+        d = x.shape[1]
+        res = minimize(nll, np.full(d, math.log(0.3)), jac=True, method="L-BFGS-B",
+                       bounds=[(math.log(0.02), math.log(10.0))] * d, options={"maxiter": 30})
+        return torch.exp(torch.as_tensor(res.x, dtype=DTYPE))
 
 
 class CompositeSurrogate:

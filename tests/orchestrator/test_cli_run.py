@@ -199,6 +199,8 @@ def test_a_faulted_run_exits_1_with_the_reason(tmp_path: Path, db: str, capsys, 
     assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(rig), "--db", db]) == 3
     out = capsys.readouterr().out
     assert "faulted: fault: New Era line" in out.replace("\n", " ")
+    (row,) = new_store(tmp_path / "runs").campaigns()
+    assert f"waiting for an operator: `sdl resume {row.id}`" in out.replace("\n", " ")
     assert "aborted by carol" in out
 
 
