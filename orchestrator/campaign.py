@@ -238,6 +238,10 @@ class _Fault(Exception):
     """A device that kept failing after its retries; the campaign is faulted until resumed."""
 
 
+# droplet reject reasons (orchestrator.screening) that point at the instrument, not at the chemistry
+INSTRUMENT_REJECTS = frozenset({"saturated", "no_light"})
+
+
 class _Reequilibrate(Exception):
     """The flow was interrupted (pause, e-stop, fault): set it again and wait before the next replicate."""
 
@@ -829,18 +833,24 @@ class _Runner:
 
     def _round_lost(self, index: int) -> str | None:
         """Why the campaign must wait for an operator after round ``index``: droplets arrived but every
-        condition failed, so going on would spend reagent on rounds the optimiser learns nothing from
-        (a lamp left off, a blocked cell; on a dry run, a model answering in transmittance)."""
+        condition failed, mostly on the instrument's side (a flooded detector, no light: a lamp left
+        off, a blocked cell; on a dry run, a model answering in transmittance), so going on would spend
+        reagent on rounds the optimiser learns nothing from. Failures on the chemistry's side (no valid
+        spectrum, no product: NaN or empty droplets) are the optimiser's to avoid: journaled, no hold."""
         conditions = self.store.conditions(self.campaign_id, index)
         replicates = self.store.replicates(self.campaign_id, index)
         if not conditions or not replicates or not all(c.failed for c in conditions):
             return None
         reasons = Counter((r.reject_reason or "accepted").split(":", 1)[0] for r in replicates)
         common = ", ".join(f"{why} x{n}" for why, n in reasons.most_common(3))
+        what = f"every condition of round {index} failed ({len(replicates)} droplets: {common})"
+        if reasons.most_common(1)[0][0] not in INSTRUMENT_REJECTS:
+            log.warning("round failed", round=index, reasons=dict(reasons))
+            self.store.journal(self.campaign_id, "round_failed", reason=what, data={"round": index})
+            return None
         return (
-            f"every condition of round {index} failed ({len(replicates)} droplets: {common}); check the "
-            "lamp, the flow cell and the syringes (on a dry run: that the chemistry model returns the "
-            "absorbance of one droplet), then resume to plan the next round"
+            f"{what}; check the lamp, the flow cell and the detector (on a dry run: that the chemistry "
+            "model returns the absorbance of one droplet), then resume to plan the next round"
         )
 
     def _checkpoint_outside(self, spec: CampaignSpec) -> None:

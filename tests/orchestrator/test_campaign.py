@@ -792,3 +792,27 @@ def test_a_round_whose_every_condition_failed_holds_the_campaign_with_the_reason
     assert status == state.FAULTED and reason.startswith("every condition of round 0 failed (")
     assert rounds == 1  # held before a second round was planned
     assert all(c.failed for c in store.conditions(cid)) and store.replicates(cid)  # the droplets are kept
+
+
+def test_a_round_failing_on_the_chemistrys_side_is_journaled_and_the_campaign_goes_on(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No valid spectrum anywhere the round looked (a model with no data there, no product) is the
+    optimiser's to steer away from, not an operator's to mend: no hold, the next round is planned."""
+    (tmp_path / "no_product.py").write_text(
+        "import numpy as np\n"
+        "class NoSpectrum:\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return np.full(len(wavelengths), np.nan)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cid = start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": "no_product:NoSpectrum"})
+
+    def operator(_: float) -> None:
+        raise AssertionError(f"held: {store.campaign(cid).reason}")
+
+    assert run(store, cid, sleep=operator) == state.FINISHED
+    assert len(store.rounds(cid)) == 2 and all(c.failed for c in store.conditions(cid))
+    failed_rounds = [e for e in store.events(cid, limit=10_000) if e.kind == "round_failed"]
+    assert [e.data["round"] for e in failed_rounds] == [0, 1]
+    assert "nan x" in failed_rounds[0].reason
