@@ -37,6 +37,7 @@ from orchestrator.optimize.constraints import candidate_set, check_space, make_f
 from orchestrator.optimize.gp import fit_subset, single_threaded
 from orchestrator.optimize.lhs import design_suggestion, round_rng
 from orchestrator.optimize.replicates import replicate_median
+from orchestrator.optimize.success import UNLIKELY, SuccessModel, matern52
 from orchestrator.optimize.transforms import UnitScaler
 from orchestrator.optimize.widening import WideningPolicy, best_measured, edges_pressed, select_with_widening
 from orchestrator.spectra import SpectrumLoss, minmax
@@ -126,14 +127,7 @@ class BatchedGP:
     def __init__(self, max_iter: int = 60) -> None:
         self.max_iter = max_iter
 
-    @staticmethod
-    def kernel(a: torch.Tensor, b: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
-        """(k, n, d) x (k, m, d) with ls (k, 1, d) -> (k, n, m)."""
-        a, b = a / ls, b / ls
-        # |a|^2 + |b|^2 - 2 a.b: one matmul, and a cheap backward (cdist's is slow)
-        d2 = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * a @ b.transpose(-1, -2)
-        r = torch.sqrt(d2.clamp_min(1e-12)) * math.sqrt(5.0)
-        return (1.0 + r + r.square() / 3.0) * torch.exp(-r)
+    kernel = staticmethod(matern52)
 
     @staticmethod
     def map_objective(u: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
@@ -342,7 +336,7 @@ class GreedyNoisyEI:
                 # EI weighted by the chance of a measurement, and (the probabilistic constraint of Gelbart
                 # et al.) ground where failures outweigh successes more than 2 : 1 ranked last
                 log_p = self.log_success(part)
-                value = value + log_p - 1e6 * (log_p < math.log(1.0 / 3.0))
+                value = value + log_p - 1e6 * (log_p < UNLIKELY)
             out.append(value)
         return torch.cat(out).numpy()
 
@@ -352,50 +346,6 @@ class GreedyNoisyEI:
         if self._success is None:
             self._success = SuccessModel(self.gp.x[0], self.failed_u)
         return self._success.log_p(u)
-
-
-class SuccessModel:
-    """Where do conditions give a measurement at all? The kernel-weighted share of successes among the
-    measured conditions near a point, shrunk toward the campaign's overall share by one
-    pseudo-observation, with length scales of its own (leave-one-out likelihood): which inputs a
-    failure depends on need not be those the spectra do. Near a cluster of failures the chance is low;
-    in ground where nothing was measured, the overall share; next to a lone failure among successes
-    (a bubble), barely lower."""
-
-    def __init__(self, ok: torch.Tensor, bad: torch.Tensor) -> None:
-        self.ok, self.bad = ok, bad
-        self.prior = (len(ok) + 1.0) / (len(ok) + len(bad) + 2.0)
-        self.ls = self._length_scales()
-
-    def log_p(self, u: torch.Tensor) -> torch.Tensor:
-        w_ok = BatchedGP.kernel(u[None], self.ok[None], self.ls[None, None])[0].sum(-1)
-        w_bad = BatchedGP.kernel(u[None], self.bad[None], self.ls[None, None])[0].sum(-1)
-        return torch.log((self.prior + w_ok) / (1.0 + w_ok + w_bad))
-
-    def _length_scales(self, at_most: int = 240) -> torch.Tensor:
-        """The length scales (0.02-10 unit widths) whose kernel share best predicts each measured
-        condition's outcome from the others (leave-one-out log likelihood, L-BFGS-B in log units), on at
-        most ``at_most`` conditions (up to half of them failures, the rest successes, a fixed subset)."""
-        pick = np.random.default_rng(len(self.ok) + 7919 * len(self.bad))
-        bad = self.bad[np.sort(pick.permutation(len(self.bad))[: at_most // 2])]
-        ok = self.ok[np.sort(pick.permutation(len(self.ok))[: at_most - len(bad)])]
-        x = torch.cat([ok, bad])
-        y = torch.cat([torch.ones(len(ok), dtype=DTYPE), torch.zeros(len(bad), dtype=DTYPE)])
-        off = 1.0 - torch.eye(len(x), dtype=DTYPE)
-
-        def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            with torch.enable_grad():  # the batch selection runs under no_grad
-                t = torch.as_tensor(theta, dtype=DTYPE).requires_grad_(True)
-                w = BatchedGP.kernel(x[None], x[None], torch.exp(t)[None, None])[0] * off
-                p = ((self.prior + w @ y) / (1.0 + w.sum(-1))).clamp(1e-6, 1 - 1e-6)
-                value = -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).mean()
-                value.backward()
-            return float(value.detach()), t.grad.numpy().copy()
-
-        d = x.shape[1]
-        res = minimize(nll, np.full(d, math.log(0.3)), jac=True, method="L-BFGS-B",
-                       bounds=[(math.log(0.02), math.log(10.0))] * d, options={"maxiter": 30})
-        return torch.exp(torch.as_tensor(res.x, dtype=DTYPE))
 
 
 class CompositeSurrogate:

@@ -38,6 +38,7 @@ from orchestrator.optimize.base import History, Space
 from orchestrator.optimize.constraints import make_feasible, sample_feasible
 from orchestrator.optimize.registry import OptimizerSettingsError
 from orchestrator.optimize.replicates import replicate_mean
+from orchestrator.optimize.success import UNLIKELY, SuccessModel
 from orchestrator.optimize.transforms import UnitScaler
 from orchestrator.spectra import SpectrumLoss
 
@@ -438,6 +439,12 @@ def search_batch(
     for pts, radius in ((measured, settings.measured_distance), (failed, settings.failed_distance)):
         if pts is not None and len(pts) and radius > 0:
             blocked |= _min_dist(u, unit.to_unit(np.atleast_2d(pts))) < radius
+    if failed is not None and len(failed) and measured is not None and len(measured):
+        # ground where failures outweigh successes (orchestrator.optimize.success), as the composite does
+        success = SuccessModel(torch.as_tensor(unit.to_unit(np.atleast_2d(measured))),
+                               torch.as_tensor(unit.to_unit(np.atleast_2d(failed))))
+        with torch.no_grad():
+            blocked |= (success.log_p(torch.as_tensor(u)) < UNLIKELY).numpy()
     order = np.argsort(np.where(blocked, np.inf, score), kind="stable")
     order = order[~blocked[order]] if (~blocked).sum() >= n else order
 

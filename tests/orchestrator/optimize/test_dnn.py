@@ -156,3 +156,23 @@ def test_settings_errors_name_the_key() -> None:
     with pytest.raises(OptimizerSettingsError, match=r"search\.candidates"):
         parse_settings({"search": {"candidates": 5}})
     assert parse_settings({"model": {"members": 2}}).model.members == 2
+
+
+def test_batch_stays_out_of_ground_where_failures_outweigh_successes(ensemble: SpectrumEnsemble) -> None:
+    """The network's favourite ground failed, over and over (a precipitate): its batch goes elsewhere,
+    though the failures are too far apart for the fixed exclusion radius alone to cover the ground."""
+    space = toy_space()
+    unit = UnitScaler.for_space(space)
+    free = search_batch(ensemble, space, toy_loss(), 6, np.random.default_rng(0), SearchSettings())
+    centre = unit.to_unit(free.x).mean(axis=0)
+    rng = np.random.default_rng(1)
+    around = np.clip(centre + rng.uniform(-0.2, 0.2, (30, len(centre))), 0, 1)
+    failed = unit.from_unit(around)
+    failed = failed[space.feasible(failed)]
+    measured = sample_feasible(space, 40, np.random.default_rng(2))
+    far = np.abs(unit.to_unit(measured) - centre).max(axis=1) > 0.3
+    batch = search_batch(ensemble, space, toy_loss(), 6, np.random.default_rng(0), SearchSettings(),
+                         measured=measured[far], failed=failed)
+    inside = np.abs(unit.to_unit(batch.x) - centre).max(axis=1) < 0.15
+    assert np.abs(unit.to_unit(free.x) - centre).max(axis=1).min() < 0.15  # it did want to go there
+    assert inside.sum() == 0, unit.to_unit(batch.x)

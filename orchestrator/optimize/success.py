@@ -1,0 +1,72 @@
+"""Where do conditions give a measurement at all? A model of success and failure for the optimisers.
+
+A condition fails when too few of its droplets pass screening: no valid spectrum, no product, a
+precipitate. Failures carry no spectrum, so a model of the spectra cannot learn from them; this one
+does, and the optimisers weigh or block candidates with it (constrained Bayesian optimisation with an
+unknown constraint, Gelbart, Snoek & Adams, UAI 2014).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+
+DTYPE = torch.float64
+# below this chance of a measurement a candidate is not worth a condition: failures outweigh successes 2:1
+UNLIKELY = math.log(1.0 / 3.0)
+
+
+def matern52(a: torch.Tensor, b: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
+    """Matern 5/2 correlation, (k, n, d) x (k, m, d) with length scales ls (k, 1, d) -> (k, n, m)."""
+    a, b = a / ls, b / ls
+    # |a|^2 + |b|^2 - 2 a.b: one matmul, and a cheap backward (cdist's is slow)
+    d2 = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * a @ b.transpose(-1, -2)
+    r = torch.sqrt(d2.clamp_min(1e-12)) * math.sqrt(5.0)
+    return (1.0 + r + r.square() / 3.0) * torch.exp(-r)
+
+
+class SuccessModel:
+    """Where do conditions give a measurement at all? The kernel-weighted share of successes among the
+    measured conditions near a point, shrunk toward the campaign's overall share by one
+    pseudo-observation, with length scales of its own (leave-one-out likelihood): which inputs a
+    failure depends on need not be those the spectra do. Near a cluster of failures the chance is low;
+    in ground where nothing was measured, the overall share; next to a lone failure among successes
+    (a bubble), barely lower."""
+
+    def __init__(self, ok: torch.Tensor, bad: torch.Tensor) -> None:
+        self.ok, self.bad = ok, bad
+        self.prior = (len(ok) + 1.0) / (len(ok) + len(bad) + 2.0)
+        self.ls = self._length_scales()
+
+    def log_p(self, u: torch.Tensor) -> torch.Tensor:
+        w_ok = matern52(u[None], self.ok[None], self.ls[None, None])[0].sum(-1)
+        w_bad = matern52(u[None], self.bad[None], self.ls[None, None])[0].sum(-1)
+        return torch.log((self.prior + w_ok) / (1.0 + w_ok + w_bad))
+
+    def _length_scales(self, at_most: int = 240) -> torch.Tensor:
+        """The length scales (0.02-10 unit widths) whose kernel share best predicts each measured
+        condition's outcome from the others (leave-one-out log likelihood, L-BFGS-B in log units), on at
+        most ``at_most`` conditions (up to half of them failures, the rest successes, a fixed subset)."""
+        pick = np.random.default_rng(len(self.ok) + 7919 * len(self.bad))
+        bad = self.bad[np.sort(pick.permutation(len(self.bad))[: at_most // 2])]
+        ok = self.ok[np.sort(pick.permutation(len(self.ok))[: at_most - len(bad)])]
+        x = torch.cat([ok, bad])
+        y = torch.cat([torch.ones(len(ok), dtype=DTYPE), torch.zeros(len(bad), dtype=DTYPE)])
+        off = 1.0 - torch.eye(len(x), dtype=DTYPE)
+
+        def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            with torch.enable_grad():  # the batch selection runs under no_grad
+                t = torch.as_tensor(theta, dtype=DTYPE).requires_grad_(True)
+                w = matern52(x[None], x[None], torch.exp(t)[None, None])[0] * off
+                p = ((self.prior + w @ y) / (1.0 + w.sum(-1))).clamp(1e-6, 1 - 1e-6)
+                value = -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).mean()
+                value.backward()
+            return float(value.detach()), t.grad.numpy().copy()
+
+        d = x.shape[1]
+        res = minimize(nll, np.full(d, math.log(0.3)), jac=True, method="L-BFGS-B",
+                       bounds=[(math.log(0.02), math.log(10.0))] * d, options={"maxiter": 30})
+        return torch.exp(torch.as_tensor(res.x, dtype=DTYPE))
