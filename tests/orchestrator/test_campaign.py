@@ -7,6 +7,7 @@ under a second; waits for an operator are the test's own ``sleep`` hook, never w
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -766,20 +767,26 @@ def test_a_target_given_for_the_run_replaces_a_missing_protocol_target(store: St
     assert len(store.campaigns()) == 1
 
 
+def flat_model_campaign(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: float) -> str:
+    """A campaign on a chemistry model whose every droplet reads ``value`` at every wavelength."""
+    (tmp_path / "flat_model.py").write_text(
+        "import numpy as np\n"
+        "class Flat:\n"
+        f"    def droplet(self, inputs, wavelengths, rng):\n        return np.full(len(wavelengths), {value!r})\n"
+        .replace("nan", "np.nan")
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flat_model", raising=False)  # another test's flat model
+    return start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": "flat_model:Flat"})
+
+
 def test_a_round_whose_every_condition_failed_holds_the_campaign_with_the_reasons(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model answering in percent transmittance (or a lamp left off) makes every droplet unusable:
     the campaign waits for an operator after that round, saying why, instead of spending its budget
     and reporting "finished"."""
-    (tmp_path / "transmittance.py").write_text(
-        "import numpy as np\n"
-        "class PercentT:\n"
-        "    def droplet(self, inputs, wavelengths, rng):\n"
-        "        return np.full(len(wavelengths), 95.0)\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    cid = start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": "transmittance:PercentT"})
+    cid = flat_model_campaign(store, tmp_path, monkeypatch, 95.0)  # %T read as absorbance: no light
     held: list[tuple[str, str, int]] = []
 
     def operator(_: float) -> None:
@@ -799,14 +806,7 @@ def test_a_round_failing_on_the_chemistrys_side_is_journaled_and_the_campaign_go
 ) -> None:
     """No valid spectrum anywhere the round looked (a model with no data there, no product) is the
     optimiser's to steer away from, not an operator's to mend: no hold, the next round is planned."""
-    (tmp_path / "no_product.py").write_text(
-        "import numpy as np\n"
-        "class NoSpectrum:\n"
-        "    def droplet(self, inputs, wavelengths, rng):\n"
-        "        return np.full(len(wavelengths), np.nan)\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    cid = start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": "no_product:NoSpectrum"})
+    cid = flat_model_campaign(store, tmp_path, monkeypatch, float("nan"))
 
     def operator(_: float) -> None:
         raise AssertionError(f"held: {store.campaign(cid).reason}")
