@@ -15,6 +15,7 @@ that polls ``events(after_id=last)`` never misses one. The API is agreed in
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -83,6 +84,10 @@ class DuplicateReplicate(StoreError):
 
 class CampaignClaimed(StoreError):
     """Another live process drives this campaign."""
+
+
+class RigBusy(CampaignClaimed):
+    """Another campaign on the same rig is driven by a live process: one campaign per rig at a time."""
 
 
 class ClaimLost(StoreError):
@@ -829,12 +834,39 @@ class Store:
                     f"{row.heartbeat_at:%H:%M:%S} UTC); stop that process first, or wait "
                     f"{stale_after_s:.0f} s after it died"
                 )
+            other = self._rig_busy(conn, row.rig_name, owner, campaign_id, now)
+            if other is not None:
+                raise RigBusy(
+                    f"rig {row.rig_name!r} is driving campaign {other.id} ({other.status}, by {other.owner}, "
+                    f"heartbeat at {other.heartbeat_at:%H:%M:%S} UTC): one campaign per rig at a time; wait "
+                    f"for it to end, abort it, or queue this one for the rig's agent (sdl run --queue)"
+                )
             conn.execute(
                 campaigns_t.update()
                 .where(campaigns_t.c.id == campaign_id)
                 .values(owner=owner, heartbeat_at=now, claimed_at=now)
             )
             self._event(conn, campaign_id, "claimed", who=owner, data={"owner": owner, "previous": row.owner})
+
+    def _rig_busy(self, conn: Connection, rig_name: str, owner: str, except_id: str | None, now: datetime) -> CampaignRow | None:
+        """Another campaign on ``rig_name`` that another live process drives (it holds the rig's pumps,
+        also while held for an operator), or None. On PostgreSQL the rig's claims are serialised by a
+        transaction-level advisory lock, so two processes cannot both find the rig free."""
+        if conn.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.blake2b(f"sdl-rig:{rig_name}".encode(), digest_size=8).digest(), "big", signed=True)
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        c = campaigns_t.c
+        query = sa.select(campaigns_t).where(
+            c.rig_name == rig_name,
+            c.owner.is_not(None),
+            c.owner != owner,
+            c.heartbeat_at > now - timedelta(seconds=STALE_AFTER_S),
+            c.status.not_in(sorted(state.ENDED)),
+        )
+        if except_id is not None:
+            query = query.where(c.id != except_id)
+        r = conn.execute(query.order_by(c.heartbeat_at.desc()).limit(1)).mappings().first()
+        return None if r is None else CampaignRow(**r)
 
     def heartbeat(self, campaign_id: str, owner: str) -> None:
         """Prove ``owner`` is alive; raises :class:`ClaimLost` if another process took the campaign."""
@@ -869,12 +901,16 @@ class Store:
 
     def claim_next(self, rig_name: str, owner: str, *, stale_after_s: float = STALE_AFTER_S) -> str | None:
         """For an agent: claim the oldest queued campaign for ``rig_name`` nobody live holds; its id or None.
+        None as well while another process drives a campaign on that rig (one campaign per rig at a
+        time: two would command the same pumps).
 
         The choice is made in SQL (one row, ``LIMIT 1``); on PostgreSQL that row is locked
-        ``FOR UPDATE SKIP LOCKED``, so agents claiming at once for the same rig each get a different
-        campaign and never wait on each other's whole queue."""
+        ``FOR UPDATE SKIP LOCKED`` and the rig's claims are serialised by an advisory lock, so agents
+        claiming at once never take the same campaign nor two campaigns of one rig."""
         with self._write() as conn:
             now = self.now()
+            if self._rig_busy(conn, rig_name, owner, None, now) is not None:
+                return None  # the rig is driving another campaign: its agent picks the next one after
             stale_before = now - timedelta(seconds=stale_after_s)
             c = campaigns_t.c
             query = (

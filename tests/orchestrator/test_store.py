@@ -24,6 +24,7 @@ from orchestrator.store import (
     ClaimLost,
     DuplicateReplicate,
     PlannedCondition,
+    RigBusy,
     Store,
     StoreError,
     UnknownCampaign,
@@ -273,9 +274,28 @@ def test_agent_claims_the_oldest_queued_campaign_for_its_rig(store: Store, clock
     for cid in (a, other, b):
         store.set_status(cid, "queued")
     assert store.claim_next("rig-a", "agent-1") == a
+    assert store.claim_next("rig-a", "agent-2") is None  # rig-a drives a: one campaign per rig
+    assert store.claim_next("rig-b", "agent-3") == other  # another rig is another matter
+    store.set_status(a, "running")
+    store.set_status(a, "finished", reason="done")
+    store.release(a, "agent-1")
     assert store.claim_next("rig-a", "agent-2") == b
-    assert store.claim_next("rig-a", "agent-3") is None
-    assert store.campaign(other).owner is None
+
+
+def test_one_campaign_per_rig_whoever_claims_it(store: Store, clock: FakeClock) -> None:
+    """A foreground run, a second agent with another copy of the rig file: while a live process drives
+    one campaign on a rig, no other campaign on that rig can be claimed."""
+    a, b, c = new_campaign(store, rig="rig-a"), new_campaign(store, rig="rig-a"), new_campaign(store, rig="rig-b")
+    store.claim(a, "sdl@host:1")
+    store.set_status(a, "running")
+    store.set_status(a, "faulted", reason="fault: pump seed stalled")  # held: it still holds the rig
+    with pytest.raises(RigBusy, match=f"rig 'rig-a' is driving campaign {a} .faulted, by sdl@host:1"):
+        store.claim(b, "sdl@host:2")
+    store.claim(c, "sdl@host:2")  # another rig
+    clock.advance(STALE_AFTER_S + 1)  # the first process died without a word
+    store.heartbeat(c, "sdl@host:2")
+    store.claim(b, "sdl@host:2")
+    assert store.campaign(b).owner == "sdl@host:2"
 
 
 def test_a_queued_claim_whose_agent_went_silent_is_taken_over(store: Store, clock: FakeClock) -> None:
