@@ -25,6 +25,7 @@ from rich.console import Console
 
 from drivers.base import PumpStatus
 from drivers.errors import DeviceError
+from orchestrator.cli import fail
 from orchestrator.config_errors import ConfigError
 from orchestrator.rig import Rig, RigConfig, build_rig, driver_ranges, load_rig, pump_rate_limits_ul_min
 from orchestrator.spectra import TargetFileError
@@ -76,11 +77,6 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _fail(message: str, code: int) -> int:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
-    return code
-
-
 @contextlib.contextmanager
 def _cli_logging(verbose: int) -> Iterator[None]:
     """Keep the drivers' logs off stdout (the command's answer goes there) for this command only;
@@ -107,9 +103,9 @@ def _guarded(body):  # noqa: ANN001, ANN202 - small decorator, the wrapped handl
             with _cli_logging(getattr(args, "verbose", 0)):
                 return body(args)
         except (ConfigError, UsageError, TargetFileError) as exc:
-            return _fail(str(exc), EXIT_CONFIG)
+            return fail(str(exc), EXIT_CONFIG)
         except DeviceError as exc:
-            return _fail(str(exc), EXIT_DEVICE)
+            return fail(str(exc), EXIT_DEVICE)
 
     handler.__doc__ = body.__doc__
     return handler

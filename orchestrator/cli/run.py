@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from orchestrator.cli import fail
 
 EXIT_OK = 0
 EXIT_STOPPED = 1
@@ -104,11 +107,6 @@ def _who() -> str:
         return "cli"
 
 
-def _fail(message: str, code: int) -> int:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
-    return code
-
-
 class RichProgress:
     """Progress bars for rounds, conditions and replicates, fed by the runner's progress events."""
 
@@ -164,7 +162,7 @@ class RichProgress:
                 note=f"best median loss {self.best:.4f}" if self.best is not None else "",
             )
         elif event == "status":
-            reason = f": {info['reason']}" if info.get("reason") else ""
+            reason = f": {escape(info['reason'])}" if info.get("reason") else ""
             self.console.print(f"[bold]{info['status']}[/]{reason}")
             if info["status"] in ("paused", "faulted", "estopped"):
                 cid = self.campaign_id
@@ -202,7 +200,7 @@ def run_command(args: argparse.Namespace) -> int:
             who=_who(),
         )
     except (ConfigError, TargetFileError, ValueError) as exc:
-        return _fail(str(exc), EXIT_CONFIG)
+        return fail(str(exc), EXIT_CONFIG)
     console = Console(highlight=False, soft_wrap=True)
     if args.queue:
         row = store.campaign(campaign_id)
@@ -225,7 +223,7 @@ def resume_command(args: argparse.Namespace) -> int:
     try:
         row = store.campaign(args.campaign)
     except LookupError as exc:
-        return _fail(str(exc), EXIT_CONFIG)
+        return fail(str(exc), EXIT_CONFIG)
     if row.ended:
         console.print(f"{row.id} is {row.description}: nothing to resume")
         return EXIT_OK if row.status == state.FINISHED else EXIT_ABORTED
@@ -235,9 +233,9 @@ def resume_command(args: argparse.Namespace) -> int:
             store.request_control(row.id, "resume", who=_who(), reason=args.reason or "sdl resume")
             console.print(f"asked {owner}, which drives {row.id}, to resume it ({row.description})")
             return EXIT_OK
-        return _fail(f"{row.id} is {row.description}, driven by {owner}: nothing to resume", EXIT_STOPPED)
+        return fail(f"{row.id} is {row.description}, driven by {owner}: nothing to resume", EXIT_STOPPED)
     if row.status == state.ESTOPPED and store.estop_latched(row.rig_name) is not None:
-        return _fail(
+        return fail(
             f"{row.id} is {row.description}; clear the e-stop first (`sdl estop --clear --reason TEXT`)",
             EXIT_STOPPED,
         )
@@ -245,7 +243,7 @@ def resume_command(args: argparse.Namespace) -> int:
     try:
         return _drive(store, row.id, args, console)
     except StoreError as exc:
-        return _fail(str(exc), EXIT_STOPPED)
+        return fail(str(exc), EXIT_STOPPED)
 
 
 def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Console) -> int:
@@ -253,6 +251,7 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
     from orchestrator import state
     from orchestrator.campaign import CampaignError, run_campaign
     from orchestrator.logging import campaign_logging, log_path_for
+    from orchestrator.store import CampaignClaimed
 
     log_path = log_path_for(store.url, campaign_id)
     status: str | None = None
@@ -269,10 +268,10 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
                 )
                 current = state.PAUSED
             console.print(f"interrupted: {campaign_id} is {current}; `sdl resume {campaign_id}` continues it")
-        except CampaignError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+        except (CampaignError, CampaignClaimed) as exc:  # CampaignClaimed: another process has it, or its rig
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
     row = store.campaign(campaign_id)
-    console.print(f"{campaign_id}: {row.description}")
+    console.print(f"{campaign_id}: {escape(row.description)}")
     where = [("store", store.url), ("log", str(log_path))]
     if args.summary is not None:
         where.append(("summary", _write_summary(store, campaign_id, args.summary, console)))

@@ -200,3 +200,13 @@ def test_hw_spectrometer_fault_is_a_device_error(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert "spectrometer" in err and "re-plug" in err and "Traceback" not in err
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_an_error_naming_a_path_with_brackets_is_printed_as_written(tmp_path: Path, capsys) -> None:
+    """Error text is not rich markup: '[red]' in a file name stays, '[/x]' does not crash the CLI."""
+    from orchestrator.cli.main import main
+
+    for name in ("rigs[red].yaml", "nope[/x].yaml"):
+        code = main(["hw", "--rig", str(tmp_path / name), "pump", "A", "--status"])
+        err = capsys.readouterr().err.replace("\n", "")
+        assert code != 0 and name in err, err

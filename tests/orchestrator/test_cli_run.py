@@ -227,3 +227,17 @@ def test_ctrl_c_pauses_a_running_campaign_and_keeps_a_held_ones_reason(
     assert row.status == after
     assert row.reason == (reason if after == held else "interrupted at the terminal (Ctrl-C)")
     assert f"is {after}; `sdl resume {row.id}` continues it" in capsys.readouterr().out
+
+
+def test_run_on_a_rig_another_process_drives_is_refused_naming_that_campaign(tmp_path: Path, db: str, capsys) -> None:
+    args = ["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]
+    assert main(args) == 0
+    store = new_store(tmp_path / "runs")
+    (busy,) = store.campaigns()
+    store.claim(busy.id, "sdl-agent@elsewhere:1")  # an agent on another host drives it
+    capsys.readouterr()
+    code = main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db])
+    out = capsys.readouterr()
+    assert code != 0
+    assert f"is driving campaign {busy.id}" in (out.out + out.err).replace("\n", " ")
+    assert all(r.status != state.RUNNING for r in store.campaigns() if r.id != busy.id)
