@@ -270,7 +270,8 @@ def _estop(args: argparse.Namespace) -> int:
             _note(f"[red]e-stop {latch_id} latched on {scope}[/red]: {reason}")
             if live:
                 _note(f"running campaigns stopping their pumps now: {', '.join(live)}")
-            _note("clear it with `sdl estop --clear --reason TEXT` once the rig is safe.")
+            only = f" --rig {args.rig}" if args.rig else ""
+            _note(f"clear it with `sdl estop --clear{only} --reason TEXT` once the rig is safe.")
             return 0
         finally:
             store.close()

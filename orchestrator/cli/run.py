@@ -227,6 +227,14 @@ def resume_command(args: argparse.Namespace) -> int:
     if row.ended:
         console.print(f"{row.id} is {row.description}: nothing to resume")
         return EXIT_OK if row.status == state.FINISHED else EXIT_ABORTED
+    latch = store.estop_latched(row.rig_name)
+    if latch is not None:
+        only = f" --rig {latch.rig}" if latch.rig else ""
+        return fail(
+            f"{row.id} is {row.description}; rig {row.rig_name} is e-stopped ({latch.reason}): clear the "
+            f"e-stop first (`sdl estop --clear{only} --reason TEXT`)",
+            EXIT_STOPPED,
+        )
     owner = store.live_owner(row.id)
     if owner is not None and owner != _owner() and not owner_is_dead(owner):
         if row.status in (state.PAUSED, state.PAUSING, state.FAULTED, state.ESTOPPED):
@@ -234,11 +242,6 @@ def resume_command(args: argparse.Namespace) -> int:
             console.print(f"asked {owner}, which drives {row.id}, to resume it ({row.description})")
             return EXIT_OK
         return fail(f"{row.id} is {row.description}, driven by {owner}: nothing to resume", EXIT_STOPPED)
-    if row.status == state.ESTOPPED and store.estop_latched(row.rig_name) is not None:
-        return fail(
-            f"{row.id} is {row.description}; clear the e-stop first (`sdl estop --clear --reason TEXT`)",
-            EXIT_STOPPED,
-        )
     console.print(f"resuming [bold]{row.id}[/] ({row.description})")
     try:
         return _drive(store, row.id, args, console)

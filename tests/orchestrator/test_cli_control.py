@@ -164,6 +164,7 @@ def test_estop_latches_and_clears(url: str, store: Store, capsys: pytest.Capture
     idle = campaign(store, rig="rig-b")
     code, _, err = run(capsys, "estop", "--rig", "rig-a", "--reason", "spill", "--db", url)
     assert code == 0 and "latched on rig rig-a" in err and live in err and idle not in err
+    assert "sdl estop --clear --rig rig-a --reason TEXT" in err.replace("\n", " ")  # not every rig's
     latch = store.estop_latched("rig-a")
     assert latch is not None and (latch.who, latch.reason) == ("alice", "spill")
     assert store.estop_latched("rig-b") is None

@@ -184,6 +184,24 @@ def test_resume_asks_a_live_process_instead_of_running_twice(tmp_path: Path, db:
     assert "asked agent@elsewhere:1" in capsys.readouterr().out
 
 
+def test_resume_on_an_e_stopped_rig_says_to_clear_that_rigs_latch(tmp_path: Path, db: str, capsys) -> None:
+    """Not 'asked the agent to resume it' (the agent refuses while the latch holds): the command says
+    the rig is e-stopped and how to clear that rig's latch only."""
+    assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]) == 0
+    store = new_store(tmp_path / "runs")
+    (row,) = store.campaigns()
+    store.claim(row.id, "agent@elsewhere:1")
+    store.set_status(row.id, state.RUNNING)
+    store.latch_estop(who="bob", reason="spill under the pumps", rig=row.rig_name)
+    store.set_status(row.id, state.ESTOPPED, reason="spill under the pumps", who="bob")
+    capsys.readouterr()
+    assert main(["resume", row.id, "--db", db, "--reason", "try"]) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert f"rig {row.rig_name} is e-stopped (spill under the pumps)" in err
+    assert f"sdl estop --clear --rig {row.rig_name} --reason TEXT" in err
+    assert store.pending_controls(row.id) == []
+
+
 def test_a_faulted_run_exits_1_with_the_reason(tmp_path: Path, db: str, capsys, monkeypatch) -> None:
     # the runner waits for an operator while faulted: here the operator aborts at once
     from orchestrator import campaign
