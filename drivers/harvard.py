@@ -567,7 +567,11 @@ class HarvardPump:
 
     def _set_up(self) -> None:
         self._poll = False
-        self._command("", idempotent=True)  # a bare CR flushes a half-received line
+        try:
+            self._command("", idempotent=True)  # a bare CR flushes a half-received line
+        except ProtocolError as exc:
+            # the line it completed was noise or a half-sent command: the pump's refusal is expected
+            log.info("flushed a half-received line", pump=self.name, reply=str(exc.detail))
         try:
             reply = self._command("poll on", idempotent=True)
             self._poll = reply.xon

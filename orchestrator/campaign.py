@@ -414,7 +414,7 @@ class _Runner:
             device = f"pump {first.device}"
         elif self.rig.spectrometer is not None and first.device == self.rig.spectrometer.name:
             device = "spectrometer" if first.device == "spectrometer" else f"spectrometer {first.device}"
-        reason = f"fault: {device} {first.detail}, retried {DEVICE_RETRIES} times ({what})"
+        reason = f"fault: {device}: {first.detail}, retried {DEVICE_RETRIES} times ({what})"
         if reconnect_error is not None:
             reason += f"; reconnecting failed: {reconnect_error}"
         elif last.detail != first.detail:
@@ -490,7 +490,7 @@ class _Runner:
             )
             if self._rechecks_failed > DEVICE_RETRIES:
                 raise _Fault(
-                    f"fault: pump {exc.device} {exc.detail}, retried {DEVICE_RETRIES} times. {exc.hint}"
+                    f"fault: pump {exc.device}: {exc.detail}, retried {DEVICE_RETRIES} times. {exc.hint}"
                 ) from exc
             raise _Reequilibrate() from exc
 

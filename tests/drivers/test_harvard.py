@@ -605,3 +605,15 @@ def test_family_rate_limits_scale_with_the_barrel() -> None:
     low, high = harvard.rate_limits_ul_min(26.59)
     assert high == pytest.approx(88.4e3) and low == pytest.approx(1.28e-6 * (26.59 / 0.103) ** 2)
     assert harvard.rate_limits_ul_min(13.295)[1] == pytest.approx(88.4e3 / 4)
+
+
+def test_connect_survives_a_half_command_left_in_the_pump() -> None:
+    """Noise or a half-sent command sat in the pump's buffer: the flushing CR completes it and the pump
+    answers 'Unknown command'. That refusal is what the flush is for, not a reason to fail connect."""
+    steps = init_steps(0)
+    steps[0] = (cmd(0, ""), text(0, "Unknown command") + prompt(0, xon=False))
+    firmware, url = scripted(steps)
+    pump = HarvardPump("q", url, syringe_diameter_mm=14.5, timeout_s=0.05, retries=0, xon_grace_s=0.01)
+    pump.connect()
+    assert pump.firmware == "PHD ULTRA 2.0.4"
+    firmware.assert_done()

@@ -422,7 +422,7 @@ def test_an_unplugged_pump_line_faults_the_campaign(store: Store, tmp_path: Path
     assert run(store, cid, sleep=sleep) == state.ABORTED
     assert len(reasons) == 2  # faulted, resumed, faulted again (the fault lasts), aborted
     # the unplugged adapter takes the whole New Era line; the reason names it and what to check
-    assert reasons[0].startswith("fault: New Era line sim://newera/newera-line cannot open port")
+    assert reasons[0].startswith("fault: New Era line sim://newera/newera-line: cannot open port")
     assert "retried 3 times (setting pump rates)" in reasons[0] and "cable is plugged in" in reasons[0]
     assert ("faulted", "running") in statuses(store, cid)
     # the unplugged line's pumps cannot be told to stop: the reason says so
@@ -443,7 +443,7 @@ def test_a_spectrometer_timeout_faults_then_resume_finishes(store: Store, tmp_pa
     row_reasons = [e.reason for e in store.events(cid, limit=1000) if e.kind == state.FAULTED]
     assert (
         row_reasons
-        and row_reasons[0].startswith("fault: spectrometer ")
+        and row_reasons[0].startswith("fault: spectrometer: ")
         and "retried 3 times" in row_reasons[0]
     )
     assert fingerprint(store, cid) == reference["fingerprint"]  # the fault cost time, not data
