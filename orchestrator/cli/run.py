@@ -17,7 +17,11 @@ Exit codes: 0 finished (or queued, or a resume request sent), 1 faulted or e-sto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +262,7 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
 
     log_path = log_path_for(store.url, campaign_id)
     status: str | None = None
-    with campaign_logging(log_path), RichProgress(console, campaign_id) as progress:
+    with campaign_logging(log_path), RichProgress(console, campaign_id) as progress, _sigterm_as_ctrl_c():
         try:
             status = run_campaign(store, campaign_id, owner=_owner(), progress=progress)
         except KeyboardInterrupt:
@@ -285,6 +289,24 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
     if status is None:
         return EXIT_INTERRUPTED if row.status == state.PAUSED else EXIT_STOPPED
     return {state.FINISHED: EXIT_OK, state.ABORTED: EXIT_ABORTED}.get(status, EXIT_STOPPED)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """``kill`` (SIGTERM) stops a foreground run as Ctrl-C does: pumps safe, the campaign paused and
+    let go, so `sdl resume` continues it at once instead of after the claim goes stale."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _write_summary(store: Any, campaign_id: str, path: Path, console: Console) -> str:

@@ -259,3 +259,35 @@ def test_run_on_a_rig_another_process_drives_is_refused_naming_that_campaign(tmp
     assert code != 0
     assert f"is driving campaign {busy.id}" in (out.out + out.err).replace("\n", " ")
     assert all(r.status != state.RUNNING for r in store.campaigns() if r.id != busy.id)
+
+
+def test_sigterm_pauses_a_foreground_run_and_lets_go_of_it(tmp_path: Path, db: str) -> None:
+    """`kill PID` stops a foreground `sdl run` as Ctrl-C does: exit 130, the campaign paused with no
+    owner, so `sdl resume` can continue it at once (not a minute later, when the claim goes stale)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "SDL_SIM_PACE": "0.05", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli.main", "run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG),
+         "--db", db, "--seed", "4"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if (tmp_path / "runs" / "sdl.db").exists():
+                rows = new_store(tmp_path / "runs").campaigns()
+                if rows and rows[0].status == state.RUNNING:
+                    break
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    (row,) = new_store(tmp_path / "runs").campaigns()
+    assert proc.returncode == 130, out
+    assert row.status == state.PAUSED and row.owner is None
+    assert "interrupted" in row.reason
