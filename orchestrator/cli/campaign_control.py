@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--db",
             default=None,
             metavar="URL",
-            help="store URL (default: $SDL_DB_URL, else sqlite:///runs/sdl.db)",
+            help="store URL (default: $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db)",
         )
 
 

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "loss per round and the bounds history of one campaign, as PNG files and one HTML page.",
     )
     report.add_argument("campaign", help="campaign id (see `sdl status`)")
-    report.add_argument("--db", help="store URL (default: $SDL_DB_URL, else sqlite:///runs/sdl.db)")
+    report.add_argument("--db", help="store URL (default: $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db)")
     report.add_argument("--out", type=Path, help="output folder (default: reports/CAMPAIGN)")
     report.add_argument(
         "--map",

@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", help="store URL (default: $SDL_DB_URL, else sqlite:///runs/sdl.db)")
+    parser.add_argument("--db", help="store URL (default: $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db)")
     parser.add_argument("--summary", type=Path, metavar="PATH", help="write the campaign summary JSON here")
     parser.add_argument("--report", type=Path, metavar="DIR", help="write the HTML report (figures) into DIR")
 
