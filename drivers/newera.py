@@ -956,7 +956,10 @@ class NewEraPump:
         for command in ("PHN 1", "FUN RAT"):
             try:
                 self._command(command, idempotent=True)
-            except (OutOfRange, NotApplicable, ProtocolError) as exc:  # a model without programs
+            except NotApplicable:  # refused while it pumps (a status read of a running pump): not a fault
+                log.info("pump is pumping: its program phase is left as it is", pump=self.name, command=command)
+                return
+            except (OutOfRange, ProtocolError) as exc:  # a model without programs
                 log.warning("pump refused program set-up", pump=self.name, command=command, error=str(exc))
 
     def _set_volume_mode(self) -> None:

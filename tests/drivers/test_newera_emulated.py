@@ -405,3 +405,21 @@ def test_a_stopped_pump_closed_on_purpose_does_not_sound_its_alarm(line: Callabl
     rig.advance(60.0)
     snap = rig.firmware.snapshot(0)
     assert (snap.state, snap.alarm, snap.safe_timeout_s) == ("S", None, 0)
+
+
+def test_reading_a_running_pump_raises_no_warnings(line: Callable[..., Line]) -> None:
+    """`sdl hw pump NAME --status` while a campaign pumps: the pump refuses the program set-up (PHN,
+    FUN) while it runs, which is its right, not a fault to warn about, and it keeps pumping."""
+    from structlog.testing import capture_logs
+
+    rig = line()
+    first = rig.pump()
+    first.set_rate_ul_min(100.0)
+    first.run()
+    first.close()
+    with capture_logs() as logs:
+        second = rig.pump()
+        status = second.status()
+    assert status.state.name == "INFUSING"
+    assert [e for e in logs if e["log_level"] == "warning" and "program" in e["event"]] == []
+    assert any("is pumping" in e["event"] for e in logs)
