@@ -689,7 +689,9 @@ class HarvardPump:
                     f"unreadable reply to {framed!r}: {bytes(captured)!r}",
                     device=self.name,
                     hint="Check that the baud rate in the rig file matches the pump's Settings menu, and the "
-                    "cable: noise on a long RS-232 line garbles replies.",
+                    "cable: noise on a long RS-232 line garbles replies. A pump of another family on this "
+                    "port (a New Era pump answers in binary frames) reads the same: check the rig file's "
+                    "driver for this port.",
                 ) from exc
             raise
         if not raw.endswith(XON):

@@ -326,7 +326,7 @@ def parse_reply(data: bytes) -> Reply:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
-        raise ProtocolError(f"reply {data!r} is not ASCII (garbled line, or wrong baud rate)") from None
+        raise ProtocolError(f"reply {data!r} is not ASCII (garbled line, wrong baud rate, or a pump of another family on this port: check the rig file's driver)") from None
     m = _REPLY.fullmatch(text)
     if not m:
         raise ProtocolError(f"reply {text!r} is not <address><status>[data] as a New Era pump sends")
