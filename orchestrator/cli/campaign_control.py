@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -345,7 +346,8 @@ def _status(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.write(json.dumps(records, indent=2) + "\n")
                 return 0
-            out = Console(soft_wrap=False)
+            # piped or redirected, rich would wrap the table at 80 columns: the reasons became unreadable
+            out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 1000)
             for latch in store.active_estops():
                 scope = "every rig" if latch.rig is None else f"rig {latch.rig}"
                 out.print(
@@ -388,7 +390,7 @@ def _print_table(out: Console, records: list[dict[str, Any]]) -> None:
         table.add_row(
             rec["campaign_id"],
             rec["name"],
-            f"[{style}]{text}[/{style}]" if style else text,
+            f"[{style}]{escape(text)}[/{style}]" if style else escape(text),
             rec["rig"],
             str(rec["rounds"]),
             f"{rec['conditions_done']}/{rec['conditions']}",

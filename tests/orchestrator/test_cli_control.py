@@ -343,3 +343,14 @@ def test_db_upgrade_then_current(tmp_path: Path, url: str, capsys: pytest.Captur
     assert code == 0 and "up to date" in err
     code, out, err = run(capsys, "db", "current", "--db", fresh)
     assert code == 0 and out == "0001\n" and "up to date" in err
+
+
+def test_status_table_piped_keeps_each_reason_on_its_line(url: str, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sdl status | grep` or a log file: the table is not wrapped at 80 columns, and a reason with
+    brackets in it ('sdl-orchestrator[ocean]') is printed as written."""
+    cid = campaign(store, rig="rig-a")
+    reason = "fault: spectrometer: no seabreeze backend; pip install sdl-orchestrator[ocean], then resume"
+    store.set_status(cid, "paused", reason=reason, who="bob")
+    code, out, _ = run(capsys, "status", "--db", url)
+    assert code == 0
+    assert any(cid in line and "sdl-orchestrator[ocean], then resume" in line for line in out.splitlines()), out
