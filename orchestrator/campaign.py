@@ -838,8 +838,10 @@ class _Runner:
         reagent on rounds the optimiser learns nothing from. Failures on the chemistry's side (no valid
         spectrum, no product: NaN or empty droplets) are the optimiser's to avoid: journaled, no hold."""
         conditions = self.store.conditions(self.campaign_id, index)
+        if not conditions or not all(c.failed for c in conditions):
+            return None  # the usual case: no need to load the round's replicate spectra
         replicates = self.store.replicates(self.campaign_id, index)
-        if not conditions or not replicates or not all(c.failed for c in conditions):
+        if not replicates:
             return None
         reasons = Counter((r.reject_reason or "accepted").split(":", 1)[0] for r in replicates)
         common = ", ".join(f"{why} x{n}" for why, n in reasons.most_common(3))

@@ -5,8 +5,9 @@ noise-free ``spectrum(inputs, wavelengths)``); a simulated rig names it as ``mod
 keyword ``params``. ``inputs`` maps the protocol's variable names to values, ``wavelengths`` are the
 simulated spectrometer's 2048 pixel wavelengths (about 200-850 nm, not the protocol's grid: the engine
 resamples), ``rng`` a numpy Generator; it returns one absorbance per wavelength (NaN allowed: the
-engine screens such droplets). A model that raises stops a dry run with its message. :class:`AgNanoprism` stands in for the seed-mediated silver nanoprism synthesis of
-Mekki-Berrada et al., npj Comput. Mater. 7, 55 (2021).
+engine screens such droplets). A model that raises stops a dry run with its message.
+:class:`AgNanoprism` stands in for the seed-mediated silver nanoprism synthesis of Mekki-Berrada et al.,
+npj Comput. Mater. 7, 55 (2021).
 
 The model is a small, physically shaped story, not a Mie/DDA calculation:
 

@@ -41,7 +41,6 @@ ELECTRIC_DARK_PIXELS = tuple(range(2, 20))
 WAVELENGTH_COEFFS = (199.8, 0.3672, -2.38e-5, -1.0e-10)
 
 
-
 def model_name(model: Any) -> str:
     """``module:Class`` of a chemistry model, as ``--chemistry`` names it."""
     return f"{type(model).__module__}:{type(model).__qualname__}"
@@ -51,21 +50,25 @@ def model_absorbance(model: Any, inputs: dict[str, float], wavelengths: np.ndarr
     """One droplet's absorbance at ``wavelengths`` from the chemistry model, or a
     :class:`SimulationModelError` that names the model, the inputs and what went wrong: a model that
     raises, or answers with the wrong number of values, is the model's bug, not the spectrometer's."""
-    where = ", ".join(f"{k}={v:.4g}" for k, v in inputs.items())
+
+    def where() -> str:  # only for the error: this runs for every droplet of a dry run
+        return ", ".join(f"{k}={v:.4g}" for k, v in inputs.items())
+
     try:
         absorbance = np.asarray(model.droplet(inputs, wavelengths, rng), dtype=float)
     except Exception as exc:
         raise SimulationModelError(
-            f"chemistry model {model_name(model)} raised {type(exc).__name__}: {exc} at {where} "
+            f"chemistry model {model_name(model)} raised {type(exc).__name__}: {exc} at {where()} "
             f"(wavelengths {wavelengths[0]:.1f}-{wavelengths[-1]:.1f} nm, {len(wavelengths)} points)"
         ) from exc
     if absorbance.shape != wavelengths.shape:
         raise SimulationModelError(
             f"chemistry model {model_name(model)} returned {absorbance.size} values for "
-            f"{len(wavelengths)} wavelengths ({wavelengths[0]:.1f}-{wavelengths[-1]:.1f} nm) at {where}: "
+            f"{len(wavelengths)} wavelengths ({wavelengths[0]:.1f}-{wavelengths[-1]:.1f} nm) at {where()}: "
             "droplet() must return one absorbance per wavelength it is given"
         )
     return absorbance
+
 
 class SeaBreezeError(Exception):
     """What python-seabreeze raises; the simulator raises the same kind of error."""
