@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import migrations, state
+from orchestrator.cli import fail
 from orchestrator.logging import warnings_to_stderr
 from orchestrator.state import InvalidTransition
 from orchestrator.store import (
@@ -169,16 +170,13 @@ def _redacted(url: str) -> str:
 
 
 def _run(action: Callable[[], int | None]) -> int:
-    err = Console(stderr=True)
     with warnings_to_stderr(logging.ERROR):
         try:
             return int(action() or 0)
         except (CommandError, InvalidTransition, StoreError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            return EXIT_REFUSED
+            return fail(str(exc), EXIT_REFUSED)
         except SQLAlchemyError as exc:
-            err.print(f"[red]error:[/red] the store failed: {exc.__class__.__name__}: {exc}", soft_wrap=True)
-            return EXIT_REFUSED
+            return fail(f"the store failed: {exc.__class__.__name__}: {exc}", EXIT_REFUSED)
 
 
 def _note(text: str) -> None:

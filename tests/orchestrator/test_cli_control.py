@@ -354,3 +354,9 @@ def test_status_table_piped_keeps_each_reason_on_its_line(url: str, store: Store
     code, out, _ = run(capsys, "status", "--db", url)
     assert code == 0
     assert any(cid in line and "sdl-orchestrator[ocean], then resume" in line for line in out.splitlines()), out
+
+
+def test_a_refusal_is_printed_as_written(url: str, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """Brackets in what the user typed are not rich markup in the error (the run/hw commands' rule too)."""
+    code, _, err = run(capsys, "pause", "c-[/x]", "--reason", "bubble", "--db", url)
+    assert code != 0 and "c-[/x]" in err
