@@ -146,10 +146,20 @@ def _comma_columns(line: str) -> int | None:
     return len(line.split(","))
 
 
+def _outside_quotes(line: str) -> str:
+    """The line with its double-quoted fields (and an unclosed one at the end) taken out."""
+    return re.sub(r'"[^"]*"?', "", line)
+
+
+def _may_be_decimal_commas(n_fields: int, unquoted: str) -> bool:
+    """More than two comma fields, no decimal point and a comma between two digits: ``380,0,0389``."""
+    return n_fields > 2 and "." not in unquoted and bool(re.search(r"\d,\d", unquoted))
+
+
 def _csv_fields(line: str) -> tuple[list[str], str]:
     """A line with double quotes read as CSV, split at the semicolons, tabs, commas or spaces outside its
     quotes (in that order of preference), and the separator used."""
-    bare = re.sub(r'"[^"]*"?', "", line)
+    bare = _outside_quotes(line)
     delimiter = next((d for d in ";\t," if d in bare), " ")
     return next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), []), delimiter
 
@@ -177,8 +187,7 @@ def _read_row(line: str) -> tuple[tuple[float, float] | None, int, bool]:
         pair = _first_two([f.replace(",", ".") for f in fields])
         if delimiter != ",":
             return pair, 0, False
-        bare = re.sub(r'"[^"]*"?', "", line)
-        return pair, len(fields), len(fields) > 2 and "." not in bare and bool(re.search(r"\d,\d", bare))
+        return pair, len(fields), _may_be_decimal_commas(len(fields), _outside_quotes(line))
     if ";" in line or "\t" in line:
         return _first_two(re.split(r"[;\t]", line.replace(",", "."))), 0, False
     spaced_commas = re.split(r",\s+", line)
@@ -190,8 +199,7 @@ def _read_row(line: str) -> tuple[tuple[float, float] | None, int, bool]:
         spaced = line.split()
         if pair is None and len(spaced) >= 2 and all(f.count(",") <= 1 for f in spaced[:2]):
             return _first_two([f.replace(",", ".") for f in spaced]), 0, False
-        ambiguous = len(fields) > 2 and "." not in line and bool(re.search(r"\d,\d", line))
-        return pair, len(fields), ambiguous
+        return pair, len(fields), _may_be_decimal_commas(len(fields), line)
     return _first_two(line.split()), 0, False
 
 
