@@ -50,6 +50,7 @@ from orchestrator.rig import (
     _check_chemistry_takes,
     build_rig,
     check_protocol_against_rig,
+    dry_run_twin,
     load_rig,
     make_chemistry,
 )
@@ -133,18 +134,25 @@ def start_campaign(
     who: str = "system",
 ) -> str:
     """Validate protocol, rig and the pair (and the options: ``chemistry`` module:Class, ``target``
-    CSV path, ``max_rounds``), then store the campaign; returns its id. Nothing moves here."""
+    CSV path, ``max_rounds``, ``dry_run``: run a real rig's simulated twin, :func:`dry_run_twin`), then
+    store the campaign; returns its id. Nothing moves here."""
     options = dict(options or {})
-    unknown = sorted(set(options) - {"chemistry", "target", "max_rounds"})
+    unknown = sorted(set(options) - {"chemistry", "target", "max_rounds", "dry_run"})
     if unknown:
         raise ValueError(
-            f"unknown campaign option(s) {', '.join(unknown)}; known: chemistry, target, max_rounds"
+            f"unknown campaign option(s) {', '.join(unknown)}; known: chemistry, target, max_rounds, dry_run"
         )
     protocol_path, rig_path = Path(protocol_path), Path(rig_path)
     target = options.get("target")
     protocol = load_protocol(protocol_path, target_file=target)
     rig_cfg = load_rig(rig_path)
     check_protocol_against_rig(protocol, rig_cfg, source=f"rig {rig_path} with protocol {protocol_path}")
+    rig_yaml = rig_path.read_text(encoding="utf-8")
+    if options.get("dry_run") and not rig_cfg.is_simulated:
+        real_name = rig_cfg.name
+        rig_cfg = dry_run_twin(rig_cfg, source=rig_path)
+        rig_yaml = (f"# dry run of rig {real_name!r} ({rig_path.resolve()}): sdl run --dry-run\n"
+                    + yaml.safe_dump(rig_cfg.model_dump(exclude_defaults=True), sort_keys=False))
     try:
         target_file = Path(target) if target is not None else protocol.target_path
         target_csv = read_target_text(target_file)  # read once: the text checked is the text stored
@@ -159,7 +167,8 @@ def start_campaign(
                 [
                     Problem(
                         "chemistry",
-                        f"--chemistry {chemistry} needs a simulated rig; {rig_cfg.name!r} is real",
+                        f"--chemistry {chemistry} needs a simulated rig; {rig_cfg.name!r} is real "
+                        "(add --dry-run to run the protocol on its simulated twin)",
                     )
                 ],
             )
@@ -180,7 +189,7 @@ def start_campaign(
         name=protocol.name,
         protocol_yaml=protocol_path.read_text(encoding="utf-8"),
         protocol_path=str(protocol_path.resolve()),
-        rig_yaml=rig_path.read_text(encoding="utf-8"),
+        rig_yaml=rig_yaml,
         rig_path=str(rig_path.resolve()),
         rig_name=rig_cfg.name,
         seed=int(seed),

@@ -47,6 +47,7 @@ __all__ = [
     "SpectrometerConfig",
     "build_rig",
     "check_protocol_against_rig",
+    "dry_run_twin",
     "driver_ranges",
     "load_rig",
     "pump_rate_limits_ul_min",
@@ -433,6 +434,49 @@ def check_protocol_against_rig(
         )
     if problems:
         raise ConfigError(source or f"rig {rig.name!r} with protocol {protocol.name!r}", problems)
+
+
+# -- dry runs of real rigs ----------------------------------------------------------------------------
+
+DRY_RUN_SUFFIX = "-dry-run"
+DEFAULT_DRY_RUN_CHEMISTRY = "simulators.chemistry:AgNanoprism"
+
+
+def dry_run_twin(cfg: RigConfig, *, source: str | Path | None = None) -> RigConfig:
+    """The simulated twin of a real rig, for ``sdl run --dry-run``: the same pumps (driver, address,
+    syringe, baud rate, Safe mode), daisy chains and dead volume, each serial port replaced by an emulated
+    line speaking the same protocol (one ``sim://`` bus per port), the spectrometer by the simulated one
+    at the same integration time and averaging, and the reference chemistry
+    (:data:`DEFAULT_DRY_RUN_CHEMISTRY`; ``sdl run --chemistry`` replaces it). Its name is the rig's plus
+    ``-dry-run``: a dry run never takes the real rig's turn, and an agent of the real rig never runs it.
+    A rig that is simulated already comes back unchanged. SiLA pumps have no emulator: refused."""
+    if cfg.is_simulated:
+        return cfg
+    sila = [f"pumps[{i}] ({p.name})" for i, p in enumerate(cfg.pumps) if p.driver == "sila"]
+    if sila:
+        raise ConfigError(source, [Problem(
+            "pumps", f"{', '.join(sila)}: a SiLA 2 pump has no emulator to dry-run against; dry-run a copy "
+            "of the rig file with newera or harvard pumps of the same syringes")])
+    name = cfg.name[: 64 - len(DRY_RUN_SUFFIX)] + DRY_RUN_SUFFIX
+    buses: dict[str, str] = {}
+    pumps = []
+    for p in cfg.pumps:
+        bus = buses.setdefault(p.port, f"{name}-{len(buses)}")
+        pumps.append({**p.model_dump(exclude_defaults=True), "port": f"{SIM_SCHEME}{p.driver}/{bus}"})
+    data: dict[str, Any] = {
+        "name": name,
+        "description": f"dry run of rig {cfg.name!r}: its pumps on emulated lines, a simulated spectrometer",
+        "pumps": pumps,
+        "dead_volume_ul": cfg.dead_volume_ul,
+        "simulation": {"chemistry": {"model": DEFAULT_DRY_RUN_CHEMISTRY}},
+    }
+    if cfg.spectrometer is not None:
+        data["spectrometer"] = {
+            "driver": "simulated",
+            "integration_time_us": cfg.spectrometer.integration_time_us,
+            "scans_to_average": cfg.spectrometer.scans_to_average,
+        }
+    return validate_model(RigConfig, data, f"dry run of {source or cfg.name}")
 
 
 # -- live rigs --------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """``sdl run`` and ``sdl resume``: run a campaign in this process, with progress bars on the terminal.
 
     sdl run PROTOCOL --rig RIG [--db URL] [--seed N] [--summary PATH] [--report DIR] [--max-rounds N]
-            [--chemistry module:Class] [--target CSV] [--queue]
+            [--chemistry module:Class] [--target CSV] [--dry-run] [--queue]
     sdl resume CAMPAIGN [--db URL] [--summary PATH] [--report DIR]
 
 ``run`` checks the protocol, the rig and the pair before anything moves, stores the campaign and
-runs it; ``--queue`` only stores it as queued for its rig (an ``sdl agent`` picks it up). ``resume``
+runs it; ``--dry-run`` runs a real rig's simulated twin (its syringes and chains on emulated lines,
+:func:`orchestrator.rig.dry_run_twin`) without opening a port; ``--queue`` only stores it as queued for its rig (an ``sdl agent`` picks it up). ``resume``
 continues a campaign whose process ended (crash, kill -9, Ctrl-C, a fault); if a live process still
 drives it, it asks that process to resume instead. Everything the engine logs goes as JSON lines to
 the campaign's log file; the terminal shows progress and where the results are.
@@ -61,6 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="CSV",
         help="target spectrum, replaces the protocol's: two columns, wavelength (nm) and absorbance, split by "
              "commas, semicolons, tabs or spaces; header lines are skipped",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run on the rig's simulated twin: the rig file's pumps, syringes, daisy chains and dead volume "
+             "on emulated lines, a simulated spectrometer, the reference chemistry (or --chemistry); "
+             "nothing is opened, stored under rig NAME-dry-run",
     )
     run.add_argument(
         "--queue", action="store_true", help="only store the campaign, queued for its rig's agent"
@@ -188,6 +196,8 @@ def run_command(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.chemistry:
         options["chemistry"] = args.chemistry
+    if args.dry_run:
+        options["dry_run"] = True
     if args.target is not None:
         options["target"] = str(args.target)
     if args.max_rounds is not None:
@@ -213,7 +223,8 @@ def run_command(args: argparse.Namespace) -> int:
         )
         print(campaign_id)
         return EXIT_OK
-    console.print(f"campaign [bold]{campaign_id}[/] ({args.protocol} on {args.rig})")
+    twin = " (dry run: simulated twin, " + escape(store.campaign(campaign_id).rig_name) + ")" if args.dry_run else ""
+    console.print(f"campaign [bold]{campaign_id}[/] ({escape(str(args.protocol))} on {escape(str(args.rig))}{twin})")
     return _drive(store, campaign_id, args, console)
 
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from campaign_support import SIM_RIG, new_store, rig_with_faults, tiny_protocol
+import yaml
+from campaign_support import ROOT, SIM_RIG, new_store, rig_with_faults, tiny_protocol
 
 from orchestrator import state
 from orchestrator.cli.main import main
@@ -291,3 +292,45 @@ def test_sigterm_pauses_a_foreground_run_and_lets_go_of_it(tmp_path: Path, db: s
     assert proc.returncode == 130, out
     assert row.status == state.PAUSED and row.owner is None
     assert "interrupted" in row.reason
+
+
+REAL_RIGS = ROOT / "deploy" / "rigs"
+
+
+@pytest.mark.parametrize("rig_file", ["example_newera.yaml", "example_harvard.yaml"])
+def test_dry_run_runs_a_real_rig_file_on_its_simulated_twin(tmp_path: Path, db: str, rig_file: str, capsys) -> None:
+    # the rig file's ports (/dev/serial/by-id/...) do not exist here: a run that opened one would fault
+    args = ["run", str(tiny_protocol(tmp_path)), "--rig", str(REAL_RIGS / rig_file), "--db", db, "--max-rounds", "1"]
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    store = new_store(tmp_path / "runs")
+    (row,) = store.campaigns()
+    real = yaml.safe_load((REAL_RIGS / rig_file).read_text())
+    assert row.status == state.FINISHED and row.rig_name == real["name"] + "-dry-run"
+    assert f"dry run: simulated twin, {row.rig_name}" in out
+    twin = yaml.safe_load(row.rig_yaml)
+    assert [(p["name"], p["driver"], p.get("address", 0), p["syringe_diameter_mm"], p["syringe_volume_ul"])
+            for p in twin["pumps"]] == [
+        (p["name"], p["driver"], p["address"], p["syringe_diameter_mm"], p["syringe_volume_ul"]) for p in real["pumps"]
+    ]
+    assert {p["port"] for p in twin["pumps"]} == {f"sim://{real['pumps'][0]['driver']}/{row.rig_name}-0"}
+    assert twin["spectrometer"]["driver"] == "simulated"
+    assert twin["dead_volume_ul"] == real["dead_volume_ul"]
+    assert len(store.conditions(row.id)) == 3
+
+
+def test_chemistry_on_a_real_rig_points_at_dry_run_and_sila_pumps_cannot_dry_run(
+    tmp_path: Path, db: str, capsys
+) -> None:
+    protocol = str(tiny_protocol(tmp_path))
+    real = str(REAL_RIGS / "example_newera.yaml")
+    assert main(["run", protocol, "--rig", real, "--db", db, "--chemistry", "simulators.chemistry:AuNanorod"]) == 2
+    assert "add --dry-run" in capsys.readouterr().err
+    data = yaml.safe_load((REAL_RIGS / "example_newera.yaml").read_text())
+    data["pumps"][1] = {"name": "PVA", "driver": "sila", "port": "sila://127.0.0.1:50052", "syringe_diameter_mm": 14.57}
+    sila_rig = tmp_path / "sila_rig.yaml"
+    sila_rig.write_text(yaml.safe_dump(data))
+    assert main(["run", protocol, "--rig", str(sila_rig), "--db", db, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "pumps[1] (PVA): a SiLA 2 pump has no emulator" in err
+    assert new_store(tmp_path / "runs").campaigns() == []

@@ -19,6 +19,7 @@ from orchestrator.rig import (
     RigConnectionError,
     build_rig,
     check_protocol_against_rig,
+    dry_run_twin,
     load_rig,
     pump_rate_limits_ul_min,
 )
@@ -477,3 +478,24 @@ def test_simulated_tubing_may_differ_from_the_planning_dead_volume(
     data["simulation"]["dead_volume_ul"] = 140  # the tubing is longer than the rig file says
     rig = build_rig(load_rig(write_rig(tmp_path, data)), protocol)
     assert rig.dead_volume_ul == 70 and rig.world.dead_volume_ul == 140
+
+
+def test_dry_run_twin_keeps_chains_syringes_and_watchdogs_and_gives_each_port_its_own_line() -> None:
+    data = yaml.safe_load((RIGS / "example_newera.yaml").read_text())
+    data["pumps"][4] = {"name": "water", "driver": "harvard", "port": "/dev/ttyUSB7", "address": 4,
+                        "syringe_diameter_mm": 23.03, "syringe_volume_ul": 25000}
+    data["pumps"][0]["safe_mode_timeout_s"] = 9
+    real = RigConfig.model_validate(data)
+    twin = dry_run_twin(real)
+    assert twin.is_simulated and twin.name == "rig-a-dry-run"
+    assert [p.port for p in twin.pumps] == ["sim://newera/rig-a-dry-run-0"] * 4 + ["sim://harvard/rig-a-dry-run-1"]
+    assert [(p.address, p.baudrate, p.watchdog_s, p.syringe_volume_ul) for p in twin.pumps] == [
+        (p.address, p.baudrate, p.watchdog_s, p.syringe_volume_ul) for p in real.pumps
+    ]
+    assert twin.spectrometer.integration_time_us == real.spectrometer.integration_time_us
+    assert twin.spectrometer.scans_to_average == 3 and twin.dead_volume_ul == 70
+    assert twin.simulation.chemistry.model == "simulators.chemistry:AgNanoprism"
+    simulated = load_rig(SIMULATED)
+    assert dry_run_twin(simulated) is simulated
+    long_name = RigConfig.model_validate({**data, "name": "r" * 64})
+    assert dry_run_twin(long_name).name == "r" * 56 + "-dry-run"
