@@ -416,6 +416,7 @@ class _Runner:
                     data={"what": what, "device": exc.device, "try": attempt + 1},
                 )
                 if attempt < DEVICE_RETRIES:
+                    self._dry_run_refill()
                     reconnect_error = self._reconnect(exc.device) or reconnect_error
         assert first is not None and last is not None
         device = first.device or what
@@ -429,6 +430,19 @@ class _Runner:
         elif last.detail != first.detail:
             reason += f"; last: {last.detail}"
         raise _Fault(f"{reason}. {first.hint}")
+
+    def _dry_run_refill(self) -> None:
+        """On a dry run, refill the syringes that ran empty (the stall that brought us here), as the
+        operator would at the hold a real rig would come to; journaled so the summary counts refills."""
+        for pump, ul in self.rig.refill_empty_syringes().items():
+            log.info("dry run: syringe refilled", pump=pump, ul=ul)
+            self.store.journal(
+                self.campaign_id,
+                "syringe_refilled",
+                reason=f"dry run: pump {pump}'s syringe ran empty and was refilled ({ul:g} uL); "
+                "on the rig the campaign holds here until the operator refills it",
+                data={"pump": pump, "ul": ul},
+            )
 
     def _reconnect(self, name: str | None) -> str | None:
         """Open a failed device afresh before the next try: a power-cycled pump gets its syringe and

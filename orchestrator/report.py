@@ -37,6 +37,7 @@ from orchestrator.optimize.base import History, Observation, Space  # noqa: E402
 from orchestrator.optimize.constraints import sample_feasible  # noqa: E402
 from orchestrator.optimize.model_checks import accuracy_by_round, measured_spectrum  # noqa: E402
 from orchestrator.spectra import minmax  # noqa: E402
+from orchestrator.summary import reagent_rows, reagent_use  # noqa: E402
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,11 @@ class ReportData:
     loss_threshold: float | None = None
     optimizer_settings: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    rig: str = ""
+    # (stream, used uL, syringe uL, full syringes it takes) and the time the pumps ran conditions
+    # (:func:`orchestrator.summary.reagent_use`)
+    reagents: list[tuple[str, float, float | None, int | None]] = field(default_factory=list)
+    pumping_s: float | None = None
 
     def measured(self) -> list[Observation]:
         return self.history.measured()
@@ -112,6 +118,7 @@ def load_report_data(store: Any, campaign_id: str) -> ReportData:
                 f"campaign {campaign_id}: its stored target spectrum is unreadable: {exc}"
             ) from exc
     protocol = spec.protocol
+    use = reagent_use(store, campaign_id, row=row)
 
     rounds = [
         RoundInfo(
@@ -162,6 +169,9 @@ def load_report_data(store: Any, campaign_id: str) -> ReportData:
         loss_threshold=protocol.stop.loss_threshold,
         optimizer_settings=dict(protocol.optimizer.settings),
         seed=spec.seed,
+        rig=str(getattr(row, "rig_name", "") or ""),
+        reagents=reagent_rows(use),
+        pumping_s=use["pumping_s"],
     )
 
 
@@ -778,6 +788,8 @@ def render_html(
         ("best median loss", f"{best[0].median_loss:.4f}" if best else "–"),
         ("stop threshold", data.loss_threshold),
         ("model stop rule", last_stop or "not met"),
+        ("rig", data.rig or "–"),
+        ("pumps ran", "–" if data.pumping_s is None else f"{data.pumping_s / 3600:.2f} h (conditions only: no holds, no idle time)"),
     ]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -788,6 +800,12 @@ def render_html(
         "<table class='state'>"
         + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in state_rows)
         + "</table>",
+        *(["<h2>Reagents</h2>", _table(
+            ["stream", "used (mL)", "syringe (mL)", "syringes it takes"],
+            [[stream, f"{used / 1000:.2f}", "–" if syringe is None else f"{syringe / 1000:g}",
+              "–" if fills is None else f"{fills}" + (f" (refill {fills - 1}x)" if fills > 1 else "")]
+             for stream, used, syringe, fills in data.reagents],
+        )] if data.reagents else []),
         "<h2>Best conditions</h2>",
         _table(
             ["#", "round", "source", *names, "median loss", "MAD", "replicates"],

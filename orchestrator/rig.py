@@ -527,6 +527,24 @@ class Rig:
     def is_simulated(self) -> bool:
         return self.world is not None
 
+    def refill_empty_syringes(self) -> dict[str, float]:
+        """A dry run's stand-in for the operator: every emulated syringe that has run empty is filled
+        to its capacity; returns {pump name: uL}. A real rig's empty syringe stalls its pump and the
+        campaign holds until someone refills it: empty here."""
+        if self.world is None:
+            return {}
+        by_line: dict[tuple[str, str], dict[int, str]] = {}
+        for name, pump in self.pumps.items():
+            port = str(getattr(pump, "port", ""))
+            if port.startswith(SIM_SCHEME):
+                by_line.setdefault(_sim_bus(port), {})[int(getattr(pump, "address", 0))] = name
+        filled: dict[str, float] = {}
+        for (protocol, bus), names in by_line.items():
+            for address, ul in get_bus(protocol, bus).refill_empty().items():
+                if address in names:
+                    filled[names[address]] = ul
+        return filled
+
     def _devices(self) -> list[tuple[str, Any]]:
         devices: list[tuple[str, Any]] = [(f"pump {n}", p) for n, p in self.pumps.items()]
         if self.spectrometer is not None:

@@ -42,7 +42,9 @@ perfect match; ``null`` where a value does not exist yet)::
                  "replicates": 2700, "replicates_accepted": 2650, "replicates_rejected": 40,
                  "replicates_set_aside": 10,
                  "volume_ul": {"AgNO3": 1234.5, ..., "water": 5678.9} | null,   # per stream
-                 "reagent_ul": 23456.7 | null}   # every stream but the remainder (water)
+                 "reagent_ul": 23456.7 | null,   # every stream but the remainder (water)
+                 "pumping_s": 4890.0 | null,     # time the pumps ran conditions (no holds, no idle)
+                 "syringe_ul": {"AgNO3": 10000, ...}}   # per stream, from the rig file (null: not given)
     }
 
 ``losses`` lists every stored replicate, set-aside ones included (marked), so nothing measured is
@@ -56,6 +58,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -127,6 +130,64 @@ def _widened(bounds: Mapping[str, tuple[float, float]], before: Mapping[str, Any
     return grown
 
 
+def reagent_use(
+    store: Store, campaign_id: str, *, conditions: list[Any] | None = None, row: CampaignRow | None = None
+) -> dict[str, Any]:
+    """What the campaign pumped: ``volume_ul`` per stream (None before anything ran), ``pumping_s``
+    (time the pumps ran conditions: equilibration and droplets, not holds or idle time, so the same on
+    a dry run's virtual clock as on the rig) and ``syringe_ul`` per stream (the rig file's syringe
+    volume, None where it gives none). The runner journals each condition's total volume
+    (``reagent_used``); the condition's pump rates split it by stream."""
+    row = row or store.campaign(campaign_id)
+    conditions = store.conditions(campaign_id) if conditions is None else conditions
+    used_ul: dict[tuple[int, int], float] = {}
+    after = 0
+    while True:
+        batch = store.events(campaign_id, after_id=after, limit=1000)
+        if not batch:
+            break
+        for e in batch:
+            if e.kind == "reagent_used" and e.data.get("ul") is not None:
+                key = (int(e.data["round"]), int(e.data["condition"]))
+                used_ul[key] = used_ul.get(key, 0.0) + float(e.data["ul"])
+        after = batch[-1].id
+    volume: dict[str, float] = {}
+    pumping_s = 0.0
+    for c in conditions:
+        ul = used_ul.get((c.round, c.index))
+        flow = sum(c.rates.values()) if c.rates else 0.0
+        if ul and flow > 0:
+            pumping_s += 60.0 * ul / flow
+            for stream, rate in c.rates.items():
+                volume[stream] = volume.get(stream, 0.0) + ul * rate / flow
+    try:
+        rig = yaml.safe_load(row.rig_yaml) or {}
+    except yaml.YAMLError:
+        rig = {}
+    pumps = rig.get("pumps") if isinstance(rig, dict) else None
+    syringes = {
+        str(p.get("stream") or p.get("name")): p.get("syringe_volume_ul")
+        for p in (pumps if isinstance(pumps, list) else []) if isinstance(p, dict)
+    }
+    return {"volume_ul": volume or None, "pumping_s": pumping_s if volume else None, "syringe_ul": syringes}
+
+
+def syringe_fills(used_ul: float, syringe_ul: float | None) -> int | None:
+    """How many full syringes ``used_ul`` takes (1: no refill), or None without a syringe volume."""
+    if not syringe_ul or syringe_ul <= 0:
+        return None
+    return max(1, math.ceil(used_ul / syringe_ul - 1e-9))
+
+
+def reagent_rows(use: Mapping[str, Any]) -> list[tuple[str, float, float | None, int | None]]:
+    """(stream, used uL, syringe uL or None, full syringes it takes or None) per stream of
+    :func:`reagent_use`, in the rig's pump order."""
+    volume = use.get("volume_ul") or {}
+    syringes = use.get("syringe_ul") or {}
+    order = [s for s in syringes if s in volume] + [s for s in volume if s not in syringes]
+    return [(s, volume[s], syringes.get(s), syringe_fills(volume[s], syringes.get(s))) for s in order]
+
+
 def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
     """The summary document of one campaign (schema in this module's docstring), plain JSON types."""
     row = store.campaign(campaign_id)
@@ -149,20 +210,8 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
             }
         )
 
-    # volumes: the runner journals each condition's total volume; the rates split it by stream
-    used_ul: dict[tuple[int, int], float] = {}
-    after = 0
-    while True:
-        batch = store.events(campaign_id, after_id=after, limit=1000)
-        if not batch:
-            break
-        for e in batch:
-            if e.kind == "reagent_used" and e.data.get("ul") is not None:
-                key = (int(e.data["round"]), int(e.data["condition"]))
-                used_ul[key] = used_ul.get(key, 0.0) + float(e.data["ul"])
-        after = batch[-1].id
-
-    volume: dict[str, float] = {}
+    use = reagent_use(store, campaign_id, conditions=conditions, row=row)
+    volume = use["volume_ul"] or {}
     rounds_out: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     previous: Mapping[str, Any] | None = {v["name"]: v["bounds"] for v in variables if v["bounds"]}
@@ -185,11 +234,6 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
                     "accepted": c.accepted,
                 }
             )
-            ul = used_ul.get((c.round, c.index))
-            if ul and c.rates and sum(c.rates.values()) > 0:
-                flow = sum(c.rates.values())
-                for stream, rate in c.rates.items():
-                    volume[stream] = volume.get(stream, 0.0) + ul * rate / flow
             if (
                 c.status == "done"
                 and c.median_loss is not None
@@ -226,6 +270,8 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
         "replicates_set_aside": len(replicates) - len(counted),
         "volume_ul": volume or None,
         "reagent_ul": sum(v for s, v in volume.items() if s != remainder) if volume else None,
+        "pumping_s": use["pumping_s"],
+        "syringe_ul": use["syringe_ul"],
     }
     summary = {
         "schema": SCHEMA,

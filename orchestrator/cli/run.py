@@ -297,6 +297,7 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
         where.append(("report", _write_report(store, campaign_id, args.report, console)))
     for label, value in where:
         console.print(f"  {label:<8} {value}")
+    _print_reagent_use(store, campaign_id, console)
     if status is None:
         return EXIT_INTERRUPTED if row.status == state.PAUSED else EXIT_STOPPED
     return {state.FINISHED: EXIT_OK, state.ABORTED: EXIT_ABORTED}.get(status, EXIT_STOPPED)
@@ -318,6 +319,24 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _print_reagent_use(store: Any, campaign_id: str, console: Console) -> None:
+    """What the pumps used against their syringes, and how long they ran: on a dry run, what the rig
+    will need (a stream that takes more than one syringe is refilled mid-run: the pump stalls at the
+    end of its syringe, the campaign holds, the operator refills and resumes)."""
+    from orchestrator.summary import reagent_rows, reagent_use
+
+    use = reagent_use(store, campaign_id)
+    if not use["volume_ul"]:
+        return
+    parts = []
+    for stream, used, syringe, fills in reagent_rows(use):
+        text = f"{escape(stream)} {used / 1000:.1f}" + (f" of {syringe / 1000:g} mL" if syringe else " mL")
+        if fills and fills > 1:
+            text = f"[yellow]{text} ({fills} syringes: refill {fills - 1}x)[/]"
+        parts.append(text)
+    console.print(f"  {'used':<8} {', '.join(parts)}; pumps ran {use['pumping_s'] / 3600:.2f} h")
 
 
 def _write_summary(store: Any, campaign_id: str, path: Path, console: Console) -> str:

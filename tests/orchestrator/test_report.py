@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from orchestrator.report import (
     gp_model,
     model_check_rows,
     predicted_optimum,
+    render_html,
     shap_importance,
     write_report,
 )
@@ -145,3 +147,12 @@ def test_model_check_rows_follow_the_rounds(campaign: ReportData) -> None:
     assert rows[2]["accuracy_cosine"] is not None and rows[2]["accuracy_cosine"] > 0.9
     assert rows[0]["accuracy_cosine"] is None
     assert rows[2]["dnn_count"] == 3
+
+
+def test_the_page_lists_reagents_against_their_syringes_and_the_pumping_time(campaign: ReportData) -> None:
+    data = dataclasses.replace(campaign, rig="rig-a-dry-run", pumping_s=5400.0, reagents=[
+        ("AgNO3", 14_200.0, 10_000.0, 2), ("PVA", 2_400.0, 10_000.0, 1), ("water", 900.0, None, None)])
+    text = re.sub(r"<[^>]+>", " ", render_html(data, {}, [], None))
+    assert "rig-a-dry-run" in text and "pumps ran  1.50 h" in text
+    assert "AgNO3  14.20  10  2 (refill 1x)" in text and "PVA  2.40  10  1 " in text and "water  0.90  –  –" in text
+    assert "Reagents" not in re.sub(r"<[^>]+>", " ", render_html(dataclasses.replace(campaign, reagents=[]), {}, [], None))

@@ -215,6 +215,8 @@ def test_empty_syringe_stalls_exactly_when_empty_and_refill_lets_it_go_on() -> N
     assert bench("0DIS") == B("00A?S")  # the alarm answers first, and is acknowledged by it
     assert bench("0DIS") == B("00SI30.00W0.000UL")
     assert bench.fw.snapshot(0).content_ul == 0.0
+    assert bench.fw.refill_empty() == {0: 30.0}  # a dry run's operator: full again ...
+    assert bench.fw.snapshot(0).content_ul == 30.0 and bench.fw.refill_empty() == {}  # ... and only when empty
     bench.fw.refill(0, 100.0)
     assert bench("0RUN") == B("00I")
     bench.advance(10.0)
