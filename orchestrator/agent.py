@@ -142,11 +142,13 @@ class Agent:
         log.info("agent started", agent=self.owner, rig=self.rig_name)
         try:
             while not self._stopping.is_set():
+                self.store.agent_seen(self.owner, self.rig_name)  # idle or not: seen (sdl status, console)
                 if self.step() is None:
                     if exit_when_idle:
                         break
                     self._stopping.wait(self.idle_poll_s)
         finally:
+            self.store.agent_stopped(self.owner)
             self.store.journal(None, "agent_stopped", who=self.owner, data={"rig": self.rig_name})
             log.info("agent stopped", agent=self.owner, rig=self.rig_name)
         return self.stats
@@ -233,6 +235,7 @@ class Agent:
             self.store.release(campaign_id, self.owner)
             return
         bound.info("campaign claimed")
+        self.store.agent_seen(self.owner, self.rig_name, campaign_id)  # its heartbeat now says we live
         try:
             final = self._run(
                 self.store, campaign_id, owner=self.owner, progress=self._progress, sleep=self._sleep

@@ -313,6 +313,22 @@ class EstopRow:
     clear_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class AgentRow:
+    """A rig agent as the store knows it. ``seen_at``: its last sign of life, idle or driving
+    (the heartbeat of the campaign it drives counts)."""
+
+    owner: str
+    rig: str
+    started_at: datetime
+    seen_at: datetime
+    campaign_id: str | None
+    stopped_at: datetime | None
+
+    def is_live(self, now: datetime, stale_after_s: float = STALE_AFTER_S) -> bool:
+        return self.stopped_at is None and now - self.seen_at < timedelta(seconds=stale_after_s)
+
+
 # ---------------------------------------------------------------------------------------- schema
 
 
@@ -481,6 +497,18 @@ estops_t = sa.Table(
     sa.Column("cleared_by", sa.String(200), nullable=True),
     sa.Column("clear_reason", sa.Text(), nullable=True),
     sa.Index("ix_estops_active", "cleared_at"),
+)
+
+agents_t = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("owner", sa.String(200), primary_key=True),
+    sa.Column("rig", sa.String(200), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("seen_at", UTCDateTime(), nullable=False),
+    sa.Column("campaign_id", sa.String(64), nullable=True),
+    sa.Column("stopped_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_agents_rig", "rig"),
 )
 
 
@@ -1567,6 +1595,58 @@ class Store:
                 "control_handled",
                 data={"request_id": request_id, "action": row["action"], "outcome": outcome},
             )
+
+    # -- rig agents
+
+    def agent_seen(self, owner: str, rig: str, campaign_id: str | None = None) -> None:
+        """An agent's sign of life (every idle poll, and as it starts and ends a campaign)."""
+        now = self.now()
+        with self._write() as conn:
+            done = conn.execute(
+                agents_t.update().where(agents_t.c.owner == owner)
+                .values(rig=rig, seen_at=now, campaign_id=campaign_id, stopped_at=None)
+            ).rowcount
+            if not done:
+                conn.execute(agents_t.insert().values(owner=owner, rig=rig, started_at=now, seen_at=now,
+                                                      campaign_id=campaign_id))
+
+    def agent_stopped(self, owner: str) -> None:
+        now = self.now()
+        with self._write() as conn:
+            conn.execute(agents_t.update().where(agents_t.c.owner == owner)
+                         .values(seen_at=now, stopped_at=now, campaign_id=None))
+
+    def agents(self, rig: str | None = None) -> list[AgentRow]:
+        """The agents of ``rig`` (None: every rig), most recently seen first; an agent driving a
+        campaign counts as seen at that campaign's latest heartbeat while it holds the claim."""
+        a, c = agents_t.c, campaigns_t.c
+        query = sa.select(agents_t, c.heartbeat_at, c.owner.label("claim_owner")).select_from(
+            agents_t.outerjoin(campaigns_t, c.id == a.campaign_id))
+        if rig is not None:
+            query = query.where(a.rig == rig)
+        out = []
+        with self._read() as conn:
+            for r in conn.execute(query).mappings():
+                seen = r["seen_at"]
+                if r["claim_owner"] == r["owner"] and r["heartbeat_at"] is not None:
+                    seen = max(seen, r["heartbeat_at"])
+                out.append(AgentRow(owner=r["owner"], rig=r["rig"], started_at=r["started_at"], seen_at=seen,
+                                    campaign_id=r["campaign_id"], stopped_at=r["stopped_at"]))
+        return sorted(out, key=lambda g: g.seen_at, reverse=True)
+
+    def queue_note(self, rig: str) -> str:
+        """Why a campaign queued for ``rig`` is (not) being picked up: '' when a live agent serves the
+        rig, else what to do."""
+        now = self.now()
+        agents = self.agents(rig)
+        if any(g.is_live(now) for g in agents):
+            return ""
+        if not agents:
+            return f"no agent has served rig {rig} yet: start one with `sdl agent --rig RIG_FILE`"
+        last = agents[0]
+        gone = f"stopped at {last.stopped_at:%Y-%m-%d %H:%M} UTC" if last.stopped_at else \
+            f"silent since {last.seen_at:%Y-%m-%d %H:%M} UTC"
+        return f"no live agent for rig {rig} (the last, {last.owner}, {gone}): start `sdl agent --rig RIG_FILE`"
 
     # -- e-stop latch
 

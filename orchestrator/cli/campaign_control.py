@@ -302,6 +302,8 @@ def _status_record(store: Store, row: CampaignRow) -> dict[str, Any]:
             "live": row.is_live(now),
             "heartbeat_at": row.heartbeat_at,
             "queued_for_rig": row.queued_for_rig,
+            # a queued campaign with no live agent for its rig waits for nothing: say so, and what to do
+            "queue_note": store.queue_note(row.queued_for_rig or row.rig_name) if row.status == state.QUEUED else "",
             "estop": None
             if latch is None
             else {"rig": latch.rig, "who": latch.who, "reason": latch.reason, "at": latch.at},
@@ -362,6 +364,7 @@ def _status(args: argparse.Namespace) -> int:
                 _print_one(out, store, records[0])
             else:
                 _print_table(out, records)
+                _print_agents(out, store)
             return 0
         finally:
             store.close()
@@ -384,7 +387,7 @@ def _print_table(out: Console, records: list[dict[str, Any]]) -> None:
         style = _STATUS_STYLE.get(rec["status"], "")
         text = rec["status_text"] + (
             "" if rec["live"] or rec["status"] not in state.ACTIVE else " (no live process)"
-        )
+        ) + (f" ({rec['queue_note']})" if rec["queue_note"] else "")
         table.add_row(
             rec["campaign_id"],
             rec["name"],
@@ -395,6 +398,24 @@ def _print_table(out: Console, records: list[dict[str, Any]]) -> None:
             _best_text(rec),
             rec["updated_at"][:16].replace("T", " "),
         )
+    out.print(table)
+
+
+def _print_agents(out: Console, store: Store) -> None:
+    """The rig agents the store has seen: live (idle or driving a campaign), stopped, or silent."""
+    agents = store.agents()
+    if not agents:
+        return
+    now = store.now()
+    table = Table("rig", "agent", "state", "last seen (UTC)", title="rig agents", title_justify="left")
+    for g in agents:
+        if g.is_live(now):
+            what = f"[green]running {g.campaign_id}[/]" if g.campaign_id else "[green]idle, waiting for work[/]"
+        elif g.stopped_at is not None:
+            what = "[dim]stopped[/]"
+        else:
+            what = "[red]silent: its process died or lost the database[/]"
+        table.add_row(escape(g.rig), escape(g.owner), what, f"{g.seen_at:%Y-%m-%d %H:%M:%S}")
     out.print(table)
 
 
@@ -410,6 +431,8 @@ def _print_one(out: Console, store: Store, rec: dict[str, Any]) -> None:
         )
     elif rec["status"] in state.ACTIVE:
         out.print(f"  no process drives it: `sdl resume {cid}` continues it", highlight=False)
+    if rec["queue_note"]:
+        out.print(f"  [yellow]{escape(rec['queue_note'])}[/]", highlight=False)
     out.print(
         f"  progress: {rec['rounds']} round(s), {rec['conditions_done']}/{rec['conditions']} conditions done "
         f"({rec['conditions_failed']} failed), {rec['replicates']} replicates ({rec['replicates_accepted']} accepted)",

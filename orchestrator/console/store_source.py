@@ -289,12 +289,19 @@ class StoreSource:
                     id=row.id,
                     name=row.name,
                     state=row.status,
-                    reason=row.description,
+                    reason=self._reason(row),
                     updated_at=row.updated_at,
                     progress=progress,
                 )
             )
         return out
+
+    def _reason(self, row: Any) -> str:
+        """The state in words; a queued campaign that no live agent will pick up says so."""
+        if row.status != states.QUEUED:
+            return row.description
+        note = self.store.queue_note(row.queued_for_rig or row.rig_name)
+        return f"{row.description} ({note})" if note else row.description
 
     def campaign(self, campaign_id: str) -> CampaignDetail:
         return self._cached(("campaign", campaign_id), lambda: self._detail(campaign_id))
@@ -311,7 +318,7 @@ class StoreSource:
             id=row.id,
             name=row.name,
             state=row.status,
-            reason=row.description,
+            reason=self._reason(row),
             updated_at=row.updated_at,
             progress=_progress(plan, snap),
             started_at=row.created_at,

@@ -130,6 +130,9 @@ def test_two_agents_two_rigs_one_store(store: Store, rigs: dict[str, Path], prot
             row = store.campaign(campaign_id)
             assert row.status == state.FINISHED and row.owner is None
             assert claims(store, campaign_id) == [owner]
+    # both agents were seen serving their rigs, and said so when they stopped
+    assert sorted((g.rig, g.owner, g.stopped_at is not None) for g in store.agents()) == [
+        ("rig-a", a.owner, True), ("rig-b", b.owner, True)]
 
 
 def test_agents_of_one_rig_never_share_a_campaign(

@@ -338,11 +338,11 @@ def test_export_of_an_unknown_campaign(url: str, store: Store, capsys: pytest.Ca
 def test_db_upgrade_then_current(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
     fresh = f"sqlite:///{tmp_path / 'db' / 'sdl.db'}"
     code, _, err = run(capsys, "db", "upgrade", "--db", fresh)
-    assert code == 0 and "from an empty database to revision 0001" in err
+    assert code == 0 and "from an empty database to revision 0002" in err
     code, _, err = run(capsys, "db", "upgrade", "--db", fresh)
     assert code == 0 and "up to date" in err
     code, out, err = run(capsys, "db", "current", "--db", fresh)
-    assert code == 0 and out == "0001\n" and "up to date" in err
+    assert code == 0 and out == "0002\n" and "up to date" in err
 
 
 def test_status_table_piped_keeps_each_reason_on_its_line(url: str, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
@@ -360,3 +360,21 @@ def test_a_refusal_is_printed_as_written(url: str, store: Store, capsys: pytest.
     """Brackets in what the user typed are not rich markup in the error (the run/hw commands' rule too)."""
     code, _, err = run(capsys, "pause", "c-[/x]", "--reason", "bubble", "--db", url)
     assert code != 0 and "c-[/x]" in err
+
+
+def test_status_says_when_a_queued_campaign_has_no_live_agent_and_lists_the_agents(
+    url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cid = campaign(store, status="queued", rig="rig-a")
+    code, out, _ = run(capsys, "status", "--db", url)
+    assert code == 0 and "no agent has served rig rig-a yet: start one with `sdl agent --rig RIG_FILE`" in out
+    assert "rig agents" not in out
+    record = json.loads(run(capsys, "status", "--json", "--db", url)[1])[0]
+    assert record["queue_note"].startswith("no agent has served rig rig-a")
+    store.agent_seen("sdl-agent@lab-pc:7", "rig-a")
+    code, out, _ = run(capsys, "status", "--db", url)
+    assert "no agent has served" not in out and "no live agent" not in out
+    assert "rig agents" in out and "sdl-agent@lab-pc:7" in out and "idle, waiting for work" in out
+    store.agent_stopped("sdl-agent@lab-pc:7")
+    code, out, _ = run(capsys, "status", cid, "--db", url)
+    assert "no live agent for rig rig-a (the last, sdl-agent@lab-pc:7, stopped at" in out

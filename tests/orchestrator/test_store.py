@@ -774,3 +774,30 @@ def test_the_migration_downgrades_and_upgrades_again(store: Store) -> None:
     migrations.upgrade(store.engine)
     assert migrations.current(store.engine) == migrations.head()
     assert new_campaign(store)
+
+
+def test_agents_are_seen_idle_or_through_their_campaigns_heartbeat_and_queues_say_who_waits(
+    store: Store, clock: FakeClock
+) -> None:
+    assert store.queue_note("rig-a") == "no agent has served rig rig-a yet: start one with `sdl agent --rig RIG_FILE`"
+    store.agent_seen("agent-1@h:1", "rig-a")
+    assert store.queue_note("rig-a") == "" and store.queue_note("rig-b").startswith("no agent has served rig rig-b")
+    (agent,) = store.agents()
+    assert (agent.owner, agent.rig, agent.started_at, agent.campaign_id) == ("agent-1@h:1", "rig-a", T0, None)
+    # driving a campaign, the agent writes nothing itself: the campaign's heartbeat says it lives
+    cid = new_campaign(store, rig="rig-a")
+    store.claim(cid, "agent-1@h:1")
+    store.agent_seen("agent-1@h:1", "rig-a", cid)
+    clock.advance(STALE_AFTER_S + 30)
+    store.heartbeat(cid, "agent-1@h:1")
+    (agent,) = store.agents("rig-a")
+    assert agent.campaign_id == cid and agent.seen_at == clock.now and agent.is_live(clock.now)
+    assert store.queue_note("rig-a") == ""
+    clock.advance(STALE_AFTER_S + 1)  # the process died: no heartbeat, no idle poll
+    note = store.queue_note("rig-a")
+    assert "no live agent for rig rig-a (the last, agent-1@h:1, silent since" in note and "sdl agent --rig" in note
+    store.agent_seen("agent-2@h:2", "rig-a")
+    assert store.queue_note("rig-a") == "" and [g.owner for g in store.agents()] == ["agent-2@h:2", "agent-1@h:1"]
+    store.agent_stopped("agent-2@h:2")
+    assert "(the last, agent-2@h:2, stopped at" in store.queue_note("rig-a")
+    assert store.agents("rig-b") == []

@@ -337,3 +337,14 @@ def test_without_a_live_process_pause_and_abort_apply_at_once(store: Store) -> N
         source.request_control(cid, "resume", "alice", "back")
     source.request_control(cid, "abort", "alice", "wrong syringe")
     assert store.campaign(cid).status == state.ABORTED
+
+
+def test_a_queued_campaign_says_whether_an_agent_will_pick_it_up(store: Store) -> None:
+    cid = _campaign(store)
+    store.release(cid, "runner-1")
+    store.set_status(cid, state.QUEUED, reason="for the night shift")
+    source = StoreSource(store, fresh_s=0)
+    (listed,) = source.list_campaigns()
+    assert "for the night shift" in listed.reason and "no agent has served rig simulated yet" in listed.reason
+    store.agent_seen("sdl-agent@lab-pc:7", "simulated")
+    assert "agent" not in source.campaign(cid).reason
