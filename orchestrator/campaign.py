@@ -432,8 +432,8 @@ class _Runner:
         raise _Fault(f"{reason}. {first.hint}")
 
     def _dry_run_refill(self) -> None:
-        """On a dry run, refill the syringes that ran empty (the stall that brought us here), as the
-        operator would at the hold a real rig would come to; journaled so the summary counts refills."""
+        """On a dry run, refill the syringes that ran empty, as the operator would at the hold a real
+        rig comes to; each refill is journaled (``syringe_refilled``) with the pump and the volume."""
         for pump, ul in self.rig.refill_empty_syringes().items():
             log.info("dry run: syringe refilled", pump=pump, ul=ul)
             self.store.journal(
@@ -485,6 +485,9 @@ class _Runner:
             self.watcher.tripped.set()  # latched before the watcher looked: never start the pumps
             raise _Reequilibrate()
         self._account_flow()
+        # a New Era pump takes RUN on an empty syringe and stalls a moment later (the pump check sends
+        # the flow back here), a Harvard pump refuses it (a device error, retried): refill both ways
+        self._dry_run_refill()
         self._device("setting pump rates", go)
         self._flow = {s: r for s, r in rates.items() if r > 0}
         self._flow_since = self.rig.clock.now()
@@ -1153,6 +1156,9 @@ class _Runner:
         except DeviceError as exc:
             # nothing has moved: a campaign that never ran is paused (created cannot be faulted)
             reason = f"fault: the rig did not connect: {exc}"
+            if not self.rig.is_simulated:
+                reason += ("; no hardware here? `sdl run PROTOCOL --rig RIG_FILE --dry-run` rehearses the "
+                           "protocol on the rig's simulated twin")
             status = (
                 state.FAULTED
                 if row.status == state.FAULTED or state.FAULTED in state.allowed(row.status)

@@ -8,6 +8,7 @@ simulator, and :func:`build_rig` wires them all to one fresh :class:`simulators.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from orchestrator.config_errors import (
 )
 from orchestrator.protocol import ExperimentProtocol
 from simulators.faults import FAULT_PATHS, ONE_WAY_FAULTS, PUMP_FAULTS, SPECTROMETER_FAULTS, Fault
-from simulators.serialsim import drop_bus, get_bus, parse_sim_url
+from simulators.serialsim import KNOWN_PROTOCOLS, drop_bus, get_bus, parse_sim_url
 from simulators.spectrometer import SimulatedSeabreezeSpectrometer, model_absorbance, pixel_wavelengths
 from simulators.world import Clock, InputMap, VirtualClock, WallClock, World, set_world
 
@@ -295,7 +296,8 @@ class RigConfig(_Strict):
                     problems.append(
                         Problem(
                             f"pumps[{i}].baudrate",
-                            f"pumps on {p.port} must share one baud rate (pumps[{first}]: {baud})",
+                            f"pumps on {p.port} must share one baud rate (pumps[{first}]: "
+                            f"{'the driver default' if baud is None else baud}); give every pump on it the same",
                         )
                     )
             else:
@@ -457,7 +459,10 @@ def dry_run_twin(cfg: RigConfig, *, source: str | Path | None = None) -> RigConf
         raise ConfigError(source, [Problem(
             "pumps", f"{', '.join(sila)}: a SiLA 2 pump has no emulator to dry-run against; dry-run a copy "
             "of the rig file with newera or harvard pumps of the same syringes")])
-    name = cfg.name[: 64 - len(DRY_RUN_SUFFIX)] + DRY_RUN_SUFFIX
+    name = cfg.name + DRY_RUN_SUFFIX
+    if len(name) > 64:  # shortened, with a digest of the whole name: two long names never meet
+        digest = hashlib.sha1(cfg.name.encode()).hexdigest()[:6]
+        name = f"{cfg.name[: 64 - len(DRY_RUN_SUFFIX) - 7]}-{digest}{DRY_RUN_SUFFIX}"
     buses: dict[str, str] = {}
     pumps = []
     for p in cfg.pumps:
@@ -722,9 +727,9 @@ def _attach_simulated_pumps(cfg: RigConfig, world: World, world_name: str) -> No
     for (protocol, bus), pumps in by_bus.items():
         drop_bus(protocol, bus)
         query = {"address": [str(p.address) for p in pumps], "world": [world_name]}
-        volumes = [p.syringe_volume_ul for p in pumps]
-        if all(v is not None for v in volumes):  # else the emulator's default syringe
-            query["syringe_ul"] = [f"{v:g}" for v in volumes]
+        default = importlib.import_module(KNOWN_PROTOCOLS[protocol]).DEFAULT_SYRINGE_UL
+        # one volume per address: a pump without syringe_volume_ul gets the emulator's default syringe
+        query["syringe_ul"] = [f"{p.syringe_volume_ul or default:g}" for p in pumps]
         if pumps[0].baudrate is not None:  # one baud rate per line (checked when the rig loaded)
             query["baud"] = [str(pumps[0].baudrate)]
         firmware = get_bus(protocol, bus, query)
@@ -757,7 +762,13 @@ def _make_spectrometer(s: SpectrometerConfig, world: World | None, world_name: s
 
     backend: Any = None
     if s.driver == "simulated":
-        backend = SimulatedSeabreezeSpectrometer(world=world, faults=[f.to_fault() for f in s.faults])
+        # a bench's lamp and integration time are set together (the reference well below saturation):
+        # the simulated lamp is as bright as the rig file's integration time expects, 4000 counts/ms
+        # at 10 ms (a reference peak near 61 % of full scale at any integration time)
+        backend = SimulatedSeabreezeSpectrometer(
+            world=world, faults=[f.to_fault() for f in s.faults],
+            lamp_peak_counts_per_ms=4000.0 * 10_000 / s.integration_time_us,
+        )
     return OceanSpectrometer(
         "spectrometer",
         serial_number=s.serial_number,

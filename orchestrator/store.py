@@ -1642,11 +1642,11 @@ class Store:
         if any(g.is_live(now) for g in agents):
             return ""
         if not agents:
-            return f"no agent has served rig {rig} yet: start one with `sdl agent --rig RIG_FILE`"
+            return f"no agent has served rig {rig} yet: start one with `sdl agent --rig {rig}`"
         last = agents[0]
         gone = f"stopped at {last.stopped_at:%Y-%m-%d %H:%M} UTC" if last.stopped_at else \
             f"silent since {last.seen_at:%Y-%m-%d %H:%M} UTC"
-        return f"no live agent for rig {rig} (the last, {last.owner}, {gone}): start `sdl agent --rig RIG_FILE`"
+        return f"no live agent for rig {rig} (the last, {last.owner}, {gone}): start `sdl agent --rig {rig}`"
 
     # -- e-stop latch
 

@@ -35,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    agent.add_argument("--rig", required=True, help="rig file, or the rig's name")
+    agent.add_argument(
+        "--rig", required=True,
+        help="rig file, or the rig's name (campaigns queued with `sdl run --dry-run --queue` are the twin's: NAME-dry-run)",
+    )
     agent.add_argument(
         "--db", help="store URL (default: $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db)"
     )

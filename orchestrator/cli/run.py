@@ -223,7 +223,13 @@ def run_command(args: argparse.Namespace) -> int:
         )
         print(campaign_id)
         return EXIT_OK
-    twin = " (dry run: simulated twin, " + escape(store.campaign(campaign_id).rig_name) + ")" if args.dry_run else ""
+    twin = ""
+    if args.dry_run:
+        from orchestrator.rig import DRY_RUN_SUFFIX
+
+        name = store.campaign(campaign_id).rig_name
+        twin = (f" (dry run: simulated twin, {escape(name)})" if name.endswith(DRY_RUN_SUFFIX)
+                else " (dry run: the rig is simulated already)")
     console.print(f"campaign [bold]{campaign_id}[/] ({escape(str(args.protocol))} on {escape(str(args.rig))}{twin})")
     return _drive(store, campaign_id, args, console)
 
@@ -336,7 +342,10 @@ def _print_reagent_use(store: Any, campaign_id: str, console: Console) -> None:
         if fills and fills > 1:
             text = f"[yellow]{text} ({fills} syringes: refill {fills - 1}x)[/]"
         parts.append(text)
-    console.print(f"  {'used':<8} {', '.join(parts)}; pumps ran {use['pumping_s'] / 3600:.2f} h")
+    rows = reagent_rows(use)
+    hint = ("" if all(syringe for _, _, syringe, _ in rows)
+            else " (syringe_volume_ul for every pump in the rig file gives the refills too)")
+    console.print(f"  {'used':<8} {', '.join(parts)}; pumps ran {use['pumping_s'] / 3600:.2f} h{hint}")
 
 
 def _write_summary(store: Any, campaign_id: str, path: Path, console: Console) -> str:

@@ -367,7 +367,7 @@ def test_status_says_when_a_queued_campaign_has_no_live_agent_and_lists_the_agen
 ) -> None:
     cid = campaign(store, status="queued", rig="rig-a")
     code, out, _ = run(capsys, "status", "--db", url)
-    assert code == 0 and "no agent has served rig rig-a yet: start one with `sdl agent --rig RIG_FILE`" in out
+    assert code == 0 and "no agent has served rig rig-a yet: start one with `sdl agent --rig rig-a`" in out
     assert "rig agents" not in out
     record = json.loads(run(capsys, "status", "--json", "--db", url)[1])[0]
     assert record["queue_note"].startswith("no agent has served rig rig-a")

@@ -337,25 +337,28 @@ def test_chemistry_on_a_real_rig_points_at_dry_run_and_sila_pumps_cannot_dry_run
 
 
 @pytest.mark.timeout(60)  # without the refill the run would hold for an operator
+# a Harvard pump with a 1 mL barrel; a New Era pump, which takes RUN on an empty syringe and stalls
+# later, with the shortest 10 mL-wide barrel the rig file accepts (10 mm of stroke)
+@pytest.mark.parametrize(("pump", "diameter", "volume", "rounds"), [("water", 4.61, 1000, 4), ("PVA", 14.57, 1700, 11)])
 def test_a_dry_run_refills_an_empty_syringe_and_says_how_often_the_rig_will_need_it(
-    tmp_path: Path, db: str, capsys
+    tmp_path: Path, db: str, capsys, pump: str, diameter: float, volume: int, rounds: int
 ) -> None:
     rig = yaml.safe_load(SIM_RIG.read_text())
-    water = next(p for p in rig["pumps"] if p["name"] == "water")
-    water.update(syringe_diameter_mm=4.61, syringe_volume_ul=1000)  # a 1 mL barrel: empty within 4 rounds
+    small = next(p for p in rig["pumps"] if p["name"] == pump)
+    small.update(syringe_diameter_mm=diameter, syringe_volume_ul=volume)  # empty within the run
     rig_file = tmp_path / "small_syringe.yaml"
     rig_file.write_text(yaml.safe_dump(rig))
     summary = tmp_path / "s.json"
-    protocol = tiny_protocol(tmp_path, stop={"max_rounds": 4})
+    protocol = tiny_protocol(tmp_path, stop={"max_rounds": rounds})
     assert main(["run", str(protocol), "--rig", str(rig_file), "--db", db, "--summary", str(summary)]) == 0
     out = capsys.readouterr().out
     store = new_store(tmp_path / "runs")
     (row,) = store.campaigns()
     assert row.status == state.FINISHED
     refills = [e for e in store.events(row.id, after_id=0, limit=10_000) if e.kind == "syringe_refilled"]
-    assert [e.data["pump"] for e in refills] == ["water"] and refills[0].data["ul"] == 1000
+    assert [e.data["pump"] for e in refills] == [pump] and refills[0].data["ul"] == volume
     totals = json.loads(summary.read_text())["totals"]
-    assert 1000 < totals["volume_ul"]["water"] < 2000 and totals["syringe_ul"]["water"] == 1000
+    assert volume < totals["volume_ul"][pump] < 2 * volume and totals["syringe_ul"][pump] == volume
     assert totals["syringe_ul"]["AgNO3"] == 10000 and totals["pumping_s"] > 0
     line = next(x for x in out.splitlines() if x.strip().startswith("used"))
-    assert "of 1 mL (2 syringes: refill 1x)" in line and "AgNO3" in line and "pumps ran" in line
+    assert f"{pump} " in line and f"of {volume / 1000:g} mL (2 syringes: refill 1x)" in line and "pumps ran" in line

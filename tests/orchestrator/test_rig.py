@@ -497,5 +497,30 @@ def test_dry_run_twin_keeps_chains_syringes_and_watchdogs_and_gives_each_port_it
     assert twin.simulation.chemistry.model == "simulators.chemistry:AgNanoprism"
     simulated = load_rig(SIMULATED)
     assert dry_run_twin(simulated) is simulated
-    long_name = RigConfig.model_validate({**data, "name": "r" * 64})
-    assert dry_run_twin(long_name).name == "r" * 56 + "-dry-run"
+    # a name too long for the suffix is shortened with a digest of the whole name: two never meet
+    twins = {dry_run_twin(RigConfig.model_validate({**data, "name": "bench-" + "r" * 52 + end})).name
+             for end in ("-01", "-02")}
+    assert len(twins) == 2 and all(len(t) == 64 and t.endswith("-dry-run") for t in twins)
+
+
+def test_a_simulated_line_gives_each_pump_its_own_syringe_and_the_lamp_suits_the_integration_time(
+    tmp_path: Path,
+) -> None:
+    from simulators.serialsim import get_bus
+
+    data = yaml.safe_load(SIMULATED.read_text())
+    data["name"] = "mixed-syringes"
+    for pump in data["pumps"]:
+        pump["port"] = pump["port"].replace("-line", "-mixed")
+    del data["pumps"][3]["syringe_volume_ul"]  # seed, on the Harvard line: the emulator's default
+    data["pumps"][2]["syringe_volume_ul"] = 5000  # TSC, same line
+    data["spectrometer"]["integration_time_us"] = 50_000  # a dim lamp's setting: must not saturate
+    cfg = RigConfig.model_validate(data)
+    protocol = load_protocol(ROOT / "protocols" / "ag_nanoprism.yaml")
+    with build_rig(cfg, protocol) as rig:
+        line = get_bus("harvard", "harvard-mixed")
+        assert [line.snapshot(a).content_ul for a in (0, 1, 2)] == [5000.0, 50_000.0, 25_000.0]
+        spec = rig.spectrometer
+        spec.set_integration_time_us(50_000)
+        reference = spec.acquire_counts()  # water in the cell: the lamp alone
+        assert 0.4 * spec.saturation_counts < reference.max() < 0.85 * spec.saturation_counts

@@ -779,7 +779,7 @@ def test_the_migration_downgrades_and_upgrades_again(store: Store) -> None:
 def test_agents_are_seen_idle_or_through_their_campaigns_heartbeat_and_queues_say_who_waits(
     store: Store, clock: FakeClock
 ) -> None:
-    assert store.queue_note("rig-a") == "no agent has served rig rig-a yet: start one with `sdl agent --rig RIG_FILE`"
+    assert store.queue_note("rig-a") == "no agent has served rig rig-a yet: start one with `sdl agent --rig rig-a`"
     store.agent_seen("agent-1@h:1", "rig-a")
     assert store.queue_note("rig-a") == "" and store.queue_note("rig-b").startswith("no agent has served rig rig-b")
     (agent,) = store.agents()
