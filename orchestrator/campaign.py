@@ -179,6 +179,8 @@ def start_campaign(
     if seed is None:
         seed = protocol.seed if protocol.seed is not None else secrets.randbelow(2**31)
     _check_optimizer(protocol, int(seed), str(protocol_path))
+    if status == state.CREATED:  # to run now: refused before it is stored while the rig is busy
+        store.check_rig_free(rig_cfg.name)
     stored = {
         "chemistry": chemistry,
         "target_csv": target_csv,

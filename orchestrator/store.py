@@ -94,6 +94,14 @@ class ClaimLost(StoreError):
     """This process no longer holds the campaign (another took it over after a stale heartbeat)."""
 
 
+def _rig_busy_error(rig_name: str, other: CampaignRow) -> RigBusy:
+    return RigBusy(
+        f"rig {rig_name!r} is driving campaign {other.id} ({other.status}, by {other.owner}, "
+        f"heartbeat at {other.heartbeat_at:%H:%M:%S} UTC): one campaign per rig at a time; wait "
+        f"for it to end, abort it, or queue this one for the rig's agent (sdl run --queue)"
+    )
+
+
 # ---------------------------------------------------------------------------------------- rows
 
 
@@ -864,17 +872,21 @@ class Store:
                 )
             other = self._rig_busy(conn, row.rig_name, owner, campaign_id, now)
             if other is not None:
-                raise RigBusy(
-                    f"rig {row.rig_name!r} is driving campaign {other.id} ({other.status}, by {other.owner}, "
-                    f"heartbeat at {other.heartbeat_at:%H:%M:%S} UTC): one campaign per rig at a time; wait "
-                    f"for it to end, abort it, or queue this one for the rig's agent (sdl run --queue)"
-                )
+                raise _rig_busy_error(row.rig_name, other)
             conn.execute(
                 campaigns_t.update()
                 .where(campaigns_t.c.id == campaign_id)
                 .values(owner=owner, heartbeat_at=now, claimed_at=now)
             )
             self._event(conn, campaign_id, "claimed", who=owner, data={"owner": owner, "previous": row.owner})
+
+    def check_rig_free(self, rig_name: str) -> None:
+        """Raise :class:`RigBusy` while a live process drives a campaign on ``rig_name`` (``sdl run``
+        asks before it stores a campaign it could not run; the claim checks again, under its lock)."""
+        with self._read() as conn:
+            other = self._rig_busy(conn, rig_name, "", None, self.now())
+        if other is not None:
+            raise _rig_busy_error(rig_name, other)
 
     def _rig_busy(self, conn: Connection, rig_name: str, owner: str, except_id: str | None, now: datetime) -> CampaignRow | None:
         """Another campaign on ``rig_name`` that another live process drives (it holds the rig's pumps,

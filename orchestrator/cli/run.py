@@ -191,7 +191,7 @@ def run_command(args: argparse.Namespace) -> int:
     from orchestrator.campaign import start_campaign
     from orchestrator.config_errors import ConfigError
     from orchestrator.spectra import TargetFileError
-    from orchestrator.store import open_store
+    from orchestrator.store import RigBusy, open_store
 
     options: dict[str, Any] = {}
     if args.chemistry:
@@ -215,6 +215,8 @@ def run_command(args: argparse.Namespace) -> int:
         )
     except (ConfigError, TargetFileError, ValueError) as exc:
         return fail(str(exc), EXIT_CONFIG)
+    except RigBusy as exc:
+        return fail(str(exc), EXIT_STOPPED)
     console = Console(highlight=False, soft_wrap=True)
     if args.queue:
         row = store.campaign(campaign_id)
