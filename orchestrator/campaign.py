@@ -438,10 +438,12 @@ class _Runner:
         rig comes to; each refill is journaled (``syringe_refilled``) with the pump and the volume."""
         for pump, ul in self.rig.refill_empty_syringes().items():
             log.info("dry run: syringe refilled", pump=pump, ul=ul)
+            size = f"{ul:g} uL" if self.rig.syringes_ul.get(pump) else \
+                f"{ul:g} uL, the emulator's default syringe: give syringe_volume_ul in the rig file"
             self.store.journal(
                 self.campaign_id,
                 "syringe_refilled",
-                reason=f"dry run: pump {pump}'s syringe ran empty and was refilled ({ul:g} uL); "
+                reason=f"dry run: pump {pump}'s syringe ran empty and was refilled ({size}); "
                 "on the rig the campaign holds here until the operator refills it",
                 data={"pump": pump, "ul": ul},
             )

@@ -516,8 +516,10 @@ class Rig:
         dead_volume_ul: float | None,
         world: World | None = None,
         world_name: str | None = None,
+        syringes_ul: Mapping[str, float | None] | None = None,
     ) -> None:
         self.name = name
+        self.syringes_ul = dict(syringes_ul or {})  # per pump, as the rig file gives it (None: not given)
         self.pumps = pumps
         self.pump_for_stream: dict[str, SyringePump] = {
             stream: pumps[p] for p, stream in pump_streams.items()
@@ -705,6 +707,7 @@ def build_rig(
         name=cfg.name,
         pumps=pumps,
         pump_streams={p.name: p.stream_name for p in cfg.pumps},
+        syringes_ul={p.name: p.syringe_volume_ul for p in cfg.pumps},
         spectrometer=spectrometer,
         clock=clock,
         dead_volume_ul=cfg.dead_volume_ul or (cfg.simulation.dead_volume_ul if cfg.simulation else None),

@@ -94,11 +94,10 @@ class ClaimLost(StoreError):
     """This process no longer holds the campaign (another took it over after a stale heartbeat)."""
 
 
-def _rig_busy_error(rig_name: str, other: CampaignRow) -> RigBusy:
+def _rig_busy_error(rig_name: str, other: CampaignRow, then: str) -> RigBusy:
     return RigBusy(
         f"rig {rig_name!r} is driving campaign {other.id} ({other.status}, by {other.owner}, "
-        f"heartbeat at {other.heartbeat_at:%H:%M:%S} UTC): one campaign per rig at a time; wait "
-        f"for it to end, abort it, or queue this one for the rig's agent (sdl run --queue)"
+        f"heartbeat at {other.heartbeat_at:%H:%M:%S} UTC): one campaign per rig at a time; {then}"
     )
 
 
@@ -872,7 +871,7 @@ class Store:
                 )
             other = self._rig_busy(conn, row.rig_name, owner, campaign_id, now)
             if other is not None:
-                raise _rig_busy_error(row.rig_name, other)
+                raise _rig_busy_error(row.rig_name, other, f"wait for it to end or abort it, then `sdl resume {campaign_id}`")
             conn.execute(
                 campaigns_t.update()
                 .where(campaigns_t.c.id == campaign_id)
@@ -886,7 +885,7 @@ class Store:
         with self._read() as conn:
             other = self._rig_busy(conn, rig_name, "", None, self.now())
         if other is not None:
-            raise _rig_busy_error(rig_name, other)
+            raise _rig_busy_error(rig_name, other, "wait for it to end, abort it, or queue this one for the rig's agent (sdl run --queue)")
 
     def _rig_busy(self, conn: Connection, rig_name: str, owner: str, except_id: str | None, now: datetime) -> CampaignRow | None:
         """Another campaign on ``rig_name`` that another live process drives (it holds the rig's pumps,
@@ -1659,6 +1658,21 @@ class Store:
         gone = f"stopped at {last.stopped_at:%Y-%m-%d %H:%M} UTC" if last.stopped_at else \
             f"silent since {last.seen_at:%Y-%m-%d %H:%M} UTC"
         return f"no live agent for rig {rig} (the last, {last.owner}, {gone}): start `sdl agent --rig {rig}`"
+
+    def waiting_note(self, row: CampaignRow) -> str:
+        """Why a campaign that should move does not, and what to do: a queued one with no live agent
+        for its rig (:meth:`queue_note`), a running one whose process stopped heartbeating. '' else."""
+        if row.status == state.QUEUED:
+            return self.queue_note(row.queued_for_rig or row.rig_name)
+        now = self.now()
+        if row.status not in state.ACTIVE or row.is_live(now):
+            return ""
+        who = (f"{row.owner} fell silent at {row.heartbeat_at:%Y-%m-%d %H:%M} UTC"
+               if row.owner and row.heartbeat_at else "no process drives it")
+        agent = any(g.is_live(now) for g in self.agents(row.rig_name))
+        then = (f"the live agent of rig {row.rig_name} marks it orphaned and resumes it" if agent
+                else f"`sdl resume {row.id}` continues it here, or `sdl agent --rig {row.rig_name}` resumes it")
+        return f"no live process: {who}; {then}"
 
     # -- e-stop latch
 

@@ -44,7 +44,8 @@ perfect match; ``null`` where a value does not exist yet)::
                  "volume_ul": {"AgNO3": 1234.5, ..., "water": 5678.9} | null,   # per stream
                  "reagent_ul": 23456.7 | null,   # every stream but the remainder (water)
                  "pumping_s": 4890.0 | null,     # time the pumps ran conditions (no holds, no idle)
-                 "syringe_ul": {"AgNO3": 10000, ...}}   # per stream, from the rig file (null: not given)
+                 "syringe_ul": {"AgNO3": 10000, ...},   # per stream, from the rig file (null: not given)
+                 "refills": {"AgNO3": 1}}       # per stream: syringes a dry run refilled (none on a rig)
     }
 
 ``losses`` lists every stored replicate, set-aside ones included (marked), so nothing measured is
@@ -135,12 +136,14 @@ def reagent_use(
 ) -> dict[str, Any]:
     """What the campaign pumped: ``volume_ul`` per stream (None before anything ran), ``pumping_s``
     (time the pumps ran conditions: equilibration and droplets, not holds or idle time, so the same on
-    a dry run's virtual clock as on the rig) and ``syringe_ul`` per stream (the rig file's syringe
-    volume, None where it gives none). The runner journals each condition's total volume
+    a dry run's virtual clock as on the rig), ``syringe_ul`` per stream (the rig file's syringe
+    volume, None where it gives none) and ``refills`` per stream (``syringe_refilled`` events: a dry
+    run's emulated syringes that ran empty). The runner journals each condition's total volume
     (``reagent_used``); the condition's pump rates split it by stream."""
     row = row or store.campaign(campaign_id)
     conditions = store.conditions(campaign_id) if conditions is None else conditions
     used_ul: dict[tuple[int, int], float] = {}
+    refilled: dict[str, int] = {}  # per pump: the dry run's refills (syringe_refilled events)
     after = 0
     while True:
         batch = store.events(campaign_id, after_id=after, limit=1000)
@@ -150,6 +153,8 @@ def reagent_use(
             if e.kind == "reagent_used" and e.data.get("ul") is not None:
                 key = (int(e.data["round"]), int(e.data["condition"]))
                 used_ul[key] = used_ul.get(key, 0.0) + float(e.data["ul"])
+            elif e.kind == "syringe_refilled":
+                refilled[str(e.data.get("pump"))] = refilled.get(str(e.data.get("pump")), 0) + 1
         after = batch[-1].id
     volume: dict[str, float] = {}
     pumping_s = 0.0
@@ -165,11 +170,12 @@ def reagent_use(
     except yaml.YAMLError:
         rig = {}
     pumps = rig.get("pumps") if isinstance(rig, dict) else None
-    syringes = {
-        str(p.get("stream") or p.get("name")): p.get("syringe_volume_ul")
-        for p in (pumps if isinstance(pumps, list) else []) if isinstance(p, dict)
-    }
-    return {"volume_ul": volume or None, "pumping_s": pumping_s if volume else None, "syringe_ul": syringes}
+    pumps = [p for p in (pumps if isinstance(pumps, list) else []) if isinstance(p, dict)]
+    syringes = {str(p.get("stream") or p.get("name")): p.get("syringe_volume_ul") for p in pumps}
+    stream_of = {str(p.get("name")): str(p.get("stream") or p.get("name")) for p in pumps}
+    refills = {stream_of.get(pump, pump): n for pump, n in refilled.items()}
+    return {"volume_ul": volume or None, "pumping_s": pumping_s if volume else None, "syringe_ul": syringes,
+            "refills": refills}
 
 
 def syringe_fills(used_ul: float, syringe_ul: float | None) -> int | None:
@@ -272,6 +278,7 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
         "reagent_ul": sum(v for s, v in volume.items() if s != remainder) if volume else None,
         "pumping_s": use["pumping_s"],
         "syringe_ul": use["syringe_ul"],
+        "refills": use["refills"],
     }
     summary = {
         "schema": SCHEMA,

@@ -302,8 +302,9 @@ def _status_record(store: Store, row: CampaignRow) -> dict[str, Any]:
             "live": row.is_live(now),
             "heartbeat_at": row.heartbeat_at,
             "queued_for_rig": row.queued_for_rig,
-            # a queued campaign with no live agent for its rig waits for nothing: say so, and what to do
-            "queue_note": store.queue_note(row.queued_for_rig or row.rig_name) if row.status == state.QUEUED else "",
+            # a queued campaign with no live agent for its rig, a running one whose process died: they
+            # wait for nothing; say so, and what to do
+            "note": store.waiting_note(row),
             "estop": None
             if latch is None
             else {"rig": latch.rig, "who": latch.who, "reason": latch.reason, "at": latch.at},
@@ -385,9 +386,7 @@ def _print_table(out: Console, records: list[dict[str, Any]]) -> None:
     table.columns[0].no_wrap = True
     for rec in records:
         style = _STATUS_STYLE.get(rec["status"], "")
-        text = rec["status_text"] + (
-            "" if rec["live"] or rec["status"] not in state.ACTIVE else " (no live process)"
-        ) + (f" ({rec['queue_note']})" if rec["queue_note"] else "")
+        text = rec["status_text"] + (" (see below)" if rec["note"] else "")
         table.add_row(
             rec["campaign_id"],
             rec["name"],
@@ -399,14 +398,23 @@ def _print_table(out: Console, records: list[dict[str, Any]]) -> None:
             rec["updated_at"][:16].replace("T", " "),
         )
     out.print(table)
+    for rec in records:
+        if rec["note"]:
+            out.print(f"[yellow]{escape(rec['campaign_id'])}: {escape(rec['note'])}[/]", highlight=False)
 
 
 def _print_agents(out: Console, store: Store) -> None:
     """The rig agents the store has seen: live (idle or driving a campaign), stopped, or silent."""
-    agents = store.agents()
+    now = store.now()
+    # every live agent; of the others only each rig's latest (the table would grow with every restart)
+    agents, latest_gone = [], set()
+    for g in store.agents():  # most recently seen first
+        if g.is_live(now) or g.rig not in latest_gone:
+            agents.append(g)
+            if not g.is_live(now):
+                latest_gone.add(g.rig)
     if not agents:
         return
-    now = store.now()
     table = Table("rig", "agent", "state", "last seen (UTC)", title="rig agents", title_justify="left")
     for g in agents:
         if g.is_live(now):
@@ -431,8 +439,8 @@ def _print_one(out: Console, store: Store, rec: dict[str, Any]) -> None:
         )
     elif rec["status"] in state.ACTIVE:
         out.print(f"  no process drives it: `sdl resume {cid}` continues it", highlight=False)
-    if rec["queue_note"]:
-        out.print(f"  [yellow]{escape(rec['queue_note'])}[/]", highlight=False)
+    if rec["note"]:
+        out.print(f"  [yellow]{escape(rec['note'])}[/]", highlight=False)
     out.print(
         f"  progress: {rec['rounds']} round(s), {rec['conditions_done']}/{rec['conditions']} conditions done "
         f"({rec['conditions_failed']} failed), {rec['replicates']} replicates ({rec['replicates_accepted']} accepted)",

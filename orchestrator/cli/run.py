@@ -281,6 +281,7 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
 
     log_path = log_path_for(store.url, campaign_id)
     status: str | None = None
+    refused = False
     with campaign_logging(log_path), RichProgress(console, campaign_id) as progress, _sigterm_as_ctrl_c():
         try:
             status = run_campaign(store, campaign_id, owner=_owner(), progress=progress)
@@ -296,6 +297,7 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
             console.print(f"interrupted: {campaign_id} is {current}; `sdl resume {campaign_id}` continues it")
         except (CampaignError, CampaignClaimed) as exc:  # CampaignClaimed: another process has it, or its rig
             console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            refused = isinstance(exc, CampaignClaimed)
     row = store.campaign(campaign_id)
     console.print(f"{campaign_id}: {escape(row.description)}")
     where = [("store", store.url), ("log", str(log_path))]
@@ -305,6 +307,8 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
         where.append(("report", _write_report(store, campaign_id, args.report, console)))
     for label, value in where:
         console.print(f"  {label:<8} {value}")
+    if refused:  # nothing ran here: the campaign stays as it was
+        return EXIT_STOPPED
     _print_reagent_use(store, campaign_id, console)
     if status is None:
         return EXIT_INTERRUPTED if row.status == state.PAUSED else EXIT_STOPPED
@@ -340,9 +344,13 @@ def _print_reagent_use(store: Any, campaign_id: str, console: Console) -> None:
         return
     parts = []
     for stream, used, syringe, fills in reagent_rows(use):
-        text = f"{escape(stream)} {used / 1000:.1f}" + (f" of {syringe / 1000:g} mL" if syringe else " mL")
-        if fills and fills > 1:
-            text = f"[yellow]{text} ({fills} syringes: refill {fills - 1}x)[/]"
+        text = f"{escape(stream)} {used / 1000:.1f} mL"
+        if syringe:
+            refill = f": refill {fills - 1}x" if fills and fills > 1 else ""
+            text += f" ({syringe / 1000:g} mL syringe{refill})"
+            text = f"[yellow]{text}[/]" if refill else text
+        elif use["refills"].get(stream):
+            text += f" (refilled {use['refills'][stream]}x: the emulator's default syringe)"
         parts.append(text)
     rows = reagent_rows(use)
     hint = ("" if all(syringe for _, _, syringe, _ in rows)

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve the console: campaigns, live view, pause/resume/abort/e-stop, schedules, users. "
         "OpenAPI at /docs.",
     )
-    serve.add_argument("--db", default=db.default_url(), help=f"store URL (default: {db.default_url()})")
+    serve.add_argument("--db", default=db.default_url(), help="store URL (default: $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db)")
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this PC only)"
     )

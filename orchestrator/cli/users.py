@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     change.set_defaults(func=_set)
 
     for p in (add, token, lst, change):
-        p.add_argument("--db", default=db.default_url(), help=f"store URL (default: {db.default_url()})")
+        p.add_argument("--db", default=db.default_url(), help="store URL (default: $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db)")
 
 
 def _directory(url: str) -> UserDirectory:

@@ -297,10 +297,11 @@ class StoreSource:
         return out
 
     def _reason(self, row: Any) -> str:
-        """The state in words; a queued campaign that no live agent will pick up says so."""
-        if row.status != states.QUEUED:
+        """The state in words; a queued campaign that no live agent will pick up, or a running one whose
+        process died, says so (:meth:`orchestrator.store.Store.waiting_note`)."""
+        if row.status != states.QUEUED and row.status not in states.ACTIVE:
             return row.description
-        note = self.store.queue_note(row.queued_for_rig or row.rig_name)
+        note = self.store.waiting_note(row)
         return f"{row.description} ({note})" if note else row.description
 
     def campaign(self, campaign_id: str) -> CampaignDetail:
@@ -544,7 +545,9 @@ def _progress(plan: _Plan, snap: CampaignProgress) -> Progress:
         replicate = (plan.replicates or 0) if current is not None else 0
     done = sum(1 for c in snap.conditions if c.status in ("done", "failed"))
     per_condition = plan.replicates or 1
-    planned = (plan.max_conditions or 0) or ((plan.max_rounds or 0) * (plan.batch_size or 0))
+    # the tighter budget: conditions, or rounds x batch (either may be unset)
+    budgets = [b for b in (plan.max_conditions, (plan.max_rounds or 0) * (plan.batch_size or 0)) if b]
+    planned = min(budgets, default=0)
     measuring_now = snap.replicates if snap.measuring is not None else 0
     fraction = (
         min(1.0, (done * per_condition + measuring_now) / (planned * per_condition)) if planned else 0.0
@@ -624,7 +627,8 @@ def _read_plan(row: CampaignRow) -> _Plan:
         variables=variables,
         batch_size=_int(protocol.get("batch_size", 15)),
         replicates=_int(reps.get("n", 20)),
-        max_rounds=_int(options.get("max_rounds") or stop.get("max_rounds")),
+        # `sdl run --max-rounds` only tightens the protocol's limit (CampaignSpec.rounds_limit)
+        max_rounds=min((r for r in (_int(options.get("max_rounds")), _int(stop.get("max_rounds"))) if r), default=None),
         max_conditions=_int(stop.get("max_conditions")),
         stride=stride,
         plot_grid=_floats(grid[::stride]),

@@ -284,7 +284,10 @@ def test_status_table_and_detail(url: str, store: Store, capsys: pytest.CaptureF
     store.latch_estop(who="bob", reason="smoke")
     code, out, _ = run(capsys, "status", "--db", url)
     assert code == 0 and cid in out and "E-STOP latched on every rig" in out and "0.2500" in out
-    assert "no live process" in out
+    assert f"{cid}: no live process: no process drives it; `sdl resume {cid}` continues it here, or " \
+        "`sdl agent --rig sim` resumes it" in out
+    store.agent_seen("sdl-agent@lab-pc:7", "sim")
+    assert "the live agent of rig sim marks it orphaned and resumes it" in run(capsys, "status", "--db", url)[1]
     code, out, _ = run(capsys, "status", cid, "--db", url)
     assert code == 0
     assert "1/2 conditions done" in out and "3 replicates (2 accepted)" in out
@@ -370,11 +373,15 @@ def test_status_says_when_a_queued_campaign_has_no_live_agent_and_lists_the_agen
     assert code == 0 and "no agent has served rig rig-a yet: start one with `sdl agent --rig rig-a`" in out
     assert "rig agents" not in out
     record = json.loads(run(capsys, "status", "--json", "--db", url)[1])[0]
-    assert record["queue_note"].startswith("no agent has served rig rig-a")
+    assert record["note"].startswith("no agent has served rig rig-a")
     store.agent_seen("sdl-agent@lab-pc:7", "rig-a")
     code, out, _ = run(capsys, "status", "--db", url)
     assert "no agent has served" not in out and "no live agent" not in out
     assert "rig agents" in out and "sdl-agent@lab-pc:7" in out and "idle, waiting for work" in out
     store.agent_stopped("sdl-agent@lab-pc:7")
+    store.agent_seen("sdl-agent@lab-pc:8", "rig-a")
+    store.agent_stopped("sdl-agent@lab-pc:8")
+    out = run(capsys, "status", "--db", url)[1]
+    assert "sdl-agent@lab-pc:8" in out and "sdl-agent@lab-pc:7" not in out  # of the stopped, the rig's latest
     code, out, _ = run(capsys, "status", cid, "--db", url)
-    assert "no live agent for rig rig-a (the last, sdl-agent@lab-pc:7, stopped at" in out
+    assert "no live agent for rig rig-a (the last, sdl-agent@lab-pc:8, stopped at" in out

@@ -4,6 +4,7 @@ queueing, bad input refused before anything is stored."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -361,4 +362,21 @@ def test_a_dry_run_refills_an_empty_syringe_and_says_how_often_the_rig_will_need
     assert volume < totals["volume_ul"][pump] < 2 * volume and totals["syringe_ul"][pump] == volume
     assert totals["syringe_ul"]["AgNO3"] == 10000 and totals["pumping_s"] > 0
     line = next(x for x in out.splitlines() if x.strip().startswith("used"))
-    assert f"{pump} " in line and f"of {volume / 1000:g} mL (2 syringes: refill 1x)" in line and "pumps ran" in line
+    assert re.search(rf"{pump} \d\.\d mL \({volume / 1000:g} mL syringe: refill 1x\)", line) and "pumps ran" in line
+    assert re.search(r"AgNO3 \d\.\d mL \(10 mL syringe\),", line) and totals["refills"] == {pump: 1}
+
+
+def test_resume_of_a_campaign_whose_rig_is_busy_is_refused_with_what_to_do(tmp_path: Path, db: str, capsys) -> None:
+    for _ in range(2):
+        assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]) == 0
+    store = new_store(tmp_path / "runs")
+    waiting, busy = store.campaigns()  # newest first
+    store.claim(busy.id, "sdl-agent@elsewhere:1")
+    store.set_status(busy.id, state.RUNNING)
+    store.set_status(waiting.id, state.PAUSED, reason="paused by the operator")
+    capsys.readouterr()
+    assert main(["resume", waiting.id, "--db", db]) == 1  # refused: not 130 (nothing was interrupted)
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert f"is driving campaign {busy.id}" in out and f"wait for it to end or abort it, then `sdl resume {waiting.id}`" in out
+    assert "sdl run --queue" not in out and "pumps ran" not in out
+    assert store.campaign(waiting.id).status == state.PAUSED

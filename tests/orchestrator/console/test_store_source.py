@@ -4,6 +4,7 @@ shows, and what the console asks for lands in the store for that process to obey
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from orchestrator.console.events import CONTROL, ESTOP, PAUSED, PROGRESS
 from orchestrator.console.source import ControlRefused, UnknownCampaign
 from orchestrator.console.store_source import StoreSource, event_text
 from orchestrator.console.users import Role
-from orchestrator.store import PlannedCondition, Store, open_store
+from orchestrator.store import STALE_AFTER_S, PlannedCondition, Store, open_store
 
 from .conftest import FAST_HASHER
 
@@ -348,3 +349,30 @@ def test_a_queued_campaign_says_whether_an_agent_will_pick_it_up(store: Store) -
     assert "for the night shift" in listed.reason and "no agent has served rig simulated yet" in listed.reason
     store.agent_seen("sdl-agent@lab-pc:7", "simulated")
     assert "agent" not in source.campaign(cid).reason
+
+
+def test_a_running_campaign_whose_process_died_says_so(store: Store, tmp_path: Path) -> None:
+    cid = _campaign(store)
+    source = StoreSource(store, fresh_s=0)
+    assert "no live process" not in source.campaign(cid).reason  # its runner heartbeats
+    later = open_store(store.url, clock=lambda: store.now() + timedelta(seconds=STALE_AFTER_S + 5))
+    try:
+        reason = StoreSource(later, fresh_s=0).campaign(cid).reason
+    finally:
+        later.close()
+    assert "no live process: runner-1 fell silent at" in reason and f"`sdl resume {cid}`" in reason
+
+
+def test_progress_counts_against_the_tighter_of_max_rounds_and_the_protocols_budget(store: Store) -> None:
+    row = store.campaign(_campaign(store))
+    cid = store.create_campaign(
+        name=row.name, protocol_yaml=row.protocol_yaml, protocol_path=row.protocol_path, rig_yaml=row.rig_yaml,
+        rig_path=row.rig_path, rig_name="other-rig", seed=4, options={"max_rounds": 1}, status=state.RUNNING,
+    )
+    store.add_round(cid, 0, strategy="lhs", bounds=_bounds(),
+                    conditions=[PlannedCondition(_inputs(i), "lhs") for i in range(3)])
+    _measure(store, cid, 0, 0, 4, 0.40)
+    store.finish_condition(cid, 0, 0, median_loss=0.41, mad=0.01, accepted=3, failed=False)
+    p = StoreSource(store, fresh_s=0).campaign(cid).progress
+    assert p.rounds_max == 1  # `sdl run --max-rounds 1`, tighter than the protocol's 2 rounds / 6 conditions
+    assert p.fraction == pytest.approx(4 / (3 * 4))
