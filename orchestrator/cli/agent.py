@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -62,11 +63,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def rig_name_of(rig: str) -> str:
     """The rig's name from its file (validated), or ``rig`` itself if it names no file."""
+    from orchestrator.config_errors import ConfigError, Problem
     from orchestrator.rig import load_rig
 
     path = Path(rig)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return load_rig(path).name
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", rig):  # RigConfig.name's rule
+        raise ConfigError(None, [Problem("--rig", (
+            f"{rig!r} is neither a rig file nor a rig name (a letter or _, then letters, digits, _ or -, "
+            "at most 64): give the rig file, or the name `sdl status` shows in its rig column"))])
     return rig
 
 

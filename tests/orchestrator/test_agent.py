@@ -359,6 +359,9 @@ def test_sdl_agent_refuses_a_bad_rig_file(tmp_path: Path, capsys: pytest.Capture
         main(["agent", "--rig", str(bad), "--db", f"sqlite:///{tmp_path / 'x.db'}", "--exit-when-idle"]) == 2
     )
     assert "pumps[0].driver" in capsys.readouterr().err
+    # a name that no rig can have (a typo, shell quoting) is refused, not served forever
+    assert main(["agent", "--rig", "rig a", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--exit-when-idle"]) == 2
+    assert "'rig a' is neither a rig file nor a rig name" in capsys.readouterr().err
 
 
 def test_a_campaign_the_runner_cannot_run_is_taken_off_the_queue(
