@@ -83,6 +83,7 @@ class CampaignSummary:
     reason: str  # the state in words: "paused by alice at 02:14: bubble in line"
     updated_at: datetime | None
     progress: Progress
+    rig: str = ""  # the rig it runs on (several rigs may share one store)
 
 
 @dataclass(frozen=True)

@@ -292,6 +292,7 @@ class StoreSource:
                     reason=self._reason(row),
                     updated_at=row.updated_at,
                     progress=progress,
+                    rig=row.rig_name,
                 )
             )
         return out
@@ -322,6 +323,7 @@ class StoreSource:
             reason=self._reason(row),
             updated_at=row.updated_at,
             progress=_progress(plan, snap),
+            rig=row.rig_name,
             started_at=row.created_at,
             best=best,
             current_inputs=dict(current.inputs) if current is not None else {},

@@ -163,6 +163,7 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
             # the campaign appears by itself (the page follows the journal) and is running
             page.locator("#campaign-list a").first.click(timeout=30_000)
             expect(page.locator("#c-state")).to_have_text("running", timeout=30_000)
+            expect(page.locator("#c-name")).to_contain_text(" on simulated")  # which rig: several share a store
 
             # progress moves without reloading the page
             first = page.evaluate(PROGRESS_JS)

@@ -105,7 +105,7 @@
       a.setAttribute("aria-current", String(c.id === state.selected));
       const name = document.createElement("span");
       name.className = "name";
-      name.textContent = `${c.name} `;
+      name.textContent = c.rig ? `${c.name} on ${c.rig} ` : `${c.name} `;
       const badge = document.createElement("span");
       badge.className = `state ${c.state}`;
       badge.textContent = c.state;
@@ -168,7 +168,7 @@
   }
 
   function renderDetail(c) {
-    $("c-name").textContent = `${c.name} #${c.id}`;
+    $("c-name").textContent = `${c.name} #${c.id}` + (c.rig ? ` on ${c.rig}` : "");
     const st = $("c-state");
     st.textContent = c.state;
     st.className = `state ${c.state}`;

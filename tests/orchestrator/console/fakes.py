@@ -95,7 +95,7 @@ class FakeSource:
 
     def list_campaigns(self) -> list[CampaignSummary]:
         return [
-            CampaignSummary(c.id, c.name, c.state, c.reason, c.updated_at, c.progress)
+            CampaignSummary(c.id, c.name, c.state, c.reason, c.updated_at, c.progress, c.rig)
             for c in self.campaigns.values()
         ]
 

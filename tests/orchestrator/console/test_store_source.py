@@ -346,6 +346,7 @@ def test_a_queued_campaign_says_whether_an_agent_will_pick_it_up(store: Store) -
     store.set_status(cid, state.QUEUED, reason="for the night shift")
     source = StoreSource(store, fresh_s=0)
     (listed,) = source.list_campaigns()
+    assert listed.rig == source.campaign(cid).rig == "simulated"  # several rigs may share the store
     assert "for the night shift" in listed.reason and "no agent has served rig simulated yet" in listed.reason
     store.agent_seen("sdl-agent@lab-pc:7", "simulated")
     assert "agent" not in source.campaign(cid).reason
