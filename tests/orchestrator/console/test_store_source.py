@@ -349,6 +349,7 @@ def test_a_queued_campaign_says_whether_an_agent_will_pick_it_up(store: Store) -
     assert listed.rig == source.campaign(cid).rig == "simulated"  # several rigs may share the store
     assert "for the night shift" in listed.reason and "no agent has served rig simulated yet" in listed.reason
     store.agent_seen("sdl-agent@lab-pc:7", "simulated")
+    store.journal(None, "agent_started", who="sdl-agent@lab-pc:7", data={"rig": "simulated"})  # as an agent does
     assert "agent" not in source.campaign(cid).reason
 
 
