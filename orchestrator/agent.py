@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+import yaml
 
 from orchestrator import state
 from orchestrator.campaign import process_owner, run_campaign
+from orchestrator.rig import RigConfig
 from orchestrator.state import InvalidTransition
 from orchestrator.store import STALE_AFTER_S, CampaignClaimed, CampaignRow, Store, StoreError
 
@@ -60,9 +62,14 @@ class Agent:
         idle_poll_s: float = IDLE_POLL_S,
         run: Callable[..., str] = run_campaign,
         progress: Callable[..., Any] | None = None,
+        rig_config: Any = None,
+        rig_source: str = "",
     ) -> None:
         self.store = store
         self.rig_name = rig_name
+        # the rig file the agent was started with (a RigConfig), to warn when a campaign carries another
+        self.rig_config = rig_config
+        self.rig_source = rig_source
         self.owner = owner or process_owner("sdl-agent")
         self.resume_orphans = resume_orphans
         self.stale_after_s = stale_after_s
@@ -236,6 +243,7 @@ class Agent:
             return
         bound.info("campaign claimed")
         self.store.agent_seen(self.owner, self.rig_name, campaign_id)  # its heartbeat now says we live
+        self._warn_rig_drift(campaign_id)
         try:
             final = self._run(
                 self.store, campaign_id, owner=self.owner, progress=self._progress, sleep=self._sleep
@@ -254,6 +262,28 @@ class Agent:
             with self._lock:
                 self._current = None
             self.store.release(campaign_id, self.owner)
+
+    def _warn_rig_drift(self, campaign_id: str) -> None:
+        """A campaign runs with the rig file it was queued with (the store defines it). When the
+        agent's own file says otherwise (a port or syringe changed since), journal where, so the
+        engineer who edited the file sees that the queued campaign did not follow."""
+        if self.rig_config is None:
+            return
+        try:
+            stored = RigConfig.model_validate(yaml.safe_load(self.store.campaign(campaign_id).rig_yaml) or {})
+            differ = _differences(*(c.model_dump(exclude_defaults=True, exclude={"description"})
+                                    for c in (stored, self.rig_config)))
+        except Exception as exc:  # noqa: BLE001 - a warning must never stop the campaign
+            log.warning("could not compare rig files", campaign=campaign_id, error=str(exc))
+            return
+        if differ:
+            shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+            self.store.journal(
+                campaign_id, "rig_file_differs", who=self.owner,
+                reason=(f"runs with the rig file it was queued with; the agent's {self.rig_source} differs in "
+                        f"{shown}: to use the new file, abort it and queue it again"),
+                data={"fields": differ},
+            )
 
     def _take_off_queue(self, campaign_id: str, exc: Exception) -> None:
         """A campaign the runner could not run: faulted (or, never started, back to created) with the
@@ -285,6 +315,16 @@ class Agent:
             log.info("campaign handed back", campaign=campaign_id, was=row.status)
         else:
             log.info("campaign left held", campaign=campaign_id, status=row.status)
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two parsed rig files differ, as field paths (``pumps[1].port``, ``dead_volume_ul``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [path or "the whole file"]
 
 
 def _orphan_reason(row: CampaignRow) -> str:

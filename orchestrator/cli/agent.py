@@ -61,19 +61,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     agent.set_defaults(func=agent_command)
 
 
-def rig_name_of(rig: str) -> str:
-    """The rig's name from its file (validated), or ``rig`` itself if it names no file."""
+def rig_of(rig: str) -> tuple[str, Any]:
+    """The rig's name and its validated file (a ``RigConfig``), or ``rig`` itself and None if it
+    names no file."""
     from orchestrator.config_errors import ConfigError, Problem
     from orchestrator.rig import load_rig
 
     path = Path(rig)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        return load_rig(path).name
+        cfg = load_rig(path)
+        return cfg.name, cfg
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", rig):  # RigConfig.name's rule
         raise ConfigError(None, [Problem("--rig", (
             f"{rig!r} is neither a rig file nor a rig name (a letter or _, then letters, digits, _ or -, "
             "at most 64): give the rig file, or the name `sdl status` shows in its rig column"))])
-    return rig
+    return rig, None
 
 
 def json_logs_to_stderr() -> None:
@@ -108,7 +110,7 @@ def agent_command(args: argparse.Namespace) -> int:
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        rig_name = rig_name_of(args.rig)
+        rig_name, rig_config = rig_of(args.rig)
     except ConfigError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         return EXIT_CONFIG
@@ -131,6 +133,8 @@ def agent_command(args: argparse.Namespace) -> int:
         resume_orphans=args.resume_orphans,
         idle_poll_s=args.poll or IDLE_POLL_S,
         run=_run_with_log_file,
+        rig_config=rig_config,
+        rig_source=args.rig,
     )
     restore_signals = agent.install_signal_handlers()
     try:

@@ -402,3 +402,27 @@ def test_a_second_signal_leaves_at_once_and_the_campaign_is_queued_as_it_stands(
     assert all(rate == 0.0 for rate in get_world("rig-a")._rates.values())  # pumps stopped on the way out
     Agent(store, "rig-a", owner="agent-2@host-2:1").serve(exit_when_idle=True)
     assert_same_campaign(store, campaign_id, uninterrupted(tmp_path, protocol, rigs["rig-a"], seed=8), 2)
+
+
+def test_an_agent_whose_rig_file_changed_since_the_campaign_was_queued_journals_where(
+    store: Store, rigs: dict[str, Path], protocol: Path
+) -> None:
+    same = queue(store, protocol, rigs["rig-a"], 1)
+    data = yaml.safe_load(rigs["rig-a"].read_text())
+    data["dead_volume_ul"] = 90
+    data["pumps"][1]["syringe_volume_ul"] = 5000
+    data["description"] = "edited after queueing"  # words only: not a difference
+    edited = rigs["rig-a"].with_name("rig-a-edited.yaml")
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    from orchestrator.cli.agent import rig_of
+
+    name, cfg = rig_of(str(edited))
+    assert name == "rig-a"
+    agent = Agent(store, name, owner="agent-a@host-a:1", rig_config=cfg, rig_source=str(edited))
+    other = queue(store, protocol, edited, 2)  # queued with the edited file: nothing to say
+    serve_in_threads(agent)
+    (warning,) = [e for e in store.events(same, limit=1000) if e.kind == "rig_file_differs"]
+    assert warning.data["fields"] == ["dead_volume_ul", "pumps[1].syringe_volume_ul"]
+    assert f"the agent's {edited} differs in dead_volume_ul, pumps[1].syringe_volume_ul" in warning.reason
+    assert not [e for e in store.events(other, limit=1000) if e.kind == "rig_file_differs"]
+    assert store.campaign(same).status == state.FINISHED  # it ran, with the file it was queued with
