@@ -54,6 +54,10 @@ class ReportError(ValueError):
     """A report that cannot be made (nothing measured, an unknown input named for a map)."""
 
 
+class NothingToReport(ReportError):
+    """The campaign has no measured condition yet."""
+
+
 @dataclass(frozen=True)
 class RoundInfo:
     index: int
@@ -911,7 +915,7 @@ def write_report(
     step = on_step or (lambda label: None)
     out = Path(out_dir)
     if not data.measured():
-        raise ReportError(f"campaign {data.campaign_id} has no measured condition yet: nothing to report")
+        raise NothingToReport(f"campaign {data.campaign_id} has no measured condition yet: nothing to report")
     pairs = list(maps) if maps else [_default_map_pair(data.space)]
     for pair in pairs:
         unknown = [n for n in pair if n not in data.space.names]

@@ -365,11 +365,14 @@ def _write_summary(store: Any, campaign_id: str, path: Path, console: Console) -
 
 
 def _write_report(store: Any, campaign_id: str, out: Path, console: Console) -> str:
+    # the campaign's data is safe whatever happens here: the report is an extra
     try:
         from orchestrator import report as rep
 
         result = rep.write_report(rep.load_report_data(store, campaign_id), out)
-    except Exception as exc:  # noqa: BLE001 - the campaign's data is safe; the report is an extra
-        console.print(f"[yellow]no report written: {exc} (try `sdl report {campaign_id}`)[/]")
+    except Exception as exc:  # noqa: BLE001
+        nothing = type(exc).__name__ == "NothingToReport"  # rep may not have imported
+        later = "" if nothing else f" (try `sdl report {campaign_id}`)"
+        console.print(f"[yellow]no report written: {escape(str(exc))}{later}[/]")
         return "(not written)"
     return str(result.html)

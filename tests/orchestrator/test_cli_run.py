@@ -380,3 +380,21 @@ def test_resume_of_a_campaign_whose_rig_is_busy_is_refused_with_what_to_do(tmp_p
     assert f"is driving campaign {busy.id}" in out and f"wait for it to end or abort it, then `sdl resume {waiting.id}`" in out
     assert "sdl run --queue" not in out and "pumps ran" not in out
     assert store.campaign(waiting.id).status == state.PAUSED
+
+
+def test_a_run_that_measured_nothing_says_so_instead_of_sending_people_to_sdl_report(
+    tmp_path: Path, db: str, monkeypatch, capsys
+) -> None:
+    (tmp_path / "no_product.py").write_text(
+        "import numpy as np\n"
+        "class NoProduct:\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return np.full(len(wavelengths), np.nan)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--max-rounds", "1",
+            "--chemistry", "no_product:NoProduct", "--report", str(tmp_path / "rep")]
+    main(args)
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "no report written: campaign" in out and "has no measured condition yet" in out
+    assert "sdl report" not in out
