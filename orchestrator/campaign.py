@@ -418,7 +418,6 @@ class _Runner:
                     data={"what": what, "device": exc.device, "try": attempt + 1},
                 )
                 if attempt < DEVICE_RETRIES:
-                    self._dry_run_refill()
                     reconnect_error = self._reconnect(exc.device) or reconnect_error
         assert first is not None and last is not None
         device = first.device or what
@@ -489,8 +488,9 @@ class _Runner:
             self.watcher.tripped.set()  # latched before the watcher looked: never start the pumps
             raise _Reequilibrate()
         self._account_flow()
-        # a New Era pump takes RUN on an empty syringe and stalls a moment later (the pump check sends
-        # the flow back here), a Harvard pump refuses it (a device error, retried): refill both ways
+        # every flow passes here, also after a stall (the pump check sends it back): a dry run refills
+        # the syringes that ran empty before any pump is told to run (a New Era pump would take RUN on
+        # an empty syringe and stall a moment later, a Harvard pump would refuse it)
         self._dry_run_refill()
         self._device("setting pump rates", go)
         self._flow = {s: r for s, r in rates.items() if r > 0}

@@ -31,7 +31,13 @@ from orchestrator.config_errors import (
 from orchestrator.protocol import ExperimentProtocol
 from simulators.faults import FAULT_PATHS, ONE_WAY_FAULTS, PUMP_FAULTS, SPECTROMETER_FAULTS, Fault
 from simulators.serialsim import KNOWN_PROTOCOLS, drop_bus, get_bus, parse_sim_url
-from simulators.spectrometer import SimulatedSeabreezeSpectrometer, model_absorbance, pixel_wavelengths
+from simulators.spectrometer import (
+    DEFAULT_INTEGRATION_US,
+    LAMP_PEAK_COUNTS_PER_MS,
+    SimulatedSeabreezeSpectrometer,
+    model_absorbance,
+    pixel_wavelengths,
+)
 from simulators.world import Clock, InputMap, VirtualClock, WallClock, World, set_world
 
 log = structlog.get_logger("orchestrator.rig")
@@ -54,7 +60,8 @@ __all__ = [
     "pump_rate_limits_ul_min",
 ]
 
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=64)]
+NAME_MAX = 64
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=NAME_MAX)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 SIM_SCHEME = "sim://"
 
@@ -460,9 +467,9 @@ def dry_run_twin(cfg: RigConfig, *, source: str | Path | None = None) -> RigConf
             "pumps", f"{', '.join(sila)}: a SiLA 2 pump has no emulator to dry-run against; dry-run a copy "
             "of the rig file with newera or harvard pumps of the same syringes")])
     name = cfg.name + DRY_RUN_SUFFIX
-    if len(name) > 64:  # shortened, with a digest of the whole name: two long names never meet
+    if len(name) > NAME_MAX:  # shortened, with a digest of the whole name: two long names never meet
         digest = hashlib.sha1(cfg.name.encode()).hexdigest()[:6]
-        name = f"{cfg.name[: 64 - len(DRY_RUN_SUFFIX) - 7]}-{digest}{DRY_RUN_SUFFIX}"
+        name = f"{cfg.name[: NAME_MAX - len(DRY_RUN_SUFFIX) - 7]}-{digest}{DRY_RUN_SUFFIX}"
     buses: dict[str, str] = {}
     pumps = []
     for p in cfg.pumps:
@@ -517,9 +524,11 @@ class Rig:
         world: World | None = None,
         world_name: str | None = None,
         syringes_ul: Mapping[str, float | None] | None = None,
+        sim_lines: list[tuple[Any, dict[int, str]]] | None = None,
     ) -> None:
         self.name = name
         self.syringes_ul = dict(syringes_ul or {})  # per pump, as the rig file gives it (None: not given)
+        self._sim_lines = list(sim_lines or [])  # a dry run's emulated lines: (firmware, {address: pump})
         self.pumps = pumps
         self.pump_for_stream: dict[str, SyringePump] = {
             stream: pumps[p] for p, stream in pump_streams.items()
@@ -538,19 +547,8 @@ class Rig:
         """A dry run's stand-in for the operator: every emulated syringe that has run empty is filled
         to its capacity; returns {pump name: uL}. A real rig's empty syringe stalls its pump and the
         campaign holds until someone refills it: empty here."""
-        if self.world is None:
-            return {}
-        by_line: dict[tuple[str, str], dict[int, str]] = {}
-        for name, pump in self.pumps.items():
-            port = str(getattr(pump, "port", ""))
-            if port.startswith(SIM_SCHEME):
-                by_line.setdefault(_sim_bus(port), {})[int(getattr(pump, "address", 0))] = name
-        filled: dict[str, float] = {}
-        for (protocol, bus), names in by_line.items():
-            for address, ul in get_bus(protocol, bus).refill_empty().items():
-                if address in names:
-                    filled[names[address]] = ul
-        return filled
+        return {names[address]: ul for firmware, names in self._sim_lines
+                for address, ul in firmware.refill_empty().items() if address in names}
 
     def _devices(self) -> list[tuple[str, Any]]:
         devices: list[tuple[str, Any]] = [(f"pump {n}", p) for n, p in self.pumps.items()]
@@ -695,11 +693,12 @@ def build_rig(
         )
     world: World | None = None
     name: str | None = None
+    lines: list[tuple[Any, dict[int, str]]] = []
     if cfg.is_simulated:
         world = new_world(cfg, protocol, chemistry)
         name = world_name or (cfg.simulation.world if cfg.simulation else None) or cfg.name
         set_world(name, world)
-        _attach_simulated_pumps(cfg, world, name)
+        lines = _attach_simulated_pumps(cfg, world, name)
     clock: Clock = world.clock if world is not None else WallClock()
     pumps = {p.name: _make_pump(p, clock) for p in cfg.pumps}
     spectrometer = _make_spectrometer(cfg.spectrometer, world, name) if cfg.spectrometer is not None else None
@@ -713,6 +712,7 @@ def build_rig(
         dead_volume_ul=cfg.dead_volume_ul or (cfg.simulation.dead_volume_ul if cfg.simulation else None),
         world=world,
         world_name=name,
+        sim_lines=lines,
     )
 
 
@@ -721,9 +721,11 @@ def _sim_bus(port: str) -> tuple[str, str]:
     return protocol, bus
 
 
-def _attach_simulated_pumps(cfg: RigConfig, world: World, world_name: str) -> None:
+def _attach_simulated_pumps(cfg: RigConfig, world: World, world_name: str) -> list[tuple[Any, dict[int, str]]]:
     """Fresh emulated lines for this rig's buses, each pump attached to its stream in the world and
-    carrying the rig file's faults. Other buses in the process are left alone."""
+    carrying the rig file's faults. Other buses in the process are left alone. Returns each line's
+    firmware with its pumps' names by address."""
+    lines: list[tuple[Any, dict[int, str]]] = []
     by_bus: dict[tuple[str, str], list[PumpConfig]] = {}
     for p in cfg.pumps:
         by_bus.setdefault(_sim_bus(p.port), []).append(p)
@@ -740,6 +742,8 @@ def _attach_simulated_pumps(cfg: RigConfig, world: World, world_name: str) -> No
             world.attach_pump(bus, p.address, p.stream_name)
             for fault in p.faults:
                 firmware.inject(p.address, fault.to_fault())  # type: ignore[attr-defined]
+        lines.append((firmware, {p.address: p.name for p in pumps}))
+    return lines
 
 
 def _make_pump(p: PumpConfig, clock: Clock) -> SyringePump:
@@ -766,11 +770,11 @@ def _make_spectrometer(s: SpectrometerConfig, world: World | None, world_name: s
     backend: Any = None
     if s.driver == "simulated":
         # a bench's lamp and integration time are set together (the reference well below saturation):
-        # the simulated lamp is as bright as the rig file's integration time expects, 4000 counts/ms
-        # at 10 ms (a reference peak near 61 % of full scale at any integration time)
+        # the simulated lamp is as bright as the rig file's integration time expects, so the reference
+        # peaks where the simulator's default lamp does at its default integration time
         backend = SimulatedSeabreezeSpectrometer(
             world=world, faults=[f.to_fault() for f in s.faults],
-            lamp_peak_counts_per_ms=4000.0 * 10_000 / s.integration_time_us,
+            lamp_peak_counts_per_ms=LAMP_PEAK_COUNTS_PER_MS * DEFAULT_INTEGRATION_US / s.integration_time_us,
         )
     return OceanSpectrometer(
         "spectrometer",

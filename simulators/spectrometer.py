@@ -37,6 +37,10 @@ PIXELS = 2048
 MAX_COUNTS = 65535.0  # 16-bit ADC
 INTEGRATION_LIMITS_US = (1_000, 65_000_000)
 ELECTRIC_DARK_PIXELS = tuple(range(2, 20))
+# the lamp's peak through the bench, and the integration time the unit starts at: 40,000 counts at the
+# peak, about 61 % of full scale, where a bench's lamp and integration time are set together
+LAMP_PEAK_COUNTS_PER_MS = 4000.0
+DEFAULT_INTEGRATION_US = 10_000
 # third-order pixel -> wavelength calibration (nm); spans ~200-850 nm, slightly compressed to the red
 WAVELENGTH_COEFFS = (199.8, 0.3672, -2.38e-5, -1.0e-10)
 
@@ -124,7 +128,7 @@ class SimulatedSeabreezeSpectrometer:
         *,
         serial_number: str = "FLMS00001",
         model: str = "FLAMES",
-        lamp_peak_counts_per_ms: float = 4000.0,
+        lamp_peak_counts_per_ms: float = LAMP_PEAK_COUNTS_PER_MS,
         dark_offset_counts: float = 1000.0,
         dark_current_counts_per_s: float = 40.0,
         read_noise_counts: float = 6.0,
@@ -147,7 +151,7 @@ class SimulatedSeabreezeSpectrometer:
         self._pattern = 1.0 + 0.03 * pattern_rng.standard_normal(PIXELS)
         self._optical = np.ones(PIXELS, bool)
         self._optical[list(ELECTRIC_DARK_PIXELS)] = False
-        self._integration_us = 10_000
+        self._integration_us = DEFAULT_INTEGRATION_US
         self.lamp_enabled = True
         self._open = True
         self.faults = faults if isinstance(faults, FaultSchedule) else FaultSchedule(list(faults or []))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import socket
 import sys
 from pathlib import Path
@@ -64,17 +63,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def rig_of(rig: str) -> tuple[str, Any]:
     """The rig's name and its validated file (a ``RigConfig``), or ``rig`` itself and None if it
     names no file."""
+    from pydantic import TypeAdapter, ValidationError
+
     from orchestrator.config_errors import ConfigError, Problem
-    from orchestrator.rig import load_rig
+    from orchestrator.rig import Identifier, load_rig
 
     path = Path(rig)
     if path.suffix in (".yaml", ".yml") or path.exists():
         cfg = load_rig(path)
         return cfg.name, cfg
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", rig):  # RigConfig.name's rule
+    try:
+        TypeAdapter(Identifier).validate_python(rig)  # the rule of RigConfig.name
+    except ValidationError:
         raise ConfigError(None, [Problem("--rig", (
             f"{rig!r} is neither a rig file nor a rig name (a letter or _, then letters, digits, _ or -, "
-            "at most 64): give the rig file, or the name `sdl status` shows in its rig column"))])
+            "at most 64): give the rig file, or the name `sdl status` shows in its rig column"))]) from None
     return rig, None
 
 

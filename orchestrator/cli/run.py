@@ -342,8 +342,9 @@ def _print_reagent_use(store: Any, campaign_id: str, console: Console) -> None:
     use = reagent_use(store, campaign_id)
     if not use["volume_ul"]:
         return
+    rows = reagent_rows(use)
     parts = []
-    for stream, used, syringe, fills in reagent_rows(use):
+    for stream, used, syringe, fills in rows:
         text = f"{escape(stream)} {used / 1000:.1f} mL"
         if syringe:
             refill = f": refill {fills - 1}x" if fills and fills > 1 else ""
@@ -352,7 +353,6 @@ def _print_reagent_use(store: Any, campaign_id: str, console: Console) -> None:
         elif use["refills"].get(stream):
             text += f" (refilled {use['refills'][stream]}x: the emulator's default syringe)"
         parts.append(text)
-    rows = reagent_rows(use)
     hint = ("" if all(syringe for _, _, syringe, _ in rows)
             else " (syringe_volume_ul for every pump in the rig file gives the refills too)")
     console.print(f"  {'used':<8} {', '.join(parts)}; pumps ran {use['pumping_s'] / 3600:.2f} h{hint}")
@@ -366,12 +366,13 @@ def _write_summary(store: Any, campaign_id: str, path: Path, console: Console) -
 
 def _write_report(store: Any, campaign_id: str, out: Path, console: Console) -> str:
     # the campaign's data is safe whatever happens here: the report is an extra
+    rep: Any = None
     try:
         from orchestrator import report as rep
 
         result = rep.write_report(rep.load_report_data(store, campaign_id), out)
     except Exception as exc:  # noqa: BLE001
-        nothing = type(exc).__name__ == "NothingToReport"  # rep may not have imported
+        nothing = rep is not None and isinstance(exc, rep.NothingToReport)  # (rep: None if it did not import)
         later = "" if nothing else f" (try `sdl report {campaign_id}`)"
         console.print(f"[yellow]no report written: {escape(str(exc))}{later}[/]")
         return "(not written)"

@@ -300,8 +300,6 @@ class StoreSource:
     def _reason(self, row: Any) -> str:
         """The state in words; a queued campaign that no live agent will pick up, or a running one whose
         process died, says so (:meth:`orchestrator.store.Store.waiting_note`)."""
-        if row.status != states.QUEUED and row.status not in states.ACTIVE:
-            return row.description
         note = self.store.waiting_note(row)
         return f"{row.description} ({note})" if note else row.description
 
