@@ -301,6 +301,7 @@ class Run:
     best_true: list[float] = field(default_factory=list)  # per round, of the best-median condition
     suggest_s: list[float] = field(default_factory=list)
     bounds: list[dict[str, list[float]]] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)  # per round, conditions that gave no measurement
 
 
 def run_campaign(strategy: str, problem: Problem, rounds: int) -> Run:
@@ -323,6 +324,7 @@ def run_campaign(strategy: str, problem: Problem, rounds: int) -> Run:
         history.bounds.append(space.bounds)
         obs = measure(problem, suggestion.batch, r, strategy)
         history.observations.extend(obs)
+        run.failed.append(sum(o.failed for o in obs))
         for o in obs:
             if o.median_loss is not None and o.median_loss < best_median:
                 best_median = o.median_loss
@@ -397,6 +399,10 @@ def summarise(runs: list[Run], strategies: Sequence[str], scenario: str, rounds_
                 diff = a[:n_seeds] - b[:n_seeds]
                 p = float(wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
                 lines.append(f"| {s} | {q} | {np.median(diff):+.4g} | {p:.3g} |")
+    failed = {s: [sum(r.failed) for r in rs] for s, rs in by.items()}
+    if any(any(f) for f in failed.values()):
+        lines += ["", "Conditions that gave no measurement (failed), per campaign: "
+                  + ", ".join(f"{s} median {np.median(f):g}, total {sum(f)}" for s, f in failed.items())]
     if scenario == "outside":
         widened = {s: np.mean([any(b != rs[0].bounds[0] for b in r.bounds) for r in rs]) for s, rs in by.items()}
         lines += ["", "Share of seeds whose bounds widened at least once: "

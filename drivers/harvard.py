@@ -393,7 +393,17 @@ class HarvardPump:
             self._shared = shared
             self._needs_init = True
             with shared.lock:
-                self._initialise()
+                try:
+                    self._initialise()
+                except DeviceTimeout as exc:  # nothing answered at all: say which pump was asked for
+                    raise DeviceTimeout(
+                        f"no Harvard pump answered at address {self.address} on {self.port} at {self.baudrate} "
+                        f"baud ({exc.detail})",
+                        device=self.name,
+                        hint=f"Check that the pump is on, that its address (pump Settings menu) is {self.address} "
+                        f"(the pump wired to the computer is usually 0), that its baud rate (Settings menu) is "
+                        f"{self.baudrate} as in the rig file, and the RS-232 cable and daisy-chain links",
+                    ) from exc
         except BaseException:
             self._shared = None
             _detach(self.port, self)

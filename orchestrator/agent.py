@@ -144,14 +144,15 @@ class Agent:
     # -- the loop ----------------------------------------------------------------------------------
 
     def serve(self, *, exit_when_idle: bool = False) -> AgentStats:
-        """Run campaigns until stopped (or, with ``exit_when_idle``, until nothing is left to do)."""
+        """Run campaigns until stopped (or, with ``exit_when_idle``, until nothing of its rig is queued or
+        orphaned: a queue behind a campaign another process drives on the rig is waited for)."""
         self.store.journal(None, "agent_started", who=self.owner, data={"rig": self.rig_name})
         log.info("agent started", agent=self.owner, rig=self.rig_name)
         try:
             while not self._stopping.is_set():
                 self.store.agent_seen(self.owner, self.rig_name)  # idle or not: seen (sdl status, console)
                 if self.step() is None:
-                    if exit_when_idle:
+                    if exit_when_idle and not self.work_waiting():
                         break
                     self._stopping.wait(self.idle_poll_s)
         finally:
@@ -177,6 +178,16 @@ class Agent:
             return None
         self._drive(campaign_id)
         return campaign_id
+
+    def work_waiting(self) -> list[str]:
+        """Campaigns of this rig still to run although this look found nothing it could take: queued
+        behind a campaign another process drives on the rig, or (when it resumes orphans) orphaned.
+        ``--exit-when-idle`` waits for these instead of leaving them to nobody."""
+        return [
+            row.id
+            for row in self.store.campaigns()
+            if row.status == state.QUEUED and row.queued_for_rig == self.rig_name
+        ] + (self.orphans() if self.resume_orphans else [])
 
     def orphans(self) -> list[str]:
         """Orphaned campaigns of this rig that nobody drives, oldest first."""

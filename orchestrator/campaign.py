@@ -173,6 +173,13 @@ def start_campaign(
                 ],
             )
         _check_chemistry_takes(make_chemistry(chemistry), chemistry, protocol)
+    elif rig_cfg.simulation is not None and rig_cfg.simulation.chemistry is not None:
+        # the rig file's own model: imported and tried now, so a typo is told before anything is stored
+        model = rig_cfg.simulation.chemistry
+        try:
+            _check_chemistry_takes(make_chemistry(model.model, model.params), model.model, protocol)
+        except ConfigError as exc:
+            raise ConfigError(rig_path, [Problem(f"simulation.{p.field}", p.message) for p in exc.problems]) from exc
     max_rounds = options.get("max_rounds")
     if max_rounds is not None and (not isinstance(max_rounds, int) or max_rounds < 1):
         raise ValueError(f"max_rounds must be a whole number >= 1, got {max_rounds!r}")
@@ -620,7 +627,14 @@ class _Runner:
         held_s: float | None = None
         if self.watcher is not None and self.watcher.tripped.is_set():
             held_s = self._hold_estop(None)
-        for control in self.store.pending_controls(self.campaign_id):
+        seen: set[int] = set()
+        while True:
+            # one request at a time, the list read afresh: a hold handles (refuses) requests that came
+            # meanwhile, a second pause among them, which must not pause the campaign again after resume
+            control = next((c for c in self.store.pending_controls(self.campaign_id) if c.id not in seen), None)
+            if control is None:
+                break
+            seen.add(control.id)
             if control.action == "pause":
                 self._stop_flow()
                 self.store.mark_control_handled(control.id, "paused")
@@ -657,7 +671,8 @@ class _Runner:
             self._recalibrate = True
             self.store.mark_control_handled(control.id, "dark spectrum re-taken at this checkpoint")
         elif action == "estop":
-            self.store.latch_estop(who=control.who, reason=control.reason, rig=self.rig_name)
+            if self.store.estop_latched(self.rig_name) is None:  # the console latches it as it asks
+                self.store.latch_estop(who=control.who, reason=control.reason, rig=self.rig_name)
             self.store.mark_control_handled(control.id, "e-stop latched")
         elif action == "estop-clear":
             self.store.clear_estop(who=control.who, reason=control.reason or "cleared", rig=self.rig_name)
@@ -758,16 +773,28 @@ class _Runner:
         if stop.loss_threshold is not None and measured:
             best = min(measured, key=lambda o: float(o.median_loss))  # type: ignore[arg-type]
             if float(best.median_loss) <= stop.loss_threshold:  # type: ignore[arg-type]
-                return f"loss threshold reached: {best.median_loss:.4f} <= {stop.loss_threshold:g} (round {best.round_index})"
+                return f"loss threshold reached: {best.median_loss:.4f} <= {stop.loss_threshold:g} (round {best.round_index + 1})"
         limit = spec.rounds_limit
         if limit is not None and rounds_done >= limit:
             return f"round budget spent: {rounds_done} of {limit} rounds"
         if stop.max_conditions is not None and planned >= stop.max_conditions:
             return f"condition budget spent: {planned} of {stop.max_conditions} conditions"
-        used_ml = sum(self._reagent_ul.values()) / 1000.0
-        if stop.max_reagent_ml is not None and used_ml >= stop.max_reagent_ml:
-            return f"reagent budget spent: {used_ml:.1f} of {stop.max_reagent_ml:g} mL"
+        if stop.max_reagent_ml is not None and self._reagent_room(stop.max_reagent_ml) < 1:
+            used_ml = sum(self._reagent_ul.values()) / 1000.0
+            per_ml = max(self._reagent_ul.values()) / 1000.0
+            return (
+                f"reagent budget spent: {used_ml:.2f} of {stop.max_reagent_ml:g} mL pumped (all streams, "
+                f"the solvent included), and a condition has taken up to {per_ml:.2f} mL"
+            )
         return None
+
+    def _reagent_room(self, budget_ml: float) -> int:
+        """How many more conditions the reagent budget holds, at the most any condition has pumped so
+        far (a large number before anything is measured: the first round is not cut)."""
+        per_ul = max(self._reagent_ul.values(), default=0.0)
+        if per_ul <= 0:
+            return 1 << 30
+        return max(0, int((budget_ml * 1000.0 - sum(self._reagent_ul.values())) // per_ul))
 
     # ---- rounds ---------------------------------------------------------------------------------
     def _plan_round(self, spec: CampaignSpec, planned: int, rounds: list[RoundRow]) -> bool:
@@ -781,6 +808,8 @@ class _Runner:
         n = protocol.batch_size
         if protocol.stop.max_conditions is not None:
             n = min(n, protocol.stop.max_conditions - planned)
+        if protocol.stop.max_reagent_ml is not None:  # the last batch is cut to what the budget holds
+            n = min(n, self._reagent_room(protocol.stop.max_reagent_ml))
         strategy = resolve(protocol.optimizer.strategy)
         optimizer = make_optimizer(
             protocol.optimizer.strategy, protocol.optimizer.settings, _widening(protocol), spec.seed
@@ -875,7 +904,7 @@ class _Runner:
             return None
         reasons = Counter((r.reject_reason or "accepted").split(":", 1)[0] for r in replicates)
         common = ", ".join(f"{why} x{n}" for why, n in reasons.most_common(3))
-        what = f"every condition of round {index} failed ({len(replicates)} droplets: {common})"
+        what = f"every condition of round {index + 1} failed ({len(replicates)} droplets: {common})"
         if reasons.most_common(1)[0][0] not in INSTRUMENT_REJECTS:
             log.warning("round failed", round=index, reasons=dict(reasons))
             self.store.journal(self.campaign_id, "round_failed", reason=what, data={"round": index})
@@ -1153,26 +1182,35 @@ class _Runner:
             return
         self.store.claim(self.campaign_id, self.owner)
 
+    def _not_started(self, row: Any, reason: str) -> str:
+        """The rig is not there to run on, and nothing has moved: a campaign that never ran is paused
+        (created cannot be faulted), one that ran is faulted; the reason says why. The final status."""
+        status = (
+            state.FAULTED
+            if row.status == state.FAULTED or state.FAULTED in state.allowed(row.status)
+            else state.PAUSED
+        )
+        if row.status == status:
+            self.store.journal(self.campaign_id, "connect_failed", reason=reason)
+        else:
+            self._set_status(status, reason=reason)
+        return status
+
     def _run_claimed(self, spec: CampaignSpec, row: Any) -> str:
-        self.rig = build_rig(spec.rig, spec.protocol, chemistry=spec.chemistry)
+        try:
+            # a simulated rig's chemistry model is imported here: one gone since the campaign was stored
+            # (another folder, another PYTHONPATH) stops it like a rig that does not connect
+            self.rig = build_rig(spec.rig, spec.protocol, chemistry=spec.chemistry)
+        except ConfigError as exc:
+            return self._not_started(row, f"fault: the rig could not be set up: {exc}")
         try:
             self.rig.connect()
         except DeviceError as exc:
-            # nothing has moved: a campaign that never ran is paused (created cannot be faulted)
             reason = f"fault: the rig did not connect: {exc}"
             if not self.rig.is_simulated:
                 reason += ("; no hardware here? `sdl run PROTOCOL --rig RIG_FILE --dry-run` rehearses the "
                            "protocol on the rig's simulated twin")
-            status = (
-                state.FAULTED
-                if row.status == state.FAULTED or state.FAULTED in state.allowed(row.status)
-                else state.PAUSED
-            )
-            if row.status == status:
-                self.store.journal(self.campaign_id, "connect_failed", reason=reason)
-            else:
-                self._set_status(status, reason=reason)
-            return status
+            return self._not_started(row, reason)
         self._emit(
             "start",
             campaign=self.campaign_id,

@@ -283,6 +283,7 @@ class StopSpec(_Strict):
     loss_threshold: float | None = Field(None, ge=0, le=1)
     max_rounds: int | None = Field(None, ge=1)
     max_conditions: int | None = Field(None, ge=1)
+    # all streams pumped, the solvent included; later rounds are cut to what the rest of it holds
     max_reagent_ml: PositiveFloat | None = None
 
     @model_validator(mode="after")

@@ -10,6 +10,9 @@ The models are refitted here on everything measured: the spectrum-network ensemb
 (:mod:`orchestrator.optimize.dnn`) when there are enough spectra, and a Gaussian process on the
 median losses (:mod:`orchestrator.optimize.gp`). Figures are PNG files (matplotlib, Agg); the HTML page
 embeds them, so it can be mailed on its own, and links each to its file.
+
+Rounds and conditions are shown as people count them, from 1 (as the console and the paper do); the
+data (``report.json``, the summary, the CSV export, the store) keep their 0-based indices.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ matplotlib.use("Agg")  # reports are written by services and tests: never open a
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import structlog  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter  # noqa: E402
 
 from orchestrator.optimize import dnn as net  # noqa: E402
 from orchestrator.optimize.base import History, Observation, Space  # noqa: E402
 from orchestrator.optimize.constraints import sample_feasible  # noqa: E402
+from orchestrator.optimize.gp import unit_scaler  # noqa: E402
 from orchestrator.optimize.model_checks import accuracy_by_round, measured_spectrum  # noqa: E402
+from orchestrator.optimize.success import UNLIKELY, SuccessModel  # noqa: E402
 from orchestrator.spectra import minmax  # noqa: E402
 from orchestrator.summary import reagent_rows, reagent_use  # noqa: E402
 
@@ -234,20 +240,60 @@ def gp_model(data: ReportData) -> LossModel | None:
 
 
 def predicted_optimum(
-    model: LossModel, space: Space, seed: int, *, measured: np.ndarray | None = None, n: int = 3000
+    model: LossModel,
+    space: Space,
+    seed: int,
+    *,
+    measured: np.ndarray | None = None,
+    n: int = 3000,
+    likely: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, float]:
     """The lowest predicted loss in the latest bounds: random feasible conditions and the measured
-    ones inside the bounds, the best of them refined locally."""
+    ones inside the bounds, the best of them refined locally. With ``likely`` (a mask: where a
+    condition is likely to give a measurement at all), only there, unless that is nowhere."""
     rng = np.random.default_rng([seed, 0x0B7])
     x = sample_feasible(space, n, rng)
     if measured is not None and len(measured):
         x = np.concatenate([x, measured[space.feasible(measured)]])
+
     pred = model.predict(x)
+    if likely is not None and likely(x).any():  # else failures everywhere it looked: say where it would be
+        mask = likely
+
+        def predict(xq: np.ndarray) -> np.ndarray:
+            return np.where(mask(xq), model.predict(xq), np.inf)
+
+        pred = np.where(mask(x), pred, np.inf)
+    else:
+        predict = model.predict
     starts = x[np.argsort(pred)[:8]]
-    tried = net.refine_minimum(model.predict, space, starts, rng)
-    x, pred = np.concatenate([x, tried]), np.concatenate([pred, model.predict(tried)])
+    tried = net.refine_minimum(predict, space, starts, rng)
+    x, pred = np.concatenate([x, tried]), np.concatenate([pred, predict(tried)])
     i = int(np.argmin(pred))
     return x[i], float(pred[i])
+
+
+def likely_to_measure(data: ReportData) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Where a condition is likely to give a measurement at all, by the optimisers' own success model
+    (:class:`~orchestrator.optimize.success.SuccessModel`) on the measured and failed conditions; None
+    when none failed. The predicted optimum is sought there: a spectrum model trained on the conditions
+    that measured knows nothing of the ground where they fail."""
+    failed = [o for o in data.history.observations if o.failed]
+    measured = data.measured()
+    if not failed or not measured:
+        return None
+    scaler = unit_scaler(data.space, use_log=True)
+    model = SuccessModel(
+        torch.as_tensor(scaler.to_unit(data.space.to_array([o.inputs for o in measured])), dtype=torch.float64),
+        torch.as_tensor(scaler.to_unit(data.space.to_array([o.inputs for o in failed])), dtype=torch.float64),
+    )
+
+    def likely(x: np.ndarray) -> np.ndarray:
+        u = torch.as_tensor(scaler.to_unit(np.atleast_2d(x)), dtype=torch.float64)
+        with torch.no_grad():
+            return model.log_p(u).numpy() >= UNLIKELY
+
+    return likely
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +351,7 @@ def plot_loss_by_round(data: ReportData, path: Path) -> Path:
         sel = [i for i, o in enumerate(ok) if o.source == src]
         marker, colour = _style(src)
         ax.scatter(
-            [ok[i].round_index + jitter[i] for i in sel],
+            [ok[i].round_index + 1 + jitter[i] for i in sel],
             [ok[i].median_loss for i in sel],
             marker=marker,
             color=colour,
@@ -313,12 +359,12 @@ def plot_loss_by_round(data: ReportData, path: Path) -> Path:
             alpha=0.75,
             edgecolor="none",
         )
-    failed_rounds = [o.round_index for o in obs if o.failed or o.median_loss is None]
-    rounds = sorted({o.round_index for o in obs})
+    failed_rounds = [o.round_index + 1 for o in obs if o.failed or o.median_loss is None]
+    rounds = sorted({o.round_index + 1 for o in obs})  # as people count them, from 1
     best, running = [], np.inf
     for r in rounds:
         vals = [
-            o.median_loss for o in obs if o.round_index == r and not o.failed and o.median_loss is not None
+            o.median_loss for o in obs if o.round_index + 1 == r and not o.failed and o.median_loss is not None
         ]
         running = min([running, *vals])
         best.append(running)
@@ -333,13 +379,19 @@ def plot_loss_by_round(data: ReportData, path: Path) -> Path:
             lw=1,
             label=f"stop threshold {data.loss_threshold:g}",
         )
-    if failed_rounds:
+    if failed_rounds:  # no loss to plot: a row of crosses above the losses, one per condition
         top = ax.get_ylim()[1]
         ax.scatter(
-            failed_rounds, [top] * len(failed_rounds), marker="x", color="tab:red", label="failed condition"
+            np.asarray(failed_rounds, dtype=float) + rng.uniform(-0.25, 0.25, len(failed_rounds)),
+            [top] * len(failed_rounds),
+            marker="x",
+            color="tab:red",
+            clip_on=False,
+            label=f"failed condition ({len(failed_rounds)}, no loss: drawn at the top)",
         )
     handles = _source_legend([o.source for o in obs if not o.failed]) + ax.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
+    # beside the axes, where it hides no point
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     ax.set_xlabel("round")
     ax.set_ylabel("median loss of a condition (0 = target)")
     ax.set_xticks(rounds)
@@ -355,7 +407,7 @@ def plot_bounds_by_round(data: ReportData, path: Path) -> Path:
     cols = min(3, d)
     rows = int(np.ceil(d / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    rounds = [r.index for r in data.rounds]
+    rounds = [r.index + 1 for r in data.rounds]  # as people count them, from 1
     for k, v in enumerate(data.space.variables):
         ax = axes[k // cols][k % cols]
         lo = [r.bounds.get(v.name, (np.nan, np.nan))[0] for r in data.rounds]
@@ -364,7 +416,7 @@ def plot_bounds_by_round(data: ReportData, path: Path) -> Path:
         ax.step(rounds, lo, where="mid", color="tab:blue", lw=1.2)
         ax.step(rounds, hi, where="mid", color="tab:blue", lw=1.2)
         for src in sorted({o.source for o in data.history.observations}):
-            pts = [(o.round_index, o.inputs[v.name]) for o in data.history.observations if o.source == src]
+            pts = [(o.round_index + 1, o.inputs[v.name]) for o in data.history.observations if o.source == src]
             marker, colour = _style(src)
             ax.scatter(*zip(*pts, strict=True), marker=marker, color=colour, s=10, alpha=0.6)
         ax.axhline(v.hard_low, color="grey", ls=":", lw=1)
@@ -419,11 +471,11 @@ def plot_model_checks(data: ReportData, path: Path) -> Path | None:
     """Accuracy (predicted before vs measured) and stability (successive models) per round."""
     rows = model_check_rows(data)
     acc = [
-        (r["round"], r["accuracy_cosine"], r["accuracy_loss_mae"])
+        (r["round"] + 1, r["accuracy_cosine"], r["accuracy_loss_mae"])
         for r in rows
         if r["accuracy_cosine"] is not None
     ]
-    stab = [(r["round"], r["stability_cosine"]) for r in rows if r["stability_cosine"] is not None]
+    stab = [(r["round"] + 1, r["stability_cosine"]) for r in rows if r["stability_cosine"] is not None]
     if not acc and not stab:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -460,10 +512,15 @@ def plot_model_checks(data: ReportData, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _default_map_pair(space: Space) -> tuple[str, str]:
+def _default_map_pair(space: Space, importance: Importance | None = None) -> tuple[str, str]:
+    """The paper's map (Q_seed x Q_AgNO3) where those are inputs; else the two inputs of largest mean
+    |SHAP| (the first two before importance is known)."""
     names = space.names
     if "Q_seed" in names and "Q_AgNO3" in names:
         return "Q_seed", "Q_AgNO3"  # the paper's map
+    if importance is not None:
+        first, second = (importance.names[i] for i in np.argsort(-importance.mean_abs, kind="stable")[:2])
+        return first, second
     return names[0], names[1]
 
 
@@ -540,6 +597,11 @@ def plot_loss_map(
             edgecolor="black",
             linewidths=0.6,
         )
+    failed = [o for o in data.history.observations if o.failed]
+    if failed:
+        failed_x = space.to_array([o.inputs for o in failed])
+        ax.scatter(failed_x[:, ix], failed_x[:, iy], marker="x", s=40, color="tab:red", linewidths=1.4,
+                   label=f"failed condition ({len(failed)})")
     ax.scatter(
         base[ix],
         base[iy],
@@ -579,7 +641,8 @@ def plot_loss_map(
     ax.set_ylabel(f"{y_name} ({'%' if vy.kind == 'percent' else 'uL/min'})")
     fixed = ", ".join(f"{n}={base[i]:.3g}" for i, n in enumerate(names) if i not in (ix, iy))
     ax.set_title(
-        f"predicted loss over {x_name} x {y_name}\nothers at the best condition: {fixed}", fontsize=10
+        f"predicted loss over {x_name} x {y_name}" + (f"\nothers at the best condition: {fixed}" if fixed else ""),
+        fontsize=10,
     )
     handles = ax.get_legend_handles_labels()[0] + _source_legend(
         [o.source for o in data.measured()], color="grey"
@@ -620,7 +683,7 @@ def plot_best_spectra(data: ReportData, model: LossModel | None, path: Path, k: 
         scale = float(np.nanmax(median)) if median is not None else 1.0
         ax.plot(wl, minmax(target) * scale, color="tab:green", lw=1.2, alpha=0.8, label="target (shape)")
         ax.set_title(
-            f"#{j + 1}: round {o.round_index}, loss {o.median_loss:.3f} ({o.source or 'unknown'})",
+            f"#{j + 1}: round {o.round_index + 1}, loss {o.median_loss:.3f} ({o.source or 'unknown'})",
             fontsize=10,
         )
         text = "\n".join(f"{n} = {v:.3g}" for n, v in o.inputs.items())
@@ -816,7 +879,7 @@ def render_html(
             [
                 [
                     i + 1,
-                    o.round_index,
+                    o.round_index + 1,
                     o.source or "–",
                     *(o.inputs[n] for n in names),
                     o.median_loss,
@@ -833,7 +896,10 @@ def render_html(
             + html.escape(optimum["model"])
             + "): "
             + ", ".join(f"{n} = {optimum['inputs'][n]:.4g}" for n in names)
-            + f", predicted loss {optimum['loss']:.4f}.</p>"
+            + f", predicted loss {optimum['loss']:.4f}"
+            + (f"; sought where conditions are likely to give a measurement ({optimum['failed_conditions']} "
+               "failed)" if optimum.get("failed_conditions") else "")
+            + ".</p>"
         )
     captions = {
         "loss_by_round": "Median loss of every condition per round, and the best so far",
@@ -871,7 +937,7 @@ def render_html(
             ],
             [
                 [
-                    r["round"],
+                    r["round"] + 1,
                     r["strategy"],
                     r["dnn_count"],
                     r["accuracy_cosine"],
@@ -887,6 +953,14 @@ def render_html(
             ],
         )
     )
+    widenings = [(ri.index + 1, w) for ri in data.rounds for w in (ri.notes or {}).get("widening") or []]
+    if widenings:
+        parts.append("<h2>Bounds widened</h2>")
+        parts.append(_table(
+            ["round", "input", "edge", "from", "to", "why"],
+            [[r, w.get("variable", "?"), w.get("edge", "?"), w.get("old"), w.get("new"), w.get("reason", "")]
+             for r, w in widenings],
+        ))
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.append(
@@ -948,8 +1022,16 @@ def write_report(
     step("predicted optimum")
     if main is not None:
         measured_x = data.space.to_array([o.inputs for o in data.measured()])
-        opt_x, opt_loss = predicted_optimum(main, data.space, data.seed, measured=measured_x)
-        optimum = {"model": main.name, "inputs": data.space.to_dicts(opt_x)[0], "loss": opt_loss}
+        likely = likely_to_measure(data)
+        opt_x, opt_loss = predicted_optimum(main, data.space, data.seed, measured=measured_x, likely=likely)
+        optimum = {"model": main.name, "inputs": data.space.to_dicts(opt_x)[0], "loss": opt_loss,
+                   "failed_conditions": sum(o.failed for o in data.history.observations)}
+    step("feature importance (SHAP)")
+    if main is not None:
+        importances = [shap_importance(data, m, explain=shap_explain) for m in (network, gp) if m is not None]
+        images["importance"] = plot_importance(importances, out / "importance.png")
+        if not maps:  # the map worth drawing: over the two inputs that matter most (the paper's, for its inputs)
+            pairs = [_default_map_pair(data.space, importances[0])]
     for x_name, y_name in pairs:
         step(f"loss map {x_name} x {y_name}")
         if main is not None:
@@ -957,10 +1039,6 @@ def write_report(
             images[key] = plot_loss_map(
                 data, main, x_name, y_name, out / f"{key}.png", optimum=(opt_x, opt_loss)
             )
-    step("feature importance (SHAP)")
-    if main is not None:
-        importances = [shap_importance(data, m, explain=shap_explain) for m in (network, gp) if m is not None]
-        images["importance"] = plot_importance(importances, out / "importance.png")
     step("best spectra")
     images["best_spectra"] = plot_best_spectra(data, network, out / "best_spectra.png")
 

@@ -381,9 +381,12 @@ def driver_ranges(driver: str) -> tuple[tuple[float, float], tuple[int, ...]]:
         from drivers import sila
 
         return (sila.MIN_DIAMETER_MM, sila.MAX_DIAMETER_MM), ()
-    from drivers import harvard
+    if driver == "harvard":
+        from drivers import harvard
 
-    return tuple(harvard.DIAMETER_RANGE_MM), tuple(harvard.VALID_BAUDRATES)  # type: ignore[return-value]
+        return tuple(harvard.DIAMETER_RANGE_MM), tuple(harvard.VALID_BAUDRATES)  # type: ignore[return-value]
+    # a family added to PumpConfig.driver but not here must not get another family's limits
+    raise ValueError(f"no syringe and baud ranges for pump driver {driver!r}: add a branch to driver_ranges()")
 
 
 def pump_rate_limits_ul_min(driver: str, diameter_mm: float) -> tuple[float, float]:
@@ -392,6 +395,11 @@ def pump_rate_limits_ul_min(driver: str, diameter_mm: float) -> tuple[float, flo
     module = importlib.import_module(f"drivers.{driver}")
     low, high = module.rate_limits_ul_min(diameter_mm)
     return float(low), float(high)
+
+
+# a rate twenty times or more off the pump's range is a unit slip more often than a syringe to change
+_UNITS_HINT = (" (far off its range: check the units; a percent variable is % of the total flow, 0-100, "
+               "and a total flow is in uL/min, not mL/min)")
 
 
 def check_protocol_against_rig(
@@ -409,7 +417,9 @@ def check_protocol_against_rig(
                 Problem(
                     "pumps",
                     f"no pump carries stream {stream!r} (needed by protocol {protocol.name!r}); "
-                    f"the rig's streams: {', '.join(sorted(by_stream)) or 'none'}",
+                    f"the rig's streams: {', '.join(sorted(by_stream)) or 'none'}. Say which pump holds "
+                    f"{stream!r}: in a copy of the rig file, give that pump `stream: {stream}` (its name "
+                    "is the stream unless `stream:` says otherwise)",
                 )
             )
             continue
@@ -422,7 +432,7 @@ def check_protocol_against_rig(
                 Problem(
                     where,
                     f"{what}, but the protocol's hard limits can ask {need_low:.3g} uL/min of {stream}: "
-                    "use a narrower syringe or raise the hard lower limits",
+                    "use a narrower syringe or raise the hard lower limits" + _UNITS_HINT * (need_low < can_low / 20),
                 )
             )
         if need_high > can_high:
@@ -430,7 +440,7 @@ def check_protocol_against_rig(
                 Problem(
                     where,
                     f"{what}, but the protocol's hard limits can ask {need_high:.4g} uL/min of {stream}: "
-                    "use a wider syringe or lower the hard upper limits",
+                    "use a wider syringe or lower the hard upper limits" + _UNITS_HINT * (need_high > 20 * can_high),
                 )
             )
     if rig.spectrometer is None:
@@ -759,9 +769,12 @@ def _make_pump(p: PumpConfig, clock: Clock) -> SyringePump:
         from drivers.sila import SilaPump
 
         return SilaPump(p.name, p.port, **kwargs)
-    from drivers.harvard import HarvardPump
+    if p.driver == "harvard":
+        from drivers.harvard import HarvardPump
 
-    return HarvardPump(p.name, p.port, **kwargs)
+        return HarvardPump(p.name, p.port, **kwargs)
+    # a family added to PumpConfig.driver but not here must not be driven with another family's commands
+    raise ValueError(f"no driver class for pump driver {p.driver!r}: add a branch to _make_pump()")
 
 
 def _make_spectrometer(s: SpectrometerConfig, world: World | None, world_name: str | None) -> Spectrometer:

@@ -52,10 +52,22 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return parse_target_text(read_target_text(path), path)
 
 
+def _looks_swapped(data: np.ndarray) -> bool:
+    """Absorbance first, wavelengths second: the second column distinct values in the UV-Vis-NIR range
+    (150-3300 nm), the first not, and within what a spectrometer reads as absorbance (-1 to 10)."""
+    wl, a = data[:, 1], data[:, 0]
+
+    def nm(col: np.ndarray) -> bool:
+        return bool(np.all((col >= 150) & (col <= 3300)))
+
+    return nm(wl) and len(np.unique(wl)) == len(wl) and not nm(a) and bool(np.all((a > -1) & (a < 10)))
+
+
 def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_target_csv` on a target file's text already read (``path`` names it in errors)."""
     lines = text.splitlines()
     rows: list[tuple[float, float]] = []
+    row_lines: list[int] = []  # the file's line number of each row
     header: list[str] = []
     one_number: tuple[int, str] | None = None  # the first line that is a single number (a one-column file)
     comma_rows: list[tuple[int, str, int, bool]] = []  # line, text, fields split at commas, ambiguous
@@ -78,6 +90,7 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
             )
         else:
             rows.append(pair)
+            row_lines.append(number)
             if n_fields:
                 comma_rows.append((number, text, n_fields, ambiguous))
     if len(rows) < 2:
@@ -93,8 +106,19 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
         )
     _check_decimal_commas(comma_rows, _comma_columns(header[-1]) if header else None, path)
     data = np.array(rows, dtype=float)
-    if not np.all(np.isfinite(data)):
-        raise TargetFileError(f"{path}: the target holds NaN or infinite values")
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise TargetFileError(
+            f"{path}: the target holds NaN or infinite values ({int((~finite).sum())} row{'s' if (~finite).sum() > 1 else ''}, the first on line "
+            f"{row_lines[first]}: {lines[row_lines[first] - 1].strip()[:60]!r}); remove those rows or fill them in"
+        )
+    if _looks_swapped(data):
+        raise TargetFileError(
+            f"{path}: the columns look swapped: the first holds {data[:, 0].min():.3g}-{data[:, 0].max():.3g}, "
+            f"the second {data[:, 1].min():.4g}-{data[:, 1].max():.4g}; a target is wavelength_nm first, then "
+            "absorbance"
+        )
     data = data[np.argsort(data[:, 0])]
     if np.any(np.diff(data[:, 0]) <= 0):
         raise TargetFileError(f"{path}: wavelengths must be distinct")

@@ -595,7 +595,10 @@ def _event_row(r: Mapping[str, Any]) -> EventRow:
 
 
 def normalise_url(url: str) -> str:
-    """``postgresql://`` and ``postgres://`` mean psycopg 3 here (the only PostgreSQL driver installed)."""
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 here (the only PostgreSQL driver installed);
+    a plain file path (``runs/sdl.db``, ``~/lab.db``: no ``://``) means that SQLite file."""
+    if "://" not in url and url.strip():
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
@@ -879,13 +882,19 @@ class Store:
             )
             self._event(conn, campaign_id, "claimed", who=owner, data={"owner": owner, "previous": row.owner})
 
-    def check_rig_free(self, rig_name: str) -> None:
-        """Raise :class:`RigBusy` while a live process drives a campaign on ``rig_name`` (``sdl run``
-        asks before it stores a campaign it could not run; the claim checks again, under its lock)."""
+    def check_rig_free(
+        self,
+        rig_name: str,
+        *,
+        then: str = "wait for it to end, abort it, or queue this one for the rig's agent (sdl run --queue)",
+    ) -> None:
+        """Raise :class:`RigBusy` (its message ending in ``then``) while a live process drives a campaign
+        on ``rig_name`` (``sdl run`` asks before it stores a campaign it could not run, the claim checks
+        again under its lock; ``sdl hw`` asks before it talks to a device)."""
         with self._read() as conn:
             other = self._rig_busy(conn, rig_name, "", None, self.now())
         if other is not None:
-            raise _rig_busy_error(rig_name, other, "wait for it to end, abort it, or queue this one for the rig's agent (sdl run --queue)")
+            raise _rig_busy_error(rig_name, other, then)
 
     def _rig_busy(self, conn: Connection, rig_name: str, owner: str, except_id: str | None, now: datetime) -> CampaignRow | None:
         """Another campaign on ``rig_name`` that another live process drives (it holds the rig's pumps,

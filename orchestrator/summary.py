@@ -27,6 +27,8 @@ perfect match; ``null`` where a value does not exist yet)::
         "bounds": {"Q_AgNO3": [4, 20], ...},               # the bounds this round was drawn in
         "bounds_next": {...} | null,                       # the next round's bounds (null: not planned yet)
         "widened": ["Q_seed"],                             # variables whose bounds grew since the last round
+        "widening": [{"variable": "Q_seed", "edge": "low", "old": 4, "new": 2.8,
+                      "reason": "gated rule: 40% of the batch crowds it; ..."}],  # each edge moved, and why
         "conditions": [{
           "index": 0, "inputs": {"Q_AgNO3": 7.1, ...}, "source": "lhs",
           "status": "done", "failed": false,               # status: planned|measuring|done|failed
@@ -260,6 +262,8 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
                 # the next round's own bounds: they are decided when it is planned, after this one ends
                 "bounds_next": {k: list(v) for k, v in rounds[i + 1].bounds.items()} if i + 1 < len(rounds) else None,
                 "widened": _widened(rnd.bounds, previous),
+                # each edge the optimiser moved for this round, and why (trigger, gate, prediction)
+                "widening": list((rnd.notes or {}).get("widening") or []),
                 "conditions": conds_out,
             }
         )

@@ -154,7 +154,7 @@ def _open(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     path = _sqlite_file(url)
     if must_exist and path is not None and not path.exists():
         raise CommandError(
-            f"no store at {path} (from {'--db' if args.db else '$SDL_DB_URL or the default'}): "
+            f"no store at {path} (from {'--db' if args.db else '$SDL_DB_URL, $SDL_DB or the default'}): "
             "start a campaign with `sdl run`, or point --db at the store"
         )
     try:
@@ -378,7 +378,7 @@ def _best_text(rec: dict[str, Any]) -> str:
     if best is None:
         return "-"
     loss = best["median_loss"]
-    return f"{loss:.4f} (r{best['round']} c{best['condition']})" if loss is not None else "-"
+    return f"{loss:.4f} (r{best['round'] + 1} c{best['condition'] + 1})" if loss is not None else "-"
 
 
 def _print_table(out: Console, records: list[dict[str, Any]]) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import structlog
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from drivers.base import PumpStatus
 from drivers.errors import DeviceError
@@ -29,6 +31,7 @@ from orchestrator.cli import fail
 from orchestrator.config_errors import ConfigError
 from orchestrator.rig import Rig, RigConfig, build_rig, driver_ranges, load_rig, pump_rate_limits_ul_min
 from orchestrator.spectra import TargetFileError
+from orchestrator.store import RigBusy, default_db_url, normalise_url, open_store
 
 EXIT_DEVICE = 1
 EXIT_CONFIG = 2
@@ -49,6 +52,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     hw.add_argument(
         "-v", "--verbose", action="count", default=0, help="log to stderr: -v device events, -vv every byte"
+    )
+    hw.add_argument(
+        "--db",
+        help="store URL or SQLite file, asked whether a campaign drives the rig (default: $SDL_DB_URL, "
+        "else $SDL_DB, else sqlite:///runs/sdl.db)",
+    )
+    hw.add_argument(
+        "--force",
+        action="store_true",
+        help="talk to the device even while a live process drives a campaign on the rig (it re-sends "
+        "set-up commands and turns New Era Safe mode off, under the campaign's feet)",
     )
     sub = hw.add_subparsers(dest="device", metavar="DEVICE")
     sub.required = True
@@ -138,6 +152,36 @@ def check_pump_request(
     return diameter
 
 
+def _check_rig_free(args: argparse.Namespace, cfg: RigConfig) -> None:
+    """Refuse (UsageError) while a live process drives a campaign on the rig, unless ``--force``:
+    connecting re-sends set-up commands, and a New Era pump's Safe mode is switched off, which the
+    campaign's driver cannot notice (the pump takes Safe-framed packets in Basic mode as well), so a
+    crash of that process would no longer stop the pump. A store that does not exist holds no campaign."""
+    if args.force:
+        return
+    url = normalise_url(args.db or default_db_url())
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).exists()):
+        return
+    try:
+        store = open_store(url)
+    except SQLAlchemyError as exc:
+        raise UsageError(
+            f"cannot open the store to check that no campaign drives rig {cfg.name!r} ({exc.__class__.__name__}: "
+            f"{exc}); point --db at it, or --force to talk to the device without the check"
+        ) from exc
+    try:
+        store.check_rig_free(cfg.name, then=(
+            "sdl hw would re-send set-up commands to its devices and turn New Era Safe mode off under it. "
+            "Pause the campaign and stop its process (Ctrl-C in its terminal, or stop its agent; "
+            "`sdl resume ID` continues it), or abort it; --force talks to the device anyway"
+        ))
+    except RigBusy as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        store.close()
+
+
 def _one_device_rig(cfg: RigConfig, *, pump: str | None = None, spectrometer: bool = False) -> Rig:
     """A rig of only the device asked for, so that an absent spectrometer does not block a pump check."""
     subset = cfg.model_copy(
@@ -162,6 +206,7 @@ def run_pump(args: argparse.Namespace) -> int:
     """Set the diameter and rate, then run, stop or only report one pump."""
     cfg = load_rig(args.rig)
     diameter = check_pump_request(cfg, args.name, args.diameter, args.rate)
+    _check_rig_free(args, cfg)
     # manual control: a pump started here keeps running after exit, as documented, and a later
     # --status must not arm a watchdog that stops it once this command is gone (New Era Safe mode)
     cfg = cfg.model_copy(
@@ -208,6 +253,7 @@ def run_spectrum(args: argparse.Namespace) -> int:
         raise UsageError(f"--integration-time-us {args.integration_time_us}: allowed 1 to 60000000 us")
     if not args.out.parent.is_dir():
         raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    _check_rig_free(args, cfg)
     rig = _one_device_rig(cfg, spectrometer=True)
     spectrometer = rig.spectrometer
     assert spectrometer is not None

@@ -151,10 +151,10 @@ class RichProgress:
             bars.update(self.rounds, total=info.get("rounds_max"), note=str(info.get("campaign", "")))
         elif event == "round":
             self.rounds_run = info["index"] + 1
-            bars.update(self.rounds, completed=info["index"], note=f"round {info['index']}")
+            bars.update(self.rounds, completed=info["index"], note=f"round {info['index'] + 1}")
             bars.update(self.conditions, total=info["conditions"], completed=0, note="")
         elif event == "condition":
-            note = f"condition {info['index']}" + (
+            note = f"condition {info['index'] + 1}" + (
                 f", attempt {info['attempt']}" if info.get("attempt") else ""
             )
             bars.update(self.replicates, total=info["replicates"], completed=info.get("done", 0), note=note)

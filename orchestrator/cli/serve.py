@@ -19,6 +19,8 @@ from rich.console import Console
 
 from orchestrator.console import create_app, db
 
+SHUTDOWN_GRACE_S = 3.0  # on SIGTERM, how long open live streams may run before they are closed
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
@@ -81,5 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
             "put TLS in front of it and use --secure-cookies"
         )
     err.print(f"console on http://{args.host}:{args.port}/  (API docs: /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # open pages hold live streams that never end by themselves: on SIGTERM (systemctl stop) wait for
+    # them at most this long, then close them (the pages reconnect to the next server by themselves)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     return 0

@@ -29,14 +29,18 @@ RUNNING, PAUSING, PAUSED, ESTOPPED, FAULTED, ABORTING, ABORTED, FINISHED, CREATE
     "created",
 )
 ENDED = frozenset({ABORTED, FINISHED})
+# waiting for a process: for a rig agent (queued), or after its process vanished (orphaned)
+QUEUED, ORPHANED = "queued", "orphaned"
 
 # action -> (the role it needs, the states it makes sense in)
 ACTIONS: dict[str, tuple[Role, frozenset[str]]] = {
-    "pause": (Role.OPERATOR, frozenset({RUNNING, CREATED})),
+    # a queued or orphaned campaign has no process: a pause or an abort applies at once
+    "pause": (Role.OPERATOR, frozenset({RUNNING, CREATED, QUEUED, ORPHANED})),
     "resume": (Role.OPERATOR, frozenset({PAUSED, PAUSING, FAULTED})),
-    "abort": (Role.OPERATOR, frozenset({RUNNING, PAUSING, PAUSED, FAULTED, ESTOPPED, CREATED})),
+    "abort": (Role.OPERATOR, frozenset({RUNNING, PAUSING, PAUSED, FAULTED, ESTOPPED, CREATED, QUEUED, ORPHANED})),
     # an e-stop is never refused for the state it finds: pressing it twice must be harmless
-    "estop": (Role.OPERATOR, frozenset({RUNNING, PAUSING, PAUSED, FAULTED, ABORTING, CREATED, ESTOPPED})),
+    "estop": (Role.OPERATOR,
+              frozenset({RUNNING, PAUSING, PAUSED, FAULTED, ABORTING, CREATED, ESTOPPED, QUEUED, ORPHANED})),
     "estop-clear": (Role.ADMIN, frozenset({ESTOPPED})),
     "recalibrate": (Role.OPERATOR, frozenset({RUNNING, PAUSED})),
 }

@@ -456,6 +456,17 @@ def test_noise_is_a_protocol_error_with_a_baud_hint() -> None:
     assert "baud" in str(caught.value)
 
 
+def test_a_pump_that_never_answers_is_named_with_its_address_and_baud() -> None:
+    """Wrong address, wrong baud rate or a pump switched off: nothing answers the first command."""
+    firmware, url = scripted([(cmd(7, ""), None)])
+    pump = HarvardPump("seed", url, address=7, syringe_diameter_mm=14.5, timeout_s=0.05, retries=0)
+    with pytest.raises(DeviceTimeout) as caught:
+        pump.connect()
+    message = str(caught.value)
+    assert message.startswith("seed: no Harvard pump answered at address 7 on sim://harvardscript/")
+    assert "at 115200 baud" in message and "address (pump Settings menu) is 7" in message
+
+
 def test_silence_is_a_timeout() -> None:
     pump, _ = connected([(b"ivolume\r", None)])
     with pytest.raises(DeviceTimeout) as caught:

@@ -138,6 +138,27 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         _stop(serve)
 
 
+def _queue_others(tmp: Path, n: int) -> list[str]:
+    """``n`` more campaigns in the stack's store, queued for a rig no agent serves."""
+    from orchestrator import state
+    from orchestrator.store import open_store
+
+    store = open_store(f"sqlite:///{tmp / 'store.db'}")
+    try:
+        protocol = (REPO / "protocols" / "ag_nanoprism.yaml").read_text()
+        rig = REPO / "deploy" / "rigs" / "simulated.yaml"
+        return [
+            store.create_campaign(
+                name=f"queued {i}", protocol_yaml=protocol, protocol_path=str(REPO / "protocols" / "ag_nanoprism.yaml"),
+                rig_yaml=rig.read_text(), rig_path=str(rig), rig_name="night-rig", seed=i, options={},
+                status=state.QUEUED,
+            )
+            for i in range(n)
+        ]
+    finally:
+        store.close()
+
+
 PROGRESS_JS = "() => ['#p-round', '#p-condition', '#p-replicate'].map(s => document.querySelector(s).innerText).join('/')"
 
 
@@ -152,6 +173,7 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
         )
         context = browser.new_context(viewport={"width": 1024, "height": 1366})  # a tablet, upright
         page = context.new_page()
+        others = _queue_others(tmp_path, 4)  # a list wider than a phone: it must scroll, not the page
         try:
             page.goto(stack.base + "/")
             page.fill("#login-name", "alice")
@@ -161,7 +183,7 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
             expect(page.locator("#live")).to_have_text("live", timeout=10_000)
 
             # the campaign appears by itself (the page follows the journal) and is running
-            page.locator("#campaign-list a").first.click(timeout=30_000)
+            page.locator("#campaign-list a", has_text="ag_nanoprism").first.click(timeout=30_000)
             expect(page.locator("#c-state")).to_have_text("running", timeout=30_000)
             expect(page.locator("#c-name")).to_contain_text(" on simulated")  # which rig: several share a store
 
@@ -205,6 +227,18 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
                 "events"
             ]
             page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
+
+            # another campaign shows its own events, not the finished one's
+            page.locator(f"#campaign-list a[data-id='{others[0]}']").click()
+            expect(page.locator("#c-state")).to_have_text("queued")
+            expect(page.locator("#events")).not_to_contain_text("replicate")
+            # a phone: the page keeps the screen's width, the E-STOP and the dialog stay on it
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+            page.click("#controls button[data-action=pause]")
+            box = page.locator("#confirm-ok").bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 390, box
+            page.keyboard.press("Escape")
         except Exception:
             page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
             print(stack.log_tail())

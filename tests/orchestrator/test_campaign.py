@@ -6,6 +6,7 @@ under a second; waits for an operator are the test's own ``sleep`` hook, never w
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from campaign_support import (
     SIM_RIG,
     TARGET,
@@ -29,6 +31,7 @@ from orchestrator.campaign import run_campaign, start_campaign
 from orchestrator.config_errors import ConfigError
 from orchestrator.logging import campaign_logging
 from orchestrator.store import Store
+from orchestrator.summary import build_summary
 from simulators.world import get_world
 
 SEED = 11
@@ -271,6 +274,27 @@ def test_abort_while_paused(store: Store, tmp_path: Path) -> None:
     assert statuses(store, cid)[-2:] == [("running", "paused"), ("paused", "aborted")]
 
 
+def test_two_pauses_at_once_pause_once_and_resume_is_final(store: Store, tmp_path: Path) -> None:
+    """Two operators tap Pause together: one pause, the other refused, and after the resume the
+    campaign runs on. It used to act on the refused request after the hold and pause itself again."""
+    cid = start(store, tmp_path)
+    op = Operator(store, cid)
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "replicate" and (info["round"], info["condition"], info["index"]) == (0, 0, 1):
+            op.request("pause", "bubble in line")
+            op.request("pause", "refill seed syringe")
+
+    def sleep(_: float) -> None:
+        op.waits += 1
+        op.request("resume", "cleared")
+
+    assert run(store, cid, progress=progress, sleep=sleep) == state.FINISHED
+    assert statuses(store, cid).count(("running", "paused")) == 1 and op.waits == 1
+    outcomes = [e.data["outcome"] for e in store.events(cid, limit=1000) if e.kind == "control_handled"]
+    assert outcomes[:3] == ["paused", "refused: already paused", "resumed"], outcomes
+
+
 def test_recalibrate_and_a_resume_while_running_are_handled(store: Store, tmp_path: Path, reference) -> None:
     cid = start(store, tmp_path)
     op = Operator(store, cid)
@@ -304,6 +328,7 @@ def test_estop_stops_at_once_latches_and_resumes_after_clearing(
     def progress(event: str, **info: Any) -> None:
         if event == "replicate" and (info["round"], info["condition"], info["index"]) == (0, 2, 0):
             store.latch_estop(who="operator", reason="smoke", rig="simulated")
+            op.request("estop", "smoke")  # as the console does: latch, then tell the campaign's process
         if event == "status" and info["status"] == state.ESTOPPED:
             seen_estopped.append(all(r == 0.0 for r in get_world("simulated")._rates.values()))
 
@@ -312,6 +337,8 @@ def test_estop_stops_at_once_latches_and_resumes_after_clearing(
         status = op.status()
         if status == state.ESTOPPED and op.waits == 1:
             op.request("resume", "too early")  # refused: still latched
+        elif status == state.ESTOPPED and op.waits == 2:
+            assert len(store.active_estops()) == 1  # the process did not latch it a second time
         elif status == state.ESTOPPED:
             store.clear_estop(who="admin", reason="checked the lines", rig="simulated")
         elif status == state.PAUSED:
@@ -490,7 +517,7 @@ def test_a_flooded_detector_rejects_replicates_remeasures_then_fails(store: Stor
         store.request_control(cid, "resume", who="operator", reason="detector checked")
 
     assert run(store, cid, sleep=operator) == state.FINISHED  # resumed: the round budget is spent
-    assert held and held[0].startswith("every condition of round 0 failed (9 droplets: saturated x9)")
+    assert held and held[0].startswith("every condition of round 1 failed (9 droplets: saturated x9)")
     conditions = store.conditions(cid)
     assert all(c.status == "failed" and c.median_loss is None and c.attempt == 1 for c in conditions)
     every = store.replicates(cid, include_set_aside=True)
@@ -508,6 +535,7 @@ def test_loss_threshold_stops_after_the_round(store: Store, tmp_path: Path) -> N
     assert run(store, cid) == state.FINISHED
     assert len(store.rounds(cid)) == 1
     assert store.campaign(cid).reason.startswith("loss threshold reached")
+    assert store.campaign(cid).reason.endswith("(round 1)")  # the first round, as people count
 
 
 def test_condition_budget_trims_the_last_batch(store: Store, tmp_path: Path) -> None:
@@ -522,6 +550,23 @@ def test_reagent_budget(store: Store, tmp_path: Path) -> None:
     assert run(store, cid) == state.FINISHED
     assert len(store.rounds(cid)) == 1
     assert store.campaign(cid).reason.startswith("reagent budget spent")
+
+
+def test_reagent_budget_cuts_the_last_round_instead_of_passing_it(store: Store, tmp_path: Path) -> None:
+    """The budget is what was prepared: later rounds are cut to what is left, at the most a condition
+    has taken, so the campaign ends within it (it used to stop only once a whole round had passed it).
+    Counted as the summary's volume_ul: every stream, the solvent included."""
+    first = start(store, tmp_path, stop={"max_rounds": 1})
+    assert run(store, first) == state.FINISHED
+    round_ul = build_summary(store, first)["totals"]["volume_ul"]
+    per_condition = max(e.data["ul"] for e in store.events(first, limit=1000) if e.kind == "reagent_used")
+    budget_ml = (sum(round_ul.values()) + 1.5 * per_condition) / 1000.0  # one round and a bit more
+    cid = start(store, tmp_path, stop={"max_rounds": 5, "max_reagent_ml": budget_ml})
+    assert run(store, cid) == state.FINISHED
+    assert [len(store.conditions(cid, r.index)) for r in store.rounds(cid)] == [3, 1]
+    used_ml = sum(build_summary(store, cid)["totals"]["volume_ul"].values()) / 1000.0
+    assert used_ml <= budget_ml
+    assert store.campaign(cid).reason.startswith(f"reagent budget spent: {used_ml:.2f} of {budget_ml:g} mL")
 
 
 def test_max_rounds_option_tightens_the_protocol(store: Store, tmp_path: Path) -> None:
@@ -609,6 +654,35 @@ def test_start_refuses_bad_inputs_before_anything_is_stored(store: Store, tmp_pa
     with pytest.raises(ConfigError, match="cannot import module"):
         start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, options={"chemistry": "nowhere:Model"})
     assert store.campaigns() == []
+
+
+def test_a_rig_files_own_chemistry_model_is_checked_before_anything_is_stored_and_again_at_run_time(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig_data = yaml.safe_load(SIM_RIG.read_text())
+    rig_data["simulation"]["chemistry"] = {"model": "nowhere_model:Peak"}
+    rig = tmp_path / "rig_with_model.yaml"
+    rig.write_text(yaml.safe_dump(rig_data))
+    with pytest.raises(ConfigError, match=r"simulation\.chemistry\.model: cannot import module 'nowhere_model'"):
+        start_campaign(store, tiny_protocol(tmp_path), rig, seed=SEED)
+    assert store.campaigns() == []  # told before anything was stored (it used to crash in the run)
+
+    # the model is there when the campaign is stored, gone when it runs (another folder, say)
+    (tmp_path / "nowhere_model.py").write_text(
+        "import numpy as np\n"
+        "class Peak:\n"
+        "    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return 0.9 * np.exp(-0.5 * ((np.asarray(wavelengths) - 600.0) / 60.0) ** 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cid = start_campaign(store, tiny_protocol(tmp_path), rig, seed=SEED)
+    (tmp_path / "nowhere_model.py").unlink()
+    monkeypatch.delitem(sys.modules, "nowhere_model")
+    importlib.invalidate_caches()
+    assert run(store, cid) == state.PAUSED  # not a traceback, nor a campaign left 'created'
+    row = store.campaign(cid)
+    assert row.reason.startswith("fault: the rig could not be set up") and "nowhere_model" in row.reason
+    assert row.owner is None and store.rounds(cid) == []
 
 
 def test_target_and_chemistry_overrides_are_stored_and_used(
@@ -796,7 +870,7 @@ def test_a_round_whose_every_condition_failed_holds_the_campaign_with_the_reason
 
     assert run(store, cid, sleep=operator) == state.ABORTED
     status, reason, rounds = held[0]
-    assert status == state.FAULTED and reason.startswith("every condition of round 0 failed (")
+    assert status == state.FAULTED and reason.startswith("every condition of round 1 failed (")
     assert rounds == 1  # held before a second round was planned
     assert all(c.failed for c in store.conditions(cid)) and store.replicates(cid)  # the droplets are kept
 

@@ -291,6 +291,7 @@ def test_status_table_and_detail(url: str, store: Store, capsys: pytest.CaptureF
     code, out, _ = run(capsys, "status", cid, "--db", url)
     assert code == 0
     assert "1/2 conditions done" in out and "3 replicates (2 accepted)" in out
+    assert "best: 0.2500 (r1 c2)" in out  # round 0, condition 1 in the JSON: people count from 1
     assert "pending request" in out and "pause by bob" in out
     assert "control_requested by bob: look" in out
     assert f"sdl resume {cid}" in out

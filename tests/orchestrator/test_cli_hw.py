@@ -32,6 +32,14 @@ def real_rig(tmp_path: Path, port: str, **pump: Any) -> Path:
     return write_rig(tmp_path, {"name": "bench", "pumps": [{**entry, **pump}]})
 
 
+@pytest.fixture(autouse=True)
+def own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """sdl hw asks the store whether a campaign drives the rig: this test's own, never ./runs/sdl.db."""
+    url = f"sqlite:///{tmp_path / 'hw-store.db'}"
+    monkeypatch.setenv("SDL_DB_URL", url)
+    return url
+
+
 @pytest.fixture
 def no_device(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Fail the test if a refused command got as far as building a device."""
@@ -210,3 +218,32 @@ def test_an_error_naming_a_path_with_brackets_is_printed_as_written(tmp_path: Pa
         code = main(["hw", "--rig", str(tmp_path / name), "pump", "A", "--status"])
         err = capsys.readouterr().err.replace("\n", "")
         assert code != 0 and name in err, err
+
+
+def test_hw_refuses_a_rig_a_live_campaign_drives_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, own_store: str
+) -> None:
+    """Connecting re-sends set-up commands and turns a New Era pump's Safe mode off, unseen by the
+    campaign's driver: a crash of its process would then leave that pump running. Refused first."""
+    from orchestrator.campaign import start_campaign
+    from orchestrator.store import open_store
+    from tests.orchestrator.campaign_support import tiny_protocol
+
+    store = open_store(own_store)
+    try:
+        cid = start_campaign(store, tiny_protocol(tmp_path), SIMULATED, seed=1)
+        store.claim(cid, "sdl@lab-pc:4242")  # a live process holds it: heartbeat now
+        built: list[str] = []
+        monkeypatch.setattr("orchestrator.cli.hw.build_rig", lambda *a, **k: built.append("x"))
+        for args in (["pump", "AgNO3", "--status"], ["spectrum", "--out", str(tmp_path / "s.csv")]):
+            assert main(["hw", "--rig", str(SIMULATED), *args]) == 2
+            err = capsys.readouterr().err
+            assert f"rig 'simulated' is driving campaign {cid}" in err and "--force" in err and "Safe mode" in err
+        assert built == []  # nothing was sent
+        monkeypatch.undo()
+        monkeypatch.setenv("SDL_DB_URL", own_store)
+        assert main(["hw", "--rig", str(SIMULATED), "--force", "pump", "AgNO3", "--status"]) == 0
+        store.release(cid, "sdl@lab-pc:4242")  # the process let go: the rig is free again
+        assert main(["hw", "--rig", str(SIMULATED), "pump", "AgNO3", "--status"]) == 0
+    finally:
+        store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,10 +14,14 @@ from orchestrator.optimize.base import History, Observation
 from orchestrator.optimize.constraints import sample_feasible
 from orchestrator.protocol import load_protocol
 from orchestrator.report import (
+    Importance,
+    LossModel,
     ReportData,
     ReportError,
     RoundInfo,
+    _default_map_pair,
     gp_model,
+    likely_to_measure,
     model_check_rows,
     predicted_optimum,
     render_html,
@@ -156,3 +161,49 @@ def test_the_page_lists_reagents_against_their_syringes_and_the_pumping_time(cam
     assert "rig-a-dry-run" in text and "pumps ran  1.50 h" in text
     assert "AgNO3  14.20  10  2 (refill 1x)" in text and "PVA  2.40  10  1 " in text and "water  0.90  –  –" in text
     assert "Reagents" not in re.sub(r"<[^>]+>", " ", render_html(dataclasses.replace(campaign, reagents=[]), {}, [], None))
+
+
+def test_the_predicted_optimum_is_sought_where_conditions_measure() -> None:
+    """A spectrum model trained on the conditions that measured says nothing of where they fail: with
+    AgNO3 above 14 % failing, a model whose minimum lies at 18 % must not be quoted as the optimum."""
+    data = small_campaign(rounds=2, per_round=12)
+    assert likely_to_measure(data) is not None  # one failed condition already
+    obs = data.history.observations
+    for o in obs:
+        o.failed = o.inputs["Q_AgNO3"] > 14.0
+        if o.failed:
+            o.median_loss, o.spectra = None, None
+    assert sum(o.failed for o in obs) >= 3 and sum(not o.failed for o in obs) >= 3
+    i = data.space.names.index("Q_AgNO3")
+    model = LossModel("toy", lambda x: np.abs(np.atleast_2d(x)[:, i] - 18.0) / 20.0)
+    free, _ = predicted_optimum(model, data.space, 1)
+    assert free[i] == pytest.approx(18.0, abs=1.0)
+    likely = likely_to_measure(data)
+    assert likely is not None
+    kept, loss = predicted_optimum(model, data.space, 1, likely=likely)
+    assert kept[i] <= 15.0 and likely(kept[None, :])[0], kept
+    assert loss == pytest.approx(abs(kept[i] - 18.0) / 20.0)
+    data.history.observations = [dataclasses.replace(o, failed=False) for o in obs if not o.failed]
+    assert likely_to_measure(data) is None  # nothing failed: nowhere to avoid
+
+
+def test_the_page_says_which_bounds_widened_and_why(campaign: ReportData) -> None:
+    why = {"variable": "Q_AgNO3", "edge": "high", "old": 20.0, "new": 24.0,
+           "reason": "gated rule: 60% of the batch crowds it"}
+    rounds = [*campaign.rounds[:-1], dataclasses.replace(campaign.rounds[-1], notes={"widening": [why]})]
+    page = render_html(dataclasses.replace(campaign, rounds=rounds), {}, [], None)
+    assert "<h2>Bounds widened</h2>" in page and "gated rule: 60% of the batch crowds it" in page
+    assert "<tr><td>3</td><td>Q_AgNO3</td><td>high</td>" in page  # round index 2: the third round
+    rounds_table = page.split("<h2>Rounds</h2>")[1]
+    assert rounds_table.count("<tr><td>1</td>") == 1 and "<tr><td>0</td>" not in rounds_table  # from 1
+    assert "Bounds widened" not in render_html(campaign, {}, [], None)
+
+
+def test_the_default_map_is_over_the_two_inputs_that_matter_most(campaign: ReportData) -> None:
+    space = campaign.space
+    assert _default_map_pair(space) == ("Q_seed", "Q_AgNO3")  # the paper's map, for the paper's inputs
+    names = ["cd", "se", "lig", "ode", "flow"]
+    renamed = SimpleNamespace(names=names)  # a chemist's own inputs (only the names are read)
+    imp = Importance("toy", names, np.array([0.1, 0.05, 0.02, 0.01, 0.3]), np.zeros((1, 5)), np.zeros((1, 5)))
+    assert _default_map_pair(renamed) == (names[0], names[1])  # before importance is known
+    assert _default_map_pair(renamed, imp) == ("flow", "cd")

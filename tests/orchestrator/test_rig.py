@@ -232,6 +232,7 @@ def test_missing_stream_and_spectrometer(protocol: ExperimentProtocol, real_data
         check_protocol_against_rig(protocol, RigConfig.model_validate(data))
     messages = [str(p) for p in info.value.problems]
     assert any("no pump carries stream 'seed'" in m and "AgNO3, PVA, TSC, water" in m for m in messages)
+    assert any("give that pump `stream: seed`" in m for m in messages)  # how to say which pump holds it
     assert any(m.startswith("spectrometer:") for m in messages)
     assert any(m.startswith("dead_volume_ul:") for m in messages)
 
@@ -253,6 +254,21 @@ def test_syringes_that_cannot_deliver_the_hard_limits(protocol: ExperimentProtoc
     assert "1600 uL/min of AgNO3" in problems["pumps[0].syringe_diameter_mm"]
     assert "use a wider syringe" in problems["pumps[0].syringe_diameter_mm"]
     assert "0.25 uL/min of seed" in problems["pumps[3].syringe_diameter_mm"]
+    assert "check the units" not in problems["pumps[3].syringe_diameter_mm"]  # a syringe to change, not a slip
+
+
+def test_a_unit_slip_is_named_as_one(real_data: dict, reference_protocol_data: dict, tmp_path: Path) -> None:
+    """Shares written as fractions (0.05-0.2 for 5-20 %): a rate far below any pump's range."""
+    data = copy.deepcopy(reference_protocol_data)
+    data["target"]["file"] = str(ROOT / "protocols" / "targets" / "ag_nanoprism.csv")
+    for v in data["variables"].values():
+        if v["kind"] == "percent":
+            v["bounds"] = [b / 100 for b in v["bounds"]]
+            v["hard_limits"] = [b / 100 for b in v["hard_limits"]]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        check_protocol_against_rig(load_protocol(tmp_path / "p.yaml"), RigConfig.model_validate(real_data))
+    assert any("check the units; a percent variable is % of the total flow" in p.message for p in info.value.problems)
 
 
 def test_rate_limits_scale_with_the_barrel_area() -> None:

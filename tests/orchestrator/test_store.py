@@ -126,6 +126,20 @@ def test_default_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
+def test_a_plain_file_path_is_a_sqlite_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SDL_DB=/data/lab.db or --db lab.db, as people write a file: that SQLite file, not a URL error."""
+    monkeypatch.chdir(tmp_path)
+    assert normalise_url("lab.db") == f"sqlite:///{tmp_path / 'lab.db'}"
+    assert normalise_url("/data/lab.db") == "sqlite:////data/lab.db"
+    monkeypatch.setenv("SDL_DB", "lab.db")
+    monkeypatch.delenv("SDL_DB_URL", raising=False)
+    s = open_store()
+    try:
+        assert s.url == f"sqlite:///{tmp_path / 'lab.db'}" and (tmp_path / "lab.db").exists()
+    finally:
+        s.close()
+
+
 def test_default_store_is_created_under_runs_in_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,7 +86,9 @@ def campaign(store: Store) -> str:
     store.finish_condition(cid, 0, 1, median_loss=None, mad=None, accepted=0, failed=True)
     b1 = {**b0, "Q_AgNO3": (2, 20)}
     store.finish_round(cid, 0)  # the engine does not know the next bounds yet when a round ends
-    store.add_round(cid, 1, strategy="qnei", bounds=b1, conditions=[cond(3, 900, "qnei")], notes={})
+    why = {"variable": "Q_AgNO3", "edge": "high", "old": 20.0, "new": 25.0, "reason": "gated rule: 60% crowd it"}
+    store.add_round(cid, 1, strategy="qnei", bounds=b1, conditions=[cond(3, 900, "qnei")],
+                    notes={"widening": [why]})
     store.start_condition(
         cid, 1, 0, 0, rates={"AgNO3": 27.0, "PVA": 180.0, "TSC": 90.0, "seed": 90.0, "water": 513.0}
     )
@@ -125,6 +127,9 @@ def test_summary_document(store: Store, campaign: str) -> None:
     assert (r0["index"], r0["strategy"], r0["status"], r0["widened"]) == (0, "lhs", "done", [])
     assert r0["bounds"]["Q_total"] == [200.0, 1000.0] and r0["bounds_next"]["Q_AgNO3"] == [2.0, 20.0]
     assert (r1["strategy"], r1["widened"], r1["bounds_next"]) == ("qnei", ["Q_AgNO3"], None)
+    assert r0["widening"] == []  # each edge moved, and why
+    assert r1["widening"] == [{"variable": "Q_AgNO3", "edge": "high", "old": 20.0, "new": 25.0,
+                               "reason": "gated rule: 60% crowd it"}]
     c0, c1 = r0["conditions"]
     assert c0["inputs"] == {"Q_AgNO3": 5.0, "Q_PVA": 20.0, "Q_TSC": 10.0, "Q_seed": 10.0, "Q_total": 500.0}
     assert (c0["source"], c0["status"], c0["failed"], c0["attempt"]) == ("lhs", "done", False, 1)

@@ -121,7 +121,10 @@
   }
 
   async function select(id) {
-    if (state.selected !== id) state.events = new Map();
+    if (state.selected !== id) {  // another campaign: its own event log, not the last one's
+      state.events = new Map();
+      $("events").replaceChildren();
+    }
     state.selected = id;
     history.replaceState(null, "", `#c=${encodeURIComponent(id)}`);
     for (const a of document.querySelectorAll("#campaign-list a")) a.setAttribute("aria-current", String(a.dataset.id === id));
@@ -158,7 +161,10 @@
     if (parts.spectra) jobs.push(api("GET", `${base}/spectra`).then((d) => { Plots.spectra($("spectra"), d); noteSpectra(d); }));
     if (parts.losses) jobs.push(api("GET", `${base}/losses`).then((d) => Plots.losses($("losses"), d)));
     if (parts.bounds) jobs.push(api("GET", `${base}/bounds`).then((d) => Plots.bounds($("bounds"), d)));
-    if (parts.events) jobs.push(api("GET", `${base}/events?limit=200`).then((d) => { for (const e of d.events) addEvent(e); }));
+    if (parts.events) jobs.push(api("GET", `${base}/events?limit=200`).then((d) => {
+      if (id !== state.selected) return;  // fetched for a campaign no longer shown
+      for (const e of d.events) addEvent(e);
+    }));
     await Promise.all(jobs);
   }
 
@@ -226,6 +232,8 @@
     state.es = es;
     es.addEventListener("open", () => setLive(true));
     es.addEventListener("error", () => setLive(false));
+    // the session ended elsewhere (logout in another tab, user disabled): back to the login form
+    es.addEventListener("logout", () => showLogin());
     es.addEventListener("journal", (msg) => {
       const e = JSON.parse(msg.data);
       if (e.campaign_id === state.selected) addEvent(e);

@@ -353,6 +353,33 @@ def test_a_queued_campaign_says_whether_an_agent_will_pick_it_up(store: Store) -
     assert "agent" not in source.campaign(cid).reason
 
 
+def test_the_console_can_pause_abort_and_estop_a_queued_campaign(store: Store) -> None:
+    """Queued for an agent (or orphaned): no process, so a pause or abort applies at once, and the
+    e-stop latches the rig; the API used to refuse all three with 409."""
+    app = create_app(store.url, secret="s" * 48, background=False, password_hasher=FAST_HASHER)
+    directory = app.state.auth.users
+    directory.add_user("otto", Role.OPERATOR, None, who="test")
+    token, _ = directory.issue_token("otto", days=1, who="test")
+    headers = {"Authorization": f"Bearer {token}"}
+    cid = _campaign(store)
+    store.release(cid, "runner-1")
+    store.set_status(cid, state.QUEUED, reason="for the night shift")
+    with TestClient(app) as client:
+        assert {"pause", "abort", "estop"} <= set(client.get(f"/api/campaigns/{cid}", headers=headers).json()["actions"])
+        r = client.post(f"/api/campaigns/{cid}/estop", json={"reason": "smoke"}, headers=headers)
+        assert r.status_code == 202, r.text
+        assert store.estop_latched("simulated") is not None
+        store.clear_estop(who="admin", reason="checked", rig="simulated")
+        r = client.post(f"/api/campaigns/{cid}/pause", json={"reason": "syringe to refill"}, headers=headers)
+        assert r.status_code == 202, r.text
+        assert store.campaign(cid).status == state.PAUSED  # off the queue, at once
+        store.set_status(cid, state.RUNNING)
+        store.set_status(cid, state.ORPHANED, reason="its process vanished")
+        r = client.post(f"/api/campaigns/{cid}/abort", json={"reason": "wrong syringe"}, headers=headers)
+        assert r.status_code == 202, r.text
+        assert store.campaign(cid).status == state.ABORTED
+
+
 def test_a_running_campaign_whose_process_died_says_so(store: Store, tmp_path: Path) -> None:
     cid = _campaign(store)
     source = StoreSource(store, fresh_s=0)

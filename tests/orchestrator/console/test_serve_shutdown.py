@@ -1,0 +1,73 @@
+"""``sdl serve`` stops on SIGTERM (``systemctl stop``) even while a page holds a live stream open."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from orchestrator.console import db
+from orchestrator.console.users import Role, UserDirectory
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sigterm_stops_the_server_while_a_stream_is_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = db.engine_for(url)
+    db.ensure_console_schema(engine)
+    directory = UserDirectory(engine)
+    directory.add_user("otto", Role.OPERATOR, None, who="test")
+    token, _ = directory.issue_token("otto", days=1, who="test")
+    engine.dispose()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli.main", "serve", "--db", url, "--host", "127.0.0.1",
+         "--port", str(port), "--no-background"],
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    )
+    connected = threading.Event()
+
+    def watch() -> None:  # a page's live stream: open until the server closes it
+        with httpx.Client(base_url=base, timeout=httpx.Timeout(5.0, read=None)) as client:
+            try:
+                with client.stream("GET", "/api/stream", headers={"Authorization": f"Bearer {token}"}) as r:
+                    for _ in r.iter_lines():
+                        connected.set()
+            except httpx.HTTPError:
+                pass
+
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"{base}/api/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        reader = threading.Thread(target=watch, daemon=True)
+        reader.start()
+        assert connected.wait(15), (tmp_path / "serve.log").read_text()
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal once it has shut down: -SIGTERM is a clean stop
+        assert server.wait(timeout=20) in (0, -signal.SIGTERM)  # it used to wait for the stream for minutes
+        assert time.monotonic() - started < 15
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        log.close()
