@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import structlog
 
 from drivers.errors import DeviceError
 
@@ -132,3 +133,17 @@ class StopNotConfirmed(DeviceError):
         "The pump may still be pumping: stop it by hand (its STOP key, or switch it off), then check "
         "its cable, adapter and port before resuming"
     )
+
+
+_unverified_warned: set[str] = set()
+
+
+def warn_unverified_once(driver: str) -> None:
+    """Log, once per process, that driver module ``driver`` (``drivers.newera``) has been checked
+    against its manual and emulator but not yet on the instrument: a lab engineer reading the log of a
+    first campaign on a rig should know which bytes nobody has seen a real pump answer."""
+    if driver not in _unverified_warned:
+        _unverified_warned.add(driver)
+        structlog.get_logger(driver).warning(
+            f"{driver} has been checked against the manual and its emulator, not on hardware"
+        )

@@ -33,7 +33,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_UP, Decimal
 import serial
 import structlog
 
-from drivers.base import PumpState, PumpStatus, StopNotConfirmed
+from drivers.base import PumpState, PumpStatus, StopNotConfirmed, warn_unverified_once
 from drivers.errors import (
     DeviceAlarm,
     DeviceError,
@@ -411,6 +411,7 @@ class HarvardPump:
         log.info(
             "pump connected", pump=self.name, port=self.port, address=self.address, firmware=self.firmware
         )
+        warn_unverified_once("drivers.harvard")
 
     def close(self) -> None:
         if self._shared is None:

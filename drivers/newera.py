@@ -29,7 +29,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import serial
 import structlog
 
-from drivers.base import Clock, MonotonicClock, PumpState, PumpStatus, StopNotConfirmed
+from drivers.base import Clock, MonotonicClock, PumpState, PumpStatus, StopNotConfirmed, warn_unverified_once
 from drivers.errors import (
     CommunicationsAlarm,
     DeviceAlarm,
@@ -380,7 +380,6 @@ class _SharedLine:
 
 
 _lines: dict[str, _SharedLine] = {}
-_warned_unverified = False
 _lines_lock = threading.Lock()
 
 
@@ -530,12 +529,7 @@ class NewEraPump:
             baud=line.serial.baudrate,
             safe_mode=self._safe,
         )
-        global _warned_unverified
-        if not _warned_unverified:
-            _warned_unverified = True
-            log.warning(
-                "drivers.newera has been checked against the manual and its emulator, not on hardware"
-            )
+        warn_unverified_once("drivers.newera")
         if self._safe and self._want_heartbeat:
             self._start_heartbeat()
 

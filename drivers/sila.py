@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
-from drivers.base import PumpState, PumpStatus
+from drivers.base import PumpState, PumpStatus, warn_unverified_once
 from drivers.errors import DeviceAlarm, DeviceError, DeviceTimeout, NotConnected, OutOfRange, ProtocolError
 
 log = structlog.get_logger("drivers.sila")
@@ -166,6 +166,7 @@ class SilaPump:
                 self.close()
                 raise
             log.info("sila pump connected", pump=self.name, server=str(a), max_rate_ul_min=self._max_rate)
+            warn_unverified_once("drivers.sila")  # against our own server, not a CETONI one yet
 
     def _set_up(self) -> None:
         c = self._client

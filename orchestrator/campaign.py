@@ -56,7 +56,15 @@ from orchestrator.rig import (
 )
 from orchestrator.screening import ReplicateScreen, median_mad
 from orchestrator.spectra import TargetFileError, parse_target_text, read_target_csv, read_target_text
-from orchestrator.store import ClaimLost, ConditionRow, PlannedCondition, RoundRow, Store, jsonable
+from orchestrator.store import (
+    ClaimLost,
+    ConditionRow,
+    PlannedCondition,
+    RoundRow,
+    Store,
+    jsonable,
+    owner_is_dead,
+)
 
 log = structlog.get_logger("orchestrator.campaign")
 
@@ -372,8 +380,16 @@ class _Runner:
         return self.store.campaign(self.campaign_id).status
 
     def _set_status(
-        self, new: str, *, reason: str = "", who: str = "system", data: Mapping[str, Any] | None = None
+        self,
+        new: str,
+        *,
+        reason: str = "",
+        who: str = "system",
+        data: Mapping[str, Any] | None = None,
+        final: bool = False,
     ) -> None:
+        """Change the campaign's status (journaled) and tell the progress sink; ``final``: the runner
+        returns with it (a faulted campaign it does not hold for an operator)."""
         current = self._status()
         if current == new and new != state.ESTOPPED:
             return
@@ -385,7 +401,7 @@ class _Runner:
             self.store.set_status(self.campaign_id, state.ABORTING, reason=reason, who=who)
         self.store.set_status(self.campaign_id, new, reason=reason, who=who, data=data)
         log.info("status", status=new, reason=reason, who=who)
-        self._emit("status", status=new, reason=reason, who=who)
+        self._emit("status", status=new, reason=reason, who=who, final=final)
 
     def _clock_s(self) -> float:
         return self._clock_offset + self.rig.clock.now()
@@ -714,7 +730,12 @@ class _Runner:
                 if self.watcher is not None:
                     self.watcher.tripped.clear()
                 status = state.PAUSED
-                self._set_status(status, reason="e-stop cleared; resume when ready")
+                cleared = self.store.last_cleared_estop(self.rig_name)
+                if cleared is not None and cleared.cleared_by:  # who cleared it and what they checked
+                    self._set_status(status, reason=f"e-stop cleared: {cleared.clear_reason}; resume when ready",
+                                     who=cleared.cleared_by)
+                else:
+                    self._set_status(status, reason="e-stop cleared; resume when ready")
             for control in self.store.pending_controls(self.campaign_id):
                 if control.action == "resume":
                     if status == state.ESTOPPED:
@@ -1193,7 +1214,7 @@ class _Runner:
         if row.status == status:
             self.store.journal(self.campaign_id, "connect_failed", reason=reason)
         else:
-            self._set_status(status, reason=reason)
+            self._set_status(status, reason=reason, final=True)
         return status
 
     def _run_claimed(self, spec: CampaignSpec, row: Any) -> str:
@@ -1252,7 +1273,7 @@ class _Runner:
                     if isinstance(exc, SimulationModelError)
                     else f"engine error: {type(exc).__name__}: {exc} (see the log)"
                 )
-                self._set_status(state.FAULTED, reason=reason)
+                self._set_status(state.FAULTED, reason=reason, final=True)
                 return state.FAULTED
             raise
         finally:
@@ -1265,21 +1286,6 @@ class _Runner:
 def process_owner(program: str = "sdl") -> str:
     """The owner name of this process in the store: ``program@host:pid``."""
     return f"{program}@{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """Whether ``owner`` (``program@host:pid``) names a process on this host that no longer runs."""
-    _, _, place = owner.rpartition("@")
-    host, _, pid_text = place.rpartition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _operator_wait(seconds: float) -> None:

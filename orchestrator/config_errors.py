@@ -129,12 +129,27 @@ def problems_from_validation(exc: ValidationError, model: type[BaseModel]) -> li
             message = "required field is missing"
         elif kind == "value_error" and isinstance(inner, ValueError):
             message = str(inner)
+        elif kind == "string_pattern_mismatch":
+            message = _pattern_message(str(ctx.get("pattern", "")), err.get("input"))
+        elif kind in ("tuple_type", "list_type") and isinstance(err.get("input"), str):
+            message = f"give a list of numbers such as [30, 1500], not the text {err['input']!r}"
         else:
             message = err["msg"]
             if kind in ("float_parsing", "int_parsing", "float_type", "int_type", "bool_parsing"):
                 message += f" (got {err.get('input')!r})"
         problems.append(Problem(field, message))
     return problems
+
+
+def _pattern_message(pattern: str, value: Any) -> str:
+    """A name refused by its pattern, in words: the names the files use are identifiers."""
+    if pattern.startswith("^[A-Za-z_][A-Za-z0-9_"):
+        extra = ", '-'" if "-]" in pattern else ""
+        return (f"{value!r} is not a name this file accepts: letters, digits, '_'{extra} only, starting with a "
+                "letter or '_' (no spaces, brackets or dots)")
+    if ":" in pattern:
+        return f"{value!r} is not module:Class (for example simulators.chemistry:AgNanoprism)"
+    return f"{value!r} does not match the pattern {pattern}"
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -574,7 +574,11 @@ class Rig:
             try:
                 device.connect()
             except Exception as exc:  # noqa: BLE001 - every device's failure is reported, then raised together
-                problems.append(Problem(label, str(exc)))
+                text = str(exc)
+                named = getattr(exc, "device", None)
+                if named and text.startswith(f"{named}: ") and named in (device.name, getattr(device, "port", None)):
+                    text = text[len(named) + 2 :]  # "pump PVA: PVA: ..." says the name once
+                problems.append(Problem(label, text))
         if problems:
             self.close()
             raise RigConnectionError(self.name, problems)

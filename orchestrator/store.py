@@ -20,6 +20,7 @@ import io
 import math
 import os
 import secrets
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,22 @@ DB_ENV = "SDL_DB_URL"
 # the console and deploy/ read SDL_DB; honour it too so every part opens the same database
 CONSOLE_DB_ENV = "SDL_DB"
 FALLBACK_DB_URL = "sqlite:///runs/sdl.db"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether ``owner`` (``program@host:pid``) names a process on this host that no longer runs."""
+    _, _, place = owner.rpartition("@")
+    host, _, pid_text = place.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
 
 
 def default_db_url() -> str:
@@ -913,8 +930,11 @@ class Store:
         )
         if except_id is not None:
             query = query.where(c.id != except_id)
-        r = conn.execute(query.order_by(c.heartbeat_at.desc()).limit(1)).mappings().first()
-        return None if r is None else CampaignRow(**r)
+        # a process of this host that died (kill -9) holds nothing, whatever its last heartbeat says
+        for r in conn.execute(query.order_by(c.heartbeat_at.desc())).mappings():
+            if not owner_is_dead(r["owner"]):
+                return CampaignRow(**r)
+        return None
 
     def heartbeat(self, campaign_id: str, owner: str) -> None:
         """Prove ``owner`` is alive; raises :class:`ClaimLost` if another process took the campaign."""
@@ -1674,9 +1694,11 @@ class Store:
         if row.status == state.QUEUED:
             return self.queue_note(row.queued_for_rig or row.rig_name)
         now = self.now()
-        if row.status not in state.ACTIVE or row.is_live(now):
+        dead = bool(row.owner) and owner_is_dead(row.owner)  # killed on this host: known at once
+        if row.status not in state.ACTIVE or (row.is_live(now) and not dead):
             return ""
-        who = (f"{row.owner} fell silent at {row.heartbeat_at:%Y-%m-%d %H:%M} UTC"
+        who = (f"{row.owner} is no longer running on this host" if dead
+               else f"{row.owner} fell silent at {row.heartbeat_at:%Y-%m-%d %H:%M} UTC"
                if row.owner and row.heartbeat_at else "no process drives it")
         agent = any(g.is_live(now) for g in self.agents(row.rig_name))
         then = (f"the live agent of rig {row.rig_name} marks it orphaned and resumes it" if agent
@@ -1724,6 +1746,21 @@ class Store:
         ``rig=None`` asks about every-rig latches only."""
         with self._read() as conn:
             return self._active_latch(conn, rig)
+
+    def last_cleared_estop(self, rig: str) -> EstopRow | None:
+        """The latch on ``rig`` (its own or an every-rig one) cleared most recently: who cleared it, why."""
+        c = estops_t.c
+        with self._read() as conn:
+            r = conn.execute(
+                sa.select(estops_t)
+                .where(c.cleared_at.is_not(None), sa.or_(c.rig.is_(None), c.rig == rig))
+                .order_by(c.cleared_at.desc(), c.id.desc())
+                .limit(1)
+            ).mappings().first()
+        if r is None:
+            return None
+        return EstopRow(id=r["id"], rig=r["rig"], who=r["who"], reason=r["reason"], at=r["latched_at"],
+                        cleared_at=r["cleared_at"], cleared_by=r["cleared_by"], clear_reason=r["clear_reason"])
 
     def active_estops(self) -> list[EstopRow]:
         """Every uncleared latch, oldest first."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import select
+import termios
 import threading
 import time
 import tty
@@ -201,11 +202,20 @@ def install_url_handler() -> None:
         serial.protocol_handler_packages.append("simulators.urlhandler")
 
 
+# termios speed constants -> bits per second, for the rates serial pumps use
+_TERMIOS_BAUD = {
+    getattr(termios, f"B{rate}"): rate
+    for rate in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+    if hasattr(termios, f"B{rate}")
+}
+
+
 class PtyServer:
     """Serve one firmware on a pseudo-terminal so that any program can open it as a serial port."""
 
     def __init__(self, firmware: Firmware, baudrate: int | None = None) -> None:
         self.firmware = firmware
+        # the host's speed when the pty cannot say (no one has set it yet): the firmware's own
         self.baudrate = baudrate or firmware.baudrate
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
@@ -227,9 +237,18 @@ class PtyServer:
                 except OSError:
                     data = b""
                 if data:
-                    out += self.firmware.receive(data, self.baudrate)
+                    out += self.firmware.receive(data, self.host_baudrate())
             if out:
                 os.write(self._master, out)
+
+    def host_baudrate(self) -> int:
+        """The speed the program on the other end set on the port (``termios``): a rig file with the
+        wrong baud rate then meets a pump that hears framing errors, as on the bench."""
+        try:
+            speed = termios.tcgetattr(self._slave)[5]  # ospeed: what the host sends at
+        except termios.error:
+            return self.baudrate
+        return _TERMIOS_BAUD.get(speed, self.baudrate)
 
     def stop(self) -> None:
         self._stop.set()

@@ -381,12 +381,23 @@ def _best_text(rec: dict[str, Any]) -> str:
     return f"{loss:.4f} (r{best['round'] + 1} c{best['condition'] + 1})" if loss is not None else "-"
 
 
+STATUS_CELL_CHARS = 120  # a reason longer than this (a device's whole hint) is cut in the table
+
+
+def _short(text: str) -> str:
+    """A status for the table: its first line, cut at STATUS_CELL_CHARS (``sdl status ID`` prints it
+    whole), so one long device hint does not stretch every row of the table."""
+    first = text.splitlines()[0] if text else ""
+    cut = len(first) > STATUS_CELL_CHARS or first != text.strip()
+    return (first[: STATUS_CELL_CHARS - 1].rstrip() + "…") if cut else first
+
+
 def _print_table(out: Console, records: list[dict[str, Any]]) -> None:
     table = Table("campaign", "name", "status", "rig", "rounds", "conditions", "best loss", "updated (UTC)")
     table.columns[0].no_wrap = True
     for rec in records:
         style = _STATUS_STYLE.get(rec["status"], "")
-        text = rec["status_text"] + (" (see below)" if rec["note"] else "")
+        text = _short(rec["status_text"]) + (" (see below)" if rec["note"] else "")
         table.add_row(
             rec["campaign_id"],
             rec["name"],

@@ -220,7 +220,13 @@ def run_pump(args: argparse.Namespace) -> int:
     rig = _one_device_rig(cfg, pump=args.name)
     pump = rig.pumps[args.name]
     console = _console()
-    rig.connect()
+    try:
+        rig.connect()
+    except DeviceError:
+        if args.stop:  # the one command that must not fail quietly: the pump may be running on
+            print(f"NOT STOPPED: pump {args.name} did not answer, so it may still be pumping (a pump started "
+                  "with --run has no watchdog): stop it at its keypad or switch it off", file=sys.stderr)
+        raise
     try:
         if args.diameter is not None:
             pump.set_syringe_diameter_mm(diameter)

@@ -176,7 +176,7 @@ class RichProgress:
         elif event == "status":
             reason = f": {escape(info['reason'])}" if info.get("reason") else ""
             self.console.print(f"[bold]{info['status']}[/]{reason}")
-            if info["status"] in ("paused", "faulted", "estopped"):
+            if info["status"] in ("paused", "faulted", "estopped") and not info.get("final"):  # held here
                 cid = self.campaign_id
                 self.console.print(
                     f"  waiting for an operator: `sdl resume {cid}` (another terminal, or the console) "
@@ -345,7 +345,8 @@ def _print_reagent_use(store: Any, campaign_id: str, console: Console) -> None:
     rows = reagent_rows(use)
     parts = []
     for stream, used, syringe, fills in rows:
-        text = f"{escape(stream)} {used / 1000:.1f} mL"
+        # 0.05 mL, not 0.0 mL: a stream used sparingly still shows what it took
+        text = f"{escape(stream)} {used / 1000:.1f} mL" if used >= 100 else f"{escape(stream)} {used / 1000:.2g} mL"
         if syringe:
             refill = f": refill {fills - 1}x" if fills and fills > 1 else ""
             text += f" ({syringe / 1000:g} mL syringe{refill})"

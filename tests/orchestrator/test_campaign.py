@@ -348,6 +348,8 @@ def test_estop_stops_at_once_latches_and_resumes_after_clearing(
     assert seen_estopped == [True]
     changes = statuses(store, cid)
     assert ("running", "estopped") in changes and ("estopped", "paused") in changes
+    cleared = next(e for e in store.events(cid, limit=1000) if e.kind == "paused")
+    assert (cleared.who, cleared.reason) == ("admin", "e-stop cleared: checked the lines; resume when ready")
     assert ("paused", "running") in changes
     outcomes = [e.data["outcome"] for e in store.events(cid, limit=1000) if e.kind == "control_handled"]
     assert "refused: the e-stop is still latched" in outcomes
@@ -769,7 +771,9 @@ def test_a_chemistry_model_failing_mid_run_stops_the_dry_run_naming_the_model(
     cid = start_campaign(
         store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": f"failing_models:{model}"}
     )
-    assert run(store, cid) == state.FAULTED
+    told: list[dict] = []
+    assert run(store, cid, progress=lambda event, **info: told.append(info) if event == "status" else None) == state.FAULTED
+    assert told[-1]["status"] == state.FAULTED and told[-1]["final"]  # not held: no "waiting for an operator"
     reason = store.campaign(cid).reason
     assert f"chemistry model failing_models:{model} {said}" in reason and "fix the model" in reason
     assert "USB" not in reason and "device_error" not in event_kinds(store, cid)

@@ -386,3 +386,15 @@ def test_status_says_when_a_queued_campaign_has_no_live_agent_and_lists_the_agen
     assert "sdl-agent@lab-pc:8" in out and "sdl-agent@lab-pc:7" not in out  # of the stopped, the rig's latest
     code, out, _ = run(capsys, "status", cid, "--db", url)
     assert "no live agent for rig rig-a (the last, sdl-agent@lab-pc:8, stopped at" in out
+
+
+def test_a_long_reason_is_cut_in_the_table_and_whole_in_the_detail(
+    url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cid = campaign(store)
+    hint = "fault: the rig did not connect: spectrometer: python-seabreeze is not installed. " + "x" * 200
+    store.set_status(cid, "paused", reason=hint + "\n  - pump seed: no reply")
+    out = run(capsys, "status", "--db", url)[1]
+    row = next(line for line in out.splitlines() if "paused" in line)
+    assert "…" in out and "pump seed: no reply" not in out and len(row) < 250
+    assert "pump seed: no reply" in run(capsys, "status", cid, "--db", url)[1]  # the detail has it all

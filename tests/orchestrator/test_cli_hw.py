@@ -110,6 +110,10 @@ def test_unplugged_port_is_a_device_error(tmp_path: Path, capsys: pytest.Capture
     assert main(["hw", "--rig", str(rig), "pump", "AgNO3", "--status"]) == 1
     err = capsys.readouterr().err
     assert "pump AgNO3" in err and "ttyUSB-unplugged" in err and "Traceback" not in err
+    assert "NOT STOPPED" not in err  # only asked for its state
+    assert main(["hw", "--rig", str(rig), "pump", "AgNO3", "--stop"]) == 1
+    err = capsys.readouterr().err
+    assert "NOT STOPPED: pump AgNO3 did not answer, so it may still be pumping" in err and "keypad" in err
 
 
 # -- against emulated devices ---------------------------------------------------------------------------

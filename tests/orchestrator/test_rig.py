@@ -156,7 +156,7 @@ BAD_REAL = [
         ">= 1",
     ),
     ({"dead_volume_ul": -5}, "dead_volume_ul", "greater than 0"),
-    ({"name": "rig a"}, "name", "should match pattern"),
+    ({"name": "rig a"}, "name", "'rig a' is not a name this file accepts: letters, digits, '_', '-' only"),
 ]
 
 
@@ -187,7 +187,7 @@ BAD_SIM = [
     ),
     ("spectrometer.driver", "ocean", "spectrometer.driver", "a simulated rig needs driver: simulated"),
     ("spectrometer.faults", [{"kind": "stall"}], "spectrometer.faults[0].kind", "saturated, dark_lamp"),
-    ("simulation.chemistry.model", "AgNanoprism", "simulation.chemistry.model", "should match pattern"),
+    ("simulation.chemistry.model", "AgNanoprism", "simulation.chemistry.model", "'AgNanoprism' is not module:Class"),
     ("simulation.flavour", 1, "simulation.flavour", "allowed here: dead_volume_ul, chemistry, world"),
 ]
 
@@ -540,3 +540,13 @@ def test_a_simulated_line_gives_each_pump_its_own_syringe_and_the_lamp_suits_the
         spec.set_integration_time_us(50_000)
         reference = spec.acquire_counts()  # water in the cell: the lamp alone
         assert 0.4 * spec.saturation_counts < reference.max() < 0.85 * spec.saturation_counts
+
+
+def test_a_device_that_does_not_connect_is_named_once(tmp_path: Path) -> None:
+    data = yaml.safe_load(SIMULATED.read_text())
+    data["pumps"][1]["faults"] = [{"kind": "no_reply", "at_s": 0}]  # PVA, New Era address 1: silent
+    rig = build_rig(load_rig(write_rig(tmp_path, data)))
+    with pytest.raises(RigConnectionError) as info:
+        rig.connect()
+    (problem,) = info.value.problems
+    assert str(problem).startswith("pump PVA: no New Era pump answered at address 1")  # not "PVA: PVA: ..."

@@ -815,3 +815,27 @@ def test_agents_are_seen_idle_or_through_their_campaigns_heartbeat_and_queues_sa
     store.agent_stopped("agent-2@h:2")
     assert "(the last, agent-2@h:2, stopped at" in store.queue_note("rig-a")
     assert store.agents("rig-b") == []
+
+
+def test_a_process_killed_on_this_host_holds_nothing(store: Store) -> None:
+    """kill -9 of `sdl run`: its heartbeat is still fresh for a minute, but its pid is gone. The rig is
+    free at once, and the status says why the campaign does not move."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    owner = f"sdl@{socket.gethostname()}:{gone.pid}"
+    cid = new_campaign(store)
+    store.claim(cid, owner)
+    store.set_status(cid, "running", who=owner)
+    row = store.campaign(cid)
+    assert row.is_live(store.now())  # by its heartbeat alone it would look alive
+    assert store.waiting_note(row).startswith(f"no live process: {owner} is no longer running on this host")
+    store.check_rig_free("sim")  # not busy: nothing runs it
+    alive = f"sdl@{socket.gethostname()}:{os.getpid()}"  # this test's own process: alive
+    store.claim(cid, alive, stale_after_s=0.0)
+    with pytest.raises(RigBusy):
+        store.check_rig_free("sim")
+    assert store.waiting_note(store.campaign(cid)) == ""

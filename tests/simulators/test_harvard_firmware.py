@@ -469,3 +469,21 @@ def test_connecting_to_a_stalled_pump_reports_the_stall(make_line) -> None:
     assert pump.status().alarm == "stall"
     pump.safe_state()
     assert pump.status().alarm is None
+
+
+def test_a_host_at_the_wrong_baud_rate_meets_silence_over_a_pty(make_line) -> None:
+    """The pty hears the speed the program set (termios): a rig file at 9600 baud against a pump at
+    115200 fails as on the bench, naming the address and baud, where it used to work."""
+    line = make_line("address=0")
+    server = PtyServer(line.firmware).start()
+    try:
+        wrong = HarvardPump("seed", server.path, address=0, syringe_diameter_mm=14.5, timeout_s=0.2,
+                            retries=0, baudrate=9600)
+        with pytest.raises(DeviceTimeout, match="no Harvard pump answered at address 0 .* at 9600 baud"):
+            wrong.connect()
+        right = HarvardPump("seed", server.path, address=0, syringe_diameter_mm=14.5, timeout_s=0.5)
+        right.connect()
+        assert right.status().state is PumpState.STOPPED
+        right.close()
+    finally:
+        server.stop()

@@ -112,7 +112,10 @@
       const why = document.createElement("span");
       why.className = "why";
       why.textContent = c.reason;
-      a.append(name, badge, why);
+      const id = document.createElement("span");  // two runs of one protocol on one rig: told apart
+      id.className = "id";
+      id.textContent = `#${c.id}`;
+      a.append(name, badge, id, why);
       a.addEventListener("click", (ev) => { ev.preventDefault(); select(c.id); });
       li.appendChild(a);
       list.appendChild(li);
@@ -266,7 +269,7 @@
     const [title, text, needsReason] = ACTION_TEXT[action];
     pending = { action, campaign, needsReason };
     const c = state.campaigns.find((x) => x.id === campaign);
-    $("confirm-title").textContent = campaign ? `${title}: ${c ? c.name : ""} #${campaign}?` : "E-STOP every running campaign?";
+    $("confirm-title").textContent = campaign ? `${title}: ${c ? c.name : ""} #${campaign}?` : "E-STOP every rig? Every campaign, running or paused, stops and holds until an admin clears it.";
     $("confirm-text").textContent = text;
     $("confirm-reason").value = "";
     $("confirm-reason").required = needsReason;
