@@ -995,7 +995,12 @@ class _Runner:
             if len(good) >= protocol.replicates.min_accepted:
                 self._finish(cond, *median_mad([r.loss for r in good]), good, failed=False)
                 return
-            if self._short_attempts(spec, cond, attempt) < protocol.replicates.max_remeasure:
+            repeated = self._repeated_rejection(cond, attempt)
+            if repeated is not None:  # measured twice, the same way: a third pass would only repeat it
+                self.store.journal(self.campaign_id, "remeasure_skipped", reason=repeated,
+                                   data={"round": cond.round, "condition": cond.index, "attempt": attempt})
+                log.warning("remeasure skipped", reason=repeated)
+            elif self._short_attempts(spec, cond, attempt) < protocol.replicates.max_remeasure:
                 reason = (
                     f"too few accepted replicates ({len(good)} of {n} < {protocol.replicates.min_accepted}): "
                     "measured again"
@@ -1008,6 +1013,23 @@ class _Runner:
             median, mad = median_mad([r.loss for r in good]) if good else (None, None)
             self._finish(cond, median, mad, good, failed=True)
             return
+
+    def _repeated_rejection(self, cond: ConditionRow, attempt: int) -> str | None:
+        """Why not to measure a condition again: this attempt and the one before accepted no droplet,
+        every droplet of both rejected for the same reason (unreadable, saturated, empty: the chemistry
+        at that condition, a precipitate, not a bubble that the next pass would miss). None otherwise."""
+        if attempt < 1:
+            return None
+        reasons: dict[int, set[str | None]] = {}
+        for r in self.store.replicates(self.campaign_id, cond.round, cond.index, include_set_aside=True):
+            if r.attempt in (attempt - 1, attempt):
+                # the kind of rejection (saturated, no_light, nan, empty), not its numbers
+                kind = None if r.accepted or not r.reject_reason else r.reject_reason.split(":", 1)[0]
+                reasons.setdefault(r.attempt, set()).add(kind)
+        now, before = reasons.get(attempt, set()), reasons.get(attempt - 1, set())
+        if len(now) == 1 and now == before and None not in now:
+            return f"every droplet of two passes rejected as {next(iter(now))}: not measured again"
+        return None
 
     def _short_attempts(self, spec: CampaignSpec, cond: ConditionRow, attempt: int) -> int:
         """Earlier attempts of this condition that completed with too few accepted replicates (a

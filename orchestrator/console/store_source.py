@@ -472,7 +472,7 @@ class StoreSource:
                     f"an e-stop on every rig ({latch.who}: {latch.reason}) still holds rig {row.rig_name!r}: "
                     "clear it with `sdl estop --clear --reason TEXT` once every rig is safe"
                 )
-        if action in ("pause", "abort", "resume") and self.store.live_owner(campaign_id) is None:
+        if action in ("pause", "abort", "resume", "recalibrate") and self.store.live_owner(campaign_id) is None:
             return self._without_process(row, action, who, why)
         try:
             request_id = self.store.request_control(campaign_id, action, who=who, reason=why)
@@ -488,6 +488,11 @@ class StoreSource:
             raise ControlRefused(
                 f"no process runs campaign {row.id}: continue it with `sdl resume {row.id}` on the lab PC "
                 "(or a scheduled start that resumes it)"
+            )
+        if action == "recalibrate":  # the process that runs it takes the dark spectrum: there is none
+            raise ControlRefused(
+                f"no process runs campaign {row.id}, so none would take the dark spectrum: resume it with "
+                f"`sdl resume {row.id}` first (a resumed campaign calibrates as it starts)"
             )
         final = states.PAUSED if action == "pause" else states.ABORTED
         try:

@@ -272,6 +272,8 @@ def test_abort_while_paused(store: Store, tmp_path: Path) -> None:
 
     assert run(store, cid, progress=progress, sleep=sleep) == state.ABORTED
     assert statuses(store, cid)[-2:] == [("running", "paused"), ("paused", "aborted")]
+    totals = build_summary(store, cid)["totals"]
+    assert totals["conditions"] == 3 and totals["conditions_measured"] == 0  # planned, never finished
 
 
 def test_two_pauses_at_once_pause_once_and_resume_is_final(store: Store, tmp_path: Path) -> None:
@@ -527,6 +529,24 @@ def test_a_flooded_detector_rejects_replicates_remeasures_then_fails(store: Stor
     assert all(not r.accepted and r.reject_reason.startswith("saturated:") for r in every)
     assert all(r.set_aside for r in every if r.attempt == 0)
     assert "too few accepted replicates" in every[0].set_aside_reason
+
+
+def test_a_condition_rejected_the_same_way_twice_is_not_measured_a_third_time(
+    store: Store, tmp_path: Path
+) -> None:
+    """A precipitate (here a flooded detector) rejects every droplet for the same reason on every
+    pass: the protocol allows 3 more passes, but after two that agree a third would only repeat them
+    and spend reagent."""
+    rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "saturated", "at_s": 1}])
+    cid = start(store, tmp_path, rig=rig, stop={"max_rounds": 1}, replicates={"max_remeasure": 3})
+
+    def operator(_: float) -> None:
+        store.request_control(cid, "resume", who="operator", reason="detector checked")
+
+    assert run(store, cid, sleep=operator) == state.FINISHED
+    assert all(c.status == "failed" and c.attempt == 1 for c in store.conditions(cid))  # two passes, not four
+    skipped = [e for e in store.events(cid, limit=1000) if e.kind == "remeasure_skipped"]
+    assert len(skipped) == 3 and skipped[0].reason == "every droplet of two passes rejected as saturated: not measured again"
 
 
 # -- stop rules and validation -------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_summary_document(store: Store, campaign: str) -> None:
         "median_loss": 0.12,
     }
     t = s["totals"]
-    assert (t["rounds"], t["conditions"], t["conditions_failed"]) == (2, 3, 1)
+    assert (t["rounds"], t["conditions"], t["conditions_measured"], t["conditions_failed"]) == (2, 3, 3, 1)
     assert (
         t["replicates"],
         t["replicates_accepted"],

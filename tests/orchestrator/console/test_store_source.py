@@ -336,6 +336,9 @@ def test_without_a_live_process_pause_and_abort_apply_at_once(store: Store) -> N
     assert store.campaign(cid).description.startswith("paused by alice")
     with pytest.raises(ControlRefused, match=f"sdl resume {cid}"):
         source.request_control(cid, "resume", "alice", "back")
+    with pytest.raises(ControlRefused, match="none would take the dark spectrum"):
+        source.request_control(cid, "recalibrate", "alice", "lamp warmed up")
+    assert store.pending_controls(cid) == []  # not left for a process that will never come
     source.request_control(cid, "abort", "alice", "wrong syringe")
     assert store.campaign(cid).status == state.ABORTED
 
