@@ -687,12 +687,12 @@ class _Runner:
             self._recalibrate = True
             self.store.mark_control_handled(control.id, "dark spectrum re-taken at this checkpoint")
         elif action == "estop":
-            if self.store.estop_latched(self.rig_name) is None:  # the console latches it as it asks
-                self.store.latch_estop(who=control.who, reason=control.reason, rig=self.rig_name)
-            self.store.mark_control_handled(control.id, "e-stop latched")
+            # the console latched it as it asked (the latch is what stops the rig); latching again here
+            # recorded each press twice, and a second press handled after a clear re-latched the rig
+            self.store.mark_control_handled(control.id, "e-stop latched by the request")
         elif action == "estop-clear":
-            self.store.clear_estop(who=control.who, reason=control.reason or "cleared", rig=self.rig_name)
-            self.store.mark_control_handled(control.id, "e-stop cleared")
+            # cleared by the console as it asked; clearing here again could clear a newer latch
+            self.store.mark_control_handled(control.id, "e-stop cleared by the request")
         else:
             self.store.mark_control_handled(control.id, f"refused: unknown action {action!r}")
 
@@ -848,7 +848,7 @@ class _Runner:
             self.store.journal(
                 self.campaign_id, "optimizer_stop", reason=str(notes["stop"]), data={"round": index}
             )
-            self._stop_note = f"optimiser stop: {notes['stop']}"
+            self._stop_note = f"{state.OPTIMISER_STOP} {notes['stop']} (before round {index + 1})"
             return False
         predictions = list(suggestion.predictions) + [None] * (
             len(suggestion.batch) - len(suggestion.predictions)

@@ -43,6 +43,7 @@ from orchestrator.optimize.gp import unit_scaler  # noqa: E402
 from orchestrator.optimize.model_checks import accuracy_by_round, measured_spectrum  # noqa: E402
 from orchestrator.optimize.success import UNLIKELY, SuccessModel  # noqa: E402
 from orchestrator.spectra import minmax  # noqa: E402
+from orchestrator.state import OPTIMISER_STOP  # noqa: E402
 from orchestrator.summary import reagent_rows, reagent_use  # noqa: E402
 
 log = structlog.get_logger(__name__)
@@ -844,17 +845,27 @@ def render_html(
     last_stop = next(
         (r.notes.get("stop") for r in reversed(data.rounds) if (r.notes or {}).get("stop")), None
     )
+    if last_stop is None and (data.status_reason or "").startswith(OPTIMISER_STOP):
+        # the optimiser stopped before planning a round: no round carries the note, the reason does
+        last_stop = data.status_reason.removeprefix(OPTIMISER_STOP).strip()
+    strategy = data.strategy or "–"
+    if strategy == "default":
+        from orchestrator.optimize.registry import DEFAULT_STRATEGY
+
+        strategy = f"default ({DEFAULT_STRATEGY})"
     state_rows = [
         ("campaign", data.campaign_id),
         ("protocol", data.name),
         ("status", data.status + (f" ({data.status_reason})" if data.status_reason else "")),
-        ("strategy", data.strategy or "–"),
+        ("strategy", strategy),
         ("rounds", len(data.rounds)),
         ("conditions measured", len(measured)),
         ("conditions failed", len(data.history.failed())),
         ("best median loss", f"{best[0].median_loss:.4f}" if best else "–"),
         ("stop threshold", data.loss_threshold),
-        ("model stop rule", last_stop or "not met"),
+        # only strategies with a spectrum network have a model stop rule (two_step, dnn)
+        *([("model stop rule", last_stop or "not met")]
+          if last_stop or (data.strategy or "") in ("two_step", "dnn") else []),
         ("rig", data.rig or "–"),
         ("pumps ran", "–" if data.pumping_s is None else f"{data.pumping_s / 3600:.2f} h (conditions only: no holds, no idle time)"),
     ]
@@ -923,6 +934,12 @@ def render_html(
             parts.append(_img_tag(images[key], captions[key]))
     rows = model_check_rows(data)
     parts.append("<h2>Rounds</h2>")
+    parts.append(
+        "<p class='note'>Two points in time per row: accuracy and loss error say how well this round's "
+        "batch was predicted, known once it was measured; stability and the policy are the decision made "
+        "when the round was planned, from the rounds before it (so a policy can cite an accuracy below "
+        "its gate beside a higher one in this row).</p>"
+    )
     parts.append(
         _table(
             [

@@ -68,6 +68,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FINISHED: frozenset(),
 }
 
+# how a finished campaign's reason starts when its optimiser ended it (a model stop rule)
+OPTIMISER_STOP = "optimiser stop:"
+
 # what an operator can ask for, from the CLI or the console
 CONTROL_ACTIONS = frozenset({"pause", "resume", "abort", "estop", "estop-clear", "recalibrate"})
 

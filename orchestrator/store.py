@@ -33,7 +33,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from orchestrator import state
@@ -620,6 +620,14 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def redacted(url: str) -> str:
+    """The store URL to print: its password hidden (a URL that cannot be parsed is not printed)."""
+    try:
+        return make_url(normalise_url(url)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(an unreadable store URL)"
 
 
 def make_engine(url: str) -> Engine:

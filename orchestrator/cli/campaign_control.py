@@ -45,6 +45,7 @@ from orchestrator.store import (
     make_engine,
     normalise_url,
     open_store,
+    redacted,
 )
 from orchestrator.summary import build_summary, csv_text, summary_json
 
@@ -161,12 +162,10 @@ def _open(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
         return open_store(url)
     except SQLAlchemyError as exc:
         raise CommandError(
-            f"cannot open the store {_redacted(url)}: {exc.__class__.__name__}: {exc}"
+            f"cannot open the store {redacted(url)}: {exc.__class__.__name__}: {exc}"
         ) from exc
 
 
-def _redacted(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _run(action: Callable[[], int | None]) -> int:
@@ -358,7 +357,7 @@ def _status(args: argparse.Namespace) -> int:
                 )
             if not records:
                 out.print(
-                    f"no campaigns in {_redacted(store.url)}; start one with `sdl run`", highlight=False
+                    f"no campaigns in {redacted(store.url)}; start one with `sdl run`", highlight=False
                 )
                 return 0
             if args.campaign:
@@ -515,13 +514,13 @@ def _db_upgrade(args: argparse.Namespace) -> int:
             migrations.upgrade(engine)
             after = migrations.current(engine)
         except SQLAlchemyError as exc:
-            raise CommandError(f"cannot upgrade {_redacted(url)}: {exc.__class__.__name__}: {exc}") from exc
+            raise CommandError(f"cannot upgrade {redacted(url)}: {exc.__class__.__name__}: {exc}") from exc
         finally:
             engine.dispose()
         if before == after:
-            _note(f"{_redacted(url)} is up to date (revision {after})")
+            _note(f"{redacted(url)} is up to date (revision {after})")
         else:
-            _note(f"{_redacted(url)} upgraded from {before or 'an empty database'} to revision {after}")
+            _note(f"{redacted(url)} upgraded from {before or 'an empty database'} to revision {after}")
         return 0
 
     return _run(action)
@@ -537,7 +536,7 @@ def _db_current(args: argparse.Namespace) -> int:
         try:
             rev = migrations.current(engine)
         except SQLAlchemyError as exc:
-            raise CommandError(f"cannot read {_redacted(url)}: {exc.__class__.__name__}: {exc}") from exc
+            raise CommandError(f"cannot read {redacted(url)}: {exc.__class__.__name__}: {exc}") from exc
         finally:
             engine.dispose()
         head = migrations.head()

@@ -12,10 +12,12 @@ import argparse
 import ipaddress
 import logging
 import sys
+from pathlib import Path
 
 import structlog
 import uvicorn
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.console import create_app, db
 
@@ -41,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-background",
         action="store_true",
         help="no scheduler and no notifier (a read-mostly second server)",
+    )
+    serve.add_argument(
+        "--files",
+        action="append",
+        type=Path,
+        metavar="FOLDER",
+        help="a folder scheduled starts may read protocol and rig files from (repeat for more; default: "
+        "$SDL_FILES, else the working directory); nothing outside is opened",
     )
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
@@ -74,7 +84,15 @@ def _json_logs(level: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     _json_logs("info" if args.log_level in ("debug", "info") else args.log_level)
-    app = create_app(args.db, secure_cookies=args.secure_cookies, background=not args.no_background)
+    try:
+        app = create_app(
+            args.db, secure_cookies=args.secure_cookies, background=not args.no_background, file_roots=args.files
+        )
+    except (SQLAlchemyError, OSError, ValueError) as exc:  # a store it cannot open, a bad setting: one line
+        from orchestrator.store import redacted
+
+        err.print(f"[bold red]error:[/] cannot serve the store {redacted(args.db)}: {type(exc).__name__}: {exc}")
+        return 2
     if not app.state.auth.users.list_users():
         err.print("[yellow]no users yet:[/yellow] add the first admin with `sdl users add NAME --role admin`")
     if not _is_loopback(args.host):

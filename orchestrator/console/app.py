@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from orchestrator.console import db
 from orchestrator.console.auth import Authenticator
 from orchestrator.console.feed import JournalFeed
-from orchestrator.console.middleware import SecurityHeaders
+from orchestrator.console.middleware import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
 from orchestrator.console.notify import Notifier, NotifyConfig, Sender
 from orchestrator.console.routes import campaigns, control, schedules, session, stream, users
 from orchestrator.console.scheduler import ConsoleScheduler, JobContext, set_job_context
@@ -48,13 +48,19 @@ def create_app(
     source: CampaignSource | None = None,
     notify: NotifyConfig | None = None,
     log_dir: Path | None = None,
+    file_roots: list[Path] | None = None,
 ) -> FastAPI:
     """The console app.
 
     ``background=False`` keeps the scheduler paused (schedules are stored, none runs) and leaves out
-    the notifier: for tests and for a second, read-mostly server on the same store.
+    the notifier: for tests and for a second, read-mostly server on the same store. ``file_roots``:
+    the folders scheduled starts may read protocol and rig files from (default $SDL_FILES, else the
+    working directory).
     ``password_hasher`` defaults to argon2id at argon2-cffi's recommended cost; ``source`` to the
     campaign store at ``store_url``; ``notify`` to the SDL_NOTIFY_*/SDL_SMTP_* environment."""
+    from orchestrator.store import normalise_url
+
+    store_url = normalise_url(store_url)  # a plain SQLite path too, for every part below (the scheduler's job store)
     if source is None:
         # first: opening the store creates or upgrades its schema (and a SQLite file's folder)
         from orchestrator.console.store_source import StoreSource
@@ -65,7 +71,7 @@ def create_app(
     db.ensure_console_schema(engine)
     directory = UserDirectory(engine, password_hasher)
     signing = secret or os.environ.get(SECRET_ENV) or directory.signing_secret()
-    scheduler = ConsoleScheduler(store_url)
+    scheduler = ConsoleScheduler(store_url, file_roots)
     set_job_context(
         JobContext(
             request_control=lambda _url, c, action, who, why: campaign_source.request_control(
@@ -141,9 +147,12 @@ def create_app(
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's 422, except that a NaN or Infinity the client sent (Python's JSON reader takes
         them) is echoed as text: JSON has no such numbers, and failing to render them made a 500."""
-        return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
+        # without the input: it echoed whole bodies (30 MB of them) and the password of a failed login
+        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
 
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     return app
 

@@ -16,7 +16,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -195,8 +195,11 @@ class _Scheduler(BackgroundScheduler):
 
 
 class ConsoleScheduler:
-    def __init__(self, store_url: str) -> None:
+    def __init__(self, store_url: str, file_roots: Sequence[str | Path] | None = None) -> None:
         self.store_url = store_url
+        # folders a scheduled start may read protocol and rig files from (sdl serve --files, $SDL_FILES;
+        # default: the working directory): the console is reachable by operators, its host's files not
+        self.file_roots = [Path(r).expanduser().resolve() for r in (file_roots or default_file_roots())]
         self._scheduler = _Scheduler(
             jobstores={"default": SQLAlchemyJobStore(url=store_url, tablename=JOB_TABLE)},
             timezone=UTC,
@@ -238,7 +241,7 @@ class ConsoleScheduler:
         else:
             if not protocol or not rig:
                 raise ScheduleError("a new campaign needs both a protocol file and a rig file")
-            _check_files(protocol, rig)
+            _check_files(protocol, rig, self.file_roots)
             what = f"run {protocol} on {rig}"
         job = self._scheduler.add_job(
             start_campaign_job,
@@ -295,14 +298,35 @@ def _check_interval(every_minutes: float) -> None:
         raise ScheduleError(f"the interval must be at least {MIN_INTERVAL_MIN} min, got {every_minutes}")
 
 
-def _check_files(protocol: str, rig: str) -> None:
-    """Refuse now a start that would fail at 2 a.m.: both files must load and fit each other."""
+FILES_ENV = "SDL_FILES"  # folders (os.pathsep-separated) scheduled starts may read files from
+
+
+def default_file_roots() -> list[Path]:
+    """$SDL_FILES (folders separated by os.pathsep), else the working directory."""
+    value = os.environ.get(FILES_ENV, "")
+    return [Path(p) for p in value.split(os.pathsep) if p] or [Path.cwd()]
+
+
+def _check_files(protocol: str, rig: str, roots: Sequence[Path]) -> None:
+    """Refuse now a start that would fail at 2 a.m.: both files must load and fit each other. Only
+    YAML files inside ``roots`` are opened at all: a schedule is an operator's request, and reading
+    any path the server can (its own database: closing a file releases SQLite's locks on it) would
+    let the request read or break files it has no business with."""
     from orchestrator.protocol import load_protocol
     from orchestrator.rig import check_protocol_against_rig, load_rig
 
+    where = ", ".join(str(r) for r in roots)
     for path in (protocol, rig):
-        if not Path(path).is_file():
-            raise ScheduleError(f"no file {path!r} on the server (paths are relative to {Path.cwd()})")
+        resolved = Path(path).expanduser().resolve()
+        if resolved.suffix.lower() not in (".yaml", ".yml"):
+            raise ScheduleError(f"{path!r}: protocol and rig files are YAML files (.yaml or .yml)")
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise ScheduleError(
+                f"{path!r} is outside the folders scheduled starts may read ({where}); put the file there, "
+                f"or start the console with --files FOLDER (or ${FILES_ENV})"
+            )
+        if not resolved.is_file():
+            raise ScheduleError(f"no file {path!r} in {where}")
     try:
         check_protocol_against_rig(load_protocol(protocol), load_rig(rig), source=f"{protocol} on {rig}")
     except ConfigError as exc:

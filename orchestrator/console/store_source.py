@@ -465,13 +465,13 @@ class StoreSource:
             # request records, for this campaign, who pressed it and why
             self.store.latch_estop(who=who, reason=why, rig=row.rig_name)
         elif action == "estop-clear":
-            self.store.clear_estop(who=who, reason=why, rig=row.rig_name)
-            latch = self.store.estop_latched(row.rig_name)
-            if latch is not None:  # an every-rig latch still holds this rig
+            every = self.store.estop_latched(None)
+            if every is not None:  # refused before anything changes: an every-rig latch still holds this rig
                 raise ControlRefused(
-                    f"an e-stop on every rig ({latch.who}: {latch.reason}) still holds rig {row.rig_name!r}: "
+                    f"an e-stop on every rig ({every.who}: {every.reason}) still holds rig {row.rig_name!r}: "
                     "clear it with `sdl estop --clear --reason TEXT` once every rig is safe"
                 )
+            self.store.clear_estop(who=who, reason=why, rig=row.rig_name)
         if action in ("pause", "abort", "resume", "recalibrate") and self.store.live_owner(campaign_id) is None:
             return self._without_process(row, action, who, why)
         try:

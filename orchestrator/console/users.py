@@ -18,7 +18,7 @@ from enum import StrEnum
 import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -126,7 +126,7 @@ class UserDirectory:
     # ---- users -------------------------------------------------------------------------------------
 
     def add_user(self, name: str, role: Role | str, password: str | None, who: str) -> UserInfo:
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):  # fullmatch: "$" alone lets "alice\n" pass as another alice
             raise UserError(
                 f"user name {name!r} not allowed: start with a letter, then letters, digits, '_', '.', '-' (max 64)"
             )
@@ -135,6 +135,10 @@ class UserDirectory:
             _check_password(password)
         hashed = self._hasher.hash(password) if password is not None else None
         with self._db() as db:
+            # "Olga" and "olga" would read as one person in the journal: one of them only
+            same = db.scalars(select(User.name).where(func.lower(User.name) == name.lower())).first()
+            if same is not None:
+                raise UserError(f"user {same!r} exists already: pick another name or change that user")
             user = User(name=name, role=role.value, password_hash=hashed, disabled=False, created_at=utcnow())
             db.add(user)
             try:

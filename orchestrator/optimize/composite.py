@@ -493,6 +493,13 @@ DEFAULTS: dict[str, Any] = {
     "max_fit": 100, "max_condition": 400, "fit_iterations": 50, "minmax_stride": 3, "k_min": 5, "k_max": 8, "new_ground_max": 5,
     "scalar_fraction": 0.0, "scalar_when": "always", "exploit": 0,
 }
+# what each number may be: fewer would leave nothing to score, sample or fit (None: no limit)
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "mc_samples": (2, None), "n_global": (1, None), "n_local": (0, None), "rerank": (1, None),
+    "refine": (0, None), "baseline": (1, None), "max_fit": (5, None), "max_condition": (5, None),
+    "fit_iterations": (1, None), "minmax_stride": (1, None), "k_min": (1, None), "k_max": (1, None),
+    "new_ground_max": (0, None), "scalar_fraction": (0, 1), "exploit": (0, None),
+}
 
 
 class CompositeOptimizer:
@@ -581,18 +588,19 @@ class CompositeOptimizer:
 
 def build(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int,
           *, name: str = "composite", defaults: Mapping[str, Any] = DEFAULTS) -> CompositeOptimizer:
-    from orchestrator.optimize.registry import take_settings
+    from orchestrator.optimize.registry import OptimizerSettingsError, take_settings
 
-    s = take_settings(name, settings, defaults)
-    if not 0 <= float(s["scalar_fraction"]) <= 1:
-        from orchestrator.optimize.registry import OptimizerSettingsError
-
-        raise OptimizerSettingsError(f"optimizer.settings.scalar_fraction must lie in [0, 1], got {s['scalar_fraction']!r}")
+    s = take_settings(name, settings, defaults, RANGES)
     if s["scalar_when"] not in ("always", "edge"):
-        from orchestrator.optimize.registry import OptimizerSettingsError
-
         raise OptimizerSettingsError(
             f"optimizer.settings.scalar_when must be 'always' or 'edge', got {s['scalar_when']!r}")
+    if s["k_min"] > s["k_max"]:
+        raise OptimizerSettingsError(
+            f"optimizer.settings.k_min ({s['k_min']}) must not exceed k_max ({s['k_max']})")
+    if s["max_fit"] > s["max_condition"]:
+        raise OptimizerSettingsError(
+            f"optimizer.settings.max_fit ({s['max_fit']}) must not exceed max_condition ({s['max_condition']}): "
+            "the hyperparameters are fitted on rows the model conditions on")
     policy = WideningPolicy.from_protocol(widening, rule="gated", max_new=int(s["new_ground_max"]))
     optimizer = CompositeOptimizer(seed, policy, s)
     optimizer.name = name

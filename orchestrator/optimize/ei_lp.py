@@ -163,12 +163,16 @@ class GpEiLpOptimizer:
 
 DEFAULTS: dict[str, Any] = {"restarts": 2, "max_fit": 300, "n_global": 1500, "n_local": 600,
                             "min_radius": 0.02, "new_ground_max": 3}
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "restarts": (0, None), "max_fit": (5, None), "n_global": (1, None), "n_local": (0, None),
+    "min_radius": (0, 1), "new_ground_max": (0, None),
+}
 
 
 def build(name: str, settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int, *,
           ard: bool, use_log: bool, rule: str) -> GpEiLpOptimizer:
     from orchestrator.optimize.registry import take_settings
 
-    s = take_settings(name, settings, DEFAULTS)
+    s = take_settings(name, settings, DEFAULTS, RANGES)
     policy = WideningPolicy.from_protocol(widening, rule=rule, max_new=s.pop("new_ground_max"))  # type: ignore[arg-type]
     return GpEiLpOptimizer(name, seed, policy, ard=ard, use_log=use_log, **s)

@@ -101,6 +101,9 @@ class QNEISurrogate:
 
 
 DEFAULTS: dict[str, Any] = {"num_restarts": 10, "raw_samples": 512, "new_ground_max": 3}
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "num_restarts": (1, None), "raw_samples": (1, None), "new_ground_max": (0, None),
+}
 
 
 class QNEIOptimizer:
@@ -127,6 +130,12 @@ class QNEIOptimizer:
 def build(settings: Mapping[str, Any], widening: Mapping[str, Any] | None, seed: int) -> QNEIOptimizer:
     from orchestrator.optimize.registry import take_settings
 
-    s = take_settings("qnei_botorch", settings, DEFAULTS)
+    s = take_settings("qnei_botorch", settings, DEFAULTS, RANGES)
+    if s["raw_samples"] < s["num_restarts"]:
+        from orchestrator.optimize.registry import OptimizerSettingsError
+
+        raise OptimizerSettingsError(
+            f"optimizer.settings.raw_samples ({s['raw_samples']}) must be at least num_restarts "
+            f"({s['num_restarts']}): the restarts start from the best raw samples")
     policy = WideningPolicy.from_protocol(widening, rule="gated", max_new=int(s["new_ground_max"]))
     return QNEIOptimizer(seed, policy, s)

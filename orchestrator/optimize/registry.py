@@ -78,8 +78,15 @@ def make_optimizer(
     return factory(dict(settings or {}), dict(widening) if widening is not None else None, int(seed))
 
 
-def take_settings(strategy: str, settings: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated by ``settings``; unknown keys and wrongly typed values are refused."""
+def take_settings(
+    strategy: str,
+    settings: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> dict[str, Any]:
+    """``defaults`` updated by ``settings``; unknown keys, wrongly typed values (a bool is not a
+    number) and numbers outside ``ranges`` (key -> (low, high), inclusive, None: open) are refused,
+    so a campaign never runs a round before its optimiser fails on them."""
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
         raise OptimizerSettingsError(
@@ -89,6 +96,10 @@ def take_settings(strategy: str, settings: Mapping[str, Any], defaults: Mapping[
     out = dict(defaults)
     for key, value in settings.items():
         want = type(defaults[key])
+        if isinstance(value, bool) and want is not bool:
+            raise OptimizerSettingsError(
+                f"optimizer.settings.{key} for strategy {strategy!r} must be {want.__name__}, got {value!r}"
+            )
         if defaults[key] is not None and not isinstance(value, want):
             # ints are fine where floats are expected; bools are not numbers here
             if not (want is float and isinstance(value, int) and not isinstance(value, bool)):
@@ -97,6 +108,12 @@ def take_settings(strategy: str, settings: Mapping[str, Any], defaults: Mapping[
                     f"got {value!r}"
                 )
             value = float(value)
+        low, high = (ranges or {}).get(key, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            allowed = f">= {low:g}" if high is None else f"<= {high:g}" if low is None else f"in [{low:g}, {high:g}]"
+            raise OptimizerSettingsError(
+                f"optimizer.settings.{key} for strategy {strategy!r} must be {allowed}, got {value!r}"
+            )
         out[key] = value
     return out
 

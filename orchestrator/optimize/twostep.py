@@ -46,6 +46,7 @@ from orchestrator.optimize.registry import OptimizerSettingsError, make_optimize
 from orchestrator.optimize.widening import WideningPolicy, select_with_widening
 
 log = structlog.get_logger(__name__)
+NETWORK_STRATEGIES = frozenset({"two_step", "dnn"})  # strategies that are this module: not a BO step
 
 
 class _Strict(BaseModel):
@@ -323,7 +324,17 @@ class TwoStepOptimizer:
     ) -> None:
         self.settings = settings
         self.seed = int(seed)
-        self.bo = bo if bo is not None else make_optimizer(settings.bo, settings.bo_settings, widening, seed)
+        if bo is None:
+            if resolve(settings.bo) in NETWORK_STRATEGIES:
+                raise OptimizerSettingsError(
+                    f"optimizer.settings.bo: {settings.bo!r} is not a BO strategy (two_step already adds the "
+                    "network): use composite_mix, composite, gp_ei_lp ..."
+                )
+            try:
+                bo = make_optimizer(settings.bo, settings.bo_settings, widening, seed)
+            except OptimizerSettingsError as exc:  # say where in the protocol the setting is
+                raise OptimizerSettingsError(f"optimizer.settings.bo_settings (for bo: {settings.bo}): {exc}") from exc
+        self.bo = bo
         self.widening = WideningPolicy.from_protocol(widening, rule="gated")
 
     # -- models -------------------------------------------------------------------------------
@@ -380,7 +391,9 @@ class TwoStepOptimizer:
         )
         decision = decide_share(
             policy,
-            round_index=rnd,
+            # the rounds measured so far, not history.round_index: the engine counts rounds from 0 and
+            # the benchmark from 1, and the network must come in after the same number of rounds in both
+            round_index=len(measured_rounds),
             n=n,
             model_ready=model is not None,
             accuracy=accuracy,

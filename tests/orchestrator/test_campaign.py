@@ -343,6 +343,7 @@ def test_estop_stops_at_once_latches_and_resumes_after_clearing(
             assert len(store.active_estops()) == 1  # the process did not latch it a second time
         elif status == state.ESTOPPED:
             store.clear_estop(who="admin", reason="checked the lines", rig="simulated")
+            op.request("estop", "smoke")  # a second press, stale by the time the process reads it
         elif status == state.PAUSED:
             op.request("resume", "go on")
 
@@ -351,6 +352,7 @@ def test_estop_stops_at_once_latches_and_resumes_after_clearing(
     changes = statuses(store, cid)
     assert ("running", "estopped") in changes and ("estopped", "paused") in changes
     cleared = next(e for e in store.events(cid, limit=1000) if e.kind == "paused")
+    assert store.active_estops() == []  # the stale press did not latch the rig again after the clear
     assert (cleared.who, cleared.reason) == ("admin", "e-stop cleared: checked the lines; resume when ready")
     assert ("paused", "running") in changes
     outcomes = [e.data["outcome"] for e in store.events(cid, limit=1000) if e.kind == "control_handled"]
@@ -615,7 +617,12 @@ def test_optimizer_stop_note_ends_the_campaign(store: Store, tmp_path: Path) -> 
     cid = start(store, tmp_path, optimizer={"strategy": "test_stopper"}, stop={"max_rounds": 5})
     assert run(store, cid) == state.FINISHED
     assert len(store.rounds(cid)) == 1
-    assert store.campaign(cid).reason == "optimiser stop: model converged"
+    assert store.campaign(cid).reason == "optimiser stop: model converged (before round 2)"
+    # the report says the model stop rule ended it (it used to say "not met": no round carries the note)
+    from orchestrator.report import load_report_data, render_html
+
+    page = render_html(load_report_data(store, cid), {}, [], None)
+    assert "<th>model stop rule</th><td>model converged (before round 2)</td>" in page
 
 
 def test_the_optimiser_sees_every_past_rounds_bounds(store: Store, tmp_path: Path) -> None:

@@ -85,13 +85,16 @@ def _out(r: ControlReceipt) -> ReceiptOut:
 def _route(action: str, needs: Role) -> Callable[..., ReceiptOut]:
     if needs is Role.ADMIN:
 
-        def handler_admin(campaign_id: str, body: ControlIn, request: Request, who: Admin) -> ReceiptOut:
-            return _request(request, campaign_id, action, who, body.reason)
+        def handler_admin(
+            campaign_id: str, request: Request, who: Admin, body: ControlIn | None = None
+        ) -> ReceiptOut:
+            return _request(request, campaign_id, action, who, (body or ControlIn()).reason)
 
         return handler_admin
 
-    def handler(campaign_id: str, body: ControlIn, request: Request, who: Operator) -> ReceiptOut:
-        return _request(request, campaign_id, action, who, body.reason)
+    # no body at all is a body without a reason: `curl -X POST .../estop` must work
+    def handler(campaign_id: str, request: Request, who: Operator, body: ControlIn | None = None) -> ReceiptOut:
+        return _request(request, campaign_id, action, who, (body or ControlIn()).reason)
 
     return handler
 
@@ -123,7 +126,8 @@ for _action, (_needs, _states) in ACTIONS.items():
     status_code=status.HTTP_202_ACCEPTED,
     summary="e-stop every campaign that is not over (operator)",
 )
-def estop_all(body: ControlIn, request: Request, who: Operator) -> EstopAllOut:
+def estop_all(request: Request, who: Operator, body: ControlIn | None = None) -> EstopAllOut:
+    body = body or ControlIn()
     source = source_of(request)
     stopped = []
     for c in source.list_campaigns():

@@ -55,6 +55,8 @@ def add_schedule(body: ScheduleIn, request: Request, who: Operator) -> ScheduleI
     scheduler = _scheduler(request)
     try:
         if body.kind == "start":
+            if body.resume_campaign_id:
+                request.app.state.source.campaign(body.resume_campaign_id)  # 404 for an unknown campaign
             info = scheduler.add_start(who.name, body.at, body.protocol, body.rig, body.resume_campaign_id)
         else:
             if not body.campaign_id or body.every_minutes is None:

@@ -13,7 +13,7 @@ router = APIRouter(prefix="/api/session", tags=["session"])
 @router.post("", response_model=SessionOut, summary="log in with name and password (sets the session cookie)")
 def login(body: LoginIn, request: Request, response: Response) -> SessionOut:
     auth: Authenticator = request.app.state.auth
-    wait_s = auth.throttle.blocked_for_s(body.name)
+    wait_s = auth.throttle.attempt(body.name)
     if wait_s > 0:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -21,8 +21,7 @@ def login(body: LoginIn, request: Request, response: Response) -> SessionOut:
             headers={"Retry-After": str(int(wait_s) + 1)},
         )
     user = auth.users.verify_password(body.name, body.password)
-    if user is None:
-        auth.throttle.failed(body.name)
+    if user is None:  # already counted by attempt()
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong name or password")
     auth.throttle.succeeded(body.name)
     session_id = auth.users.open_session(user, auth.session_hours)

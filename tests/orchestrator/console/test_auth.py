@@ -56,11 +56,25 @@ def test_repeated_failures_throttle_that_name_only(console: Console) -> None:
 def test_throttle_forgets_after_its_window() -> None:
     now = [0.0]
     throttle = LoginThrottle(limit=2, window_s=10, clock=lambda: now[0])
-    throttle.failed("x")
-    throttle.failed("x")
-    assert throttle.blocked_for_s("x") == pytest.approx(10)
+    assert throttle.attempt("x") == 0 and throttle.attempt("x") == 0
+    assert throttle.attempt("x") == pytest.approx(10)
     now[0] = 10.5
-    assert throttle.blocked_for_s("x") == 0
+    assert throttle.attempt("x") == 0
+    throttle.succeeded("x")  # a success forgets the attempts
+    assert throttle.attempt("x") == 0 and throttle.attempt("x") == 0
+
+
+def test_logins_sent_at_once_cannot_outrun_the_lockout(console: Console) -> None:
+    """40 wrong passwords in parallel used to be 40 password checks: each passed the check for a block
+    before any had failed. Attempts are counted before the password is checked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guess(i: int) -> int:
+        return console.client().post("/api/session", json={"name": "otto", "password": f"guess number {i}"}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(guess, range(40)))
+    assert codes.count(401) == 5 and codes.count(429) == 35
 
 
 def test_logout_ends_the_session_even_for_a_copied_cookie(console: Console) -> None:
@@ -194,3 +208,12 @@ def test_a_bad_bearer_header_is_not_rescued_by_a_cookie(console: Console) -> Non
     """Explicit credentials that fail are a failure, even when a valid cookie rides along."""
     client, _ = console.login("admin")
     assert client.get("/api/session", headers={"Authorization": "Bearer sdl_x.y"}).status_code == 401
+
+
+def test_a_huge_body_is_refused_before_it_is_read_and_errors_do_not_echo_input(console: Console) -> None:
+    client = console.client()
+    r = client.post("/api/session", content=b'{"name": "' + b"x" * 200_000 + b'"}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and len(r.content) < 200
+    r = client.post("/api/session", json={"name": "otto", "password": "my secret pw", "extra": 1})
+    assert r.status_code == 422 and "my secret pw" not in r.text  # the password is not sent back

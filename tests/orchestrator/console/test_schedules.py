@@ -3,6 +3,7 @@ the jobs themselves (start, recalibrate, health) with their effects checked."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,36 @@ def test_bad_schedules_are_refused_with_a_reason(console: Console, body: dict, c
     assert (
         console.client().get("/api/schedules", headers=console.bearer("operator")).json()["schedules"] == []
     )
+
+
+def test_a_scheduled_start_opens_only_yaml_files_in_the_allowed_folders(
+    console: Console, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's schedule must not read the server's files (its error would echo them) nor open the
+    store's own database (closing that file releases SQLite's locks: the console then lost its writes)."""
+    c, h = console.client(), console.bearer("operator")
+    at = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("topsecret: x:0:0:hash\n")
+    store_file = console.url.removeprefix("sqlite:///")
+    for protocol, said in [
+        ("/etc/passwd", "protocol and rig files are YAML files"),
+        (store_file, "protocol and rig files are YAML files"),
+        (str(secret), "is outside the folders scheduled starts may read"),
+    ]:
+        r = c.post("/api/schedules", json={"kind": "start", "protocol": protocol, "rig": protocol, "at": at}, headers=h)
+        assert r.status_code == 400 and said in r.json()["detail"], r.text
+        assert "topsecret" not in r.json()["detail"] and "0:0:" not in r.json()["detail"]  # nothing of the file echoed
+    r = c.post("/api/schedules", json={"kind": "start", "resume_campaign_id": "no|such", "at": at}, headers=h)
+    assert r.status_code == 404, r.text  # a campaign to resume must exist (a '|' broke the stored name)
+    assert c.get("/api/schedules", headers=h).json()["schedules"] == []
+
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    roots = sched.ConsoleScheduler(console.url, [folder]).file_roots
+    assert roots == [folder.resolve()]
+    monkeypatch.setenv(sched.FILES_ENV, f"{folder}{os.pathsep}{tmp_path / 'more'}")
+    assert sched.default_file_roots() == [folder, tmp_path / "more"]
 
 
 class Recorder:

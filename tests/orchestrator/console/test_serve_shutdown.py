@@ -71,3 +71,25 @@ def test_sigterm_stops_the_server_while_a_stream_is_open(tmp_path: Path) -> None
             server.kill()
             server.wait()
         log.close()
+
+
+def test_a_plain_sqlite_path_serves_like_its_url(tmp_path: Path) -> None:
+    """`sdl serve --db lab.db` used to create the store, then crash in the scheduler's job store."""
+    from fastapi.testclient import TestClient
+
+    from orchestrator.console import create_app
+
+    app = create_app(str(tmp_path / "lab.db"), secret="s" * 48, background=False)
+    with TestClient(app) as client:
+        assert client.get("/api/health").status_code == 200
+    assert (tmp_path / "lab.db").exists()
+
+
+def test_sdl_serve_says_in_one_line_when_it_cannot_open_the_store(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", "serve", "--db", "postgresql://lab@127.0.0.1:1/sdl",
+         "--port", str(_free_port())],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and "cannot serve the store postgresql+psycopg://lab@127.0.0.1:1/sdl" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -27,6 +27,8 @@ def test_roles_are_ordered() -> None:
         ("ok", "short", "at least 10"),
         ("ok", " padded password ", "white space"),
         ("ada", PASSWORD, "exists already"),
+        ("ada\n", PASSWORD, "not allowed"),  # would read as a second "ada" in the journal
+        ("Ada", PASSWORD, "user 'ada' exists already"),  # and so would this one
     ],
 )
 def test_bad_new_users_are_refused_with_a_reason(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from orchestrator.optimize import registry
@@ -41,6 +43,26 @@ def test_unknown_or_mistyped_settings_are_refused(strategy: str) -> None:
         make_optimizer(strategy, {}, {**WIDENING, "step": 0.1}, 0)
 
 
+@pytest.mark.parametrize(("strategy", "settings", "said"), [
+    ("gp_ei_lp", {"restarts": 0, "n_global": 0, "n_local": 0}, "n_global for strategy 'gp_ei_lp' must be >= 1, got 0"),
+    ("qnei_botorch", {"num_restarts": 0, "raw_samples": 0}, "num_restarts for strategy 'qnei_botorch' must be >= 1"),
+    ("qnei_botorch", {"raw_samples": 1}, "raw_samples (1) must be at least num_restarts (10)"),
+    ("composite_mix", {"mc_samples": 0}, "mc_samples for strategy 'composite_mix' must be >= 2, got 0"),
+    ("composite_mix", {"mc_samples": -4}, "must be >= 2, got -4"),
+    ("composite_mix", {"mc_samples": True}, "mc_samples for strategy 'composite_mix' must be int, got True"),
+    ("composite", {"k_min": 9, "k_max": 2}, "k_min (9) must not exceed k_max (2)"),
+    ("composite", {"max_fit": 0}, "max_fit for strategy 'composite' must be >= 5"),
+    ("composite", {"scalar_fraction": 1.5}, "scalar_fraction for strategy 'composite' must be in [0, 1]"),
+    ("gp_ei_lp", {"min_radius": -1.0}, "min_radius for strategy 'gp_ei_lp' must be in [0, 1], got -1.0"),
+])
+def test_settings_that_would_break_a_round_are_refused_when_the_optimiser_is_built(
+    strategy: str, settings: dict, said: str
+) -> None:
+    """They used to be stored and fail a round later (an empty argmax), or spoil the picks silently."""
+    with pytest.raises(OptimizerSettingsError, match=re.escape(said)):
+        make_optimizer(strategy, settings, WIDENING, 0)
+
+
 def test_settings_reach_the_optimiser() -> None:
     opt = make_optimizer("composite", {"mc_samples": 16, "new_ground_max": 1}, WIDENING, 0)
     assert opt.s["mc_samples"] == 16 and opt.policy.max_new == 1
@@ -51,3 +73,10 @@ def test_settings_reach_the_optimiser() -> None:
 def test_unknown_strategy_names_the_choices() -> None:
     with pytest.raises(UnknownStrategyError, match="composite"):
         resolve("simplex")
+
+
+def test_two_step_names_its_bo_settings_and_refuses_itself_as_bo() -> None:
+    with pytest.raises(OptimizerSettingsError, match=r"optimizer\.settings\.bo_settings \(for bo: composite_mix\).*unknown key\(s\) zz"):
+        make_optimizer("two_step", {"bo_settings": {"zz": 1}}, WIDENING, 0)
+    with pytest.raises(OptimizerSettingsError, match="'two_step' is not a BO strategy"):
+        make_optimizer("two_step", {"bo": "two_step"}, WIDENING, 0)

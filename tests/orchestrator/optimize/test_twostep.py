@@ -338,3 +338,28 @@ def test_nan_bands_in_the_replicates_reach_neither_bo_nor_the_network() -> None:
     policy = s.notes["policy"]
     assert np.isfinite(policy["predicted_loss"]).all() and np.isfinite(policy["predicted_best"])
     assert np.isfinite(policy["accuracy"]["cosine_mean"]) and np.isfinite(policy["stability"]["cosine_mean"])
+
+
+def test_docs_list_every_two_step_setting_with_its_default() -> None:
+    """docs/two_step.md is where a chemist finds these settings: it must not drift from the code."""
+    import re
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    from orchestrator.optimize.twostep import TwoStepSettings
+
+    def fields(model: type[BaseModel], prefix: str = "") -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name, f in model.model_fields.items():
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                out |= fields(f.annotation, f"{prefix}{name}.")
+            else:
+                out[prefix + name] = {} if name == "bo_settings" else f.default
+        return out
+
+    page = (Path(__file__).resolve().parents[3] / "docs" / "two_step.md").read_text()
+    documented = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", page, flags=re.M))
+    expected = fields(TwoStepSettings)
+    assert set(documented) == set(expected)
+    assert all(documented[k] == repr(v) for k, v in expected.items() if k != "bo_settings")
