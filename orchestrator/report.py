@@ -1012,8 +1012,8 @@ def write_report(
         unknown = [n for n in pair if n not in data.space.names]
         if unknown or len(set(pair)) != 2:
             raise ReportError(
-                f"a loss map needs two different inputs, got {' x '.join(pair)}"
-                + (f"; no input named {unknown[0]!r}" if unknown else "")
+                (f"no input named {unknown[0]!r} for the loss map {' x '.join(pair)}" if unknown
+                 else f"a loss map needs two different inputs, got {' x '.join(pair)}")
                 + f" (the inputs are {', '.join(data.space.names)})"
             )
     out.mkdir(parents=True, exist_ok=True)

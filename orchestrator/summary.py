@@ -16,6 +16,9 @@ perfect match; ``null`` where a value does not exist yet)::
       "reason": "loss threshold reached",  # why it is in that status ("" if none given)
       "status_text": "finished at 02:41: loss threshold reached",
       "seed": 7, "rig": "simulated", "protocol_path": "...", "rig_path": "...",
+      "chemistry": "mymodel:Nanoshell" | null,   # sdl run --chemistry (a dry run's own model)
+      "max_rounds_option": 3 | null,             # sdl run --max-rounds
+      "optimizer": {"strategy": "default", "settings": {...}},   # as the protocol gives it
       "created_at": "2026-11-29T01:53:00+00:00", "updated_at": "...",
       "variables": [{"name": "Q_AgNO3", "kind": "percent", "stream": "AgNO3", "unit": "%",
                      "bounds": [4, 20], "hard_limits": [0.5, 80]}, ...],
@@ -29,6 +32,7 @@ perfect match; ``null`` where a value does not exist yet)::
         "widened": ["Q_seed"],                             # variables whose bounds grew since the last round
         "widening": [{"variable": "Q_seed", "edge": "low", "old": 4, "new": 2.8,
                       "reason": "gated rule: 40% of the batch crowds it; ..."}],  # each edge moved, and why
+        "policy": {"dnn_count": 14, "reason": "network trusted ...", ...} | null,  # two_step's share
         "conditions": [{
           "index": 0, "inputs": {"Q_AgNO3": 7.1, ...}, "source": "lhs",
           "status": "done", "failed": false,               # status: planned|measuring|done|failed
@@ -265,6 +269,8 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
                 "widened": _widened(rnd.bounds, previous),
                 # each edge the optimiser moved for this round, and why (trigger, gate, prediction)
                 "widening": list((rnd.notes or {}).get("widening") or []),
+                # two_step: the network's share of this batch and why (accuracy, stability, gates)
+                "policy": (rnd.notes or {}).get("policy"),
                 "conditions": conds_out,
             }
         )
@@ -298,6 +304,11 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
         "rig": row.rig_name,
         "protocol_path": row.protocol_path,
         "rig_path": row.rig_path,
+        # how it was started: --chemistry, --target, --max-rounds (a dry run with a model of one's own
+        # must not read as a reference run), and the optimiser it ran
+        "chemistry": (row.options or {}).get("chemistry"),
+        "max_rounds_option": (row.options or {}).get("max_rounds"),
+        "optimizer": {k: v for k, v in dict(protocol.get("optimizer") or {}).items() if k in ("strategy", "settings")},
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "generated_at": store.now(),

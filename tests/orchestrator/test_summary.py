@@ -128,6 +128,8 @@ def test_summary_document(store: Store, campaign: str) -> None:
     assert r0["bounds"]["Q_total"] == [200.0, 1000.0] and r0["bounds_next"]["Q_AgNO3"] == [2.0, 20.0]
     assert (r1["strategy"], r1["widened"], r1["bounds_next"]) == ("qnei", ["Q_AgNO3"], None)
     assert r0["widening"] == []  # each edge moved, and why
+    assert r0["policy"] is None
+    assert s["chemistry"] is None and s["max_rounds_option"] == 2 and s["optimizer"]["strategy"]
     assert r1["widening"] == [{"variable": "Q_AgNO3", "edge": "high", "old": 20.0, "new": 25.0,
                                "reason": "gated rule: 60% crowd it"}]
     c0, c1 = r0["conditions"]
