@@ -45,6 +45,7 @@ from orchestrator.optimize.registry import (
 )
 from orchestrator.protocol import ExperimentProtocol, InfeasibleInputs, load_protocol, protocol_from_dict
 from orchestrator.rig import (
+    DEFAULT_DRY_RUN_CHEMISTRY,
     Rig,
     RigConfig,
     _check_chemistry_takes,
@@ -187,7 +188,14 @@ def start_campaign(
         try:
             _check_chemistry_takes(make_chemistry(model.model, model.params), model.model, protocol)
         except ConfigError as exc:
-            raise ConfigError(rig_path, [Problem(f"simulation.{p.field}", p.message) for p in exc.problems]) from exc
+            hint = ""
+            if model.model == DEFAULT_DRY_RUN_CHEMISTRY:  # nobody chose it: say where it came from
+                hint = (f" (no chemistry was given, so the dry run uses the reference model {model.model}, made "
+                        "for the reference protocol's inputs: pass --chemistry module:Class for your own, "
+                        "or set simulation.chemistry.model in a copy of the rig file)")
+            raise ConfigError(
+                rig_path, [Problem(f"simulation.{p.field}", p.message + hint) for p in exc.problems]
+            ) from exc
     max_rounds = options.get("max_rounds")
     if max_rounds is not None and (not isinstance(max_rounds, int) or max_rounds < 1):
         raise ValueError(f"max_rounds must be a whole number >= 1, got {max_rounds!r}")
@@ -702,7 +710,9 @@ class _Runner:
         if latch is None:
             latch = self.store.estop_latched(self.rig_name)
         who = latch.who if latch is not None else "system"
-        reason = latch.reason if latch is not None else "e-stop"
+        # the latch may be older than this campaign (pressed on another campaign of the rig): say when
+        reason = (f"e-stop latched on rig {self.rig_name} at {latch.at:%Y-%m-%d %H:%M} UTC: {latch.reason}"
+                  if latch is not None else "e-stop")
         if self._status() != state.ESTOPPED:
             self._set_status(state.ESTOPPED, reason=reason, who=who)
         return (self.wall() - start) + self._hold(state.ESTOPPED, reason, who)
@@ -725,7 +735,8 @@ class _Runner:
             latch = self.store.estop_latched(self.rig_name)
             if latch is not None and status != state.ESTOPPED:
                 status = state.ESTOPPED
-                self._set_status(status, reason=latch.reason, who=latch.who)
+                self._set_status(status, reason=f"e-stop latched on rig {self.rig_name} at "
+                                 f"{latch.at:%Y-%m-%d %H:%M} UTC: {latch.reason}", who=latch.who)
             if latch is None and status == state.ESTOPPED:
                 if self.watcher is not None:
                     self.watcher.tripped.clear()
@@ -907,16 +918,17 @@ class _Runner:
                 self._measure_condition(spec, cond)
             self.store.finish_round(self.campaign_id, current.index)
             unbind("round", "condition", "attempt", "replicate")
-            lost = self._round_lost(current.index)
+            lost = self._round_lost(current.index, spec)
             if lost is not None:
                 self._hold(state.FAULTED, lost, "system")
 
-    def _round_lost(self, index: int) -> str | None:
+    def _round_lost(self, index: int, spec: CampaignSpec) -> str | None:
         """Why the campaign must wait for an operator after round ``index``: droplets arrived but every
         condition failed, mostly on the instrument's side (a flooded detector, no light: a lamp left
         off, a blocked cell; on a dry run, a model answering in transmittance), so going on would spend
         reagent on rounds the optimiser learns nothing from. Failures on the chemistry's side (no valid
-        spectrum, no product: NaN or empty droplets) are the optimiser's to avoid: journaled, no hold."""
+        spectrum, no product: NaN or empty droplets) are the optimiser's to avoid: journaled, no hold,
+        unless the round before failed whole as well."""
         conditions = self.store.conditions(self.campaign_id, index)
         if not conditions or not all(c.failed for c in conditions):
             return None  # the usual case: no need to load the round's replicate spectra
@@ -929,7 +941,18 @@ class _Runner:
         if reasons.most_common(1)[0][0] not in INSTRUMENT_REJECTS:
             log.warning("round failed", round=index, reasons=dict(reasons))
             self.store.journal(self.campaign_id, "round_failed", reason=what, data={"round": index})
-            return None
+            before = self.store.conditions(self.campaign_id, index - 1) if index > 0 else []
+            if not before or not all(c.failed for c in before):
+                return None  # one round: the optimiser's to steer away from
+            if self._stop_reason(spec, index + 1, len(self.store.conditions(self.campaign_id))) is not None:
+                return None  # the campaign ends here anyway: nothing more to spend
+            # two rounds running without one measurable condition: the rest of the budget would go the
+            # same way (wrong reagents, ranges that cannot work; on a dry run, a model that never answers)
+            return (
+                f"{what}, and every condition of round {index} before it: no condition gave a spectrum two "
+                "rounds running; check the reagents, the protocol's ranges and the target (on a dry run: "
+                "the chemistry model), then resume to plan the next round, or abort"
+            )
         return (
             f"{what}; check the lamp, the flow cell and the detector (on a dry run: that the chemistry "
             "model returns the absorbance of one droplet), then resume to plan the next round"

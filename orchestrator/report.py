@@ -274,6 +274,19 @@ def predicted_optimum(
     return x[i], float(pred[i])
 
 
+def on_open_edges(space: Space, inputs: dict[str, float], within: float = 0.01) -> list[str]:
+    """Where a condition sits on an edge of the latest bounds that may still widen (short of its hard
+    limit): the optimum may lie beyond it, which a chemist reading the report should be told."""
+    said = []
+    for v in space.variables:
+        x, span = float(inputs[v.name]), v.high - v.low
+        for side, edge, hard in (("lower", v.low, v.hard_low), ("upper", v.high, v.hard_high)):
+            if abs(x - edge) <= within * span and abs(edge - hard) > within * span:
+                said.append(f"on the {side} bound of {v.name} ({edge:.4g}; hard limit {hard:.4g}): "
+                            "the optimum may lie beyond it")
+    return said
+
+
 def likely_to_measure(data: ReportData) -> Callable[[np.ndarray], np.ndarray] | None:
     """Where a condition is likely to give a measurement at all, by the optimisers' own success model
     (:class:`~orchestrator.optimize.success.SuccessModel`) on the measured and failed conditions; None
@@ -859,7 +872,8 @@ def render_html(
         ("status", data.status + (f" ({data.status_reason})" if data.status_reason else "")),
         ("strategy", strategy),
         ("rounds", len(data.rounds)),
-        ("conditions measured", len(measured)),
+        # as the summary counts them: measured = done or failed (a failed one gave no median)
+        ("conditions measured", len(measured) + len(data.history.failed())),
         ("conditions failed", len(data.history.failed())),
         ("best median loss", f"{best[0].median_loss:.4f}" if best else "–"),
         ("stop threshold", data.loss_threshold),
@@ -910,6 +924,7 @@ def render_html(
             + f", predicted loss {optimum['loss']:.4f}"
             + (f"; sought where conditions are likely to give a measurement ({optimum['failed_conditions']} "
                "failed)" if optimum.get("failed_conditions") else "")
+            + "".join(f"; {html.escape(w)}" for w in on_open_edges(data.space, optimum["inputs"]))
             + ".</p>"
         )
     captions = {
@@ -971,12 +986,16 @@ def render_html(
         )
     )
     widenings = [(ri.index + 1, w) for ri in data.rounds for w in (ri.notes or {}).get("widening") or []]
-    if widenings:
-        parts.append("<h2>Bounds widened</h2>")
+    refusals = [(ri.index + 1, w) for ri in data.rounds for w in (ri.notes or {}).get("widening_refused") or []]
+    if widenings or refusals:
+        # the edges the batch crowded and the gate kept shut say as much as the ones it opened
+        parts.append("<h2>Bounds widened, and edges kept</h2>")
         parts.append(_table(
             ["round", "input", "edge", "from", "to", "why"],
-            [[r, w.get("variable", "?"), w.get("edge", "?"), w.get("old"), w.get("new"), w.get("reason", "")]
-             for r, w in widenings],
+            sorted([[r, w.get("variable", "?"), w.get("edge", "?"), w.get("old"), w.get("new"), w.get("reason", "")]
+                    for r, w in widenings]
+                   + [[r, w.get("variable", "?"), w.get("edge", "?"), "kept", "–", w.get("reason", "")]
+                      for r, w in refusals], key=lambda row: row[0]),
         ))
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")

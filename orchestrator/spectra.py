@@ -113,6 +113,13 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
             f"{path}: the target holds NaN or infinite values ({int((~finite).sum())} row{'s' if (~finite).sum() > 1 else ''}, the first on line "
             f"{row_lines[first]}: {lines[row_lines[first] - 1].strip()[:60]!r}); remove those rows or fill them in"
         )
+    said = " ".join(header).lower()
+    if re.search(r"(^|[\s,;(])%\s*[tr]\b|\btransmittance\b|\breflectance\b", said):
+        raise TargetFileError(
+            f"{path}: its header says transmittance or reflectance ({header[-1][:60]!r}), but a target is "
+            "absorbance, whose peaks are the transmittance's dips: convert it (A = 2 - log10(%T)) or export "
+            "absorbance"
+        )
     if _looks_swapped(data):
         raise TargetFileError(
             f"{path}: the columns look swapped: the first holds {data[:, 0].min():.3g}-{data[:, 0].max():.3g}, "

@@ -1641,7 +1641,7 @@ class Store:
                 conn,
                 row["campaign_id"],
                 "control_handled",
-                data={"request_id": request_id, "action": row["action"], "outcome": outcome},
+                data={"request_id": request_id, "action": row["action"], "by": row["who"], "outcome": outcome},
             )
 
     # -- rig agents

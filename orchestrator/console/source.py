@@ -47,8 +47,15 @@ ACTIONS: dict[str, tuple[Role, frozenset[str]]] = {
 REASON_REQUIRED = frozenset({"pause", "abort", "estop-clear"})
 
 
-def allowed_actions(state: str, role: Role) -> list[str]:
-    return [a for a, (needs, states) in ACTIONS.items() if role.allows(needs) and state in states]
+# what only a process running the campaign can do: not offered while none does (`sdl resume` first)
+NEEDS_PROCESS = frozenset({"resume", "recalibrate"})
+
+
+def allowed_actions(state: str, role: Role, *, driven: bool = True) -> list[str]:
+    return [
+        a for a, (needs, states) in ACTIONS.items()
+        if role.allows(needs) and state in states and (driven or a not in NEEDS_PROCESS)
+    ]
 
 
 class UnknownCampaign(LookupError):
@@ -96,6 +103,7 @@ class CampaignDetail(CampaignSummary):
     best: Best | None = None
     current_inputs: dict[str, float] = field(default_factory=dict)
     variables: list[str] = field(default_factory=list)
+    driven: bool = True  # a live process runs it (False: queued, orphaned, or its process is gone)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from orchestrator.store import (
     EventRow,
     Store,
     open_store,
+    owner_is_dead,
 )
 from orchestrator.store import UnknownCampaign as StoreUnknownCampaign
 
@@ -326,6 +327,7 @@ class StoreSource:
             best=best,
             current_inputs=dict(current.inputs) if current is not None else {},
             variables=list(plan.variables),
+            driven=row.is_live(self.store.now()) and not (row.owner and owner_is_dead(row.owner)),
         )
 
     def _snapshot(self, campaign_id: str) -> CampaignProgress:
@@ -457,6 +459,14 @@ class StoreSource:
     # ---- control ---------------------------------------------------------------------------------
 
     def request_control(self, campaign_id: str, action: str, who: str, why: str) -> ControlReceipt:
+        try:
+            return self._request_control(campaign_id, action, who, why)
+        finally:
+            # what this server just wrote is read back at once, not after the refresher's next look:
+            # the operator who pressed E-STOP sees it, and a Clear e-stop right after is judged on it
+            self._position = (-1, -math.inf)
+
+    def _request_control(self, campaign_id: str, action: str, who: str, why: str) -> ControlReceipt:
         row = self._row(campaign_id)
         if row.status in ENDED:
             raise ControlRefused(f"campaign #{campaign_id} is {row.status}: it cannot {action} any more")
@@ -472,7 +482,9 @@ class StoreSource:
                     "clear it with `sdl estop --clear --reason TEXT` once every rig is safe"
                 )
             self.store.clear_estop(who=who, reason=why, rig=row.rig_name)
-        if action in ("pause", "abort", "resume", "recalibrate") and self.store.live_owner(campaign_id) is None:
+        if action in ("pause", "abort", "resume", "recalibrate", "estop", "estop-clear") and (
+            self.store.live_owner(campaign_id) is None
+        ):
             return self._without_process(row, action, who, why)
         try:
             request_id = self.store.request_control(campaign_id, action, who=who, reason=why)
@@ -494,7 +506,13 @@ class StoreSource:
                 f"no process runs campaign {row.id}, so none would take the dark spectrum: resume it with "
                 f"`sdl resume {row.id}` first (a resumed campaign calibrates as it starts)"
             )
-        final = states.PAUSED if action == "pause" else states.ABORTED
+        # an e-stop with nobody running the campaign: the rig is latched (above) and the campaign shows it,
+        # with the admin's Clear e-stop, instead of a request nobody will ever read
+        final = {"pause": states.PAUSED, "estop": states.ESTOPPED, "estop-clear": states.PAUSED}.get(
+            action, states.ABORTED
+        )
+        if action == "estop-clear":  # as the runner says it once the latch is gone
+            why = f"e-stop cleared: {why}; resume when ready"
         try:
             self.store.set_status(
                 row.id, final, reason=why, who=who, data={"applied_by": "console", "no_live_process": True}
@@ -718,6 +736,9 @@ def event_text(kind: str, reason: str, who: str | None, at: datetime, data: Mapp
     if kind == "control_requested":
         action = data.get("action", "control")
         return f"{action} requested" + (f": {reason}" if reason else "")
+    if kind == "control_handled":  # what came of a request: a second pause is "refused: already paused"
+        by = f" by {data['by']}" if data.get("by") else ""
+        return f"{data.get('action', 'control')}{by}: {data.get('outcome', 'handled')}"
     if kind == "batch_planned":
         planned = data.get("conditions")
         n = len(planned) if isinstance(planned, list) else planned

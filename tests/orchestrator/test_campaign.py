@@ -696,6 +696,13 @@ def test_a_rig_files_own_chemistry_model_is_checked_before_anything_is_stored_an
         start_campaign(store, tiny_protocol(tmp_path), rig, seed=SEED)
     assert store.campaigns() == []  # told before anything was stored (it used to crash in the run)
 
+    # a protocol of one's own on a rig whose model nobody chose: say so, not "rename your variables"
+    renamed = tiny_protocol(tmp_path)
+    text = renamed.read_text().replace("Q_AgNO3", "Q_silver")
+    renamed.write_text(text)
+    with pytest.raises(ConfigError, match="no chemistry was given, so the dry run uses the reference model"):
+        start_campaign(store, renamed, SIM_RIG, seed=SEED)
+
     # the model is there when the campaign is stored, gone when it runs (another folder, say)
     (tmp_path / "nowhere_model.py").write_text(
         "import numpy as np\n"
@@ -921,3 +928,28 @@ def test_a_round_failing_on_the_chemistrys_side_is_journaled_and_the_campaign_go
     failed_rounds = [e for e in store.events(cid, limit=10_000) if e.kind == "round_failed"]
     assert [e.data["round"] for e in failed_rounds] == [0, 1]
     assert "nan x" in failed_rounds[0].reason
+
+
+def test_two_rounds_without_one_measurable_condition_hold_the_campaign(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round failing on the chemistry's side is the optimiser's; two running, with budget left, would
+    burn the rest the same way (it used to run all 8 rounds of a model that never answers)."""
+    (tmp_path / "nan_model.py").write_text(
+        "import numpy as np\nclass Never:\n    def droplet(self, inputs, wavelengths, rng):\n"
+        "        return np.full(len(wavelengths), np.nan)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    protocol = tiny_protocol(tmp_path, stop={"max_rounds": 4})
+    cid = start_campaign(store, protocol, SIM_RIG, seed=SEED, options={"chemistry": "nan_model:Never"})
+    held: list[tuple[str, str, int]] = []
+
+    def operator(_: float) -> None:
+        row = store.campaign(cid)
+        held.append((row.status, row.reason, len(store.rounds(cid))))
+        store.request_control(cid, "abort", who="operator", reason="the model never answers")
+
+    assert run(store, cid, sleep=operator) == state.ABORTED
+    status, reason, rounds = held[0]
+    assert status == state.FAULTED and rounds == 2  # held after the second round, not the fourth
+    assert "and every condition of round 1 before it: no condition gave a spectrum two rounds running" in reason

@@ -346,6 +346,7 @@ def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
     ("300,0.1\n450,1.0\n450,0.5\n", "wavelengths must be distinct"),
     ("300,0.1\n450,nan\n", r"NaN or infinite values \(1 row, the first on line 2: '450,nan'\)"),
     ("absorbance,nm\n0.1,300\n0.1,450\n0.5,600\n", "the columns look swapped.*wavelength_nm first"),
+    ("Wavelength (nm),%T\n300,90\n450,40\n600,80\n", "header says transmittance or reflectance"),
     ("300 0,1\n450 1,0,5\n900 0,1\n", r"line 2 \('450 1,0,5'\) is not two numbers"),
     # commas as separators and decimal commas: refused, not read as 380 and 0
     (

@@ -23,6 +23,7 @@ from orchestrator.report import (
     gp_model,
     likely_to_measure,
     model_check_rows,
+    on_open_edges,
     predicted_optimum,
     render_html,
     shap_importance,
@@ -192,11 +193,23 @@ def test_the_page_says_which_bounds_widened_and_why(campaign: ReportData) -> Non
            "reason": "gated rule: 60% of the batch crowds it"}
     rounds = [*campaign.rounds[:-1], dataclasses.replace(campaign.rounds[-1], notes={"widening": [why]})]
     page = render_html(dataclasses.replace(campaign, rounds=rounds), {}, [], None)
-    assert "<h2>Bounds widened</h2>" in page and "gated rule: 60% of the batch crowds it" in page
+    assert "<h2>Bounds widened, and edges kept</h2>" in page and "gated rule: 60% of the batch crowds it" in page
     assert "<tr><td>3</td><td>Q_AgNO3</td><td>high</td>" in page  # round index 2: the third round
     rounds_table = page.split("<h2>Rounds</h2>")[1]
     assert rounds_table.count("<tr><td>1</td>") == 1 and "<tr><td>0</td>" not in rounds_table  # from 1
     assert "Bounds widened" not in render_html(campaign, {}, [], None)
+    kept = {"variable": "Q_seed", "edge": "low", "reason": "no model predicts a gain beyond it"}
+    rounds = [*campaign.rounds[:-1], dataclasses.replace(campaign.rounds[-1], notes={"widening_refused": [kept]})]
+    page = render_html(dataclasses.replace(campaign, rounds=rounds), {}, [], None)
+    assert "<tr><td>3</td><td>Q_seed</td><td>low</td><td>kept</td>" in page and "no model predicts" in page
+
+
+def test_an_optimum_on_an_edge_that_may_still_widen_is_flagged(campaign: ReportData) -> None:
+    space = campaign.space  # Q_AgNO3 widened to 4-24, hard limits 0.5-80
+    best = {v.name: (v.low + v.high) / 2 for v in space.variables}
+    assert on_open_edges(space, best) == []
+    said = on_open_edges(space, {**best, "Q_AgNO3": 24.0})
+    assert said == ["on the upper bound of Q_AgNO3 (24; hard limit 80): the optimum may lie beyond it"]
 
 
 def test_the_default_map_is_over_the_two_inputs_that_matter_most(campaign: ReportData) -> None:

@@ -593,6 +593,7 @@ def test_control_requests_wait_until_handled(store: Store) -> None:
     assert len(handled) == 1 and handled[0].data == {
         "request_id": first,
         "action": "pause",
+        "by": "alice",
         "outcome": "paused",
     }
     requested = [e for e in store.events(cid) if e.kind == "control_requested"]

@@ -19,9 +19,14 @@
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (method !== "GET" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
-    const r = await fetch(path, {
-      method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    let r;
+    try {
+      r = await fetch(path, {
+        method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (e) {  // no answer at all: say so, and that nothing reached the rig
+      throw new Error("the console is unreachable, so nothing was sent: check its server; for an emergency use the rig's own stop");
+    }
     if (r.status === 401 && path !== "/api/session") { showLogin(); throw new Error("logged out"); }
     const data = r.status === 204 ? null : await r.json().catch(() => null);
     if (!r.ok) throw new Error(errorText(data) || `${r.status} ${r.statusText}`);
@@ -269,7 +274,7 @@
     const [title, text, needsReason] = ACTION_TEXT[action];
     pending = { action, campaign, needsReason };
     const c = state.campaigns.find((x) => x.id === campaign);
-    $("confirm-title").textContent = campaign ? `${title}: ${c ? c.name : ""} #${campaign}?` : "E-STOP every rig? Every campaign, running or paused, stops and holds until an admin clears it.";
+    $("confirm-title").textContent = campaign ? `${title}: ${c ? c.name : ""} #${campaign}?` : "E-STOP every campaign? Every running or paused campaign stops and holds until an admin clears it (an idle rig is not latched: `sdl estop` latches every rig).";
     $("confirm-text").textContent = text;
     $("confirm-reason").value = "";
     $("confirm-reason").required = needsReason;
@@ -343,6 +348,8 @@
     const kind = $("s-kind").value;
     const body = { kind };
     if (kind === "start") {
+      // one tap must not start pumps: a start needs its time (the API's "no time: now" is for scripts)
+      if (!$("s-at").value) { $("schedule-error").textContent = "give the start time (At)"; return; }
       Object.assign(body, { protocol: $("s-protocol").value || null, rig: $("s-rig").value || null,
         resume_campaign_id: $("s-resume").value || null,
         at: $("s-at").value ? new Date($("s-at").value).toISOString() : null });

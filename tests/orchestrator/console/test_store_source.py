@@ -262,6 +262,8 @@ def test_event_text_for_kinds_it_does_not_know() -> None:
         event_text("rates_set", "", "system", at, rates) == "pump rates set (uL/min): AgNO3 50.0, water 120.2"
     )
     assert event_text("claimed", "", "sdl@pc:1", at, {"owner": "sdl@pc:1"}) == "taken by sdl@pc:1"
+    handled = {"action": "pause", "by": "otto", "outcome": "refused: already paused"}
+    assert event_text("control_handled", "", "system", at, handled) == "pause by otto: refused: already paused"
 
 
 def test_the_api_over_a_real_store(store: Store) -> None:
@@ -361,7 +363,8 @@ def test_a_queued_campaign_says_whether_an_agent_will_pick_it_up(store: Store) -
 def test_the_console_can_pause_abort_and_estop_a_queued_campaign(store: Store) -> None:
     """Queued for an agent (or orphaned): no process, so a pause or abort applies at once, and the
     e-stop latches the rig; the API used to refuse all three with 409."""
-    app = create_app(store.url, secret="s" * 48, background=False, password_hasher=FAST_HASHER)
+    app = create_app(store.url, secret="s" * 48, background=False, password_hasher=FAST_HASHER,
+                     source=StoreSource(store, fresh_s=0))
     directory = app.state.auth.users
     directory.add_user("otto", Role.OPERATOR, None, who="test")
     token, _ = directory.issue_token("otto", days=1, who="test")
@@ -370,14 +373,22 @@ def test_the_console_can_pause_abort_and_estop_a_queued_campaign(store: Store) -
     store.release(cid, "runner-1")
     store.set_status(cid, state.QUEUED, reason="for the night shift")
     with TestClient(app) as client:
-        assert {"pause", "abort", "estop"} <= set(client.get(f"/api/campaigns/{cid}", headers=headers).json()["actions"])
+        actions = set(client.get(f"/api/campaigns/{cid}", headers=headers).json()["actions"])
+        assert {"pause", "abort", "estop"} <= actions and "recalibrate" not in actions  # nobody would do it
         r = client.post(f"/api/campaigns/{cid}/estop", json={"reason": "smoke"}, headers=headers)
         assert r.status_code == 202, r.text
-        assert store.estop_latched("simulated") is not None
-        store.clear_estop(who="admin", reason="checked", rig="simulated")
-        r = client.post(f"/api/campaigns/{cid}/pause", json={"reason": "syringe to refill"}, headers=headers)
+        # latched, and the campaign shows it (with the admin's Clear e-stop), not a request nobody reads
+        assert store.estop_latched("simulated") is not None and store.campaign(cid).status == state.ESTOPPED
+        assert store.pending_controls(cid) == []
+        directory.add_user("ada", Role.ADMIN, None, who="test")
+        admin = {"Authorization": f"Bearer {directory.issue_token('ada', days=1, who='test')[0]}"}
+        r = client.post(f"/api/campaigns/{cid}/estop-clear", json={"reason": "lines checked"}, headers=admin)
         assert r.status_code == 202, r.text
-        assert store.campaign(cid).status == state.PAUSED  # off the queue, at once
+        row = store.campaign(cid)
+        assert store.estop_latched("simulated") is None and row.status == state.PAUSED
+        assert row.reason == "e-stop cleared: lines checked; resume when ready"  # off the queue, held
+        actions = set(client.get(f"/api/campaigns/{cid}", headers=headers).json()["actions"])
+        assert "abort" in actions and not actions & {"resume", "recalibrate"}  # no process: `sdl resume` it
         store.set_status(cid, state.RUNNING)
         store.set_status(cid, state.ORPHANED, reason="its process vanished")
         r = client.post(f"/api/campaigns/{cid}/abort", json={"reason": "wrong syringe"}, headers=headers)
