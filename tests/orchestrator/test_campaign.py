@@ -879,8 +879,11 @@ def test_a_target_given_for_the_run_replaces_a_missing_protocol_target(store: St
     assert len(store.campaigns()) == 1
 
 
-def flat_model_campaign(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: float) -> str:
-    """A campaign on a chemistry model whose every droplet reads ``value`` at every wavelength."""
+def flat_model_campaign(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: float, **changes: Any
+) -> str:
+    """A campaign on a chemistry model whose every droplet reads ``value`` at every wavelength (the tiny
+    protocol, changed as asked)."""
     (tmp_path / "flat_model.py").write_text(
         "import numpy as np\n"
         "class Flat:\n"
@@ -889,7 +892,22 @@ def flat_model_campaign(store: Store, tmp_path: Path, monkeypatch: pytest.Monkey
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "flat_model", raising=False)  # another test's flat model
-    return start_campaign(store, tiny_protocol(tmp_path), SIM_RIG, seed=SEED, options={"chemistry": "flat_model:Flat"})
+    return start_campaign(
+        store, tiny_protocol(tmp_path, **changes), SIM_RIG, seed=SEED, options={"chemistry": "flat_model:Flat"}
+    )
+
+
+def held_then_aborted(store: Store, cid: str) -> tuple[str, str, int]:
+    """Run the campaign; at its first hold note (status, reason, rounds planned) and abort it."""
+    held: list[tuple[str, str, int]] = []
+
+    def operator(_: float) -> None:
+        row = store.campaign(cid)
+        held.append((row.status, row.reason, len(store.rounds(cid))))
+        store.request_control(cid, "abort", who="operator", reason="the model is wrong")
+
+    assert run(store, cid, sleep=operator) == state.ABORTED
+    return held[0]
 
 
 def test_a_round_whose_every_condition_failed_holds_the_campaign_with_the_reasons(
@@ -899,15 +917,7 @@ def test_a_round_whose_every_condition_failed_holds_the_campaign_with_the_reason
     the campaign waits for an operator after that round, saying why, instead of spending its budget
     and reporting "finished"."""
     cid = flat_model_campaign(store, tmp_path, monkeypatch, 95.0)  # %T read as absorbance: no light
-    held: list[tuple[str, str, int]] = []
-
-    def operator(_: float) -> None:
-        row = store.campaign(cid)
-        held.append((row.status, row.reason, len(store.rounds(cid))))
-        store.request_control(cid, "abort", who="operator", reason="the model returns %T")
-
-    assert run(store, cid, sleep=operator) == state.ABORTED
-    status, reason, rounds = held[0]
+    status, reason, rounds = held_then_aborted(store, cid)
     assert status == state.FAULTED and reason.startswith("every condition of round 1 failed (")
     assert rounds == 1  # held before a second round was planned
     assert all(c.failed for c in store.conditions(cid)) and store.replicates(cid)  # the droplets are kept
@@ -935,21 +945,7 @@ def test_two_rounds_without_one_measurable_condition_hold_the_campaign(
 ) -> None:
     """One round failing on the chemistry's side is the optimiser's; two running, with budget left, would
     burn the rest the same way (it used to run all 8 rounds of a model that never answers)."""
-    (tmp_path / "nan_model.py").write_text(
-        "import numpy as np\nclass Never:\n    def droplet(self, inputs, wavelengths, rng):\n"
-        "        return np.full(len(wavelengths), np.nan)\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    protocol = tiny_protocol(tmp_path, stop={"max_rounds": 4})
-    cid = start_campaign(store, protocol, SIM_RIG, seed=SEED, options={"chemistry": "nan_model:Never"})
-    held: list[tuple[str, str, int]] = []
-
-    def operator(_: float) -> None:
-        row = store.campaign(cid)
-        held.append((row.status, row.reason, len(store.rounds(cid))))
-        store.request_control(cid, "abort", who="operator", reason="the model never answers")
-
-    assert run(store, cid, sleep=operator) == state.ABORTED
-    status, reason, rounds = held[0]
+    cid = flat_model_campaign(store, tmp_path, monkeypatch, float("nan"), stop={"max_rounds": 4})
+    status, reason, rounds = held_then_aborted(store, cid)
     assert status == state.FAULTED and rounds == 2  # held after the second round, not the fourth
     assert "and every condition of round 1 before it: no condition gave a spectrum two rounds running" in reason
