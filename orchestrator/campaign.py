@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,7 +55,7 @@ from orchestrator.rig import (
     load_rig,
     make_chemistry,
 )
-from orchestrator.screening import ReplicateScreen, median_mad
+from orchestrator.screening import ReplicateScreen, median_mad, reject_kind
 from orchestrator.spectra import TargetFileError, parse_target_text, read_target_csv, read_target_text
 from orchestrator.store import (
     ClaimLost,
@@ -74,7 +74,6 @@ __all__ = [
     "CampaignSpec",
     "ProgressSink",
     "load_spec",
-    "owner_is_dead",
     "process_owner",
     "run_campaign",
     "start_campaign",
@@ -704,15 +703,18 @@ class _Runner:
         else:
             self.store.mark_control_handled(control.id, f"refused: unknown action {action!r}")
 
+    def _latch_text(self, latch: Any) -> str:
+        """A hold by an e-stop latch, in words: the latch may be older than this campaign (pressed on
+        another campaign of the rig), so say when."""
+        return f"e-stop latched on rig {self.rig_name} at {latch.at:%Y-%m-%d %H:%M} UTC: {latch.reason}"
+
     def _hold_estop(self, latch: Any) -> float:
         self._stop_flow()
         start = self.wall()
         if latch is None:
             latch = self.store.estop_latched(self.rig_name)
         who = latch.who if latch is not None else "system"
-        # the latch may be older than this campaign (pressed on another campaign of the rig): say when
-        reason = (f"e-stop latched on rig {self.rig_name} at {latch.at:%Y-%m-%d %H:%M} UTC: {latch.reason}"
-                  if latch is not None else "e-stop")
+        reason = self._latch_text(latch) if latch is not None else "e-stop"
         if self._status() != state.ESTOPPED:
             self._set_status(state.ESTOPPED, reason=reason, who=who)
         return (self.wall() - start) + self._hold(state.ESTOPPED, reason, who)
@@ -735,8 +737,7 @@ class _Runner:
             latch = self.store.estop_latched(self.rig_name)
             if latch is not None and status != state.ESTOPPED:
                 status = state.ESTOPPED
-                self._set_status(status, reason=f"e-stop latched on rig {self.rig_name} at "
-                                 f"{latch.at:%Y-%m-%d %H:%M} UTC: {latch.reason}", who=latch.who)
+                self._set_status(status, reason=self._latch_text(latch), who=latch.who)
             if latch is None and status == state.ESTOPPED:
                 if self.watcher is not None:
                     self.watcher.tripped.clear()
@@ -935,7 +936,7 @@ class _Runner:
         replicates = self.store.replicates(self.campaign_id, index)
         if not replicates:
             return None
-        reasons = Counter((r.reject_reason or "accepted").split(":", 1)[0] for r in replicates)
+        reasons = Counter(reject_kind(r.reject_reason) or "accepted" for r in replicates)
         common = ", ".join(f"{why} x{n}" for why, n in reasons.most_common(3))
         what = f"every condition of round {index + 1} failed ({len(replicates)} droplets: {common})"
         if reasons.most_common(1)[0][0] not in INSTRUMENT_REJECTS:
@@ -1018,12 +1019,13 @@ class _Runner:
             if len(good) >= protocol.replicates.min_accepted:
                 self._finish(cond, *median_mad([r.loss for r in good]), good, failed=False)
                 return
-            repeated = self._repeated_rejection(cond, attempt)
+            every = self.store.replicates(self.campaign_id, cond.round, cond.index, include_set_aside=True)
+            repeated = _repeated_rejection(every, attempt)
             if repeated is not None:  # measured twice, the same way: a third pass would only repeat it
                 self.store.journal(self.campaign_id, "remeasure_skipped", reason=repeated,
                                    data={"round": cond.round, "condition": cond.index, "attempt": attempt})
                 log.warning("remeasure skipped", reason=repeated)
-            elif self._short_attempts(spec, cond, attempt) < protocol.replicates.max_remeasure:
+            elif _short_attempts(spec, every, attempt) < protocol.replicates.max_remeasure:
                 reason = (
                     f"too few accepted replicates ({len(good)} of {n} < {protocol.replicates.min_accepted}): "
                     "measured again"
@@ -1036,36 +1038,6 @@ class _Runner:
             median, mad = median_mad([r.loss for r in good]) if good else (None, None)
             self._finish(cond, median, mad, good, failed=True)
             return
-
-    def _repeated_rejection(self, cond: ConditionRow, attempt: int) -> str | None:
-        """Why not to measure a condition again: this attempt and the one before accepted no droplet,
-        every droplet of both rejected for the same reason (unreadable, saturated, empty: the chemistry
-        at that condition, a precipitate, not a bubble that the next pass would miss). None otherwise."""
-        if attempt < 1:
-            return None
-        reasons: dict[int, set[str | None]] = {}
-        for r in self.store.replicates(self.campaign_id, cond.round, cond.index, include_set_aside=True):
-            if r.attempt in (attempt - 1, attempt):
-                # the kind of rejection (saturated, no_light, nan, empty), not its numbers
-                kind = None if r.accepted or not r.reject_reason else r.reject_reason.split(":", 1)[0]
-                reasons.setdefault(r.attempt, set()).add(kind)
-        now, before = reasons.get(attempt, set()), reasons.get(attempt - 1, set())
-        if len(now) == 1 and now == before and None not in now:
-            return f"every droplet of two passes rejected as {next(iter(now))}: not measured again"
-        return None
-
-    def _short_attempts(self, spec: CampaignSpec, cond: ConditionRow, attempt: int) -> int:
-        """Earlier attempts of this condition that completed with too few accepted replicates (a
-        pause-restarted attempt does not count against the remeasure limit)."""
-        rows = self.store.replicates(self.campaign_id, cond.round, cond.index, include_set_aside=True)
-        counts: dict[int, list[int]] = {}
-        for r in rows:
-            if r.attempt < attempt:
-                tally = counts.setdefault(r.attempt, [0, 0])
-                tally[0] += 1
-                tally[1] += int(r.accepted)
-        n, need = spec.protocol.replicates.n, spec.protocol.replicates.min_accepted
-        return sum(1 for total, ok in counts.values() if total >= n and ok < need)
 
     def _finish(
         self,
@@ -1331,6 +1303,38 @@ class _Runner:
 def process_owner(program: str = "sdl") -> str:
     """The owner name of this process in the store: ``program@host:pid``."""
     return f"{program}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _repeated_rejection(every: Sequence[Any], attempt: int) -> str | None:
+    """Why not to measure a condition again (``every``: its replicates, set-aside ones too): this attempt
+    and the one before accepted no droplet, every droplet of both rejected for the same reason
+    (unreadable, saturated, empty: the chemistry at that condition, a precipitate, not a bubble that the
+    next pass would miss). None otherwise."""
+    if attempt < 1:
+        return None
+    reasons: dict[int, set[str | None]] = {}
+    for r in every:
+        if r.attempt in (attempt - 1, attempt):
+            # the kind of rejection (saturated, no_light, nan, empty), not its numbers
+            reasons.setdefault(r.attempt, set()).add(None if r.accepted else reject_kind(r.reject_reason))
+    now, before = reasons.get(attempt, set()), reasons.get(attempt - 1, set())
+    if len(now) == 1 and now == before and None not in now:
+        return f"every droplet of two passes rejected as {next(iter(now))}: not measured again"
+    return None
+
+
+def _short_attempts(spec: CampaignSpec, every: Sequence[Any], attempt: int) -> int:
+    """Earlier attempts of a condition (``every``: its replicates, set-aside ones too) that completed
+    with too few accepted replicates (a pause-restarted attempt does not count against the remeasure
+    limit)."""
+    counts: dict[int, list[int]] = {}
+    for r in every:
+        if r.attempt < attempt:
+            tally = counts.setdefault(r.attempt, [0, 0])
+            tally[0] += 1
+            tally[1] += int(r.accepted)
+    n, need = spec.protocol.replicates.n, spec.protocol.replicates.min_accepted
+    return sum(1 for total, ok in counts.values() if total >= n and ok < need)
 
 
 def _operator_wait(seconds: float) -> None:

@@ -37,6 +37,12 @@ MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution
 MAD_FLOOR = 0.005  # scaled MAD floor: identical losses must not turn the next one into an outlier
 
 
+def reject_kind(reason: str | None) -> str | None:
+    """The screen a rejection reason names (``saturated``, ``no_light``, ``nan``, ``empty``,
+    ``outlier``), without its numbers; None for no reason (an accepted replicate)."""
+    return reason.split(":", 1)[0] if reason else None
+
+
 @dataclass(frozen=True)
 class Screened:
     """One replicate after screening. ``loss`` is None when it cannot be computed (no finite point)."""
@@ -49,7 +55,7 @@ class Screened:
     @property
     def kind(self) -> str | None:
         """The screen that rejected it (``saturated``, ``no_light``, ``nan``, ``empty``, ``outlier``)."""
-        return self.reason.split(":", 1)[0] if self.reason else None
+        return reject_kind(self.reason)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,6 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
-
 def default_db_url() -> str:
     """$SDL_DB_URL, else $SDL_DB, else ``sqlite:///runs/sdl.db`` (relative to the working directory)."""
     return os.environ.get(DB_ENV) or os.environ.get(CONSOLE_DB_ENV) or FALLBACK_DB_URL
@@ -608,6 +607,11 @@ def _event_row(r: Mapping[str, Any]) -> EventRow:
     )
 
 
+def _estop_row(r: Mapping[str, Any]) -> EstopRow:
+    return EstopRow(id=r["id"], rig=r["rig"], who=r["who"], reason=r["reason"], at=r["latched_at"],
+                    cleared_at=r["cleared_at"], cleared_by=r["cleared_by"], clear_reason=r["clear_reason"])
+
+
 # ---------------------------------------------------------------------------------------- engine
 
 
@@ -620,6 +624,14 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file a ``sqlite:///`` URL names (None: another backend, or in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def redacted(url: str) -> str:
@@ -1723,18 +1735,7 @@ class Store:
             .mappings()
             .first()
         )
-        if row is None:
-            return None
-        return EstopRow(
-            id=row["id"],
-            rig=row["rig"],
-            who=row["who"],
-            reason=row["reason"],
-            at=row["latched_at"],
-            cleared_at=row["cleared_at"],
-            cleared_by=row["cleared_by"],
-            clear_reason=row["clear_reason"],
-        )
+        return None if row is None else _estop_row(row)
 
     def latch_estop(self, *, who: str, reason: str, rig: str | None = None) -> int:
         """Latch an e-stop on ``rig`` (None: every rig); journals ``estop``. Returns the latch id.
@@ -1765,10 +1766,7 @@ class Store:
                 .order_by(c.cleared_at.desc(), c.id.desc())
                 .limit(1)
             ).mappings().first()
-        if r is None:
-            return None
-        return EstopRow(id=r["id"], rig=r["rig"], who=r["who"], reason=r["reason"], at=r["latched_at"],
-                        cleared_at=r["cleared_at"], cleared_by=r["cleared_by"], clear_reason=r["clear_reason"])
+        return None if r is None else _estop_row(r)
 
     def active_estops(self) -> list[EstopRow]:
         """Every uncleared latch, oldest first."""
@@ -1776,10 +1774,7 @@ class Store:
             rows = conn.execute(
                 sa.select(estops_t).where(estops_t.c.cleared_at.is_(None)).order_by(estops_t.c.id)
             ).mappings()
-            return [
-                EstopRow(id=r["id"], rig=r["rig"], who=r["who"], reason=r["reason"], at=r["latched_at"])
-                for r in rows
-            ]
+            return [_estop_row(r) for r in rows]
 
     def clear_estop(self, *, who: str, reason: str, rig: str | None = None) -> int:
         """Clear latches: ``rig=None`` clears every latch, ``rig="X"`` the latches on X only (an

@@ -29,7 +29,6 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import migrations, state
@@ -46,6 +45,7 @@ from orchestrator.store import (
     normalise_url,
     open_store,
     redacted,
+    sqlite_file,
 )
 from orchestrator.summary import build_summary, csv_text, summary_json
 
@@ -143,16 +143,9 @@ def _url(args: argparse.Namespace) -> str:
     return normalise_url(args.db or default_db_url())
 
 
-def _sqlite_file(url: str) -> Path | None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
 def _open(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     url = _url(args)
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if must_exist and path is not None and not path.exists():
         raise CommandError(
             f"no store at {path} (from {'--db' if args.db else '$SDL_DB_URL, $SDL_DB or the default'}): "
@@ -529,7 +522,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _db_current(args: argparse.Namespace) -> int:
     def action() -> int:
         url = _url(args)
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is not None and not path.exists():
             raise CommandError(f"no store at {path}: `sdl db upgrade --db {url}` creates one")
         engine = make_engine(url)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import structlog
 from rich.console import Console
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from drivers.base import PumpStatus
@@ -31,7 +30,7 @@ from orchestrator.cli import fail
 from orchestrator.config_errors import ConfigError
 from orchestrator.rig import Rig, RigConfig, build_rig, driver_ranges, load_rig, pump_rate_limits_ul_min
 from orchestrator.spectra import TargetFileError
-from orchestrator.store import RigBusy, default_db_url, normalise_url, open_store
+from orchestrator.store import RigBusy, default_db_url, normalise_url, open_store, sqlite_file
 
 EXIT_DEVICE = 1
 EXIT_CONFIG = 2
@@ -160,8 +159,8 @@ def _check_rig_free(args: argparse.Namespace, cfg: RigConfig) -> None:
     if args.force:
         return
     url = normalise_url(args.db or default_db_url())
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).exists()):
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
         return
     try:
         store = open_store(url)

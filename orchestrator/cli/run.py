@@ -238,8 +238,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> int:
     from orchestrator import state
-    from orchestrator.campaign import owner_is_dead
-    from orchestrator.store import StoreError, open_store
+    from orchestrator.store import StoreError, open_store, owner_is_dead
 
     store = open_store(args.db)
     console = Console(highlight=False, soft_wrap=True)

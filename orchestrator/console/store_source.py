@@ -482,9 +482,7 @@ class StoreSource:
                     "clear it with `sdl estop --clear --reason TEXT` once every rig is safe"
                 )
             self.store.clear_estop(who=who, reason=why, rig=row.rig_name)
-        if action in ("pause", "abort", "resume", "recalibrate", "estop", "estop-clear") and (
-            self.store.live_owner(campaign_id) is None
-        ):
+        if action in states.CONTROL_ACTIONS and self.store.live_owner(campaign_id) is None:
             return self._without_process(row, action, who, why)
         try:
             request_id = self.store.request_control(campaign_id, action, who=who, reason=why)
@@ -508,9 +506,8 @@ class StoreSource:
             )
         # an e-stop with nobody running the campaign: the rig is latched (above) and the campaign shows it,
         # with the admin's Clear e-stop, instead of a request nobody will ever read
-        final = {"pause": states.PAUSED, "estop": states.ESTOPPED, "estop-clear": states.PAUSED}.get(
-            action, states.ABORTED
-        )
+        final = {"pause": states.PAUSED, "abort": states.ABORTED, "estop": states.ESTOPPED,
+                 "estop-clear": states.PAUSED}[action]
         if action == "estop-clear":  # as the runner says it once the latch is gone
             why = f"e-stop cleared: {why}; resume when ready"
         try:
