@@ -1300,9 +1300,10 @@ class _Runner:
             self.rig.close()
 
 
-def process_owner(program: str = "sdl") -> str:
-    """The owner name of this process in the store: ``program@host:pid``."""
-    return f"{program}@{socket.gethostname()}:{os.getpid()}"
+def process_owner(program: str = "sdl", pid: int | None = None) -> str:
+    """The owner name of this process (or of process ``pid`` on this host) in the store:
+    ``program@host:pid``."""
+    return f"{program}@{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def _repeated_rejection(every: Sequence[Any], attempt: int) -> str | None:

@@ -1576,14 +1576,26 @@ class Store:
             rows = conn.execute(query.order_by(events_t.c.id).limit(limit)).mappings()
             return [_event_row(r) for r in rows]
 
-    def recent_events(self, campaign_id: str | None = None, limit: int = 20) -> list[EventRow]:
-        """The last ``limit`` events (of one campaign, or all), oldest first."""
+    def recent_events(
+        self, campaign_id: str | None = None, limit: int = 20, *, kind: str | None = None
+    ) -> list[EventRow]:
+        """The last ``limit`` events (of one campaign, or all; of one kind, or any), oldest first."""
         with self._read() as conn:
             query = sa.select(events_t)
             if campaign_id is not None:
                 query = query.where(events_t.c.campaign_id == campaign_id)
+            if kind is not None:
+                query = query.where(events_t.c.kind == kind)
             rows = conn.execute(query.order_by(events_t.c.id.desc()).limit(limit)).mappings().all()
             return [_event_row(r) for r in reversed(rows)]
+
+    def claimed_since(self, owner: str, since: datetime) -> bool:
+        """Whether ``owner`` has taken a campaign (to run it) at or after ``since``."""
+        with self._read() as conn:
+            query = sa.select(events_t.c.id).where(
+                events_t.c.kind == "claimed", events_t.c.who == owner, events_t.c.at >= since
+            )
+            return conn.execute(query.limit(1)).first() is not None
 
     def latest_event_id(self) -> int:
         with self._read() as conn:

@@ -84,6 +84,13 @@ def _json_logs(level: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     _json_logs("info" if args.log_level in ("debug", "info") else args.log_level)
+    from orchestrator.store import normalise_url, sqlite_file
+
+    try:
+        file = sqlite_file(normalise_url(args.db))
+    except ValueError:  # not a URL at all: create_app below says so
+        file = None
+    existed = file is not None and file.exists()
     try:
         app = create_app(
             args.db, secure_cookies=args.secure_cookies, background=not args.no_background, file_roots=args.files
@@ -93,6 +100,11 @@ def _serve(args: argparse.Namespace) -> int:
 
         err.print(f"[bold red]error:[/] cannot serve the store {redacted(args.db)}: {type(exc).__name__}: {exc}")
         return 2
+    if file is not None and not existed:  # a mistyped path serves an empty lab: say so at once
+        err.print(
+            f"[yellow]new store:[/yellow] {file} did not exist, so this console starts empty; if your "
+            "campaigns are elsewhere, stop it and give that file with --db"
+        )
     if not app.state.auth.users.list_users():
         err.print("[yellow]no users yet:[/yellow] add the first admin with `sdl users add NAME --role admin`")
     if not _is_loopback(args.host):

@@ -7,16 +7,17 @@ from datetime import datetime
 from typing import Any
 
 # categories of events: the page colours them, the notifier sends some of them
-FAULT, PAUSED, ESTOP, FINISHED, CONTROL, PROGRESS, INFO = (
+FAULT, PAUSED, ESTOP, FINISHED, ABORTED, CONTROL, PROGRESS, INFO = (
     "fault",
     "paused",
     "estop",
     "finished",
+    "aborted",  # ended early by a person: a webhook filtering on "finished" must not read it as done
     "control",
     "progress",
     "info",
 )
-NOTIFY_CATEGORIES = frozenset({FAULT, PAUSED, ESTOP, FINISHED})
+NOTIFY_CATEGORIES = frozenset({FAULT, PAUSED, ESTOP, FINISHED, ABORTED})
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class ConsoleEvent:
     text: str
     who: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def about(self) -> str:
+        """What the event is about, for a subject line: the campaign, or the lab for a rig-wide event
+        (an every-rig e-stop, a scheduled start that never ran)."""
+        return f"{self.campaign_name} #{self.campaign_id}" if self.campaign_id else "lab"
 
     def as_json(self) -> dict[str, Any]:
         return {

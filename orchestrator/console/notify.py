@@ -89,7 +89,7 @@ def payload(event: ConsoleEvent) -> dict[str, object]:
         "at": event.at.isoformat(),
         "who": event.who,
         "text": event.text,
-        "summary": f"{event.campaign_name} #{event.campaign_id}: {event.text}",
+        "summary": f"{event.about}: {event.text}",
     }
 
 
@@ -137,11 +137,11 @@ class Sender:
         c = self.config
         assert c.smtp_host is not None
         message = EmailMessage()
-        message["Subject"] = f"[sdl] {event.campaign_name} #{event.campaign_id}: {event.category}"
+        message["Subject"] = f"[sdl] {event.about}: {event.category}"
         message["From"] = c.mail_from or (c.smtp_user or "sdl-orchestrator")
         message["To"] = ", ".join(c.mail_to)
         message.set_content(
-            f"{event.text}\n\ncampaign: {event.campaign_name} #{event.campaign_id}\n"
+            f"{event.text}\n\ncampaign: {event.about}\n"
             f"when: {event.at:%Y-%m-%d %H:%M:%S} UTC\n"
         )
         try:

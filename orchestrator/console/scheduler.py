@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.config_errors import ConfigError
 
@@ -36,6 +38,7 @@ log = structlog.get_logger("orchestrator.console.scheduler")
 JOB_TABLE = "console_schedules"
 START_GRACE_S = 15 * 60  # a start missed by more than this (server down) is dropped, not run late
 MIN_INTERVAL_MIN = 0.1
+SCHEDULE_FAILED = "schedule_failed"  # the journal's kind for a scheduled start that never ran
 
 
 class ScheduleError(ValueError):
@@ -105,8 +108,9 @@ def start_campaign_job(
     cmd = [ctx.python, "-m", "orchestrator.cli.main", *argv, "--db", store_url]
     log_dir = ctx.log_dir or ctx.workdir
     log_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = open(log_dir / f"sdl-scheduled-{stamp}.log", "ab")  # noqa: SIM115 - the child owns it
+    started = datetime.now(UTC)
+    log_file = log_dir / f"sdl-scheduled-{started:%Y%m%dT%H%M%S.%fZ}.log"  # one per start
+    out = open(log_file, "ab")  # noqa: SIM115 - the child owns it
     try:
         child = subprocess.Popen(
             cmd,
@@ -119,7 +123,60 @@ def start_campaign_job(
     finally:
         out.close()
     log.info("scheduled campaign started", pid=child.pid, command=argv[0], by=by)
+    what = f"resume of {resume_campaign_id}" if resume_campaign_id else f"start of {protocol} on {rig}"
+    threading.Thread(
+        target=_watch_start,
+        args=(child, store_url, started, log_file, what, resume_campaign_id, by),
+        name=f"sdl-scheduled-{child.pid}",
+        daemon=True,
+    ).start()
     return child.pid
+
+
+def _watch_start(
+    child: subprocess.Popen[bytes],
+    store_url: str,
+    started: datetime,
+    log_file: Path,
+    what: str,
+    campaign_id: str | None,
+    by: str,
+) -> None:
+    """Wait for a scheduled ``sdl run``/``sdl resume``; if it ended without ever running the campaign
+    (rig busy at 2 a.m., a file gone, an e-stop latched), journal why: the console shows it and the
+    notifier sends it. A campaign that ran journals its own end (faulted, aborted) and is left alone."""
+    code = child.wait()
+    if code == 0:
+        return
+    from orchestrator.campaign import process_owner
+    from orchestrator.store import StoreError, open_store
+
+    try:
+        with open_store(store_url) as store:
+            if store.claimed_since(process_owner(pid=child.pid), started):
+                return
+            store.journal(
+                campaign_id,
+                SCHEDULE_FAILED,
+                who=f"scheduler ({by})",
+                reason=f"scheduled {what} did not run (exit {code}): {log_tail(log_file)} (log: {log_file})",
+                data={"exit_code": code, "log": str(log_file)},
+            )
+    except (StoreError, OSError, SQLAlchemyError) as exc:
+        log.error("scheduled start failed, and so did journaling it", what=what, exit_code=code, error=str(exc))
+        return
+    log.warning("scheduled start did not run", what=what, exit_code=code, log=str(log_file))
+
+
+def log_tail(path: Path, lines: int = 3, chars: int = 400) -> str:
+    """The last non-empty lines of a log, joined: what a failed command said last."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"its log cannot be read ({exc.strerror})"
+    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    said = " / ".join(last) or "it printed nothing"
+    return said if len(said) <= chars else "..." + said[-chars:]
 
 
 def recalibrate_job(store_url: str, campaign_id: str, every_minutes: float, by: str) -> bool:

@@ -29,6 +29,7 @@ import yaml
 
 from orchestrator import state as states
 from orchestrator.console.events import (
+    ABORTED,
     CONTROL,
     ESTOP,
     FAULT,
@@ -38,7 +39,7 @@ from orchestrator.console.events import (
     PROGRESS,
     ConsoleEvent,
 )
-from orchestrator.console.scheduler import CampaignHealth
+from orchestrator.console.scheduler import SCHEDULE_FAILED, CampaignHealth
 from orchestrator.console.source import (
     ENDED,
     Best,
@@ -89,7 +90,7 @@ _CATEGORIES: dict[str, str] = {
     states.ESTOPPED: ESTOP,
     "estop": ESTOP,
     states.FINISHED: FINISHED,
-    states.ABORTED: FINISHED,
+    states.ABORTED: ABORTED,
     "control_requested": CONTROL,
     "control_handled": CONTROL,
     "estop_cleared": CONTROL,
@@ -99,6 +100,7 @@ _CATEGORIES: dict[str, str] = {
     "condition_failed": FAULT,
     "batch_planned": PROGRESS,
     "round_done": PROGRESS,
+    SCHEDULE_FAILED: FAULT,
 }
 
 
@@ -352,6 +354,10 @@ class StoreSource:
         """The campaign's newest ``limit`` events, oldest first (one indexed query, newest first)."""
         self._row(campaign_id)
         return self._console_events(self.store.recent_events(campaign_id, limit))
+
+    def failed_schedules(self, limit: int) -> Sequence[ConsoleEvent]:
+        """The newest scheduled starts that never ran, oldest first."""
+        return self._console_events(self.store.recent_events(None, limit, kind=SCHEDULE_FAILED))
 
     def latest_event_id(self) -> int:
         return self.store.latest_event_id()
@@ -707,6 +713,8 @@ def event_text(kind: str, reason: str, who: str | None, at: datetime, data: Mapp
     where = _where(data)
     if kind in states.STATES:
         return states.describe(kind, reason, who or "system", at)
+    if kind == SCHEDULE_FAILED:  # the reason says it all: what was scheduled, the exit code, the log
+        return reason
     if kind == "replicate_acquired":
         loss = data.get("loss")
         score = f"loss {loss:.3f}" if isinstance(loss, int | float) and math.isfinite(loss) else "no loss"

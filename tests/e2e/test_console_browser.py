@@ -159,6 +159,22 @@ def _queue_others(tmp: Path, n: int) -> list[str]:
         store.close()
 
 
+def _failed_start(tmp: Path) -> None:
+    """A scheduled start that found its rig busy at 2 a.m., as the scheduler's watcher journals it."""
+    from orchestrator.store import open_store
+
+    store = open_store(f"sqlite:///{tmp / 'store.db'}")
+    try:
+        store.journal(
+            None,
+            "schedule_failed",
+            who="scheduler (alice)",
+            reason="scheduled start of night.yaml on night-rig.yaml did not run (exit 1): error: rig night-rig is busy",
+        )
+    finally:
+        store.close()
+
+
 PROGRESS_JS = "() => ['#p-round', '#p-condition', '#p-replicate'].map(s => document.querySelector(s).innerText).join('/')"
 
 
@@ -174,6 +190,7 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
         context = browser.new_context(viewport={"width": 1024, "height": 1366})  # a tablet, upright
         page = context.new_page()
         others = _queue_others(tmp_path, 4)  # a list wider than a phone: it must scroll, not the page
+        _failed_start(tmp_path)
         try:
             page.goto(stack.base + "/")
             page.fill("#login-name", "alice")
@@ -181,6 +198,14 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
             page.click("#login-form button[type=submit]")
             expect(page.locator("#whoami")).to_have_text("alice (operator)")
             expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+
+            # the night's failed start flags the Schedules tab, which lists it
+            schedules_tab = page.locator('[data-tab="schedules-tab"]')
+            expect(schedules_tab).to_have_class(re.compile(r"\balert\b"))
+            schedules_tab.click()
+            expect(page.locator("#schedule-failed")).to_contain_text("did not run (exit 1): error: rig night-rig is busy")
+            expect(schedules_tab).not_to_have_class(re.compile(r"\balert\b"))
+            page.locator('[data-tab="campaigns-tab"]').click()
 
             # the campaign appears by itself (the page follows the journal) and is running
             page.locator("#campaign-list a", has_text="ag_nanoprism").first.click(timeout=30_000)

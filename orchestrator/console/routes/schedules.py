@@ -8,8 +8,10 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.console.auth import Observer, Operator
+from orchestrator.console.routes.campaigns import EventOut, read
 from orchestrator.console.scheduler import ConsoleScheduler, ScheduleError, ScheduleInfo
 
 router = APIRouter(prefix="/api/schedules", tags=["schedules"])
@@ -39,6 +41,10 @@ class ScheduleIn(BaseModel):
 @dataclass(frozen=True)
 class ScheduleList:
     schedules: list[ScheduleInfo]
+    failed: list[EventOut]  # the newest scheduled starts that never ran (rig busy, a file gone), oldest first
+
+
+FAILED_SHOWN = 10
 
 
 def _scheduler(request: Request) -> ConsoleScheduler:
@@ -46,8 +52,10 @@ def _scheduler(request: Request) -> ConsoleScheduler:
 
 
 @router.get("", response_model=ScheduleList)
-def list_schedules(request: Request, who: Observer) -> ScheduleList:
-    return ScheduleList(_scheduler(request).list())
+async def list_schedules(request: Request, who: Observer) -> ScheduleList:
+    failed = await read(request, "failed_schedules", FAILED_SHOWN)
+    schedules = await run_in_threadpool(_scheduler(request).list)
+    return ScheduleList(schedules, [EventOut(**e.as_json()) for e in failed])
 
 
 @router.post("", response_model=ScheduleInfo, status_code=201)

@@ -64,6 +64,7 @@
       if (node.tagName === "FORM") node.hidden = !ok;
     }
     showTab("campaigns-tab");
+    refreshSchedules().catch(() => {});  // flags the Schedules tab when a start did not run lately
     await refreshCampaigns();
     const fromHash = new URLSearchParams(location.hash.slice(1)).get("c");
     if (fromHash) await select(fromHash);
@@ -91,7 +92,10 @@
   function showTab(id) {
     for (const b of document.querySelectorAll(".tab")) b.setAttribute("aria-selected", String(b.dataset.tab === id));
     for (const p of document.querySelectorAll(".tab-panel")) p.hidden = p.id !== id;
-    if (id === "schedules-tab") refreshSchedules();
+    if (id === "schedules-tab") {
+      document.querySelector('[data-tab="schedules-tab"]').classList.remove("alert");
+      refreshSchedules();
+    }
     if (id === "users-tab") refreshUsers();
   }
   for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => showTab(b.dataset.tab));
@@ -245,6 +249,7 @@
     es.addEventListener("journal", (msg) => {
       const e = JSON.parse(msg.data);
       if (e.campaign_id === state.selected) addEvent(e);
+      if (e.kind === "schedule_failed") refreshSchedules();
       scheduleRefresh(e.campaign_id === state.selected, partsFor(e.kind));
     });
   }
@@ -332,6 +337,23 @@
         del.addEventListener("click", async () => { await api("DELETE", `/api/schedules/${encodeURIComponent(s.id)}`); refreshSchedules(); });
         cell.appendChild(del);
       }
+    }
+    const failed = $("schedule-failed");
+    failed.replaceChildren();
+    for (const e of [...data.failed].reverse()) {
+      const li = document.createElement("li");
+      li.className = "fault";
+      const t = document.createElement("time");
+      t.dateTime = e.at;
+      t.textContent = new Date(e.at).toLocaleString();
+      li.append(t, document.createTextNode(e.text));
+      failed.appendChild(li);
+    }
+    $("schedule-failed-card").hidden = data.failed.length === 0;
+    // a start that did not run in the last day flags the tab until the tab is opened
+    const newest = data.failed.length ? Date.parse(data.failed[data.failed.length - 1].at) : 0;
+    if ($("schedules-tab").hidden && Date.now() - newest < 24 * 3600e3) {
+      document.querySelector('[data-tab="schedules-tab"]').classList.add("alert");
     }
   }
 

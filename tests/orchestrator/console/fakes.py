@@ -114,6 +114,10 @@ class FakeSource:
         with self._lock:
             return [e for e in self._events if e.campaign_id == campaign_id][-limit:]
 
+    def failed_schedules(self, limit: int) -> Sequence[ConsoleEvent]:
+        with self._lock:
+            return [e for e in self._events if e.kind == "schedule_failed"][-limit:]
+
     def latest_event_id(self) -> int:
         with self._lock:
             return len(self._events)

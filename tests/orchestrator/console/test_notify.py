@@ -10,7 +10,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from orchestrator.console.events import ConsoleEvent
+from orchestrator.console.events import NOTIFY_CATEGORIES, ConsoleEvent
 from orchestrator.console.notify import Notifier, NotifyConfig, Sender
 
 WEBHOOK = "https://chat.example.org/hooks/T000/SECRETPATH"
@@ -63,6 +63,25 @@ def test_webhook_gets_json_and_retries_a_failure() -> None:
     assert body["event"] == "fault" and body["campaign_id"] == "7"
     assert body["summary"] == "ag_nanoprism #7: fault: pump Q_seed stalled, retried 3 times"
     assert "SECRETPATH" not in repr(logs) and "chat.example.org" in repr(logs)
+
+
+def test_a_lab_wide_event_and_an_abort_say_what_they_are() -> None:
+    """A rig-wide event (an every-rig e-stop, a scheduled start that never ran) has no campaign: its
+    summary read " #: ...". An abort went out as "finished", which a webhook filter reads as done."""
+    from orchestrator import state
+    from orchestrator.console.store_source import _CATEGORIES
+
+    client, seen = http_recorder([])
+    FakeSMTP.sent = []
+    config = NotifyConfig(webhook_url=WEBHOOK, smtp_host="mail.lab", mail_to=["ops@lab"])
+    failed = ConsoleEvent(
+        2, "", "", datetime(2026, 3, 2, 2, 0, tzinfo=UTC), "schedule_failed", "fault", "scheduled start ... did not run"
+    )
+    assert Sender(config, http=client, smtp_factory=FakeSMTP).send(failed)
+    assert seen[0]["summary"] == "lab: scheduled start ... did not run"
+    assert FakeSMTP.sent[-1][1]["Subject"] == "[sdl] lab: fault"  # type: ignore[index]
+    assert _CATEGORIES[state.ABORTED] == "aborted" != _CATEGORIES[state.FINISHED]
+    assert {"aborted", "finished"} <= NOTIFY_CATEGORIES
 
 
 def test_webhook_gives_up_after_its_attempts() -> None:

@@ -207,3 +207,93 @@ def test_shutdown_with_a_due_job_is_clean_and_keeps_it(
         threading.excepthook = previous
     assert died == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("apscheduler")] == []
+
+
+def _stand_in(tmp_path: Path, name: str, body: str) -> str:
+    """An executable that the start job runs in place of the interpreter (it ignores the arguments)."""
+    script = tmp_path / name
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def _watched(pid: int) -> None:
+    """Wait for the thread that watches the scheduled process ``pid``."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == f"sdl-scheduled-{pid}":
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+
+
+def test_a_scheduled_start_that_never_ran_is_journaled_and_shown(tmp_path: Path) -> None:
+    """A start at 2 a.m. that met a busy rig used to leave its reason only in sdl-scheduled-*.log: nobody
+    knew in the morning. Now the journal says what was scheduled, the exit code and what it printed; the
+    console lists it with the schedules (and the notifier sends it: a fault)."""
+    import sys
+
+    from orchestrator.console.events import FAULT
+    from orchestrator.console.store_source import StoreSource
+    from orchestrator.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    store = open_store(url)
+    rec = Recorder(None)
+    context = rec.context(tmp_path)
+    context.python = _stand_in(
+        tmp_path, "busy", 'echo "campaign checks..."\necho "error: rig ag-rig-1 is busy with campaign 7" >&2\nexit 1\n'
+    )
+    sched.set_job_context(context)
+    _watched(sched.start_campaign_job(url, "p.yaml", "r.yaml", None, "otto"))
+    (failed,) = store.recent_events(None, 10, kind=sched.SCHEDULE_FAILED)
+    assert failed.campaign_id is None and failed.who == "scheduler (otto)"
+    assert failed.reason.startswith(
+        "scheduled start of p.yaml on r.yaml did not run (exit 1): campaign checks... / error: rig ag-rig-1 is busy"
+    ), failed.reason
+    assert "sdl-scheduled-" in failed.reason and failed.data["exit_code"] == 1
+    (shown,) = StoreSource(store).failed_schedules(10)
+    assert shown.category == FAULT and shown.text == failed.reason
+
+    # a process that took its campaign and then stopped (faulted, aborted) journals that itself
+    claims = (
+        f"exec {sys.executable} -c \"from orchestrator.store import open_store; "
+        "from orchestrator.campaign import process_owner; "
+        f"open_store('{url}').journal(None, 'claimed', who=process_owner()); raise SystemExit(1)\"\n"
+    )
+    context.python = _stand_in(tmp_path, "claims", claims)
+    _watched(sched.start_campaign_job(url, "p.yaml", "r.yaml", None, "otto"))
+    assert [e.kind for e in store.recent_events(None, 10)] == [sched.SCHEDULE_FAILED, "claimed"]
+
+    # a resume that was refused is journaled on its campaign; a run that ended well is not journaled
+    from orchestrator import state
+
+    from .test_store_source import PROTOCOL, RIG
+
+    campaign_id = store.create_campaign(
+        name="ag_nanoprism",
+        protocol_yaml=PROTOCOL.read_text(),
+        protocol_path=str(PROTOCOL),
+        rig_yaml=RIG.read_text(),
+        rig_path=str(RIG),
+        rig_name="sim",
+        seed=1,
+        options={},
+        status=state.QUEUED,
+    )
+    context.python = _stand_in(tmp_path, "refused", "echo 'error: rig sim is e-stopped' >&2\nexit 1\n")
+    _watched(sched.start_campaign_job(url, None, None, campaign_id, "otto"))
+    context.python = _stand_in(tmp_path, "fine", "exit 0\n")
+    _watched(sched.start_campaign_job(url, "p.yaml", "r.yaml", None, "otto"))
+    last = store.recent_events(None, 1)[0]
+    assert last.kind == sched.SCHEDULE_FAILED and last.campaign_id == campaign_id
+    assert last.reason.startswith(f"scheduled resume of {campaign_id} did not run (exit 1): error: rig sim is e-stopped")
+    store.close()
+
+
+def test_schedules_list_the_starts_that_did_not_run(console: Console) -> None:
+    console.source.add_event("1", "schedule_failed", "fault", "scheduled resume of 1 did not run (exit 1): busy")
+    got = console.client().get("/api/schedules", headers=console.bearer("observer")).json()
+    assert [(e["kind"], e["category"], e["text"]) for e in got["failed"]] == [
+        ("schedule_failed", "fault", "scheduled resume of 1 did not run (exit 1): busy")
+    ]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from orchestrator.console import db
 from orchestrator.console.users import Role, UserDirectory
@@ -93,3 +94,19 @@ def test_sdl_serve_says_in_one_line_when_it_cannot_open_the_store(tmp_path: Path
     )
     assert out.returncode == 2 and "cannot serve the store postgresql+psycopg://lab@127.0.0.1:1/sdl" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_sdl_serve_says_when_it_created_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --db path served an empty lab without a word: the operator saw no campaigns."""
+    from orchestrator.cli import serve
+    from orchestrator.cli.main import main
+
+    monkeypatch.setattr(serve.uvicorn, "run", lambda *a, **k: None)  # the start-up, not the serving
+    mistyped = tmp_path / "runs" / "sdl.bd"
+    assert main(["serve", "--db", str(mistyped), "--no-background"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"new store: {mistyped} did not exist" in said and "give that file with --db" in said
+    assert main(["serve", "--db", f"sqlite:///{mistyped}", "--no-background"]) == 0
+    assert "new store" not in capsys.readouterr().err  # it exists now
