@@ -21,7 +21,7 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1566,26 +1566,43 @@ class Store:
                 self._campaign_row(conn, campaign_id)
             return self._event(conn, campaign_id, kind, who=who, reason=reason, data=data)
 
-    def events(self, campaign_id: str | None = None, after_id: int = 0, limit: int = 200) -> list[EventRow]:
+    def events(
+        self,
+        campaign_id: str | None = None,
+        after_id: int = 0,
+        limit: int = 200,
+        *,
+        exclude: Collection[str] = (),
+    ) -> list[EventRow]:
         """Events with id > ``after_id``, oldest first (``campaign_id=None``: every campaign's and the
-        rig-wide ones)."""
+        rig-wide ones; ``exclude``: kinds left out)."""
         with self._read() as conn:
             query = sa.select(events_t).where(events_t.c.id > after_id)
             if campaign_id is not None:
                 query = query.where(events_t.c.campaign_id == campaign_id)
+            if exclude:
+                query = query.where(events_t.c.kind.not_in(list(exclude)))
             rows = conn.execute(query.order_by(events_t.c.id).limit(limit)).mappings()
             return [_event_row(r) for r in rows]
 
     def recent_events(
-        self, campaign_id: str | None = None, limit: int = 20, *, kind: str | None = None
+        self,
+        campaign_id: str | None = None,
+        limit: int = 20,
+        *,
+        kind: str | None = None,
+        exclude: Collection[str] = (),
     ) -> list[EventRow]:
-        """The last ``limit`` events (of one campaign, or all; of one kind, or any), oldest first."""
+        """The last ``limit`` events (of one campaign, or all; of one kind, or any but ``exclude``),
+        oldest first."""
         with self._read() as conn:
             query = sa.select(events_t)
             if campaign_id is not None:
                 query = query.where(events_t.c.campaign_id == campaign_id)
             if kind is not None:
                 query = query.where(events_t.c.kind == kind)
+            if exclude:
+                query = query.where(events_t.c.kind.not_in(list(exclude)))
             rows = conn.execute(query.order_by(events_t.c.id.desc()).limit(limit)).mappings().all()
             return [_event_row(r) for r in reversed(rows)]
 

@@ -18,6 +18,9 @@ FAULT, PAUSED, ESTOP, FINISHED, ABORTED, CONTROL, PROGRESS, INFO = (
     "info",
 )
 NOTIFY_CATEGORIES = frozenset({FAULT, PAUSED, ESTOP, FINISHED, ABORTED})
+# the journal's per-droplet and per-condition detail: nineteen lines in twenty of a running campaign's
+# log, which push what people did and what went wrong out of sight; the page hides them unless asked
+DETAIL_KINDS = frozenset({"replicate_acquired", "rates_set", "condition_started", "reagent_used"})
 
 
 @dataclass(frozen=True)
@@ -48,4 +51,5 @@ class ConsoleEvent:
             "category": self.category,
             "text": self.text,
             "who": self.who,
+            "detail": self.kind in DETAIL_KINDS,
         }

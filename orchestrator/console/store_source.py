@@ -31,6 +31,7 @@ from orchestrator import state as states
 from orchestrator.console.events import (
     ABORTED,
     CONTROL,
+    DETAIL_KINDS,
     ESTOP,
     FAULT,
     FINISHED,
@@ -342,18 +343,24 @@ class StoreSource:
 
     # ---- events ----------------------------------------------------------------------------------
 
-    def events(self, campaign_id: str | None, after_id: int, limit: int) -> Sequence[ConsoleEvent]:
+    def events(
+        self, campaign_id: str | None, after_id: int, limit: int, detail: bool = True
+    ) -> Sequence[ConsoleEvent]:
         if campaign_id is not None:
             self._row(campaign_id)
-        return self._console_events(self.store.events(campaign_id, after_id=after_id, limit=limit))
+        exclude = () if detail else DETAIL_KINDS
+        return self._console_events(self.store.events(campaign_id, after_id=after_id, limit=limit, exclude=exclude))
 
-    def recent_events(self, campaign_id: str, limit: int) -> Sequence[ConsoleEvent]:
-        return self._cached(("recent_events", campaign_id, limit), lambda: self._recent(campaign_id, limit))
+    def recent_events(self, campaign_id: str, limit: int, detail: bool = True) -> Sequence[ConsoleEvent]:
+        return self._cached(
+            ("recent_events", campaign_id, limit, detail), lambda: self._recent(campaign_id, limit, detail)
+        )
 
-    def _recent(self, campaign_id: str, limit: int) -> Sequence[ConsoleEvent]:
+    def _recent(self, campaign_id: str, limit: int, detail: bool) -> Sequence[ConsoleEvent]:
         """The campaign's newest ``limit`` events, oldest first (one indexed query, newest first)."""
         self._row(campaign_id)
-        return self._console_events(self.store.recent_events(campaign_id, limit))
+        exclude = () if detail else DETAIL_KINDS
+        return self._console_events(self.store.recent_events(campaign_id, limit, exclude=exclude))
 
     def failed_schedules(self, limit: int) -> Sequence[ConsoleEvent]:
         """The newest scheduled starts that never ran, oldest first."""

@@ -46,6 +46,7 @@ class EventOut:
     category: str
     text: str
     who: str | None
+    detail: bool  # a per-droplet or per-condition line (the page hides these unless asked)
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,14 @@ async def events(
     who: Observer,
     after: int | None = Query(None, description="only events with a larger id"),
     limit: int = Query(200, ge=1, le=2000),
+    detail: bool = Query(
+        True, description="include per-droplet and per-condition lines (droplet measured, rates set, reagent used)"
+    ),
 ) -> EventList:
     if after is None:
-        found = await read(request, "recent_events", campaign_id, limit)
+        found = await read(request, "recent_events", campaign_id, limit, detail)
     else:
-        found = await read(request, "events", campaign_id, after, limit)
+        found = await read(request, "events", campaign_id, after, limit, detail)
     return EventList([EventOut(**e.as_json()) for e in found])
 
 

@@ -132,11 +132,17 @@
     $("campaign-empty").hidden = data.campaigns.length > 0;
   }
 
+  function clearEvents() {
+    state.events = new Map();
+    $("events").replaceChildren();
+  }
+
+  // the log shows what people did, what went wrong and each condition's result; every droplet's line
+  // (nineteen in twenty) only when asked, or a pause from ten minutes ago is out of sight
+  $("ev-detail").addEventListener("change", () => { clearEvents(); refreshSelected({ events: true }); });
+
   async function select(id) {
-    if (state.selected !== id) {  // another campaign: its own event log, not the last one's
-      state.events = new Map();
-      $("events").replaceChildren();
-    }
+    if (state.selected !== id) clearEvents();  // another campaign: its own event log, not the last one's
     state.selected = id;
     history.replaceState(null, "", `#c=${encodeURIComponent(id)}`);
     for (const a of document.querySelectorAll("#campaign-list a")) a.setAttribute("aria-current", String(a.dataset.id === id));
@@ -173,7 +179,7 @@
     if (parts.spectra) jobs.push(api("GET", `${base}/spectra`).then((d) => { Plots.spectra($("spectra"), d); noteSpectra(d); }));
     if (parts.losses) jobs.push(api("GET", `${base}/losses`).then((d) => Plots.losses($("losses"), d)));
     if (parts.bounds) jobs.push(api("GET", `${base}/bounds`).then((d) => Plots.bounds($("bounds"), d)));
-    if (parts.events) jobs.push(api("GET", `${base}/events?limit=200`).then((d) => {
+    if (parts.events) jobs.push(api("GET", `${base}/events?limit=200&detail=${$("ev-detail").checked}`).then((d) => {
       if (id !== state.selected) return;  // fetched for a campaign no longer shown
       for (const e of d.events) addEvent(e);
     }));
@@ -248,7 +254,7 @@
     es.addEventListener("logout", () => showLogin());
     es.addEventListener("journal", (msg) => {
       const e = JSON.parse(msg.data);
-      if (e.campaign_id === state.selected) addEvent(e);
+      if (e.campaign_id === state.selected && (!e.detail || $("ev-detail").checked)) addEvent(e);
       if (e.kind === "schedule_failed") refreshSchedules();
       scheduleRefresh(e.campaign_id === state.selected, partsFor(e.kind));
     });

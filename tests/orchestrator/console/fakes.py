@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.console.events import CONTROL, ESTOP, INFO, PAUSED, PROGRESS, ConsoleEvent
+from orchestrator.console.events import CONTROL, DETAIL_KINDS, ESTOP, INFO, PAUSED, PROGRESS, ConsoleEvent
 from orchestrator.console.scheduler import CampaignHealth
 from orchestrator.console.source import (
     Best,
@@ -102,17 +102,25 @@ class FakeSource:
     def campaign(self, campaign_id: str) -> CampaignDetail:
         return self._get(campaign_id)
 
-    def events(self, campaign_id: str | None, after_id: int, limit: int) -> Sequence[ConsoleEvent]:
+    def events(
+        self, campaign_id: str | None, after_id: int, limit: int, detail: bool = True
+    ) -> Sequence[ConsoleEvent]:
         if campaign_id is not None:
             self._get(campaign_id)
         with self._lock:
-            found = [e for e in self._events if e.id > after_id and campaign_id in (None, e.campaign_id)]
+            found = [
+                e
+                for e in self._events
+                if e.id > after_id and campaign_id in (None, e.campaign_id) and (detail or e.kind not in DETAIL_KINDS)
+            ]
         return found[:limit]
 
-    def recent_events(self, campaign_id: str, limit: int) -> Sequence[ConsoleEvent]:
+    def recent_events(self, campaign_id: str, limit: int, detail: bool = True) -> Sequence[ConsoleEvent]:
         self._get(campaign_id)
         with self._lock:
-            return [e for e in self._events if e.campaign_id == campaign_id][-limit:]
+            return [
+                e for e in self._events if e.campaign_id == campaign_id and (detail or e.kind not in DETAIL_KINDS)
+            ][-limit:]
 
     def failed_schedules(self, limit: int) -> Sequence[ConsoleEvent]:
         with self._lock:

@@ -104,6 +104,7 @@ def test_sdl_serve_says_when_it_created_the_store(
     from orchestrator.cli.main import main
 
     monkeypatch.setattr(serve.uvicorn, "run", lambda *a, **k: None)  # the start-up, not the serving
+    monkeypatch.setattr(serve, "_json_logs", lambda level: None)  # leave this process's logging alone
     mistyped = tmp_path / "runs" / "sdl.bd"
     assert main(["serve", "--db", str(mistyped), "--no-background"]) == 0
     said = " ".join(capsys.readouterr().err.split())

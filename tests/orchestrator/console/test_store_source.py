@@ -175,6 +175,20 @@ def test_events_read_as_sentences_with_categories(store: Store) -> None:
     assert [e.id for e in source.events(cid, after, 10)] == [e.id for e in events[-2:]]
     assert source.latest_event_id() == events[-1].id
 
+    # without the per-droplet detail (the page's default): each condition's result and what people did
+    store.request_control(cid, "pause", who="alice", reason="refill")
+    brief = source.recent_events(cid, 3, detail=False)
+    assert [e.kind for e in brief] == ["claimed", "batch_planned", "control_requested"]
+    assert [e.id for e in source.events(cid, brief[0].id, 50, detail=False)] == [e.id for e in brief[1:]]
+    app = create_app(store.url, secret="s" * 48, background=False, password_hasher=FAST_HASHER, source=source)
+    app.state.auth.users.add_user("olga", Role.OBSERVER, None, who="test")
+    token, _ = app.state.auth.users.issue_token("olga", days=1, who="test")
+    got = TestClient(app).get(
+        f"/api/campaigns/{cid}/events?detail=false&limit=3", headers={"Authorization": f"Bearer {token}"}
+    ).json()["events"]
+    assert [e["id"] for e in got] == [e.id for e in brief] and not any(e["detail"] for e in got)
+    assert {e.kind for e in events if e.as_json()["detail"]} == {"replicate_acquired", "condition_started"}
+
 
 def test_control_requests_land_in_the_store_for_the_campaign_process(store: Store) -> None:
     source = StoreSource(store, fresh_s=0)
