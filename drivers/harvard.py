@@ -371,6 +371,7 @@ class HarvardPump:
         self.retries = int(retries)
         self.xon_grace_s = float(xon_grace_s)
         self.firmware: str | None = None
+        self._stopped_by: str | None = None  # an alarm a stop was answered with, until the next run()
         self._diameter_mm = float(syringe_diameter_mm) if syringe_diameter_mm is not None else None
         self._rate_ul_min: float | None = None
         self._limits_ul_min: tuple[float, float] | None = None
@@ -458,9 +459,16 @@ class HarvardPump:
                 device=self.name,
                 hint="Check that the pump's touch screen is on the Quick Start run screen and that a rate is set.",
             )
+        self._stopped_by = None
+
+    def _latch(self, reply: Reply) -> None:
+        """Keep an alarm a stop was answered with (``*`` stalled, ``T*`` target reached) for status()."""
+        self._stopped_by = _PROMPT_ALARMS.get(reply.prompt) or self._stopped_by
 
     def stop(self) -> None:
-        self._command("stp", idempotent=True, allow_stall=True)
+        """Stop. A pump that had stalled answers with ``*``, which ``stp`` clears on the pump: the stall
+        is kept here and reported by status() until the next run(), or nobody would ever hear of it."""
+        self._latch(self._command("stp", idempotent=True, allow_stall=True))
 
     def dispensed_ul(self) -> float:
         reply = self._command("ivolume", idempotent=True)
@@ -472,7 +480,7 @@ class HarvardPump:
         state = _PROMPT_STATES[reply.prompt]
         if report.direction == "w" and state is PumpState.INFUSING:
             state = PumpState.WITHDRAWING
-        alarm = _PROMPT_ALARMS.get(reply.prompt)
+        alarm = _PROMPT_ALARMS.get(reply.prompt) or self._stopped_by
         if alarm is None and report.stalled:
             alarm = "stall"
         if alarm is None and report.target_reached:
@@ -487,7 +495,7 @@ class HarvardPump:
         times without waiting for a reply - a pump whose way back is broken still hears it - and
         StopNotConfirmed says that nobody knows whether it stopped."""
         try:
-            self._command("stp", idempotent=True, allow_stall=True, allow_reset=True)
+            self._latch(self._command("stp", idempotent=True, allow_stall=True, allow_reset=True))
         except (DeviceTimeout, ProtocolError, NotConnected) as exc:
             if self.firmware is None:
                 raise  # never reached by this driver, so never started by it: nothing to stop blindly

@@ -789,8 +789,14 @@ class NewEraPump:
         def basic_done(buf: bytes) -> bool:
             return bool(split_basic_frames(buf))
 
+        def reply_done(buf: bytes) -> bool:
+            # either framing (SAF answers in the mode it switches to): a Basic reply starts with the
+            # address's digits; a Safe packet with its length byte, and its CRC bytes may be 0x03 (ETX),
+            # so a Safe packet is complete only by its length, never by the first ETX in it
+            return safe_done(buf) or any(frame[:1].isdigit() for frame in split_basic_frames(buf))
+
         if any_framing:
-            return lambda buf: safe_done(buf) or basic_done(buf)
+            return reply_done
         return safe_done if self._safe else basic_done
 
     def _parse(self, raw: bytes, any_framing: bool) -> Reply:

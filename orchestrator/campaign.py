@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +55,7 @@ from orchestrator.rig import (
     load_rig,
     make_chemistry,
 )
-from orchestrator.screening import ReplicateScreen, median_mad, reject_kind
+from orchestrator.screening import ReplicateScreen, median_mad, outlier_verdicts, reject_kind
 from orchestrator.spectra import TargetFileError, parse_target_text, read_target_csv, read_target_text
 from orchestrator.store import (
     ClaimLost,
@@ -295,10 +295,11 @@ class _Rep:
     loss: float | None
     accepted: bool
     absorbance: np.ndarray
+    reason: str | None = None
 
     @classmethod
     def of(cls, row: Any) -> _Rep:
-        return cls(row.index, row.loss, row.accepted, row.absorbance)
+        return cls(row.index, row.loss, row.accepted, row.absorbance, row.reject_reason)
 
 
 class _Watcher(threading.Thread):
@@ -374,6 +375,7 @@ class _Runner:
         self._pumps_checked_at = 0.0
         self._last_heartbeat = 0.0
         self._rechecks_failed = 0
+        self._alarms_seen: dict[str, str] = {}  # pump -> the alarm a check has reported (until the next run)
 
     # ---- small helpers ------------------------------------------------------------------------
     def _emit(self, event: str, **info: Any) -> None:
@@ -462,10 +464,12 @@ class _Runner:
             reason += f"; last: {last.detail}"
         raise _Fault(f"{reason}. {first.hint}")
 
-    def _dry_run_refill(self) -> None:
+    def _dry_run_refill(self) -> set[str]:
         """On a dry run, refill the syringes that ran empty, as the operator would at the hold a real
-        rig comes to; each refill is journaled (``syringe_refilled``) with the pump and the volume."""
-        for pump, ul in self.rig.refill_empty_syringes().items():
+        rig comes to; each refill is journaled (``syringe_refilled``) with the pump and the volume.
+        Returns the pumps refilled."""
+        refilled = self.rig.refill_empty_syringes()
+        for pump, ul in refilled.items():
             log.info("dry run: syringe refilled", pump=pump, ul=ul)
             size = f"{ul:g} uL" if self.rig.syringes_ul.get(pump) else \
                 f"{ul:g} uL, the emulator's default syringe: give syringe_volume_ul in the rig file"
@@ -476,6 +480,7 @@ class _Runner:
                 "on the rig the campaign holds here until the operator refills it",
                 data={"pump": pump, "ul": ul},
             )
+        return set(refilled)
 
     def _reconnect(self, name: str | None) -> str | None:
         """Open a failed device afresh before the next try: a power-cycled pump gets its syringe and
@@ -503,6 +508,7 @@ class _Runner:
             # same flows as an uninterrupted one
             for stream in rates:
                 self.rig.pump_for_stream[stream].stop()
+            self._alarms_on_stop(rates, refilled)
             for stream, rate in rates.items():
                 if rate > 0:
                     self.rig.pump_for_stream[stream].set_rate_ul_min(rate)
@@ -513,6 +519,7 @@ class _Runner:
                 else:
                     pump.stop()
             self._check_pumps(rates)
+            self._alarms_seen.clear()  # run() has cleared every latched alarm
 
         if self.store.estop_latched(self.rig_name) is not None and self.watcher is not None:
             self.watcher.tripped.set()  # latched before the watcher looked: never start the pumps
@@ -521,7 +528,7 @@ class _Runner:
         # every flow passes here, also after a stall (the pump check sends it back): a dry run refills
         # the syringes that ran empty before any pump is told to run (a New Era pump would take RUN on
         # an empty syringe and stall a moment later, a Harvard pump would refuse it)
-        self._dry_run_refill()
+        refilled = self._dry_run_refill()
         self._device("setting pump rates", go)
         self._flow = {s: r for s, r in rates.items() if r > 0}
         self._flow_since = self.rig.clock.now()
@@ -529,6 +536,34 @@ class _Runner:
             self._stop_flow()  # the e-stop came while the pumps were being started
             raise _Reequilibrate()
         self.store.journal(self.campaign_id, "rates_set", data={"rates_ul_min": dict(rates)})
+
+    def _alarms_on_stop(self, rates: Mapping[str, float], refilled: set[str]) -> None:
+        """A pump that stopped by itself since it was last checked (a stall, a power reset) answers the
+        stop with its alarm, and that answer acknowledges it on the pump: the driver reports it in the
+        next status. Journaled and counted as a failed pump check, so a pump that keeps stalling faults
+        the campaign instead of being started again each condition as if nothing had happened. (A dry
+        run's syringe that ran empty stalled its pump; its refill is journaled already.)"""
+        alarms = {}
+        for stream in rates:
+            pump = self.rig.pump_for_stream[stream]
+            alarm = pump.status().alarm
+            if alarm is not None and pump.name not in refilled and self._alarms_seen.get(pump.name) != alarm:
+                alarms[pump.name] = alarm
+        if not alarms:
+            return
+        self._rechecks_failed += 1
+        for name, alarm in sorted(alarms.items()):
+            reason = f"pump {name} had stopped by itself ({alarm}) since it was last checked: it answered the stop with its alarm"
+            log.warning("pump alarm on stop", pump=name, alarm=alarm)
+            self.store.journal(
+                self.campaign_id, "device_error", reason=reason, data={"what": "stopping the pumps", "device": name}
+            )
+        if self._rechecks_failed > DEVICE_RETRIES:
+            names = ", ".join(f"{n} ({a})" for n, a in sorted(alarms.items()))
+            raise _Fault(
+                f"fault: pump {names} stopped by itself again, {DEVICE_RETRIES} times running. "
+                "Check the pump's display, its syringe and its line, then resume."
+            )
 
     def _check_interval_s(self, rates: Mapping[str, float]) -> float:
         """Half the mixer-to-detector transit: a pump that fails is seen before its liquid arrives."""
@@ -561,6 +596,8 @@ class _Runner:
                 continue
             pump = self.rig.pump_for_stream[stream]
             status = pump.status()
+            if status.alarm is not None:
+                self._alarms_seen[pump.name] = status.alarm  # reported here: not news at the next stop
             if status.alarm == "stall":
                 raise StallAlarm("stalled", device=pump.name)
             if status.alarm is not None or not status.running:
@@ -1015,6 +1052,7 @@ class _Runner:
                 attempt += 1
                 self.store.start_condition(self.campaign_id, cond.round, cond.index, attempt, rates=rates)
                 continue
+            stored = self._judge_outliers(spec, cond, attempt, stored)
             good = [r for r in stored if r.accepted and r.loss is not None]
             if len(good) >= protocol.replicates.min_accepted:
                 self._finish(cond, *median_mad([r.loss for r in good]), good, failed=False)
@@ -1038,6 +1076,23 @@ class _Runner:
             median, mad = median_mad([r.loss for r in good]) if good else (None, None)
             self._finish(cond, median, mad, good, failed=True)
             return
+
+    def _judge_outliers(self, spec: CampaignSpec, cond: ConditionRow, attempt: int, stored: list[_Rep]) -> list[_Rep]:
+        """The attempt's outliers, judged on all its droplets that passed the other screens at once
+        (:func:`orchestrator.screening.outlier_verdicts`); the verdicts stored and journaled. Judging again
+        (a resumed run) gives the same verdicts."""
+        judged = [r for r in stored if r.loss is not None and (r.accepted or reject_kind(r.reason) == "outlier")]
+        losses = [float(r.loss) for r in judged if r.loss is not None]
+        verdicts, note = outlier_verdicts(losses, spec.protocol.replicates.outlier_mad)
+        verdict = {r.index: why for r, why in zip(judged, verdicts, strict=True)}
+        if note or any(verdict[r.index] != r.reason for r in judged):
+            self.store.judge_outliers(self.campaign_id, cond.round, cond.index, attempt, verdict, note)
+        if note:
+            log.warning("outlier screen stood down", reason=note)
+        return [
+            replace(r, accepted=verdict[r.index] is None, reason=verdict[r.index]) if r.index in verdict else r
+            for r in stored
+        ]
 
     def _finish(
         self,
@@ -1137,10 +1192,7 @@ class _Runner:
                         "the droplets in the line have aged"
                     ) from exc
                 continue
-            accepted = [reps[k].loss for k in sorted(reps) if reps[k].accepted and reps[k].loss is not None]
-            result = screen.screen(
-                counts, self._dark, self._reference, self._wavelengths, grid, self._loss, accepted
-            )
+            result = screen.screen(counts, self._dark, self._reference, self._wavelengths, grid, self._loss)
             self.store.add_replicate(
                 self.campaign_id,
                 cond.round,
@@ -1155,7 +1207,7 @@ class _Runner:
                 clock_s=self._clock_s(),
             )
             self._rechecks_failed = 0
-            reps[i] = _Rep(i, result.loss, result.accepted, result.absorbance)
+            reps[i] = _Rep(i, result.loss, result.accepted, result.absorbance, result.reason)
             if not result.accepted:
                 log.info("replicate rejected", reason=result.reason)
             self._emit(

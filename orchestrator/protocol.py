@@ -215,7 +215,10 @@ class ReplicateSpec(_Strict):
         0.05, ge=0, le=1, description="reject a replicate with more NaN points than this"
     )
     outlier_mad: PositiveFloat | None = Field(
-        5.0, description="reject losses more than this many MADs from the condition's median (None: keep all)"
+        5.0,
+        description="reject losses more than this many MADs from the median of the condition's droplets, "
+        "judged on all of them once measured; more than a fifth that far out are two groups of real droplets "
+        "and none is rejected (None: keep all)",
     )
 
     @model_validator(mode="after")

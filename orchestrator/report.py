@@ -469,7 +469,9 @@ def model_check_rows(data: ReportData) -> list[dict[str, Any]]:
         rows.append(
             {
                 "round": r.index,
-                "strategy": r.strategy,
+                # a round the strategy could not model (too few measured conditions) fell back to a
+                # Latin hypercube or a plainer model: said, or the table credits the strategy with it
+                "strategy": r.strategy + (f" (fell back: {fallback})" if (fallback := (r.notes or {}).get("fallback")) else ""),
                 "dnn_count": policy.get("dnn_count"),
                 "accuracy_cosine": acc.cosine_mean if acc else None,
                 "accuracy_loss_mae": acc.loss_mae if acc else None,
@@ -900,7 +902,7 @@ def render_html(
         )] if data.reagents else []),
         "<h2>Best conditions</h2>",
         _table(
-            ["#", "round", "source", *names, "median loss", "MAD", "replicates"],
+            ["#", "round", "source", *names, "median loss", "MAD", "accepted droplets"],
             [
                 [
                     i + 1,

@@ -8,9 +8,12 @@ a reason an operator can read. The screens, in order (the first that fails names
 * ``no_light``: almost no light reached the detector anywhere on the grid (lamp off, blocked cell);
 * ``nan``: more than ``max_nan_fraction`` of the grid points have no valid absorbance;
 * ``empty``: the peak absorbance stays below ``empty_max_absorbance`` (carrier oil, a gap or a bubble);
-* ``outlier``: the loss lies more than ``outlier_mad`` scaled MADs from the median of the replicates
-  of the same attempt accepted so far (judged once ``MIN_FOR_OUTLIER`` are in, so a resumed run
-  judges exactly as an uninterrupted one).
+* ``outlier``: the loss lies more than ``outlier_mad`` scaled MADs from the median of the attempt's
+  replicates that passed the screens above, judged once the attempt is complete (:func:`outlier_verdicts`):
+  every droplet against all of them, so the verdict does not depend on the order the droplets came in,
+  and a resumed run judges exactly as an uninterrupted one. A bubble or a merged droplet is rare: when
+  more than ``MAX_OUTLIER_SHARE`` of the droplets lie that far out, they are two groups of real droplets
+  (a condition at the edge of the absorbance window, an unstable reaction) and none is rejected.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ __all__ = [
     "ReplicateScreen",
     "Screened",
     "median_mad",
-    "outlier_reason",
+    "outlier_verdicts",
 ]
 
-MIN_FOR_OUTLIER = 5  # accepted replicates needed before a loss can be called an outlier
+MIN_FOR_OUTLIER = 5  # replicates needed before a loss can be called an outlier
+MAX_OUTLIER_SHARE = 0.2  # more of the droplets than this far out: two groups of real droplets, not bubbles
 MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution
 MAD_FLOOR = 0.005  # scaled MAD floor: identical losses must not turn the next one into an outlier
 
@@ -95,9 +99,9 @@ class ReplicateScreen:
         wavelengths_nm: np.ndarray,
         grid_nm: np.ndarray,
         loss: SpectrumLoss,
-        accepted_losses: Sequence[float] = (),
     ) -> Screened:
-        """Absorbance on the grid, loss and verdict of one sample spectrum (raw counts)."""
+        """Absorbance on the grid, loss and verdict of one sample spectrum (raw counts), by the screens
+        that judge a droplet on its own; outliers are judged on the whole attempt (:func:`outlier_verdicts`)."""
         screening = self.detector
         px = pixel_absorbance(sample, dark, reference, screening)
         absorbance = resample(wavelengths_nm, px.absorbance, grid_nm)
@@ -140,9 +144,6 @@ class ReplicateScreen:
             )
         if value is None:
             return Screened(absorbance, None, False, "nan: the loss could not be computed")
-        why = outlier_reason(value, accepted_losses, self.outlier_mad)
-        if why is not None:
-            return Screened(absorbance, value, False, why)
         return Screened(absorbance, value, True, None)
 
 
@@ -166,16 +167,30 @@ def median_mad(values: Sequence[float]) -> tuple[float, float]:
     return med, float(np.median(np.abs(arr - med)))
 
 
-def outlier_reason(value: float, accepted: Sequence[float], k: float | None) -> str | None:
-    """Why ``value`` is an outlier among the ``accepted`` losses so far, or None."""
-    if k is None or len(accepted) < MIN_FOR_OUTLIER:
-        return None
-    med, mad = median_mad(accepted)
+def outlier_verdicts(losses: Sequence[float], k: float | None) -> tuple[list[str | None], str | None]:
+    """Which of an attempt's ``losses`` (its droplets that passed the other screens) are outliers: a
+    reason for each that is, None for each that is not, judged against all of them at once. The second
+    value is a note when the far-out losses are too many to be bubbles (then none is rejected)."""
+    n = len(losses)
+    if k is None or n < MIN_FOR_OUTLIER:
+        return [None] * n, None
+    med, mad = median_mad(losses)
     scale = max(MAD_SCALE * mad, MAD_FLOOR)
-    distance = abs(value - med) / scale
-    if distance > k:
-        return (
+    verdicts: list[str | None] = []
+    for value in losses:
+        distance = abs(value - med) / scale
+        verdicts.append(
             f"outlier: loss {value:.4f} is {distance:.1f} MADs from the median {med:.4f} "
             f"(limit {k:g}; a bubble or merged droplet)"
+            if distance > k
+            else None
         )
-    return None
+    far = sum(v is not None for v in verdicts)
+    if far > MAX_OUTLIER_SHARE * n:
+        note = (
+            f"{far} of {n} droplets lie more than {k:g} MADs from the median loss {med:.4f}: too many for "
+            "bubbles, so two groups of real droplets (a condition at the edge of the absorbance window, or "
+            "an unstable reaction); none rejected as an outlier"
+        )
+        return [None] * n, note
+    return verdicts, None

@@ -19,6 +19,13 @@ from pathlib import Path
 import numpy as np
 from scipy.interpolate import interp1d
 
+# a column header naming transmittance or reflectance, in the words spectrometer software of several
+# languages uses: %T, T%, T (%), R%, transmittance/transmission/Transmissionsgrad/transmitancia,
+# reflectance/réflectance/Reflexion/reflexión, Durchlässigkeit
+_NOT_ABSORBANCE = re.compile(
+    r"(^|[^a-z])(%\s*[tr]|[tr]\s*(\(\s*%\s*\)|%))([^a-z]|$)|transmi[st]|r[eé]fl[eé]c|reflex|durchl[aä]ssig"
+)
+
 
 def wavelength_grid(start_nm: float = 380.0, stop_nm: float = 800.0, step_nm: float = 1.0) -> np.ndarray:
     n = int(round((stop_nm - start_nm) / step_nm)) + 1
@@ -113,12 +120,17 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
             f"{path}: the target holds NaN or infinite values ({int((~finite).sum())} row{'s' if (~finite).sum() > 1 else ''}, the first on line "
             f"{row_lines[first]}: {lines[row_lines[first] - 1].strip()[:60]!r}); remove those rows or fill them in"
         )
-    said = " ".join(header).lower()
-    if re.search(r"(^|[\s,;(])%\s*[tr]\b|\btransmittance\b|\breflectance\b", said):
+    said = header[-1].lower() if header else ""  # the column names (metadata above may name a probe)
+    if _NOT_ABSORBANCE.search(said):
         raise TargetFileError(
             f"{path}: its header says transmittance or reflectance ({header[-1][:60]!r}), but a target is "
             "absorbance, whose peaks are the transmittance's dips: convert it (A = 2 - log10(%T)) or export "
             "absorbance"
+        )
+    if re.search(r"(^|[^a-z])(ev|electron ?volts?)([^a-z]|$)", said):
+        raise TargetFileError(
+            f"{path}: its header gives the axis in electronvolts ({header[-1][:60]!r}); a target's first column "
+            "is the wavelength in nm: convert it (nm = 1239.84 / eV)"
         )
     if _looks_swapped(data):
         raise TargetFileError(

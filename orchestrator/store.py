@@ -1088,6 +1088,7 @@ class Store:
                 conn,
                 campaign_id,
                 "batch_planned",
+                reason=str((notes or {}).get("fallback") or ""),  # why the strategy could not model it
                 data={
                     "round": int(index),
                     "strategy": strategy,
@@ -1422,6 +1423,39 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(query).all()
         return [Droplet(x.replicate_index, array_from_bytes(x.absorbance), x.loss, bool(x.accepted)) for x in reversed(rows)]
+
+    def judge_outliers(
+        self,
+        campaign_id: str,
+        round_index: int,
+        condition_index: int,
+        attempt: int,
+        verdicts: Mapping[int, str | None],
+        note: str | None = None,
+    ) -> None:
+        """Record the outlier verdicts of an attempt's replicates (replicate index -> reason, None: kept):
+        each listed replicate is accepted or rejected accordingly, nothing is deleted; journaled as
+        ``outliers_judged`` with the rejected indices (and ``note``, when the screen stood down)."""
+        with self._write() as conn:
+            self._require_condition(conn, campaign_id, round_index, condition_index)
+            c = replicates_t.c
+            for index, reason in verdicts.items():
+                conn.execute(
+                    replicates_t.update()
+                    .where(
+                        *self._kept_of_attempt(campaign_id, round_index, condition_index, attempt),
+                        c.replicate_index == int(index),
+                    )
+                    .values(accepted=reason is None, reject_reason=reason)
+                )
+            rejected = sorted(int(i) for i, reason in verdicts.items() if reason is not None)
+            self._event(
+                conn,
+                campaign_id,
+                "outliers_judged",
+                reason=note or "",
+                data={"round": round_index, "condition": condition_index, "attempt": attempt, "rejected": rejected},
+            )
 
     def set_aside(
         self, campaign_id: str, round_index: int, condition_index: int, attempt: int, reason: str

@@ -33,6 +33,7 @@ perfect match; ``null`` where a value does not exist yet)::
         "widening": [{"variable": "Q_seed", "edge": "low", "old": 4, "new": 2.8,
                       "reason": "gated rule: 40% of the batch crowds it; ..."}],  # each edge moved, and why
         "policy": {"dnn_count": 14, "reason": "network trusted ...", ...} | null,  # two_step's share
+        "fallback": "too few measured conditions to model" | null,  # the strategy could not model it
         "conditions": [{
           "index": 0, "inputs": {"Q_AgNO3": 7.1, ...}, "source": "lhs",
           "status": "done", "failed": false,               # status: planned|measuring|done|failed
@@ -271,6 +272,8 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
                 "widening": list((rnd.notes or {}).get("widening") or []),
                 # two_step: the network's share of this batch and why (accuracy, stability, gates)
                 "policy": (rnd.notes or {}).get("policy"),
+                # why the strategy did not model this round (too few measured conditions): what it did instead
+                "fallback": (rnd.notes or {}).get("fallback"),
                 "conditions": conds_out,
             }
         )

@@ -109,6 +109,7 @@ class SimSerial(SerialBase):
     def __init__(self, *args, **kwargs) -> None:
         self._firmware: Firmware | None = None
         self._rx = bytearray()
+        self._trickle = False  # ?trickle=1: replies arrive one byte per read, as from a real UART
         super().__init__(*args, **kwargs)
 
     def open(self) -> None:
@@ -118,6 +119,7 @@ class SimSerial(SerialBase):
             raise SerialException("Port must be configured before it can be used.")
         protocol, bus, query = parse_sim_url(self._port)
         self._firmware = get_bus(protocol, bus, query)
+        self._trickle = query.get("trickle", ["0"])[0] not in ("0", "false", "no")
         if not self._firmware.connected:
             raise SerialException(f"{self._port}: device not present (simulated disconnect)")
         self._rx.clear()
@@ -142,7 +144,7 @@ class SimSerial(SerialBase):
     def in_waiting(self) -> int:
         fw = self._fw()
         self._rx += fw.pending()
-        return len(self._rx)
+        return min(len(self._rx), 1) if self._trickle else len(self._rx)
 
     def read(self, size: int = 1) -> bytes:
         fw = self._fw()
@@ -150,6 +152,7 @@ class SimSerial(SerialBase):
         while True:
             self._rx += fw.pending()
             if self._rx:
+                size = 1 if self._trickle else size
                 out = bytes(self._rx[:size])
                 del self._rx[:size]
                 return out

@@ -729,6 +729,12 @@ def event_text(kind: str, reason: str, who: str | None, at: datetime, data: Mapp
             "" if data.get("accepted", True) else f", rejected: {data.get('reject_reason') or 'screened out'}"
         )
         return f"{where}: {score}{verdict}"
+    if kind == "outliers_judged":  # the attempt's droplets judged against each other once all were in
+        rejected = data.get("rejected") or []
+        said = (f"{len(rejected)} droplet{'' if len(rejected) == 1 else 's'} rejected as outliers "
+                f"(replicate{'' if len(rejected) == 1 else 's'} {', '.join(str(i + 1) for i in rejected)})"
+                if rejected else "no droplet rejected as an outlier")
+        return f"{where}: {said}" + (f": {reason}" if reason else "")
     if kind == "round_done":
         return f"{where} done"
     if kind == "reagent_used" and isinstance(data.get("ul"), int | float):
@@ -758,7 +764,7 @@ def event_text(kind: str, reason: str, who: str | None, at: datetime, data: Mapp
         text = f"{where or 'next round'} planned"
         if isinstance(n, int):
             text += f": {n} condition{'' if n == 1 else 's'}"
-        return text + (f" ({strategy})" if strategy else "")
+        return text + (f" ({strategy})" if strategy else "") + (f"; fell back: {reason}" if reason else "")
     if kind in ("condition_done", "condition_failed"):
         loss = data.get("median_loss")
         text = f"{where}: " + ("failed" if kind == "condition_failed" else "done")

@@ -506,6 +506,24 @@ def test_a_stall_raises_but_status_and_safe_state_report_it() -> None:
     firmware.assert_done()
 
 
+def test_a_stall_answered_to_a_stop_is_reported_until_the_next_run() -> None:
+    """A pump that stalled after it was last checked answers the next `stp` with `*`, and `stp` clears
+    the prompt: status() reported a plain stop, and the campaign started the pump again unawares."""
+    pump, firmware = connected(
+        [
+            (b"stp\r", prompt(0, "*")),
+            (b"status\r", text(0, "1666666 0 3000000000000 i...I") + prompt(0)),
+            (b"irun\r", prompt(0, ">")),
+            (b"status\r", text(0, "1666666 0 3000000000000 i...I") + prompt(0, ">")),
+        ]
+    )
+    pump.stop()
+    assert pump.status().alarm == "stall"
+    pump.run()
+    assert pump.status().alarm is None
+    firmware.assert_done()
+
+
 def test_target_reached_is_an_alarm() -> None:
     pump, _ = connected(
         [

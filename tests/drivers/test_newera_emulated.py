@@ -423,3 +423,38 @@ def test_reading_a_running_pump_raises_no_warnings(line: Callable[..., Line]) ->
     assert status.state.name == "INFUSING"
     assert [e for e in logs if e["log_level"] == "warning" and "program" in e["event"]] == []
     assert any("is pumping" in e["event"] for e in logs)
+
+
+@pytest.mark.parametrize("address", [0, 35, 80])
+def test_safe_mode_connects_when_a_crc_byte_is_etx_and_replies_trickle_in(
+    line: Callable[..., Line], address: int
+) -> None:
+    """A real UART hands a reply over a byte or a few at a time. The answer to SAF was read in either
+    framing, and a Safe packet whose CRC holds 0x03 (ETX: `35S` -> 0x0C03, `80S` -> 0x0307) was taken
+    as complete at that byte: the parse failed, the retry went out in Basic framing to a pump now in
+    Safe mode, and connect() timed out, every time, for pumps at those addresses."""
+    rig = line((address,), trickle="1")
+    pump = rig.pump(address, safe_mode_timeout_s=5)
+    assert pump.safe_mode and rig.firmware.snapshot(address).safe_timeout_s == 5
+    pump.set_rate_ul_min(10.0)
+    pump.run()
+    assert pump.status().state is PumpState.INFUSING
+    pump.safe_state()
+    pump.close()
+    assert rig.firmware.snapshot(address).safe_timeout_s == 0  # returned to Basic mode on close
+
+
+def test_a_stall_answered_to_a_stop_is_reported_until_the_next_run(line: Callable[..., Line]) -> None:
+    """The alarm in the answer to STP is the only record the host gets (the answer acknowledges it on the
+    pump): status() reports it until run() starts the pump again."""
+    rig = line()
+    pump = rig.pump()
+    pump.set_rate_ul_min(100.0)
+    pump.run()
+    rig.firmware.inject(0, Fault("stall", at_s=1.0))
+    rig.advance(2.0)
+    pump.stop()
+    assert pump.status().alarm == "stall"
+    pump.set_rate_ul_min(50.0)
+    pump.run()
+    assert pump.status().alarm is None and pump.status().state is PumpState.INFUSING

@@ -434,13 +434,35 @@ def test_a_unit_without_dark_pixels_keeps_its_nonlinearity_correction(
 def test_scans_are_averaged(monkeypatch: pytest.MonkeyPatch) -> None:
     device = FakeDevice(raw=_raw(0.0, 100.0))
     spec = connected(monkeypatch, device, scans_to_average=4)
-    calls = iter([100.0, 200.0, 300.0, 400.0])
+    calls = iter([9999.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0])
 
     def next_scan(**_: bool) -> np.ndarray:
         return np.full(PIXELS, next(calls))
 
     monkeypatch.setattr(spec._dev, "intensities", next_scan)
+    # the first frame after connect (which set the integration time) may predate it: thrown away
     np.testing.assert_allclose(spec.acquire_counts(), np.full(PIXELS, 250.0))
+    np.testing.assert_allclose(spec.acquire_counts(), np.full(PIXELS, 650.0))  # later frames all count
+
+
+def test_the_frame_after_a_change_of_integration_time_or_lamp_is_thrown_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-seabreeze issues #110 and #177: after a new integration time a FLAME or USB2000+ hands over a
+    frame exposed before it; a dark taken right after switching the lamp off could see the lamp."""
+    from types import SimpleNamespace
+
+    device = FakeDevice(raw=_raw(0.0, 100.0))
+    spec = connected(monkeypatch, device)
+    lamp = {"light_source": [SimpleNamespace(set_enable=lambda index, on: None)]}
+    monkeypatch.setattr(FakeSpectrometer, "features", property(lambda self: lamp))
+    spec.acquire_counts()
+    reads = len([k for k, _ in device.sent if k == "intensities"])
+    spec.acquire_counts()
+    assert len([k for k, _ in device.sent if k == "intensities"]) == reads + 1
+    for change in (lambda: spec.set_integration_time_us(20_000), lambda: spec.set_lamp_enabled(False)):
+        change()
+        before = len([k for k, _ in device.sent if k == "intensities"])
+        spec.acquire_counts()
+        assert len([k for k, _ in device.sent if k == "intensities"]) == before + 2
 
 
 def test_saturation_level_and_a_saturated_spectrum(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -438,6 +438,19 @@ def test_a_one_shot_stall_is_retried_and_the_campaign_goes_on(store: Store, tmp_
     assert all(c.status == "done" for c in store.conditions(cid))
 
 
+def test_a_stall_after_the_last_check_of_a_condition_is_journaled_not_lost(store: Store, tmp_path: Path) -> None:
+    """A pump that stalls between its last check and the next condition answers that condition's stop
+    with A?S, which acknowledges the alarm on the pump: the driver kept it, but the next run() cleared it
+    and the pump was started again without a word. (24.67 s: with seed 1 the first condition's droplets are
+    taken at 24.66-24.68 s on this rig's clock, after its last pump check.)"""
+    rig = rig_with_faults(tmp_path, pumps={"AgNO3": [{"kind": "stall", "at_s": 24.67}]})
+    cid = start(store, tmp_path, seed=1, rig=rig)
+    assert run(store, cid) == state.FINISHED
+    errors = [e for e in store.events(cid, limit=1000) if e.kind == "device_error"]
+    assert [(e.data["what"], e.data["device"]) for e in errors] == [("stopping the pumps", "AgNO3")]
+    assert errors[0].reason.startswith("pump AgNO3 had stopped by itself (stall) since it was last checked")
+
+
 def test_an_unplugged_pump_line_faults_the_campaign(store: Store, tmp_path: Path) -> None:
     rig = rig_with_faults(tmp_path, pumps={"AgNO3": [{"kind": "disconnect", "at_s": 20}]})
     cid = start(store, tmp_path, rig=rig)
@@ -748,6 +761,56 @@ def test_target_and_chemistry_overrides_are_stored_and_used(
     assert run(store, cid) == state.FINISHED
     losses = [c.median_loss for c in store.conditions(cid)]
     assert all(loss is not None and loss < 0.02 for loss in losses)  # the model's peak is the target
+
+
+DROPLET_MODELS = '''
+import numpy as np
+
+
+class Peak:
+    share = 0.0  # of droplets that come out wrong
+
+    def droplet(self, inputs, wavelengths, rng):
+        centre = 680.0 if rng.random() < self.share else 600.0  # a merged droplet, or a second product
+        return 0.9 * np.exp(-0.5 * ((np.asarray(wavelengths) - centre) / 60.0) ** 2)
+
+
+class Bubbly(Peak):
+    share = 0.08
+
+
+class TwoGroups(Peak):
+    share = 0.45
+'''
+
+
+def test_outliers_are_judged_on_the_whole_attempt(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few wrong droplets are rejected as outliers, wherever they came in the attempt (the first five
+    used to be taken on trust and to decide for the rest); many wrong droplets are a second group of
+    real droplets: none is rejected, and the journal says why."""
+    (tmp_path / "droplet_models.py").write_text(DROPLET_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = tmp_path / "peak.csv"
+    rows = "\n".join(f"{w:g},{0.9 * np.exp(-0.5 * ((w - 600.0) / 60.0) ** 2):.6f}" for w in range(350, 851, 5))
+    target.write_text("wavelength_nm,absorbance\n" + rows + "\n")
+    replicates = {"replicates": {"n": 12, "min_accepted": 6, "max_remeasure": 1}, "stop": {"max_rounds": 1}}
+    bubbly = start_campaign(store, tiny_protocol(tmp_path, **replicates), SIM_RIG, seed=SEED,
+                            options={"chemistry": "droplet_models:Bubbly", "target": str(target)})
+    assert run(store, bubbly) == state.FINISHED
+    wrong = [(r.condition, r.index) for r in store.replicates(bubbly) if r.loss is not None and r.loss > 0.1]
+    outliers = [(r.condition, r.index) for r in store.replicates(bubbly) if not r.accepted]
+    assert wrong and outliers == wrong  # every wrong droplet, the early ones too, and only they
+    assert all("MADs from the median" in r.reject_reason for r in store.replicates(bubbly) if not r.accepted)
+    judged = [e for e in store.events(bubbly, limit=2000) if e.kind == "outliers_judged"]
+    assert sorted((e.data["condition"], i) for e in judged for i in e.data["rejected"]) == sorted(wrong)
+    assert all(c.median_loss is not None and c.median_loss < 0.02 for c in store.conditions(bubbly))
+
+    two = start_campaign(store, tiny_protocol(tmp_path, **replicates), SIM_RIG, seed=SEED,
+                         options={"chemistry": "droplet_models:TwoGroups", "target": str(target)})
+    assert run(store, two) == state.FINISHED
+    assert all(r.accepted for r in store.replicates(two))
+    notes = [e.reason for e in store.events(two, limit=2000) if e.kind == "outliers_judged"]
+    assert notes and all("too many for bubbles" in n and "none rejected" in n for n in notes)
 
 
 MODELS_THAT_FAIL = '''

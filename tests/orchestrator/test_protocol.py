@@ -331,6 +331,14 @@ def test_target_file_layouts(tmp_path: Path, layout: str) -> None:
     np.testing.assert_array_equal(a, [0.1, 1.0, 0.1])
 
 
+@pytest.mark.parametrize("head", ["Wavelength (nm);Absorbance (AU)", "nm;Extinktion", "Wavelength;Abs (T=25 C)",
+                                  "lambda (nm);A", "Wellenl\u00e4nge;Absorption"])
+def test_absorbance_headers_are_not_taken_for_transmittance(tmp_path: Path, head: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(f"Probe: reflection probe R600\n{head}\n300;0.1\n450;1.0\n")  # metadata may say anything
+    np.testing.assert_array_equal(read_target_csv(path)[1], [0.1, 1.0])
+
+
 def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes("Wellenl\u00e4nge (nm);Extinktion (\u00b5A)\r\n300;0,1\r\n450;1,0\r\n".encode("cp1252"))
@@ -347,6 +355,11 @@ def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
     ("300,0.1\n450,nan\n", r"NaN or infinite values \(1 row, the first on line 2: '450,nan'\)"),
     ("absorbance,nm\n0.1,300\n0.1,450\n0.5,600\n", "the columns look swapped.*wavelength_nm first"),
     ("Wavelength (nm),%T\n300,90\n450,40\n600,80\n", "header says transmittance or reflectance"),
+    # the same in other words and languages (a German Cary export, a Spanish one, T (%), R%)
+    *[(f"{head}\n300;90\n450;40\n600;80\n", "header says transmittance or reflectance") for head in (
+        "Wellenl\u00e4nge (nm);Transmission (%)", "Longitud de onda (nm);Transmitancia (%)", "nm;T (%)", "nm;T%",
+        "nm;R%", "nm;Durchl\u00e4ssigkeit", "nm;R\u00e9flectance", "nm;Reflexionsgrad")],
+    ("Energy (eV);Abs\n1.5;0.1\n2.0;1.0\n3.0;0.1\n", r"axis in electronvolts.*nm = 1239.84 / eV"),
     ("300 0,1\n450 1,0,5\n900 0,1\n", r"line 2 \('450 1,0,5'\) is not two numbers"),
     # commas as separators and decimal commas: refused, not read as 380 and 0
     (

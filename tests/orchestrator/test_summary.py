@@ -88,7 +88,7 @@ def campaign(store: Store) -> str:
     store.finish_round(cid, 0)  # the engine does not know the next bounds yet when a round ends
     why = {"variable": "Q_AgNO3", "edge": "high", "old": 20.0, "new": 25.0, "reason": "gated rule: 60% crowd it"}
     store.add_round(cid, 1, strategy="qnei", bounds=b1, conditions=[cond(3, 900, "qnei")],
-                    notes={"widening": [why]})
+                    notes={"widening": [why], "fallback": "too few measured conditions to model"})
     store.start_condition(
         cid, 1, 0, 0, rates={"AgNO3": 27.0, "PVA": 180.0, "TSC": 90.0, "seed": 90.0, "water": 513.0}
     )
@@ -128,6 +128,18 @@ def test_summary_document(store: Store, campaign: str) -> None:
     assert r0["bounds"]["Q_total"] == [200.0, 1000.0] and r0["bounds_next"]["Q_AgNO3"] == [2.0, 20.0]
     assert (r1["strategy"], r1["widened"], r1["bounds_next"]) == ("qnei", ["Q_AgNO3"], None)
     assert r0["widening"] == []  # each edge moved, and why
+    # a round the strategy could not model says so (it read "qnei" and nothing more)
+    assert (r0["fallback"], r1["fallback"]) == (None, "too few measured conditions to model")
+    from types import SimpleNamespace
+
+    from orchestrator.console.store_source import StoreSource
+    from orchestrator.report import model_check_rows
+
+    planned = [e.text for e in StoreSource(store).recent_events(campaign, 200) if e.kind == "batch_planned"]
+    assert planned[-1] == "round 2 planned: 1 condition (qnei); fell back: too few measured conditions to model"
+    data = SimpleNamespace(rounds=store.rounds(campaign), history=SimpleNamespace(observations=[]))
+    assert [r["strategy"] for r in model_check_rows(data)] == [  # type: ignore[arg-type]
+        "lhs", "qnei (fell back: too few measured conditions to model)"]
     assert r0["policy"] is None
     assert s["chemistry"] is None and s["max_rounds_option"] == 2 and s["optimizer"]["strategy"]
     assert r1["widening"] == [{"variable": "Q_AgNO3", "edge": "high", "old": 20.0, "new": 25.0,
