@@ -126,6 +126,16 @@ def make_chemistry(name: str, rng: np.random.Generator):
         from orchestrator.rig import make_chemistry as build
 
         model = build(name)
+        probe = {v.name: (v.low + v.high) / 2 for v in paper_space().variables}
+        try:
+            model.droplet(probe, wavelength_grid(), np.random.default_rng(0))
+        except KeyError as exc:  # a model written for a protocol of its own: say so, not a traceback
+            raise SystemExit(
+                f"{name}: the model asks for the input {exc.args[0]!r}, but the benchmark runs the reference "
+                f"protocol ({PROTOCOL.relative_to(REPO)}), whose inputs are {', '.join(INPUTS)}. Compare "
+                f"strategies on your own protocol with `sdl run YOUR_PROTOCOL --rig deploy/rigs/simulated.yaml "
+                f"--chemistry {name} --seed N` over a few seeds (optimizer.strategy in a copy of the protocol), "
+                "or give the model those input names") from None
         if not (callable(getattr(model, "spectra", None)) or callable(getattr(model, "spectrum", None))):
             raise SystemExit(f"{name}: the benchmark scores true (noise-free) losses, so the model needs "
                              "spectrum(inputs, wavelengths) or spectra(x, wavelengths) beside droplet()")
@@ -458,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--baseline-rounds", type=int, default=12)
+    parser.add_argument("--baseline-rounds", type=int, default=12,
+                        help=f"rounds for the baseline {BASELINE} (longer, so its rounds-to-reach counts are not cut off)")
     parser.add_argument("--scenario", choices=("inside", "outside", "both"), default="both")
     parser.add_argument("--chemistry", default="agnanoprism", type=chemistry_arg,
                         help=f"{', '.join(BUILT_IN)} (constants drawn per seed) or module:Class, a model of "

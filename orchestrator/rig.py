@@ -413,13 +413,20 @@ def check_protocol_against_rig(
     for stream in protocol.streams:
         pump = by_stream.get(stream)
         if pump is None:
+            # a stream named in another case (ctab, CTAB) is a typo, not a missing pump
+            same = [s for s in by_stream if s.lower() == stream.lower()]
+            fix = (
+                f"The rig's {same[0]!r} differs only in case: streams are case-sensitive, spell it "
+                f"{same[0]!r} in the protocol"
+                if same
+                else f"Say which pump holds {stream!r}: in a copy of the rig file, give that pump "
+                f"`stream: {stream}` (its name is the stream unless `stream:` says otherwise)"
+            )
             problems.append(
                 Problem(
                     "pumps",
                     f"no pump carries stream {stream!r} (needed by protocol {protocol.name!r}); "
-                    f"the rig's streams: {', '.join(sorted(by_stream)) or 'none'}. Say which pump holds "
-                    f"{stream!r}: in a copy of the rig file, give that pump `stream: {stream}` (its name "
-                    "is the stream unless `stream:` says otherwise)",
+                    f"the rig's streams: {', '.join(sorted(by_stream)) or 'none'}. {fix}",
                 )
             )
             continue

@@ -140,7 +140,7 @@ class ReplicateScreen:
                 absorbance,
                 value,
                 False,
-                f"empty: peak absorbance {peak:.3g} < {self.empty_max_absorbance:g} (carrier, gap or bubble)",
+                f"empty: peak absorbance {peak:.3g} < {self.empty_max_absorbance:g} (carrier, gap or bubble; or no product formed)",
             )
         if value is None:
             return Screened(absorbance, None, False, "nan: the loss could not be computed")

@@ -37,6 +37,11 @@ PEAK_MODEL = textwrap.dedent(
     class OnlyDroplets:
         def droplet(self, inputs, wavelengths, rng):
             return np.ones(len(wavelengths))
+
+
+    class GoldSeeds(Peak):
+        def droplet(self, inputs, wavelengths, rng):
+            return super().droplet({"Q_AgNO3": inputs["HAuCl4_pct"], **inputs}, wavelengths, rng)
     """
 )
 
@@ -83,3 +88,9 @@ def test_chemistry_names_are_checked() -> None:
     assert bench.chemistry_arg("mymodel:Model") == "mymodel:Model"
     with pytest.raises(Exception, match="module:Class"):
         bench.chemistry_arg("nanocubes")
+
+
+def test_a_model_for_other_inputs_is_told_which_the_benchmark_runs(peak_module: Path) -> None:
+    """It used to end in a traceback: KeyError: 'HAuCl4_pct'."""
+    with pytest.raises(SystemExit, match="asks for the input 'HAuCl4_pct'.*Q_AgNO3, Q_PVA, Q_TSC, Q_seed, Q_total.*sdl run"):
+        bench.make_chemistry("peak_chem:GoldSeeds", np.random.default_rng(0))

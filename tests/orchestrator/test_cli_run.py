@@ -128,6 +128,7 @@ def test_queue_only_stores_the_campaign(tmp_path: Path, db: str, capsys) -> None
         ({"batch_size": 0}, "batch_size"),
         ({"optimizer": {"strategy": "nope"}}, "unknown optimiser strategy 'nope'"),
         ({"remainder_stream": "buffer"}, "no pump carries stream 'buffer'"),
+        ({"remainder_stream": "WATER"}, "The rig's 'water' differs only in case"),
     ],
 )
 def test_bad_protocols_are_refused_before_anything_is_stored(
