@@ -149,7 +149,6 @@ class OceanSpectrometer:
         self._dev: Any | None = None
         self._wavelengths: np.ndarray | None = None
         self._integration_us: int | None = None
-        self._settling = False  # the next frame may predate a change of integration time or lamp
 
     # ---- connection ---------------------------------------------------------------------------
     def connect(self) -> None:
@@ -248,7 +247,7 @@ class OceanSpectrometer:
             )
         self._call(lambda: dev.integration_time_micros(t))
         self._integration_us = t
-        self._settling = True
+        self._settle(dev)
 
     @property
     def saturation_counts(self) -> float:
@@ -258,11 +257,6 @@ class OceanSpectrometer:
     def acquire_counts(self) -> np.ndarray:
         """One spectrum (the mean of ``scans_to_average`` scans) of dark- and nonlinearity-corrected counts."""
         dev = self._require()
-        if self._settling:
-            # the first frame after a new integration time or a lamp switch may have been exposed
-            # before the change (python-seabreeze issues #110 and #177: FLAME, USB2000+): thrown away
-            self._read_once(dev)
-            self._settling = False
         scans = [self._read_once(dev) for _ in range(self.scans_to_average)]
         return np.mean(scans, axis=0) if len(scans) > 1 else scans[0]
 
@@ -304,10 +298,10 @@ class OceanSpectrometer:
         features = self._call(lambda: dict(getattr(dev, "features", {}) or {}))
         if features.get("light_source"):
             self._call(lambda: features["light_source"][0].set_enable(0, bool(enabled)))
-            self._settling = True
+            self._settle(dev)
         elif features.get("strobe_lamp"):
             self._call(lambda: features["strobe_lamp"][0].enable_lamp(bool(enabled)))
-            self._settling = True
+            self._settle(dev)
         else:
             raise SpectrometerError(
                 "this spectrometer cannot switch its lamp",
@@ -320,6 +314,12 @@ class OceanSpectrometer:
         """Nothing to make safe: the lamp stays as it is (a deuterium lamp needs ~30 min to restabilise)."""
 
     # ---- helpers ------------------------------------------------------------------------------
+    def _settle(self, dev: Any) -> None:
+        """Read and drop the frame in the pipeline: after a new integration time or a lamp switch it
+        may have been exposed before the change (python-seabreeze issues #110 and #177: FLAME,
+        USB2000+ hand it over as the next spectrum)."""
+        self._read_once(dev)
+
     def _require(self) -> Any:
         if self._dev is None:
             raise SpectrometerError(

@@ -441,9 +441,9 @@ def test_a_one_shot_stall_is_retried_and_the_campaign_goes_on(store: Store, tmp_
 def test_a_stall_after_the_last_check_of_a_condition_is_journaled_not_lost(store: Store, tmp_path: Path) -> None:
     """A pump that stalls between its last check and the next condition answers that condition's stop
     with A?S, which acknowledges the alarm on the pump: the driver kept it, but the next run() cleared it
-    and the pump was started again without a word. (24.67 s: with seed 1 the first condition's droplets are
-    taken at 24.66-24.68 s on this rig's clock, after its last pump check.)"""
-    rig = rig_with_faults(tmp_path, pumps={"AgNO3": [{"kind": "stall", "at_s": 24.67}]})
+    and the pump was started again without a word. (24.70 s: with seed 1 the first condition's droplets are
+    taken at 24.69-24.71 s on this rig's clock, after its last pump check.)"""
+    rig = rig_with_faults(tmp_path, pumps={"AgNO3": [{"kind": "stall", "at_s": 24.70}]})
     cid = start(store, tmp_path, seed=1, rig=rig)
     assert run(store, cid) == state.FINISHED
     errors = [e for e in store.events(cid, limit=1000) if e.kind == "device_error"]
