@@ -32,7 +32,7 @@ import numpy as np
 import structlog
 import yaml
 
-from drivers.errors import DeviceError, SimulationModelError, StallAlarm
+from drivers.errors import DeviceError, NotConnected, SimulationModelError, StallAlarm
 from orchestrator import state
 from orchestrator.config_errors import ConfigError, Problem, validate_model
 from orchestrator.logging import bind, unbind
@@ -375,6 +375,7 @@ class _Runner:
         self._pumps_checked_at = 0.0
         self._last_heartbeat = 0.0
         self._rechecks_failed = 0
+        self.started_by: tuple[str, str] | None = None  # (who, why) of a person's `sdl resume`
         self._alarms_seen: dict[str, str] = {}  # pump -> the alarm a check has reported (until the next run)
 
     # ---- small helpers ------------------------------------------------------------------------
@@ -436,7 +437,7 @@ class _Runner:
         the driver's "not connected"."""
         first: DeviceError | None = None
         last: DeviceError | None = None
-        reconnect_error: str | None = None
+        reconnect_error: DeviceError | None = None
         for attempt in range(DEVICE_RETRIES + 1):
             try:
                 return action()
@@ -457,12 +458,15 @@ class _Runner:
             device = f"pump {first.device}"
         elif self.rig.spectrometer is not None and first.device == self.rig.spectrometer.name:
             device = "spectrometer" if first.device == "spectrometer" else f"spectrometer {first.device}"
-        reason = f"fault: {device}: {first.detail}, retried {DEVICE_RETRIES} times ({what})"
-        if reconnect_error is not None:
-            reason += f"; reconnecting failed: {reconnect_error}"
-        elif last.detail != first.detail:
+        # a device resumed without being reopened (its reconnect failed) first says "used before
+        # connect()": what its line said when reopening it is the cause, with the line's own hint
+        lead = reconnect_error if isinstance(first, NotConnected) and reconnect_error is not None else first
+        reason = f"fault: {device}: {lead.detail}, retried {DEVICE_RETRIES} times ({what})"
+        if reconnect_error is not None and lead is not reconnect_error:
+            reason += f"; reconnecting failed: {reconnect_error.detail}"
+        elif last.detail != lead.detail and not isinstance(last, NotConnected):
             reason += f"; last: {last.detail}"
-        raise _Fault(f"{reason}. {first.hint}")
+        raise _Fault(f"{reason}. {lead.hint}")
 
     def _dry_run_refill(self) -> set[str]:
         """On a dry run, refill the syringes that ran empty, as the operator would at the hold a real
@@ -482,7 +486,7 @@ class _Runner:
             )
         return set(refilled)
 
-    def _reconnect(self, name: str | None) -> str | None:
+    def _reconnect(self, name: str | None) -> DeviceError | None:
         """Open a failed device afresh before the next try: a power-cycled pump gets its syringe and
         mode set again, a re-plugged spectrometer a new handle (serial lines reopen by themselves).
         Returns why reconnecting failed, if it did."""
@@ -496,7 +500,7 @@ class _Runner:
             device.connect()
         except DeviceError as exc:
             log.warning("reconnect failed", device=name, error=str(exc))
-            return exc.detail
+            return exc
         return None
 
     def _establish_flow(self, rates: Mapping[str, float]) -> None:
@@ -768,6 +772,9 @@ class _Runner:
         start = self.wall()
         if self._status() != status:
             self._set_status(status, reason=reason, who=who)
+        # what held the campaign before an e-stop came on top (a fault, "NOT STOPPED" with it; a pause to
+        # refill): the clear must not wipe it from the reason the operator reads next
+        before = f"; before the e-stop: {status}: {reason}" if status != state.ESTOPPED else ""
         while True:
             if self.watcher is not None and self.watcher.claim_lost:
                 raise CampaignError(self.watcher.claim_lost)
@@ -781,10 +788,10 @@ class _Runner:
                 status = state.PAUSED
                 cleared = self.store.last_cleared_estop(self.rig_name)
                 if cleared is not None and cleared.cleared_by:  # who cleared it and what they checked
-                    self._set_status(status, reason=f"e-stop cleared: {cleared.clear_reason}; resume when ready",
+                    self._set_status(status, reason=f"e-stop cleared: {cleared.clear_reason}{before}; resume when ready",
                                      who=cleared.cleared_by)
                 else:
-                    self._set_status(status, reason="e-stop cleared; resume when ready")
+                    self._set_status(status, reason=f"e-stop cleared{before}; resume when ready")
             for control in self.store.pending_controls(self.campaign_id):
                 if control.action == "resume":
                     if status == state.ESTOPPED:
@@ -1031,11 +1038,14 @@ class _Runner:
         n = protocol.replicates.n
         while True:
             bind(attempt=attempt)
-            stored = [
-                _Rep.of(r)
-                for r in self.store.replicates(self.campaign_id, cond.round, cond.index)
-                if r.attempt == attempt
-            ]
+            rows = [r for r in self.store.replicates(self.campaign_id, cond.round, cond.index) if r.attempt == attempt]
+            stored = [_Rep.of(r) for r in rows]
+            aged = self._aged_attempt(protocol, rows)
+            if aged is not None:  # taken before this process, longer ago than a pause may last
+                self.store.set_aside(self.campaign_id, cond.round, cond.index, attempt, aged)
+                attempt += 1
+                self.store.start_condition(self.campaign_id, cond.round, cond.index, attempt, rates=rates)
+                continue
             self._emit(
                 "condition",
                 round=cond.round,
@@ -1076,6 +1086,20 @@ class _Runner:
             median, mad = median_mad([r.loss for r in good]) if good else (None, None)
             self._finish(cond, median, mad, good, failed=True)
             return
+
+    def _aged_attempt(self, protocol: ExperimentProtocol, rows: Sequence[Any]) -> str | None:
+        """Why an unfinished attempt's droplets may not be mixed with new ones: the last was taken longer
+        ago than ``pause_restart_after_s`` (a Ctrl-C at night, `sdl resume` in the morning). A hold in
+        this process is timed as it happens; this catches the time no process was running. None: fine."""
+        if not rows or len(rows) >= protocol.replicates.n:
+            return None
+        age = (self.store.now() - max(r.at for r in rows)).total_seconds()
+        if age <= protocol.pause_restart_after_s:
+            return None
+        return (
+            f"its last droplet was taken {age:.0f} s ago, before this process took the campaign over "
+            f"(> pause_restart_after_s {protocol.pause_restart_after_s:g} s): the droplets in the line have aged"
+        )
 
     def _judge_outliers(self, spec: CampaignSpec, cond: ConditionRow, attempt: int, stored: list[_Rep]) -> list[_Rep]:
         """The attempt's outliers, judged on all its droplets that passed the other screens at once
@@ -1239,7 +1263,11 @@ class _Runner:
             self._hold_estop(latch)  # until the latch is cleared and someone resumes
             return None
         verb = "started" if status in (state.CREATED, state.QUEUED) else "resumed"
-        self._set_status(state.RUNNING, reason=f"{verb} by {self.owner}")
+        if self.started_by is not None:  # the person who started it and why, as every control action
+            who, why = self.started_by
+            self._set_status(state.RUNNING, reason=f"{verb} in {self.owner}: {why}", who=who)
+        else:
+            self._set_status(state.RUNNING, reason=f"{verb} by {self.owner}")
         return None
 
     def run(self) -> str:
@@ -1269,8 +1297,16 @@ class _Runner:
                 who=self.owner,
                 reason=f"{row.owner} is no longer running on this host",
             )
-            return
-        self.store.claim(self.campaign_id, self.owner)
+        else:
+            self.store.claim(self.campaign_id, self.owner)
+        # a request the last process did not live to act on (a pause sent just before a kill -9) is not
+        # this process's to honour: the operator who starts it now wants it run, not paused or aborted
+        # by a request from before; each is closed, saying so
+        self.store.close_pending_controls(
+            self.campaign_id,
+            f"dropped: {row.owner or 'no process'} ended before acting on it, and {self.owner} took the "
+            "campaign over; send it again if it still stands",
+        )
 
     def _not_started(self, row: Any, reason: str) -> str:
         """The rig is not there to run on, and nothing has moved: a campaign that never ran is paused
@@ -1405,10 +1441,12 @@ def run_campaign(
     estop_poll_s: float = ESTOP_POLL_S,
     wall: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
+    started_by: tuple[str, str] | None = None,
 ) -> str:
     """Run (or resume) a stored campaign on its rig until it finishes, is aborted, or its rig cannot
     connect; returns the final status. ``wall``/``sleep`` measure and wait out pauses (tests pass
-    their own); the rig's own clock drives everything else."""
+    their own); the rig's own clock drives everything else. ``started_by``: (who, why), for the
+    journal, when a person started it (``sdl resume ID --reason TEXT``)."""
     runner = _Runner(
         store,
         campaign_id,
@@ -1419,6 +1457,7 @@ def run_campaign(
         wall=wall or time.monotonic,
         sleep=sleep or _operator_wait,
     )
+    runner.started_by = started_by
     return runner.run()
 
 

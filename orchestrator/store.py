@@ -983,9 +983,13 @@ class Store:
                 self._event(conn, campaign_id, "released", who=owner, data={"owner": owner})
 
     def live_owner(self, campaign_id: str, *, stale_after_s: float = STALE_AFTER_S) -> str | None:
-        """The process driving the campaign now, or None if nobody heartbeats it."""
+        """The process driving the campaign now, or None if nobody heartbeats it or its process is gone
+        from this host (a kill -9: its heartbeat stays fresh for a minute, and a request sent to it
+        then would wait for whoever takes the campaign over)."""
         row = self.campaign(campaign_id)
-        return row.owner if row.is_live(self.now(), stale_after_s) else None
+        if not row.is_live(self.now(), stale_after_s) or (row.owner and owner_is_dead(row.owner)):
+            return None
+        return row.owner
 
     def claim_next(self, rig_name: str, owner: str, *, stale_after_s: float = STALE_AFTER_S) -> str | None:
         """For an agent: claim the oldest queued campaign for ``rig_name`` nobody live holds; its id or None.
@@ -1696,6 +1700,14 @@ class Store:
                 .order_by(c.id)
             ).mappings()
             return [ControlRow(**r) for r in rows]
+
+    def close_pending_controls(self, campaign_id: str, outcome: str, *, action: str | None = None) -> int:
+        """Close the campaign's pending requests (those for ``action``, or all) with ``outcome``, each
+        journaled; how many were closed."""
+        pending = [p for p in self.pending_controls(campaign_id) if action is None or p.action == action]
+        for request in pending:
+            self.mark_control_handled(request.id, outcome)
+        return len(pending)
 
     def mark_control_handled(self, request_id: int, outcome: str) -> None:
         """Close a request with what came of it ("paused", "refused: already paused"); journals

@@ -51,6 +51,7 @@ perfect match; ``null`` where a value does not exist yet)::
                  "replicates_set_aside": 10,
                  "volume_ul": {"AgNO3": 1234.5, ..., "water": 5678.9} | null,   # per stream
                  "reagent_ul": 23456.7 | null,   # every stream but the remainder (water)
+                 "pumped_ul": 29135.6 | null,    # every stream, the remainder too: what stop.max_reagent_ml counts
                  "pumping_s": 4890.0 | null,     # time the pumps ran conditions (no holds, no idle)
                  "syringe_ul": {"AgNO3": 10000, ...},   # per stream, from the rig file (null: not given)
                  "refills": {"AgNO3": 1}}       # per stream: syringes a dry run refilled (none on a rig)
@@ -292,6 +293,7 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
         "replicates_set_aside": len(replicates) - len(counted),
         "volume_ul": volume or None,
         "reagent_ul": sum(v for s, v in volume.items() if s != remainder) if volume else None,
+        "pumped_ul": sum(volume.values()) if volume else None,  # as the reagent budget counts
         "pumping_s": use["pumping_s"],
         "syringe_ul": use["syringe_ul"],
         "refills": use["refills"],

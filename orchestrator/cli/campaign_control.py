@@ -44,6 +44,7 @@ from orchestrator.store import (
     make_engine,
     normalise_url,
     open_store,
+    owner_is_dead,
     redacted,
     sqlite_file,
 )
@@ -189,6 +190,12 @@ def _control(args: argparse.Namespace, action: str, targets: tuple[str, str]) ->
             raise InvalidTransition(row.status, final)
         if passing not in state.allowed(row.status) and final not in state.allowed(row.status):
             raise InvalidTransition(row.status, final)
+        from orchestrator.console.source import ACTIONS  # the states the console offers it in: the same here
+
+        if row.status not in ACTIONS[action][1]:
+            # a faulted or e-stopped campaign is held already: a pause would hide why (and, with no
+            # process, overwrite the fault's reason)
+            raise InvalidTransition(row.status, final)
         who, reason = _who(), args.reason
         owner = store.live_owner(row.id)
         if owner is not None:
@@ -201,11 +208,11 @@ def _control(args: argparse.Namespace, action: str, targets: tuple[str, str]) ->
         store.set_status(
             row.id, final, reason=reason, who=who, data={"applied_by": "cli", "no_live_process": True}
         )
-        for pending in store.pending_controls(row.id):
-            if pending.action == action or final == state.ABORTED:
-                store.mark_control_handled(
-                    pending.id, f"{final} directly: no process was running the campaign"
-                )
+        store.close_pending_controls(
+            row.id,
+            f"{final} directly: no process was running the campaign",
+            action=None if final == state.ABORTED else action,
+        )
         hint = (
             "`sdl resume CAMPAIGN` continues it"
             if final == state.PAUSED
@@ -291,7 +298,8 @@ def _status_record(store: Store, row: CampaignRow) -> dict[str, Any]:
             "created_at": row.created_at,
             "updated_at": row.updated_at,
             "owner": row.owner,
-            "live": row.is_live(now),
+            # its heartbeat is recent and, on this host, its process still runs (a kill -9 leaves the first)
+            "live": row.is_live(now) and not (row.owner is not None and owner_is_dead(row.owner)),
             "heartbeat_at": row.heartbeat_at,
             "queued_for_rig": row.queued_for_rig,
             # a queued campaign with no live agent for its rig, a running one whose process died: they
@@ -436,7 +444,7 @@ def _print_one(out: Console, store: Store, rec: dict[str, Any]) -> None:
     out.print(f"[bold]{cid}[/bold] {rec['name']} on rig {rec['rig']} (seed {rec['seed']})", highlight=False)
     out.print(f"  status: [{style or 'default'}]{rec['status_text']}[/]", highlight=False)
     if rec["owner"]:
-        liveness = "live" if rec["live"] else "no recent heartbeat"
+        liveness = "live" if rec["live"] else "not running" if owner_is_dead(rec["owner"]) else "no recent heartbeat"
         out.print(
             f"  driven by: {rec['owner']} ({liveness}, heartbeat {rec['heartbeat_at']})", highlight=False
         )

@@ -178,8 +178,10 @@ class RichProgress:
             self.console.print(f"[bold]{info['status']}[/]{reason}")
             if info["status"] in ("paused", "faulted", "estopped") and not info.get("final"):  # held here
                 cid = self.campaign_id
+                first = ("an admin clears the e-stop (`sdl estop --clear --reason TEXT`, or the console), then "
+                         if info["status"] == "estopped" else "")
                 self.console.print(
-                    f"  waiting for an operator: `sdl resume {cid}` (another terminal, or the console) "
+                    f"  waiting for an operator: {first}`sdl resume {cid}` (another terminal, or the console) "
                     f"continues, `sdl abort {cid}` ends it; Ctrl-C here leaves it {info['status']}"
                 )
             if info["status"] == "finished":  # the rounds run, whichever stop rule ended it
@@ -283,7 +285,9 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
     refused = False
     with campaign_logging(log_path), RichProgress(console, campaign_id) as progress, _sigterm_as_ctrl_c():
         try:
-            status = run_campaign(store, campaign_id, owner=_owner(), progress=progress)
+            reason = getattr(args, "reason", None)  # `sdl resume ID --reason TEXT`: journaled with its user
+            status = run_campaign(store, campaign_id, owner=_owner(), progress=progress,
+                                  started_by=(_who(), reason) if reason else None)
         except KeyboardInterrupt:
             # the runner has stopped the pumps on its way out; leave the campaign resumable
             # (a campaign already held, faulted or e-stopped, keeps that status and its reason)

@@ -105,6 +105,9 @@ def _serve(args: argparse.Namespace) -> int:
             f"[yellow]new store:[/yellow] {file} did not exist, so this console starts empty; if your "
             "campaigns are elsewhere, stop it and give that file with --db"
         )
+    for root in app.state.scheduler.file_roots:  # a typo, or a folder the install never made
+        if not root.is_dir():
+            err.print(f"[yellow]--files {root}:[/yellow] no such folder; scheduled starts cannot read from it")
     if not app.state.auth.users.list_users():
         err.print("[yellow]no users yet:[/yellow] add the first admin with `sdl users add NAME --role admin`")
     if not _is_loopback(args.host):

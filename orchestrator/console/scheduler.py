@@ -2,8 +2,8 @@
 restarted server still knows it:
 
 - start a campaign (``sdl run``, or resume one) at a given time, in its own process;
-- ask a running campaign to recalibrate dark and reference at an interval (a control request the
-  engine honours between conditions);
+- ask a running campaign to take its dark spectrum again at an interval (a control request the
+  engine honours at its next replicate boundary);
 - watch a campaign's devices and progress, and pause it with a reason when a device stops answering.
 
 Job functions are module-level and take only plain arguments: the job store pickles a reference to

@@ -51,10 +51,11 @@ REASON_REQUIRED = frozenset({"pause", "abort", "estop-clear"})
 NEEDS_PROCESS = frozenset({"resume", "recalibrate"})
 
 
-def allowed_actions(state: str, role: Role, *, driven: bool = True) -> list[str]:
+def allowed_actions(state: str, role: Role, *, driven: bool = True, lab_latch: bool = False) -> list[str]:
     return [
         a for a, (needs, states) in ACTIONS.items()
         if role.allows(needs) and state in states and (driven or a not in NEEDS_PROCESS)
+        and not (lab_latch and a == "estop-clear")  # the console's clear would be refused (409)
     ]
 
 
@@ -104,6 +105,7 @@ class CampaignDetail(CampaignSummary):
     current_inputs: dict[str, float] = field(default_factory=dict)
     variables: list[str] = field(default_factory=list)
     driven: bool = True  # a live process runs it (False: queued, orphaned, or its process is gone)
+    lab_latch: bool = False  # an e-stop on every rig holds it: only `sdl estop --clear` releases that
 
 
 @dataclass(frozen=True)

@@ -331,6 +331,7 @@ class StoreSource:
             current_inputs=dict(current.inputs) if current is not None else {},
             variables=list(plan.variables),
             driven=row.is_live(self.store.now()) and not (row.owner and owner_is_dead(row.owner)),
+            lab_latch=row.status == states.ESTOPPED and self.store.estop_latched(None) is not None,
         )
 
     def _snapshot(self, campaign_id: str) -> CampaignProgress:
@@ -529,6 +530,12 @@ class StoreSource:
             )
         except InvalidTransition as exc:
             raise ControlRefused(str(exc)) from None
+        # requests sent to a process that is gone (killed before it acted on them) end here too
+        self.store.close_pending_controls(
+            row.id,
+            f"{final} directly: no process was running the campaign",
+            action=None if final == states.ABORTED else action,
+        )
         log.info("control applied directly", campaign=row.id, action=action, by=who)
         return ControlReceipt(row.id, action, who, why, datetime.now(UTC), None)
 

@@ -476,6 +476,27 @@ def test_an_unplugged_pump_line_faults_the_campaign(store: Store, tmp_path: Path
     assert len([e for e in store.events(cid, limit=1000) if e.kind == "device_error"]) >= 8
 
 
+def test_a_pump_that_stays_silent_is_named_for_its_silence_after_a_resume_too(store: Store, tmp_path: Path) -> None:
+    """Its reconnect failed, so the resumed run met a driver never reopened: the fault read "pump PVA: pump
+    used before connect() ... Call connect() first", a programmer's message, in the console and webhook."""
+    rig = rig_with_faults(tmp_path, pumps={"PVA": [{"kind": "no_reply", "at_s": 20}]})
+    cid = start(store, tmp_path, rig=rig)
+    op = Operator(store, cid)
+    reasons: list[str] = []
+
+    def sleep(_: float) -> None:
+        row = store.campaign(cid)
+        if row.status == state.FAULTED and row.reason not in reasons:
+            reasons.append(row.reason)
+            op.request("resume" if len(reasons) == 1 else "abort", "try again" if len(reasons) == 1 else "give up")
+
+    assert run(store, cid, sleep=sleep) == state.ABORTED
+    assert len(reasons) == 2
+    for reason in reasons:
+        assert reason.startswith("fault: pump PVA: no reply") or "pump PVA: no" in reason, reason
+        assert "before connect" not in reason and "Call connect() first" not in reason, reason
+
+
 def test_a_spectrometer_timeout_faults_then_resume_finishes(store: Store, tmp_path: Path, reference) -> None:
     rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "no_reply", "at_s": 20, "duration_s": 30}])
     cid = start(store, tmp_path, rig=rig)
@@ -493,6 +514,50 @@ def test_a_spectrometer_timeout_faults_then_resume_finishes(store: Store, tmp_pa
         and "retried 3 times" in row_reasons[0]
     )
     assert fingerprint(store, cid) == reference["fingerprint"]  # the fault cost time, not data
+
+
+def test_droplets_left_by_a_process_that_stopped_long_ago_are_set_aside(store: Store, tmp_path: Path) -> None:
+    """Ctrl-C at night, `sdl resume` in the morning: the condition's first droplets were hours older than
+    the rest and went into one median; pause_restart_after_s was applied only to holds in one process."""
+    import time
+
+    cid = start(store, tmp_path, pause_restart_after_s=1)
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "replicate" and (info["round"], info["condition"], info["index"]) == (0, 1, 0):
+            raise KeyboardInterrupt  # after the first droplet of the second condition
+
+    with pytest.raises(KeyboardInterrupt):
+        run(store, cid, progress=progress)
+    time.sleep(1.3)
+    assert run(store, cid) == state.FINISHED
+    aside = [r for r in store.replicates(cid, include_set_aside=True) if r.set_aside]
+    assert [(r.round, r.condition, r.attempt, r.index) for r in aside] == [(0, 1, 0, 0)]
+    assert "before this process took the campaign over (> pause_restart_after_s 1 s)" in aside[0].set_aside_reason
+    (second,) = [c for c in store.conditions(cid, 0) if c.index == 1]
+    assert second.attempt == 1 and second.status == "done"
+
+
+def test_an_estop_on_a_faulted_campaign_keeps_the_fault_in_the_reason(store: Store, tmp_path: Path) -> None:
+    """An e-stop pressed while a campaign was held by a fault, then cleared: the campaign read "paused:
+    e-stop cleared: ...", and the fault (with any "NOT STOPPED, stop by hand") was gone from the state."""
+    rig = rig_with_faults(tmp_path, spectrometer=[{"kind": "no_reply", "at_s": 20, "duration_s": 30}])
+    cid = start(store, tmp_path, rig=rig)
+    op = Operator(store, cid)
+
+    def sleep(_: float) -> None:
+        status = op.status()
+        if status == state.FAULTED:
+            store.latch_estop(who="carol", reason="smoke", rig="simulated")
+        elif status == state.ESTOPPED:
+            store.clear_estop(who="alice", reason="no smoke", rig="simulated")
+        elif status == state.PAUSED:
+            op.request("abort", "enough")
+
+    assert run(store, cid, sleep=sleep) == state.ABORTED
+    cleared = next(e for e in store.events(cid, limit=2000) if e.kind == "paused")
+    assert cleared.reason.startswith("e-stop cleared: no smoke; before the e-stop: faulted: fault: spectrometer: ")
+    assert cleared.reason.endswith("; resume when ready") and "retried 3 times" in cleared.reason
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,18 @@ def test_pausing_twice_is_refused_with_what_to_do(
     assert store.campaign(cid).reason == "set up by the test"
 
 
+@pytest.mark.parametrize(("held", "advice"), [("faulted", "read the fault"), ("estopped", "clear the e-stop")])
+def test_a_held_campaign_is_not_paused_over_its_reason(
+    url: str, store: Store, capsys: pytest.CaptureFixture[str], held: str, advice: str
+) -> None:
+    """The console refused it (409); `sdl pause` said it would pause it, and with no process it put the
+    campaign in paused, the fault's reason (and its "NOT STOPPED, stop by hand") gone."""
+    cid = campaign(store, held)
+    code, _, err = run(capsys, "pause", cid, "--db", url)
+    assert code == 2 and f"a campaign that is {held} cannot become paused" in err and advice in err
+    assert (store.campaign(cid).status, store.campaign(cid).reason) == (held, "set up by the test")
+
+
 def test_abort_of_a_stopped_campaign_ends_it_and_closes_its_requests(
     url: str, store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -398,3 +410,22 @@ def test_a_long_reason_is_cut_in_the_table_and_whole_in_the_detail(
     row = next(line for line in out.splitlines() if "paused" in line)
     assert "…" in out and "pump seed: no reply" not in out and len(row) < 250
     assert "pump seed: no reply" in run(capsys, "status", cid, "--db", url)[1]  # the detail has it all
+
+
+def test_status_of_a_campaign_whose_process_was_killed_does_not_say_live(
+    url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After kill -9 it said "driven by: sdl@vm:12141 (live, ...)" and, a line below, "no live process"."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    cid = campaign(store)
+    store.claim(cid, f"sdl@{socket.gethostname()}:{gone.pid}")
+    code, out, _ = run(capsys, "status", cid, "--db", url)
+    assert code == 0 and "(not running, heartbeat" in out and "(live," not in out
+    assert "is no longer running on this host" in out
+    code, out, _ = run(capsys, "status", "--json", "--db", url)
+    assert json.loads(out)[0]["live"] is False

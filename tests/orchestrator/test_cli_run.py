@@ -3,6 +3,7 @@ queueing, bad input refused before anything is stored."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import sys
@@ -165,10 +166,13 @@ def test_resume_continues_a_paused_campaign_and_refuses_final_or_unknown(
     (row,) = store.campaigns()
     store.set_status(row.id, state.PAUSED, reason="waiting for a fresh seed solution", who="alice")
     capsys.readouterr()
-    assert main(["resume", row.id, "--db", db]) == 0
+    assert main(["resume", row.id, "--db", db, "--reason", "fresh seed made"]) == 0
     out = capsys.readouterr().out
     assert f"resuming {row.id} (paused by alice" in out
     assert store.campaign(row.id).status == state.FINISHED
+    # who resumed it and why are journaled, as for every control action (they were dropped)
+    resumed = [e for e in store.events(row.id, limit=2000) if e.kind == state.RUNNING][-1]
+    assert resumed.who == getpass.getuser() and resumed.reason.endswith(": fresh seed made")
     assert main(["resume", row.id, "--db", db]) == 0
     assert "nothing to resume" in capsys.readouterr().out
     assert main(["resume", "c-nope", "--db", db]) == 2

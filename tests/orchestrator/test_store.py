@@ -835,6 +835,7 @@ def test_a_process_killed_on_this_host_holds_nothing(store: Store) -> None:
     assert row.is_live(store.now())  # by its heartbeat alone it would look alive
     assert store.waiting_note(row).startswith(f"no live process: {owner} is no longer running on this host")
     store.check_rig_free("sim")  # not busy: nothing runs it
+    assert store.live_owner(cid) is None  # a request to it would wait for whoever comes next
     alive = f"sdl@{socket.gethostname()}:{os.getpid()}"  # this test's own process: alive
     store.claim(cid, alive, stale_after_s=0.0)
     with pytest.raises(RigBusy):

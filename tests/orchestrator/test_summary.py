@@ -208,6 +208,7 @@ def test_summary_document(store: Store, campaign: str) -> None:
     assert t["volume_ul"]["AgNO3"] == pytest.approx(50.0 + 60.0 + 27.0)
     assert t["volume_ul"]["water"] == pytest.approx(550.0 + 180.0 + 513.0)
     assert t["reagent_ul"] == pytest.approx(2300.0 - t["volume_ul"]["water"])
+    assert t["pumped_ul"] == pytest.approx(2300.0)  # the solvent too, as stop.max_reagent_ml counts
     # the document is plain JSON and says the same thing after a round trip
     assert json.loads(summary_json(s)) == s
 

@@ -87,7 +87,9 @@ async def campaign(campaign_id: str, request: Request, who: Observer) -> Campaig
     c: CampaignDetail = await read(request, "campaign", campaign_id)
     fields = {f: getattr(c, f) for f in c.__dataclass_fields__}
     return CampaignView(
-        **fields, actions=allowed_actions(c.state, who.user.role, driven=c.driven), active=c.state not in ENDED
+        **fields,
+        actions=allowed_actions(c.state, who.user.role, driven=c.driven, lab_latch=c.lab_latch),
+        active=c.state not in ENDED,
     )
 
 

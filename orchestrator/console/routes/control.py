@@ -105,7 +105,7 @@ _SUMMARIES = {
     "abort": "end the campaign after the current replicate; it cannot be resumed (operator)",
     "estop": "stop the pumps now (operator: an e-stop must never be hard to reach)",
     "estop-clear": "the rig is safe again; the campaign stays paused until resumed (admin)",
-    "recalibrate": "measure dark and reference again before the next condition (operator)",
+    "recalibrate": "take the dark spectrum again at the next replicate boundary; the reference is taken at start and resume (operator)",
 }
 
 for _action, (_needs, _states) in ACTIONS.items():

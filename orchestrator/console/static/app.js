@@ -10,7 +10,7 @@
     abort: ["Abort", "The campaign ends for good after the current replicate. It cannot be resumed.", true],
     estop: ["E-STOP", "Stops the pumps now, without waiting for the replicate. An admin must clear it.", false],
     "estop-clear": ["Clear e-stop", "Confirms the rig is safe; the campaign stays paused until resumed.", true],
-    recalibrate: ["Recalibrate", "Measures dark and reference spectra again before the next condition.", false],
+    recalibrate: ["Recalibrate", "Takes the dark spectrum again (lamp off) at the next droplet; the reference is taken at start and resume.", false],
   };
   const state = { me: null, csrf: null, campaigns: [], selected: null, events: new Map(), es: null, timer: null };
 

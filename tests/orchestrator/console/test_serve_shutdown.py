@@ -111,3 +111,6 @@ def test_sdl_serve_says_when_it_created_the_store(
     assert f"new store: {mistyped} did not exist" in said and "give that file with --db" in said
     assert main(["serve", "--db", f"sqlite:///{mistyped}", "--no-background"]) == 0
     assert "new store" not in capsys.readouterr().err  # it exists now
+    assert main(["serve", "--db", str(mistyped), "--no-background", "--files", str(tmp_path / "protocols")]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"--files {tmp_path / 'protocols'}: no such folder" in said

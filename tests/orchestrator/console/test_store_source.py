@@ -435,3 +435,54 @@ def test_progress_counts_against_the_tighter_of_max_rounds_and_the_protocols_bud
     p = StoreSource(store, fresh_s=0).campaign(cid).progress
     assert p.rounds_max == 1  # `sdl run --max-rounds 1`, tighter than the protocol's 2 rounds / 6 conditions
     assert p.fraction == pytest.approx(4 / (3 * 4))
+
+
+def test_after_a_kill_9_a_pause_takes_effect_at_once_and_no_old_request_waits(store: Store, tmp_path: Path) -> None:
+    """Within the minute a killed process's heartbeat stays fresh, a pause or an abort was stored as a
+    request (202) for a process that no longer existed; the morning's `sdl resume` then honoured them
+    and aborted the campaign for good. Now they apply at once, and a new process drops what is left."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator.campaign import _Runner
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = f"sdl@{socket.gethostname()}:{gone.pid}"
+    cid = _campaign(store)
+    store.claim(cid, dead, stale_after_s=0.0)
+    source = StoreSource(store, fresh_s=0)
+    receipt = source.request_control(cid, "pause", "bob", "refill")
+    assert receipt.request_id is None and store.campaign(cid).status == state.PAUSED
+    # a request stored for the dead process before (by an older server, or just before the kill)
+    old = store.request_control(cid, "abort", who="carol", reason="abort dead?")
+    runner = _Runner(store, cid, owner=f"sdl@{socket.gethostname()}:{os.getpid()}", progress=None, poll_s=1.0,
+                     estop_poll_s=1.0, wall=time.monotonic, sleep=time.sleep)
+    runner._claim(store.campaign(cid))  # noqa: SLF001 - the step a resumed run starts with
+    assert store.pending_controls(cid) == []
+    handled = [e for e in store.events(cid, limit=500) if e.kind == "control_handled"][-1]
+    assert handled.data["request_id"] == old and handled.data["outcome"].startswith(f"dropped: {dead} ended")
+    assert store.campaign(cid).status == state.PAUSED  # not aborted by the stale request
+
+
+def test_clear_estop_is_not_offered_while_an_every_rig_latch_holds(store: Store) -> None:
+    """The button was offered, and the clear refused with 409: only `sdl estop --clear` releases a lab-wide
+    latch. Offered again once only the rig's own latch holds."""
+    app = create_app(store.url, secret="s" * 48, background=False, password_hasher=FAST_HASHER,
+                     source=StoreSource(store, fresh_s=0))
+    app.state.auth.users.add_user("ada", Role.ADMIN, None, who="test")
+    token, _ = app.state.auth.users.issue_token("ada", days=1, who="test")
+    cid = _campaign(store)
+    store.set_status(cid, state.ESTOPPED, reason="smoke", who="ada")
+    store.latch_estop(who="ada", reason="smoke everywhere", rig=None)
+    headers = {"Authorization": f"Bearer {token}"}
+    client = TestClient(app)  # no lifespan: no background refresher, every read sees the store now
+    got = client.get(f"/api/campaigns/{cid}", headers=headers).json()
+    assert got["lab_latch"] and "estop-clear" not in got["actions"] and "abort" in got["actions"]
+    store.clear_estop(who="ada", reason="aired", rig=None)
+    store.latch_estop(who="ada", reason="this rig only", rig="simulated")
+    got = client.get(f"/api/campaigns/{cid}", headers=headers).json()
+    assert not got["lab_latch"] and "estop-clear" in got["actions"]
