@@ -22,16 +22,26 @@ from typing import Any
 
 import structlog
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import state
 from orchestrator.campaign import process_owner, run_campaign
 from orchestrator.rig import RigConfig
 from orchestrator.state import InvalidTransition
-from orchestrator.store import STALE_AFTER_S, CampaignClaimed, CampaignRow, Store, StoreError
+from orchestrator.store import (
+    STALE_AFTER_S,
+    CampaignClaimed,
+    CampaignRow,
+    Store,
+    StoreError,
+    database_error_text,
+    owner_is_dead,
+)
 
 log = structlog.get_logger("orchestrator.agent")
 
 IDLE_POLL_S = 5.0  # how often an idle agent looks for queued and orphaned campaigns
+OUTAGE_RETRY_MAX_S = 30.0  # with the database unreachable, the agent tries again at most this far apart
 HAND_BACK_REASON = "agent stopping: the campaign goes back to the queue"
 
 
@@ -77,6 +87,7 @@ class Agent:
         self._run = run
         self._progress = progress
         self.stats = AgentStats()
+        self._interrupted: str | None = None  # the campaign a database outage took from under it
         self._stopping = threading.Event()
         self._hard_stop = False
         self._current: str | None = None
@@ -146,20 +157,50 @@ class Agent:
     def serve(self, *, exit_when_idle: bool = False) -> AgentStats:
         """Run campaigns until stopped (or, with ``exit_when_idle``, until nothing of its rig is queued or
         orphaned: a queue behind a campaign another process drives on the rig is waited for)."""
-        self.store.journal(None, "agent_started", who=self.owner, data={"rig": self.rig_name})
         log.info("agent started", agent=self.owner, rig=self.rig_name)
+        started = False
+        outage: _Outage | None = None
         try:
             while not self._stopping.is_set():
-                self.store.agent_seen(self.owner, self.rig_name)  # idle or not: seen (sdl status, console)
-                if self.step() is None:
-                    if exit_when_idle and not self.work_waiting():
+                try:
+                    if not started:
+                        self.store.journal(None, "agent_started", who=self.owner, data={"rig": self.rig_name})
+                        started = True
+                    self.store.agent_seen(self.owner, self.rig_name)  # idle or not: seen (sdl status, console)
+                    ran = self._resume_interrupted() or self.step()
+                    idle = ran is None and not (exit_when_idle and not self.work_waiting())
+                    if ran is None and not idle:
                         break
+                except SQLAlchemyError as exc:  # the database went away (restart, network): wait for it
+                    outage = outage or _Outage(self.owner)
+                    self._stopping.wait(outage.failed(exc))
+                    continue
+                if outage is not None:
+                    outage.over()
+                    outage = None
+                if idle:
                     self._stopping.wait(self.idle_poll_s)
         finally:
-            self.store.agent_stopped(self.owner)
-            self.store.journal(None, "agent_stopped", who=self.owner, data={"rig": self.rig_name})
+            try:
+                self.store.agent_stopped(self.owner)
+                self.store.journal(None, "agent_stopped", who=self.owner, data={"rig": self.rig_name})
+            except SQLAlchemyError as exc:
+                log.warning("could not record the agent's stop: the database is unreachable", error=database_error_text(exc))
             log.info("agent stopped", agent=self.owner, rig=self.rig_name)
         return self.stats
+
+    def _resume_interrupted(self) -> str | None:
+        """The campaign a database outage interrupted, taken up again first (the agent still holds it):
+        its id, or None when there is none (or someone else took it meanwhile)."""
+        campaign_id, self._interrupted = self._interrupted, None
+        if campaign_id is None:
+            return None
+        row = self.store.campaign(campaign_id)
+        if row.ended or row.status not in (*state.ACTIVE, state.ORPHANED) or not self._take(campaign_id):
+            return None
+        log.info("resuming the campaign the database outage interrupted", campaign=campaign_id)
+        self._drive(campaign_id)
+        return campaign_id
 
     def step(self) -> str | None:
         """One look for work: orphans first, then the queue. The campaign it ran, or None if idle."""
@@ -266,13 +307,20 @@ class Agent:
             with self._lock:
                 self._current = None  # a pause asked from now on is withdrawn at once
             self._hand_back(campaign_id)
+        except SQLAlchemyError:
+            # the database, not the campaign, failed (the runner has made the pumps safe on its way out):
+            # the agent keeps it and takes it up again once the database answers
+            bound.warning("database lost while running the campaign; it is resumed when the database is back")
+            self._interrupted = campaign_id
+            raise
         except Exception as exc:  # noqa: BLE001 - one campaign's failure must not stop the rig's agent
             bound.exception("campaign failed in the agent")
             self._take_off_queue(campaign_id, exc)
         finally:
             with self._lock:
                 self._current = None
-            self.store.release(campaign_id, self.owner)
+            if self._interrupted != campaign_id:  # kept through an outage: released only when run again
+                self.store.release(campaign_id, self.owner)
 
     def _warn_rig_drift(self, campaign_id: str) -> None:
         """A campaign runs with the rig file it was queued with (the store defines it). When the
@@ -338,7 +386,29 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path or "the whole file"]
 
 
+class _Outage:
+    """The database is unreachable: say so once (not a traceback every poll), retry at growing
+    intervals up to OUTAGE_RETRY_MAX_S, and say when it answers again."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner, self.tries = owner, 0
+
+    def failed(self, exc: BaseException) -> float:
+        """One more failed try; the seconds to wait before the next."""
+        self.tries += 1
+        wait = min(OUTAGE_RETRY_MAX_S, 2.0 ** min(self.tries, 5))
+        if self.tries == 1:
+            log.warning("database unreachable: the agent waits for it and tries again (pumps are safe)",
+                        agent=self.owner, error=database_error_text(exc))
+        return wait
+
+    def over(self) -> None:
+        log.info("database reachable again", agent=self.owner, tries=self.tries)
+
+
 def _orphan_reason(row: CampaignRow) -> str:
     if row.owner is None or row.heartbeat_at is None:
         return "no process drives it (its process ended without handing it back)"
+    if owner_is_dead(row.owner):
+        return f"{row.owner} is no longer running on this host (last heartbeat {row.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
     return f"{row.owner} stopped heartbeating at {row.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"

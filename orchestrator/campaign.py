@@ -747,7 +747,11 @@ class _Runner:
     def _latch_text(self, latch: Any) -> str:
         """A hold by an e-stop latch, in words: the latch may be older than this campaign (pressed on
         another campaign of the rig), so say when."""
-        return f"e-stop latched on rig {self.rig_name} at {latch.at:%Y-%m-%d %H:%M} UTC: {latch.reason}"
+        scope = f"on rig {self.rig_name}" if latch.rig else "on every rig"
+        clear = (f"the console's Clear e-stop or `sdl estop --clear --rig {latch.rig}`" if latch.rig
+                 else "`sdl estop --clear`")  # a lab-wide latch is cleared from the command line only
+        return (f"e-stop latched {scope} at {latch.at:%Y-%m-%d %H:%M} UTC: {latch.reason}; when it is safe an "
+                f"admin clears it ({clear}), then resume")
 
     def _hold_estop(self, latch: Any) -> float:
         self._stop_flow()
@@ -1029,7 +1033,7 @@ class _Runner:
                 reason=str(exc),
                 data={"round": cond.round, "condition": cond.index},
             )
-            self._finish(cond, None, None, [], failed=True)
+            self._finish(cond, None, None, [], failed=True, reason=f"refused before any pump ran: {exc}")
             return
         attempt = cond.attempt
         if cond.status == "planned":
@@ -1084,7 +1088,7 @@ class _Runner:
                 self.store.start_condition(self.campaign_id, cond.round, cond.index, attempt, rates=rates)
                 continue
             median, mad = median_mad([r.loss for r in good]) if good else (None, None)
-            self._finish(cond, median, mad, good, failed=True)
+            self._finish(cond, median, mad, good, failed=True, reason=_why_failed(stored, len(good), protocol))
             return
 
     def _aged_attempt(self, protocol: ExperimentProtocol, rows: Sequence[Any]) -> str | None:
@@ -1126,6 +1130,7 @@ class _Runner:
         good: list[_Rep],
         *,
         failed: bool,
+        reason: str = "",
     ) -> None:
         self._account_flow()
         if not failed or self._flow_ul > 0:
@@ -1145,6 +1150,7 @@ class _Runner:
             mad=mad,
             accepted=len(good),
             failed=failed,
+            reason=reason,
         )
         log.info("condition done", median=median, mad=mad, accepted=len(good), failed=failed)
         self._observations[(cond.round, cond.index)] = Observation(
@@ -1392,6 +1398,15 @@ def process_owner(program: str = "sdl", pid: int | None = None) -> str:
     """The owner name of this process (or of process ``pid`` on this host) in the store:
     ``program@host:pid``."""
     return f"{program}@{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def _why_failed(stored: Sequence[_Rep], accepted: int, protocol: ExperimentProtocol) -> str:
+    """A failed condition in a line the operator and the chemist can act on: how many droplets counted
+    and what the others were rejected for (``12 saturated, 8 empty``)."""
+    kinds = Counter(reject_kind(r.reason) or "no loss" for r in stored if not r.accepted or r.loss is None)
+    said = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+    return (f"{accepted} of {len(stored)} droplets accepted, fewer than {protocol.replicates.min_accepted}"
+            + (f"; rejected: {said}" if said else ""))
 
 
 def _repeated_rejection(every: Sequence[Any], attempt: int) -> str | None:

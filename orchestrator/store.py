@@ -163,11 +163,13 @@ class CampaignRow:
         return state.describe(self.status, self.reason, self.status_by, self.status_at)
 
     def is_live(self, now: datetime, stale_after_s: float = STALE_AFTER_S) -> bool:
-        """Whether a process holds the campaign and heartbeated within ``stale_after_s``."""
+        """Whether a process holds the campaign: it heartbeated within ``stale_after_s`` and, if it ran
+        on this host, it still runs (a kill -9 leaves a fresh heartbeat behind for a minute)."""
         return (
             self.owner is not None
             and self.heartbeat_at is not None
             and now - self.heartbeat_at < timedelta(seconds=stale_after_s)
+            and not owner_is_dead(self.owner)
         )
 
 
@@ -296,6 +298,7 @@ class CampaignTally:
     conditions_failed: int
     replicates: int  # measured and not set aside
     accepted: int
+    set_aside: int = 0  # measured, then set aside (an aged or remeasured attempt): kept, not counted
     best_loss: float | None = None
     best_round: int | None = None
     best_condition: int | None = None
@@ -349,7 +352,12 @@ class AgentRow:
     stopped_at: datetime | None
 
     def is_live(self, now: datetime, stale_after_s: float = STALE_AFTER_S) -> bool:
-        return self.stopped_at is None and now - self.seen_at < timedelta(seconds=stale_after_s)
+        """Seen within ``stale_after_s``, not stopped, and (on this host) its process still runs."""
+        return (
+            self.stopped_at is None
+            and now - self.seen_at < timedelta(seconds=stale_after_s)
+            and not owner_is_dead(self.owner)
+        )
 
 
 # ---------------------------------------------------------------------------------------- schema
@@ -632,6 +640,12 @@ def sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
+
+
+def database_error_text(exc: BaseException) -> str:
+    """A database error in one line: the driver's first line, without SQLAlchemy's SQL and link."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def redacted(url: str) -> str:
@@ -987,9 +1001,7 @@ class Store:
         from this host (a kill -9: its heartbeat stays fresh for a minute, and a request sent to it
         then would wait for whoever takes the campaign over)."""
         row = self.campaign(campaign_id)
-        if not row.is_live(self.now(), stale_after_s) or (row.owner and owner_is_dead(row.owner)):
-            return None
-        return row.owner
+        return row.owner if row.is_live(self.now(), stale_after_s) else None
 
     def claim_next(self, rig_name: str, owner: str, *, stale_after_s: float = STALE_AFTER_S) -> str | None:
         """For an agent: claim the oldest queued campaign for ``rig_name`` nobody live holds; its id or None.
@@ -1490,9 +1502,10 @@ class Store:
         mad: float | None,
         accepted: int,
         failed: bool,
+        reason: str = "",
     ) -> None:
         """Record the condition's observation (median and MAD of accepted losses) or its failure;
-        journals ``condition_done`` or ``condition_failed``."""
+        journals ``condition_done`` or ``condition_failed`` (``reason``: why it failed)."""
         status = "failed" if failed else "done"
         with self._write() as conn:
             self._require_condition(conn, campaign_id, round_index, condition_index)
@@ -1511,6 +1524,7 @@ class Store:
                 conn,
                 campaign_id,
                 f"condition_{status}",
+                reason=reason,
                 data={
                     "round": round_index,
                     "condition": condition_index,
@@ -1563,10 +1577,12 @@ class Store:
                 ).all()
             )
             rc = replicates_t.c
-            replicates, accepted = conn.execute(
+            replicates, accepted, set_aside = conn.execute(
                 sa.select(
-                    sa.func.count(), sa.func.coalesce(sa.func.sum(sa.case((rc.accepted, 1), else_=0)), 0)
-                ).where(rc.campaign_id == campaign_id, rc.set_aside.is_(False))
+                    sa.func.coalesce(sa.func.sum(sa.case((rc.set_aside, 0), else_=1)), 0),
+                    sa.func.coalesce(sa.func.sum(sa.case((sa.and_(rc.accepted, ~rc.set_aside), 1), else_=0)), 0),
+                    sa.func.coalesce(sa.func.sum(sa.case((rc.set_aside, 1), else_=0)), 0),
+                ).where(rc.campaign_id == campaign_id)
             ).one()
             cc = conditions_t.c
             best = conn.execute(
@@ -1582,6 +1598,7 @@ class Store:
             conditions_failed=int(by_status.get("failed", 0)),
             replicates=int(replicates),
             accepted=int(accepted),
+            set_aside=int(set_aside),
             best_loss=None if best is None else float(best[2]),
             best_round=None if best is None else int(best[0]),
             best_condition=None if best is None else int(best[1]),
@@ -1790,7 +1807,7 @@ class Store:
             return self.queue_note(row.queued_for_rig or row.rig_name)
         now = self.now()
         dead = bool(row.owner) and owner_is_dead(row.owner)  # killed on this host: known at once
-        if row.status not in state.ACTIVE or (row.is_live(now) and not dead):
+        if row.status not in state.ACTIVE or row.is_live(now):
             return ""
         who = (f"{row.owner} is no longer running on this host" if dead
                else f"{row.owner} fell silent at {row.heartbeat_at:%Y-%m-%d %H:%M} UTC"

@@ -299,7 +299,7 @@ def _status_record(store: Store, row: CampaignRow) -> dict[str, Any]:
             "updated_at": row.updated_at,
             "owner": row.owner,
             # its heartbeat is recent and, on this host, its process still runs (a kill -9 leaves the first)
-            "live": row.is_live(now) and not (row.owner is not None and owner_is_dead(row.owner)),
+            "live": row.is_live(now),
             "heartbeat_at": row.heartbeat_at,
             "queued_for_rig": row.queued_for_rig,
             # a queued campaign with no live agent for its rig, a running one whose process died: they
@@ -314,6 +314,7 @@ def _status_record(store: Store, row: CampaignRow) -> dict[str, Any]:
             "conditions_failed": tally.conditions_failed,
             "replicates": tally.replicates,
             "replicates_accepted": tally.accepted,
+            "replicates_set_aside": tally.set_aside,  # kept in the store and the export, not counted
             "best": None
             if tally.best_loss is None
             else {
@@ -454,7 +455,8 @@ def _print_one(out: Console, store: Store, rec: dict[str, Any]) -> None:
         out.print(f"  [yellow]{escape(rec['note'])}[/]", highlight=False)
     out.print(
         f"  progress: {rec['rounds']} round(s), {rec['conditions_done']}/{rec['conditions']} conditions done "
-        f"({rec['conditions_failed']} failed), {rec['replicates']} replicates ({rec['replicates_accepted']} accepted)",
+        f"({rec['conditions_failed']} failed), {rec['replicates']} replicates ({rec['replicates_accepted']} accepted)"
+        + (f", {rec['replicates_set_aside']} more set aside" if rec["replicates_set_aside"] else ""),
         highlight=False,
     )
     out.print(f"  best: {_best_text(rec)}", highlight=False)

@@ -278,7 +278,7 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
     from orchestrator import state
     from orchestrator.campaign import CampaignError, run_campaign
     from orchestrator.logging import campaign_logging, log_path_for
-    from orchestrator.store import CampaignClaimed
+    from orchestrator.store import CampaignClaimed, redacted
 
     log_path = log_path_for(store.url, campaign_id)
     status: str | None = None
@@ -303,7 +303,7 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
             refused = isinstance(exc, CampaignClaimed)
     row = store.campaign(campaign_id)
     console.print(f"{campaign_id}: {escape(row.description)}")
-    where = [("store", store.url), ("log", str(log_path))]
+    where = [("store", redacted(store.url)), ("log", str(log_path))]  # a PostgreSQL password is not printed
     if args.summary is not None:
         where.append(("summary", _write_summary(store, campaign_id, args.summary, console)))
     if args.report is not None:

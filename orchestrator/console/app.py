@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
 import structlog
 from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
@@ -20,6 +21,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.console import db
 from orchestrator.console.auth import Authenticator
@@ -30,6 +32,7 @@ from orchestrator.console.routes import campaigns, control, schedules, session, 
 from orchestrator.console.scheduler import ConsoleScheduler, JobContext, set_job_context
 from orchestrator.console.source import CampaignSource
 from orchestrator.console.users import UserDirectory
+from orchestrator.store import database_error_text
 
 log = structlog.get_logger("orchestrator.console")
 
@@ -133,9 +136,25 @@ def create_app(
     for module in (session, campaigns, control, schedules, stream, users):
         app.include_router(module.router)
 
-    @app.get("/api/health", tags=["session"], summary="liveness (no login needed)")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/api/health", tags=["session"], summary="liveness and the database (no login needed)")
+    def health() -> JSONResponse:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except SQLAlchemyError as exc:  # up, but with nothing to show: monitoring must see it
+            return JSONResponse(status_code=503, content={"status": "database unreachable", "detail": database_error_text(exc)})
+        return JSONResponse({"status": "ok"})
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        """A database restart or a lost network: 503 in words (the page says it), not a bare 500 with a
+        traceback in the log for every request."""
+        log.warning("database error", path=request.url.path, error=database_error_text(exc))
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"the database is unreachable ({database_error_text(exc)}); the console keeps trying: "
+                               "reload in a minute"},
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -165,3 +184,4 @@ def _json_safe(value: object) -> object:
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     return value
+

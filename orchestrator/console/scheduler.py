@@ -32,6 +32,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.config_errors import ConfigError
+from orchestrator.console.db import engine_for
+from orchestrator.store import DB_ENV
 
 log = structlog.get_logger("orchestrator.console.scheduler")
 
@@ -105,7 +107,8 @@ def start_campaign_job(
     else:
         assert protocol is not None and rig is not None
         argv = ["run", protocol, "--rig", rig]
-    cmd = [ctx.python, "-m", "orchestrator.cli.main", *argv, "--db", store_url]
+    # the store in the environment, not on the command line: `ps` shows a PostgreSQL password to anyone
+    cmd = [ctx.python, "-m", "orchestrator.cli.main", *argv]
     log_dir = ctx.log_dir or ctx.workdir
     log_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
@@ -114,6 +117,7 @@ def start_campaign_job(
     try:
         child = subprocess.Popen(
             cmd,
+            env={**os.environ, DB_ENV: store_url},
             cwd=ctx.workdir,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -258,7 +262,9 @@ class ConsoleScheduler:
         # default: the working directory): the console is reachable by operators, its host's files not
         self.file_roots = [Path(r).expanduser().resolve() for r in (file_roots or default_file_roots())]
         self._scheduler = _Scheduler(
-            jobstores={"default": SQLAlchemyJobStore(url=store_url, tablename=JOB_TABLE)},
+            # the console's engine settings (pool_pre_ping): after a database restart the first add or
+            # run of a schedule must not fail on a connection the server closed
+            jobstores={"default": SQLAlchemyJobStore(engine=engine_for(store_url), tablename=JOB_TABLE)},
             timezone=UTC,
             # a missed interval run happens once when the server is back, not once per missed slot
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},

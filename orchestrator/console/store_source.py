@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import state as states
 from orchestrator.console.events import (
@@ -67,8 +68,8 @@ from orchestrator.store import (
     ConditionBrief,
     EventRow,
     Store,
+    database_error_text,
     open_store,
-    owner_is_dead,
 )
 from orchestrator.store import UnknownCampaign as StoreUnknownCampaign
 
@@ -248,10 +249,16 @@ class StoreSource:
         self._stop.clear()
 
         def loop() -> None:
+            failing: Exception | None = None
             while not self._stop.wait(REFRESH_EVERY_S):
                 try:
                     self.refresh()
-                except Exception:  # a locked or restarting database: try again next time
+                    failing = None
+                except SQLAlchemyError as exc:  # a restarting database: said once, tried again next time
+                    if failing is None:
+                        log.warning("view refresh failed: the database is unreachable", error=database_error_text(exc))
+                    failing = exc
+                except Exception:  # noqa: BLE001 - anything else is a bug: its traceback, every time
                     log.exception("view refresh failed")
 
         self._refresher = threading.Thread(target=loop, name="console-view-refresh", daemon=True)
@@ -330,7 +337,7 @@ class StoreSource:
             best=best,
             current_inputs=dict(current.inputs) if current is not None else {},
             variables=list(plan.variables),
-            driven=row.is_live(self.store.now()) and not (row.owner and owner_is_dead(row.owner)),
+            driven=row.is_live(self.store.now()),
             lab_latch=row.status == states.ESTOPPED and self.store.estop_latched(None) is not None,
         )
 

@@ -261,6 +261,77 @@ def test_campaign_of_a_dead_agent_is_orphaned_and_resumed_by_another(
     assert_same_campaign(store, campaign_id, uninterrupted(tmp_path, protocol, rigs["rig-a"], seed=3), 5)
 
 
+def test_an_agent_restarted_on_the_same_host_resumes_its_killed_campaign_before_the_queue(
+    store: Store, rigs: dict[str, Path], protocol: Path
+) -> None:
+    """systemd restarts an agent 10 s after a kill -9: the killed agent's campaign still had a fresh
+    heartbeat, so the new agent ran the next queued campaign first (2.5 min here, hours in a lab) and
+    the interrupted one waited, past pause_restart_after_s, its condition thrown away."""
+    import socket
+    import subprocess
+    import sys
+
+    interrupted = queue(store, protocol, rigs["rig-a"], seed=3)
+    waiting = queue(store, protocol, rigs["rig-a"], seed=4)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = f"sdl-agent@{socket.gethostname()}:{gone.pid}"
+    store.claim(interrupted, dead)  # as the kill left it: running, heartbeat seconds old
+    store.set_status(interrupted, state.RUNNING, who=dead)
+    order: list[str] = []
+    agent = Agent(store, "rig-a", owner="agent-2@host-2:1",
+                  progress=lambda event, **info: order.append(info["campaign"]) if event == "start" else None)
+    assert agent.mark_orphans() == [interrupted]
+    assert "is no longer running on this host" in store.campaign(interrupted).reason
+    agent.serve(exit_when_idle=True)
+    assert order == [interrupted, waiting]
+    assert {store.campaign(c).status for c in (interrupted, waiting)} == {state.FINISHED}
+
+
+def test_an_agent_waits_out_a_database_outage_and_takes_its_campaign_up_first(
+    store: Store, rigs: dict[str, Path], protocol: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL restarted for 20 s: every agent, idle or running, died with a traceback, and hand-started
+    ones never came back. Now the agent says so once, waits, and runs the interrupted campaign first."""
+    from sqlalchemy.exc import OperationalError
+    from structlog.testing import capture_logs
+
+    from orchestrator.campaign import run_campaign
+
+    interrupted = queue(store, protocol, rigs["rig-a"], seed=3)
+    waiting = queue(store, protocol, rigs["rig-a"], seed=4)
+    down = OperationalError("SELECT 1", {}, Exception("connection refused"))
+    outage = {"run": 1, "seen": 2}  # the run dies once, then the next two sign-of-life writes fail
+    order: list[str] = []
+
+    def run(store_: Store, campaign_id: str, **kwargs: Any) -> str:
+        order.append(campaign_id)
+        if outage["run"]:
+            outage["run"] -= 1
+            raise down
+        return run_campaign(store_, campaign_id, **kwargs)
+
+    seen = store.agent_seen
+
+    def agent_seen(*args: Any, **kwargs: Any) -> None:
+        if order and outage["seen"]:
+            outage["seen"] -= 1
+            raise down
+        seen(*args, **kwargs)
+
+    monkeypatch.setattr(store, "agent_seen", agent_seen)
+    monkeypatch.setattr("orchestrator.agent.OUTAGE_RETRY_MAX_S", 0.01)
+    agent = Agent(store, "rig-a", owner="agent-1@host-1:1", run=run, idle_poll_s=0.01)
+    with capture_logs() as logs:
+        agent.serve(exit_when_idle=True)
+    assert order == [interrupted, interrupted, waiting]
+    assert {store.campaign(c).status for c in (interrupted, waiting)} == {state.FINISHED}
+    said = [e["event"] for e in logs]
+    assert said.count("database unreachable: the agent waits for it and tries again (pumps are safe)") == 1
+    assert "database reachable again" in said
+    assert not any(e.kind == state.FAULTED for e in store.events(interrupted, limit=2000))
+
+
 def test_two_agents_racing_for_one_orphan(
     store_url: str, store: Store, rigs: dict[str, Path], protocol: Path
 ) -> None:

@@ -379,6 +379,9 @@ def test_a_latched_estop_holds_a_campaign_before_it_starts(store: Store, tmp_pat
         ("estopped", "paused"),
         ("paused", "running"),
     ]
+    held = next(e for e in store.events(cid, limit=500) if e.kind == state.ESTOPPED)
+    assert "e-stop latched on every rig at " in held.reason and held.reason.endswith(
+        ": maintenance; when it is safe an admin clears it (`sdl estop --clear`), then resume")
 
 
 def test_an_estopped_campaign_whose_latch_was_cleared_runs_on_resume(store: Store, tmp_path: Path) -> None:
@@ -1063,6 +1066,10 @@ def test_a_round_failing_on_the_chemistrys_side_is_journaled_and_the_campaign_go
 
     assert run(store, cid, sleep=operator) == state.FINISHED
     assert len(store.rounds(cid)) == 2 and all(c.failed for c in store.conditions(cid))
+    # each failed condition says why (the webhook sent "round 1 condition 1: failed" and nothing more)
+    failed = [e for e in store.events(cid, limit=10_000) if e.kind == "condition_failed"]
+    assert failed and all(e.reason == "0 of 3 droplets accepted, fewer than 2; rejected: 3 nan" for e in failed), \
+        failed[0].reason
     failed_rounds = [e for e in store.events(cid, limit=10_000) if e.kind == "round_failed"]
     assert [e.data["round"] for e in failed_rounds] == [0, 1]
     assert "nan x" in failed_rounds[0].reason

@@ -429,3 +429,17 @@ def test_status_of_a_campaign_whose_process_was_killed_does_not_say_live(
     assert "is no longer running on this host" in out
     code, out, _ = run(capsys, "status", "--json", "--db", url)
     assert json.loads(out)[0]["live"] is False
+
+
+def test_status_counts_set_aside_droplets_apart(url: str, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sdl status` said 160 replicates where the store and the CSV hold 200, without a word."""
+    cid = _measured(store)
+    for i in range(2):
+        store.add_replicate(cid, 0, 0, 0, i, absorbance=np.zeros(3), raw={}, loss=0.5, accepted=True,
+                            reject_reason=None, clock_s=float(i))
+    store.set_aside(cid, 0, 0, 0, "paused too long")
+    code, out, _ = run(capsys, "status", cid, "--db", url)
+    assert code == 0 and "3 replicates (2 accepted), 2 more set aside" in out
+    code, out, _ = run(capsys, "status", "--json", "--db", url)
+    rec = json.loads(out)[0]
+    assert (rec["replicates"], rec["replicates_set_aside"]) == (3, 2)

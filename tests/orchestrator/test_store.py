@@ -832,7 +832,7 @@ def test_a_process_killed_on_this_host_holds_nothing(store: Store) -> None:
     store.claim(cid, owner)
     store.set_status(cid, "running", who=owner)
     row = store.campaign(cid)
-    assert row.is_live(store.now())  # by its heartbeat alone it would look alive
+    assert row.heartbeat_at is not None and not row.is_live(store.now())  # its heartbeat is fresh
     assert store.waiting_note(row).startswith(f"no live process: {owner} is no longer running on this host")
     store.check_rig_free("sim")  # not busy: nothing runs it
     assert store.live_owner(cid) is None  # a request to it would wait for whoever comes next

@@ -165,16 +165,8 @@ def test_start_job_runs_sdl_in_its_own_process(tmp_path: Path) -> None:
     deadline = time.monotonic() + 5
     while not logs[0].read_text() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert logs[0].read_text().split() == [
-        "-m",
-        "orchestrator.cli.main",
-        "run",
-        "p.yaml",
-        "--rig",
-        "r.yaml",
-        "--db",
-        "sqlite:///x.db",
-    ]
+    # the store goes in $SDL_DB_URL: on the command line `ps` would show a PostgreSQL password to anyone
+    assert logs[0].read_text().split() == ["-m", "orchestrator.cli.main", "run", "p.yaml", "--rig", "r.yaml"]
 
 
 def test_shutdown_with_a_due_job_is_clean_and_keeps_it(
@@ -225,6 +217,17 @@ def _watched(pid: int) -> None:
         if thread.name == f"sdl-scheduled-{pid}":
             thread.join(timeout=30)
             assert not thread.is_alive()
+
+
+def test_a_scheduled_start_gets_its_store_in_the_environment(tmp_path: Path) -> None:
+    rec = Recorder(None)
+    context = rec.context(tmp_path)
+    context.python = _stand_in(tmp_path, "env", 'echo "store=$SDL_DB_URL"\n')
+    sched.set_job_context(context)
+    url = "postgresql+psycopg://sdl:secret@db/sdl"
+    _watched(sched.start_campaign_job(url, "p.yaml", "r.yaml", None, "otto"))
+    (log,) = (tmp_path / "logs").glob("sdl-scheduled-*.log")
+    assert log.read_text().strip() == f"store={url}"
 
 
 def test_a_scheduled_start_that_never_ran_is_journaled_and_shown(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ import pytest
 from orchestrator.console import db
 from orchestrator.console.users import Role, UserDirectory
 
+from .conftest import Console
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -114,3 +116,27 @@ def test_sdl_serve_says_when_it_created_the_store(
     assert main(["serve", "--db", str(mistyped), "--no-background", "--files", str(tmp_path / "protocols")]) == 0
     said = " ".join(capsys.readouterr().err.split())
     assert f"--files {tmp_path / 'protocols'}: no such folder" in said
+
+
+def test_a_database_outage_is_a_503_in_words_and_health_says_so(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a PostgreSQL restart /api/health said "ok" and every page request was a bare 500 with a
+    traceback in the log."""
+    from sqlalchemy.exc import OperationalError
+
+    down = OperationalError("SELECT 1", {}, Exception("connection to server at \"db\", port 5432 failed: Connection refused"))
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise down
+
+    client = console.client()
+    assert client.get("/api/health").json() == {"status": "ok"}
+    monkeypatch.setattr(console.app.state.engine, "connect", fail)  # type: ignore[attr-defined]
+    r = client.get("/api/health")
+    assert r.status_code == 503 and r.json()["status"] == "database unreachable"
+    assert "Connection refused" in r.json()["detail"] and "SELECT" not in r.json()["detail"]
+    monkeypatch.setattr(console.source, "list_campaigns", fail)
+    r = client.get("/api/campaigns", headers=console.bearer("observer"))
+    assert r.status_code == 503 and r.json()["detail"].startswith("the database is unreachable (connection to")
+    assert "reload in a minute" in r.json()["detail"]
