@@ -447,6 +447,7 @@ class MixedSurrogate:
 
     def __init__(self, main: CompositeSurrogate, scalar: Any, fraction: float) -> None:
         self.main, self.scalar, self.fraction = main, scalar, fraction
+        scalar.label = "scalar-loss GP"  # how the widening gate's reasons name its second opinion
         self.alternatives = (scalar,)
 
     def select(self, space: Space, n: int, pending: np.ndarray) -> np.ndarray:

@@ -300,7 +300,9 @@ def select_with_widening(
     typical = float(np.median(losses)) if losses else np.inf
     opinions = []  # (model, its anchors): the surrogate, then any second opinions it offers
     for k, model in enumerate([surrogate, *getattr(surrogate, "alternatives", ())]):
-        label = "the predicted-best condition" if k == 0 else f"model {k + 1}'s predicted-best condition"
+        # a second opinion says whose it is (the scalar-loss GP beside the spectrum model), not "model 2"
+        label = ("the predicted-best condition" if k == 0
+                 else f"the {getattr(model, 'label', f'model {k + 1}')}'s predicted-best condition")
         anchors = {"the best measured condition": best, label: model.predicted_best(space)}
         opinions.append((model, {a: x for a, x in anchors.items() if x is not None}))
     changes, strips, refused = [], [], []
@@ -337,6 +339,8 @@ def select_with_widening(
             continue
         bounds[v.name] = (new, hi) if side == "low" else (lo, new)
         grown = f"; step {step:.0%} of the range (moved out {streak} round(s) running)" if streak else ""
+        if new == (v.hard_low if side == "low" else v.hard_high):  # why a step looks larger or smaller
+            grown += f"; stopped at the hard limit {new:g}"
         changes.append(EdgeChange(v.name, side, (v.low, v.high)[_side_index(side)], new,
                                   f"gated rule: {frac:.0%} of the batch crowds it; {why}{grown}" if frac > 0
                                   else f"gated rule, stalled edge: {why}{grown}"))

@@ -194,8 +194,9 @@ def test_a_grown_step_is_still_gated_and_capped_at_the_hard_limit() -> None:
               {"a": (0.0, 50.0), "b": (0.0, 20.0)}]
     hist = history_at([(49.0, 8.0), (5.0, 8.0)], [0.1, 0.6])
     hist.bounds = rounds
-    _, space, _ = select_with_widening(BowlSurrogate((75.0, 8.0)), hist, space2(50.0), 15, policy)
+    _, space, notes = select_with_widening(BowlSurrogate((75.0, 8.0)), hist, space2(50.0), 15, policy)
     assert space.variables[0].high == pytest.approx(80.0)  # 50 + 50 capped at the hard limit
+    assert notes["widening"][0]["reason"].endswith("; stopped at the hard limit 80")  # why the step is short
     _, space, notes = select_with_widening(BowlSurrogate((30.0, 8.0)), hist, space2(50.0), 15, policy)
     assert space.variables[0].high == 50.0 and notes["widening_refused"][0]["variable"] == "a"
 
