@@ -131,6 +131,7 @@ class ConditionLoss:
     median_loss: float | None
     accepted: int
     inputs: dict[str, float]
+    status: str = "done"  # planned, measuring, done, failed: a null loss is failed or not measured yet
 
 
 @dataclass(frozen=True)

@@ -445,7 +445,7 @@ class StoreSource:
                     strategy=r.strategy,
                     conditions=[
                         ConditionLoss(
-                            index=i, median_loss=c.median_loss, accepted=c.accepted, inputs=c.inputs
+                            index=i, median_loss=c.median_loss, accepted=c.accepted, inputs=c.inputs, status=c.status
                         )
                         for i, c in enumerate(mine, start=1)
                     ],

@@ -141,13 +141,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 def _queue_others(tmp: Path, n: int) -> list[str]:
     """``n`` more campaigns in the stack's store, queued for a rig no agent serves."""
     from orchestrator import state
-    from orchestrator.store import open_store
+    from orchestrator.store import PlannedCondition, open_store
 
     store = open_store(f"sqlite:///{tmp / 'store.db'}")
     try:
         protocol = (REPO / "protocols" / "ag_nanoprism.yaml").read_text()
         rig = REPO / "deploy" / "rigs" / "simulated.yaml"
-        return [
+        ids = [
             store.create_campaign(
                 name=f"queued {i}", protocol_yaml=protocol, protocol_path=str(REPO / "protocols" / "ag_nanoprism.yaml"),
                 rig_yaml=rig.read_text(), rig_path=str(rig), rig_name="night-rig", seed=i, options={},
@@ -155,6 +155,15 @@ def _queue_others(tmp: Path, n: int) -> list[str]:
             )
             for i in range(n)
         ]
+        # the first ran a round before it was queued again: one condition measured, one failed
+        inputs = {"Q_AgNO3": 10.0, "Q_PVA": 20.0, "Q_TSC": 8.0, "Q_seed": 6.0, "Q_total": 500.0}
+        bounds = {"Q_AgNO3": (4, 20), "Q_PVA": (10, 40), "Q_TSC": (4, 20), "Q_seed": (4, 20), "Q_total": (200, 1000)}
+        store.add_round(ids[0], 0, strategy="lhs", bounds=bounds, notes={},
+                        conditions=[PlannedCondition(inputs, "lhs"), PlannedCondition(inputs, "lhs")])
+        store.finish_condition(ids[0], 0, 0, median_loss=0.4, mad=0.01, accepted=6, failed=False)
+        store.finish_condition(ids[0], 0, 1, median_loss=None, mad=None, accepted=0, failed=True,
+                               reason="0 of 6 droplets accepted, fewer than 3; rejected: 6 saturated")
+        return ids
     finally:
         store.close()
 
@@ -262,7 +271,11 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
             page.locator(f"#campaign-list a[data-id='{others[0]}']").click()
             expect(page.locator("#c-state")).to_have_text("queued")
             expect(page.locator("#events")).to_contain_text("campaign created")
-            expect(page.locator("#events")).not_to_contain_text("median loss")
+            expect(page.locator("#events")).not_to_contain_text("pause requested")  # the finished campaign's, not this one's
+            # its failed condition is a red cross on the loss plot, and says why in the log
+            expect(page.locator("#losses circle.pt")).to_have_count(1)
+            expect(page.locator("#losses path.failed")).to_have_count(1)
+            expect(page.locator("#events")).to_contain_text("failed: 0 of 6 droplets accepted")
             # a phone: the page keeps the screen's width, the E-STOP and the dialog stay on it
             page.set_viewport_size({"width": 390, "height": 844})
             assert page.evaluate("() => document.documentElement.scrollWidth") <= 390

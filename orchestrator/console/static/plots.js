@@ -98,9 +98,10 @@
     const rounds = data.rounds || [];
     const pts = [];
     for (const r of rounds) for (const c of r.conditions) if (c.median_loss !== null) pts.push([r.index, c.median_loss, c]);
-    if (!pts.length) return empty(svg, "no losses yet");
+    const anyFailed = rounds.some((r) => r.conditions.some((c) => c.status === "failed"));
+    if (!pts.length && !anyFailed) return empty(svg, "no losses yet");
     const rmin = Math.min(...rounds.map((r) => r.index)), rmax = Math.max(...rounds.map((r) => r.index));
-    const lmax = Math.max(...pts.map((p) => p[1])), lmin = Math.min(0, ...pts.map((p) => p[1]));
+    const lmax = pts.length ? Math.max(...pts.map((p) => p[1])) : 1, lmin = Math.min(0, ...pts.map((p) => p[1]));
     const x = scale(rmin - 0.5, rmax + 0.5, M.l, W - M.r), y = scale(lmin, Math.max(lmax * 1.05, 0.1), H - M.b, M.t);
     axes(svg, x, y, [rmin - 0.5, rmax + 0.5], [lmin, Math.max(lmax * 1.05, 0.1)], "round", "loss", true);
     const n = {};
@@ -109,6 +110,15 @@
       const jitter = ((n[r] * 7919) % 13) / 13 - 0.5; // spread a round's points so they do not hide each other
       const dot = el("circle", { cx: x(r + jitter * 0.5), cy: y(l), r: 4.5, class: "pt" }, svg);
       el("title", {}, dot).textContent = `round ${r} condition ${c.index}: median loss ${l.toFixed(3)}`;
+    }
+    // failed conditions (no median: every droplet rejected, or refused): red crosses along the top
+    const top = y(Math.max(lmax * 1.05, 0.1));
+    for (const r of rounds) {
+      r.conditions.filter((c) => c.status === "failed").forEach((c, k) => {
+        const cx = x(r.index + (((k * 7919) % 13) / 13 - 0.5) * 0.5), cy = top + 6;
+        const cross = el("path", { d: `M${cx - 4},${cy - 4}L${cx + 4},${cy + 4}M${cx - 4},${cy + 4}L${cx + 4},${cy - 4}`, class: "failed" }, svg);
+        el("title", {}, cross).textContent = `round ${r.index} condition ${c.index}: failed (no median loss)`;
+      });
     }
     const best = data.best_so_far || [];
     if (best.length) {

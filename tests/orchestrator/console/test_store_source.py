@@ -139,6 +139,8 @@ def test_progress_spectra_losses_and_bounds_follow_the_store(store: Store) -> No
     losses = source.losses(cid)
     assert [(r.index, r.strategy) for r in losses.rounds] == [(1, "lhs"), (2, "bo")]
     assert [c.median_loss for c in losses.rounds[0].conditions] == [0.41, 0.25, None]
+    # a null loss says whether it failed or is not measured yet (they looked the same)
+    assert [c.status for c in losses.rounds[0].conditions] == ["done", "done", "failed"]
     assert [c.index for c in losses.rounds[0].conditions] == [1, 2, 3]
     assert losses.best_so_far == [{"round": 1, "loss": 0.25}, {"round": 2, "loss": 0.25}]
 
