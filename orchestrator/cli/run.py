@@ -2,7 +2,7 @@
 
     sdl run PROTOCOL --rig RIG [--db URL] [--seed N] [--summary PATH] [--report DIR] [--max-rounds N]
             [--chemistry module:Class] [--target CSV] [--dry-run] [--queue]
-    sdl resume CAMPAIGN [--db URL] [--summary PATH] [--report DIR]
+    sdl resume CAMPAIGN [--db URL] [--summary PATH] [--report DIR] [--reason TEXT] [--queue]
 
 ``run`` checks the protocol, the rig and the pair before anything moves, stores the campaign and
 runs it; ``--dry-run`` runs a real rig's simulated twin (its syringes and chains on emulated lines,
@@ -83,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     resume.add_argument("campaign", help="campaign id (see `sdl status`)")
     resume.add_argument("--reason", default="", help="why (journaled with the resume)")
+    resume.add_argument(
+        "--queue",
+        action="store_true",
+        help="hand it to its rig's agent instead of running it here (a lab whose rigs sit at other PCs)",
+    )
     _common(resume)
     resume.set_defaults(func=_quiet(resume_command))
 
@@ -240,6 +245,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> int:
     from orchestrator import state
+    from orchestrator.state import InvalidTransition
     from orchestrator.store import StoreError, open_store, owner_is_dead
 
     store = open_store(args.db)
@@ -266,6 +272,13 @@ def resume_command(args: argparse.Namespace) -> int:
             console.print(f"asked {owner}, which drives {row.id}, to resume it ({row.description})")
             return EXIT_OK
         return fail(f"{row.id} is {row.description}, driven by {owner}: nothing to resume", EXIT_STOPPED)
+    if args.queue:  # the rig's agent runs it, on the rig's PC
+        try:
+            store.set_status(row.id, state.QUEUED, reason=f"resume: {args.reason or 'sdl resume --queue'}", who=_who())
+        except InvalidTransition as exc:
+            return fail(str(exc), EXIT_CONFIG)
+        console.print(f"queued {row.id} for rig {row.rig_name!r}: {store.queue_note(row.rig_name) or 'its agent resumes it'}")
+        return EXIT_OK
     console.print(f"resuming [bold]{row.id}[/] ({row.description})")
     try:
         return _drive(store, row.id, args, console)

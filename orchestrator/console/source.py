@@ -51,10 +51,13 @@ REASON_REQUIRED = frozenset({"pause", "abort", "estop-clear"})
 NEEDS_PROCESS = frozenset({"resume", "recalibrate"})
 
 
-def allowed_actions(state: str, role: Role, *, driven: bool = True, lab_latch: bool = False) -> list[str]:
+def allowed_actions(
+    state: str, role: Role, *, driven: bool = True, lab_latch: bool = False, rig_agent: bool = False
+) -> list[str]:
     return [
         a for a, (needs, states) in ACTIONS.items()
-        if role.allows(needs) and state in states and (driven or a not in NEEDS_PROCESS)
+        if role.allows(needs) and state in states
+        and (driven or a not in NEEDS_PROCESS or (a == "resume" and rig_agent))  # the agent takes it up
         and not (lab_latch and a == "estop-clear")  # the console's clear would be refused (409)
     ]
 
@@ -106,6 +109,7 @@ class CampaignDetail(CampaignSummary):
     variables: list[str] = field(default_factory=list)
     driven: bool = True  # a live process runs it (False: queued, orphaned, or its process is gone)
     lab_latch: bool = False  # an e-stop on every rig holds it: only `sdl estop --clear` releases that
+    rig_agent: bool = False  # a live agent serves its rig: a resume with no process queues it for that agent
 
 
 @dataclass(frozen=True)

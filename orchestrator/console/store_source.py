@@ -339,7 +339,13 @@ class StoreSource:
             variables=list(plan.variables),
             driven=row.is_live(self.store.now()),
             lab_latch=row.status == states.ESTOPPED and self.store.estop_latched(None) is not None,
+            rig_agent=self._rig_agent(row.rig_name),
         )
+
+    def _rig_agent(self, rig: str) -> bool:
+        """Whether a live `sdl agent` serves ``rig`` (it runs what is queued for the rig)."""
+        now = self.store.now()
+        return any(agent.is_live(now) for agent in self.store.agents(rig))
 
     def _snapshot(self, campaign_id: str) -> CampaignProgress:
         """Everything the progress, losses and bounds views need (one read transaction, cached)."""
@@ -516,9 +522,18 @@ class StoreSource:
         """No process drives the campaign (queued, or its process is gone): a pause or an abort
         takes effect at once, as with ``sdl pause``/``sdl abort``; a resume needs a process."""
         if action == "resume":
+            if self._rig_agent(row.rig_name):  # the rig's agent runs it, on the rig's PC
+                try:
+                    self.store.set_status(row.id, states.QUEUED, reason=f"resume: {why}", who=who,
+                                          data={"applied_by": "console", "no_live_process": True})
+                except InvalidTransition as exc:
+                    raise ControlRefused(str(exc)) from None
+                log.info("resume queued for the rig's agent", campaign=row.id, by=who)
+                return ControlReceipt(row.id, action, who, why, datetime.now(UTC), None)
             raise ControlRefused(
-                f"no process runs campaign {row.id}: continue it with `sdl resume {row.id}` on the lab PC "
-                "(or a scheduled start that resumes it)"
+                f"no process runs campaign {row.id}, and no agent serves rig {row.rig_name}: continue it with "
+                f"`sdl resume {row.id}` on the lab PC (or a scheduled start that resumes it), or start "
+                f"`sdl agent --rig {row.rig_name}` and resume it here"
             )
         if action == "recalibrate":  # the process that runs it takes the dark spectrum: there is none
             raise ControlRefused(

@@ -178,6 +178,22 @@ def test_resume_continues_a_paused_campaign_and_refuses_final_or_unknown(
     assert main(["resume", "c-nope", "--db", db]) == 2
 
 
+def test_resume_queue_hands_a_held_campaign_to_its_rigs_agent(tmp_path: Path, db: str, capsys) -> None:
+    """`sdl resume` ran the campaign wherever it was typed; in a lab whose rigs sit at other PCs the rig's
+    agent must run it."""
+    assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]) == 0
+    store = new_store(tmp_path / "runs")
+    (row,) = store.campaigns()
+    store.set_status(row.id, state.PAUSED, reason="refill", who="alice")
+    capsys.readouterr()
+    assert main(["resume", row.id, "--db", db, "--queue", "--reason", "refilled"]) == 0
+    out = capsys.readouterr().out
+    assert f"queued {row.id} for rig 'simulated': no agent has served rig simulated yet" in out
+    row = store.campaign(row.id)
+    assert (row.status, row.queued_for_rig, row.reason) == (state.QUEUED, "simulated", "resume: refilled")
+    assert store.replicates(row.id) == []  # nothing ran here
+
+
 def test_resume_asks_a_live_process_instead_of_running_twice(tmp_path: Path, db: str, capsys) -> None:
     assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]) == 0
     store = new_store(tmp_path / "runs")

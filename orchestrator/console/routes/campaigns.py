@@ -88,7 +88,7 @@ async def campaign(campaign_id: str, request: Request, who: Observer) -> Campaig
     fields = {f: getattr(c, f) for f in c.__dataclass_fields__}
     return CampaignView(
         **fields,
-        actions=allowed_actions(c.state, who.user.role, driven=c.driven, lab_latch=c.lab_latch),
+        actions=allowed_actions(c.state, who.user.role, driven=c.driven, lab_latch=c.lab_latch, rig_agent=c.rig_agent),
         active=c.state not in ENDED,
     )
 

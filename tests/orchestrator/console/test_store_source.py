@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from orchestrator import state
 from orchestrator.console import create_app
 from orchestrator.console.events import CONTROL, ESTOP, PAUSED, PROGRESS
-from orchestrator.console.source import ControlRefused, UnknownCampaign
+from orchestrator.console.source import ControlRefused, UnknownCampaign, allowed_actions
 from orchestrator.console.store_source import StoreSource, event_text
 from orchestrator.console.users import Role
 from orchestrator.store import STALE_AFTER_S, PlannedCondition, Store, open_store
@@ -488,3 +488,25 @@ def test_clear_estop_is_not_offered_while_an_every_rig_latch_holds(store: Store)
     store.latch_estop(who="ada", reason="this rig only", rig="simulated")
     got = client.get(f"/api/campaigns/{cid}", headers=headers).json()
     assert not got["lab_latch"] and "estop-clear" in got["actions"]
+
+
+def test_resume_with_no_process_queues_it_for_a_live_agent_of_its_rig(store: Store) -> None:
+    """A lab with its rigs at other PCs: the console's resume was refused ("`sdl resume` on the lab PC"),
+    and `sdl resume` ran the campaign wherever it was typed. With a live agent on the rig, resume queues
+    it for that agent; without one, the refusal says to start one."""
+    source = StoreSource(store, fresh_s=0)
+    cid = _campaign(store)
+    store.release(cid, "runner-1")
+    source.request_control(cid, "pause", "alice", "lunch")  # applied at once: no process
+    detail = source.campaign(cid)
+    assert not detail.rig_agent and "resume" not in allowed_actions(detail.state, Role.OPERATOR, driven=False)
+    with pytest.raises(ControlRefused, match="no agent serves rig simulated.*sdl agent --rig simulated"):
+        source.request_control(cid, "resume", "alice", "back")
+    store.agent_seen("sdl-agent@rig-pc:7", "simulated")
+    source = StoreSource(store, fresh_s=0)  # (a view is cached up to 2 s: an agent's arrival journals nothing)
+    detail = source.campaign(cid)
+    assert detail.rig_agent and "resume" in allowed_actions(detail.state, Role.OPERATOR, driven=False, rig_agent=True)
+    receipt = source.request_control(cid, "resume", "alice", "back from lunch")
+    row = store.campaign(cid)
+    assert receipt.request_id is None and row.status == state.QUEUED and row.queued_for_rig == "simulated"
+    assert row.description.startswith("queued by alice") and row.reason == "resume: back from lunch"
