@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 import yaml
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from drivers.errors import DeviceError, NotConnected, SimulationModelError, StallAlarm
 from orchestrator import state
@@ -60,9 +61,11 @@ from orchestrator.spectra import TargetFileError, parse_target_text, read_target
 from orchestrator.store import (
     ClaimLost,
     ConditionRow,
+    DuplicateReplicate,
     PlannedCondition,
     RoundRow,
     Store,
+    database_error_text,
     jsonable,
     owner_is_dead,
 )
@@ -84,6 +87,10 @@ ESTOP_POLL_S = 0.2  # wall seconds between looks at the e-stop latch (watcher th
 EQUILIBRATION_LOOK_S = 2.0  # rig-clock seconds between looks for a pause or abort while equilibrating
 HEARTBEAT_EVERY_S = 5.0  # well inside the store's STALE_AFTER_S
 DEVICE_RETRIES = 3  # retries of a failed device operation before the campaign is faulted
+# a database restart or a network blip: the runner waits this long for the store (flow and data kept in
+# hand) before it gives up, pumps safe; a replicate measured meanwhile is written when the store is back
+DB_PATIENCE_S = 120.0
+DB_RETRY_S = 2.0
 CALIBRATION_ROUND = 2**31 - 1  # the seed "round" of the dark and reference spectra (never a real round)
 
 
@@ -315,7 +322,7 @@ class _Watcher(threading.Thread):
 
     def check(self) -> None:
         r = self.runner
-        latch = r.store.estop_latched(r.rig_name)
+        latch = r.raw_store.estop_latched(r.rig_name)
         if latch is not None and not self.tripped.is_set():
             r.rig.safe_state()
             self.tripped.set()
@@ -323,22 +330,61 @@ class _Watcher(threading.Thread):
 
     def run(self) -> None:
         r = self.runner
+        unreachable = False
         while not self.stop_event.wait(r.estop_poll_s):
             try:
                 self.check()
                 now = time.monotonic()
                 if now - self._last_beat >= HEARTBEAT_EVERY_S:
-                    r.store.heartbeat(r.campaign_id, r.owner)
+                    r.raw_store.heartbeat(r.campaign_id, r.owner)
                     self._last_beat = now
+                unreachable = False
             except ClaimLost as exc:
                 self.claim_lost = str(exc)
                 r.rig.safe_state()
                 return
             except Exception as exc:  # noqa: BLE001 - a flaky database must not kill the watcher
-                log.warning("estop watcher: store unreachable", error=str(exc))
+                if not unreachable:  # once per outage, not every 0.2 s
+                    log.warning("estop watcher: store unreachable", error=str(exc))
+                unreachable = True
 
 
 # -- the runner -----------------------------------------------------------------------------------
+
+
+class _PatientStore:
+    """The store as the runner uses it: a call that fails because the database is unreachable (a
+    restart, the network) is tried again every DB_RETRY_S for DB_PATIENCE_S before the error stands, so
+    a droplet measured during a short outage is written, not lost. A retried ``add_replicate`` whose
+    first try was committed after all (the answer lost) finds it stored: that is success."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def patient(*args: Any, **kwargs: Any) -> Any:
+            deadline, tries = time.monotonic() + DB_PATIENCE_S, 0
+            while True:
+                try:
+                    return getattr(self._store, name)(*args, **kwargs)
+                except DuplicateReplicate:
+                    if tries:  # the try before was committed; its answer was lost with the connection
+                        return None
+                    raise
+                except (OperationalError, InterfaceError) as exc:
+                    tries += 1
+                    if time.monotonic() >= deadline:
+                        raise
+                    if tries == 1:
+                        log.warning("store unreachable: waiting for it", call=name, error=database_error_text(exc),
+                                    patience_s=DB_PATIENCE_S)
+                    time.sleep(DB_RETRY_S)
+
+        return patient
 
 
 class _Runner:
@@ -354,7 +400,8 @@ class _Runner:
         wall: Callable[[], float],
         sleep: Callable[[float], None],
     ) -> None:
-        self.store = store
+        self.store: Any = _PatientStore(store)  # waits out a short database outage
+        self.raw_store = store  # for the watcher, which must not block on it
         self.campaign_id = campaign_id
         self.owner = owner
         self.progress = progress

@@ -230,6 +230,10 @@ def run_command(args: argparse.Namespace) -> int:
         console.print(
             f"queued {campaign_id} for rig {row.rig_name!r} (an `sdl agent --rig {row.rig_name}` runs it)"
         )
+        latch = store.estop_latched(row.rig_name)
+        if latch is not None:  # the agent would take it straight into e-stopped and hold the rig there
+            console.print(f"[yellow]note:[/] rig {row.rig_name} is e-stopped ({escape(latch.reason)}, by {latch.who}): "
+                          "it waits until an admin clears the e-stop (`sdl estop --clear --reason TEXT`)")
         print(campaign_id)
         return EXIT_OK
     twin = ""

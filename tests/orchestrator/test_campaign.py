@@ -541,6 +541,34 @@ def test_droplets_left_by_a_process_that_stopped_long_ago_are_set_aside(store: S
     assert second.attempt == 1 and second.status == "done"
 
 
+def test_a_short_database_outage_loses_no_droplet(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference
+) -> None:
+    """A PostgreSQL restart while a droplet was being written: the run ended with the droplet lost. The
+    runner now waits for the store (up to DB_PATIENCE_S) and writes it; a write whose answer was lost
+    though it was committed is not written twice."""
+    from sqlalchemy.exc import OperationalError
+
+    import orchestrator.campaign as campaign_module
+
+    monkeypatch.setattr(campaign_module, "DB_RETRY_S", 0.0)
+    cid = start(store, tmp_path)
+    real = store.add_replicate
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] in (4, 5):  # the database is down for two tries
+            raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+        real(*args, **kwargs)
+        if calls["n"] == 9:  # committed, but the answer never came
+            raise OperationalError("COMMIT", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(store, "add_replicate", flaky)
+    assert run(store, cid) == state.FINISHED
+    assert fingerprint(store, cid) == reference["fingerprint"]  # every droplet, once
+
+
 def test_an_estop_on_a_faulted_campaign_keeps_the_fault_in_the_reason(store: Store, tmp_path: Path) -> None:
     """An e-stop pressed while a campaign was held by a fault, then cleared: the campaign read "paused:
     e-stop cleared: ...", and the fault (with any "NOT STOPPED, stop by hand") was gone from the state."""

@@ -121,6 +121,10 @@ def test_queue_only_stores_the_campaign(tmp_path: Path, db: str, capsys) -> None
     assert row.status == state.QUEUED and row.queued_for_rig == "simulated"
     assert out.strip().splitlines()[-1] == row.id
     assert store.rounds(row.id) == []
+    assert "e-stopped" not in out
+    store.latch_estop(who="otto", reason="smoke", rig="simulated")  # queued onto a stopped rig: said
+    assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db, "--queue"]) == 0
+    assert "note: rig simulated is e-stopped (smoke, by otto): it waits until an admin clears" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
