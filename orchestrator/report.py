@@ -162,6 +162,7 @@ def load_report_data(store: Any, campaign_id: str) -> ReportData:
                 spectra=np.array(reps) if reps else None,
                 source=str(c.source or ""),
                 prediction=None if c.prediction is None else np.asarray(c.prediction, float),
+                condition=int(c.index),
             )
         )
     space = protocol.space()
@@ -450,7 +451,9 @@ def plot_bounds_by_round(data: ReportData, path: Path) -> Path:
         )
     for k in range(d, rows * cols):
         axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=8, loc="best")
+    # which strategy proposed the dots (the loss plot's key, here too)
+    handles = axes[0][0].get_legend_handles_labels()[0] + _source_legend([o.source for o in data.history.observations])
+    axes[0][0].legend(handles=handles, fontsize=8, loc="best")
     fig.suptitle(f"{data.name}: search bounds per round (dots: conditions run)", fontsize=11)
     fig.supxlabel("round", fontsize=10)
     fig.tight_layout()
@@ -902,11 +905,12 @@ def render_html(
         )] if data.reagents else []),
         "<h2>Best conditions</h2>",
         _table(
-            ["#", "round", "source", *names, "median loss", "MAD", "accepted droplets"],
+            ["#", "condition", "source", *names, "median loss", "MAD", "accepted droplets"],
             [
                 [
                     i + 1,
-                    o.round_index + 1,
+                    # as `sdl status` and the console name it (r4 c12), counted from 1
+                    f"r{o.round_index + 1} c{o.condition + 1}" if o.condition is not None else f"r{o.round_index + 1}",
                     o.source or "–",
                     *(o.inputs[n] for n in names),
                     o.median_loss,

@@ -82,6 +82,7 @@ class Observation:
     spectra: np.ndarray | None = None
     source: str = ""
     prediction: np.ndarray | None = None
+    condition: int | None = None  # its index in the round (0-based), where known: how people find it
 
 
 @dataclass

@@ -61,6 +61,7 @@ def small_campaign(rounds: int = 3, per_round: int = 8, replicates: int = 4) -> 
                     spectra=spectra,
                     source="lhs" if r == 0 else "dnn",
                     prediction=prediction,
+                    condition=sum(o.round_index == r for o in obs),
                 )
             )
     obs[-1].failed, obs[-1].median_loss, obs[-1].spectra = True, None, None
@@ -107,8 +108,10 @@ def test_writes_figures_and_a_page_that_shows_them(campaign: ReportData, tmp_pat
         assert f'href="{path.name}"' in page  # linked to its file ...
     assert len(re.findall(r'src="data:image/png;base64,', page)) == len(expected)  # ... and embedded
     # the best conditions and the campaign's state are on the page
-    best = min(o.median_loss for o in campaign.measured())
-    assert f"{best:.4g}" in page
+    best = min(campaign.measured(), key=lambda o: o.median_loss)
+    assert f"{best.median_loss:.4g}" in page
+    # named as `sdl status` names it, from 1
+    assert f"<td>r{best.round_index + 1} c{best.condition + 1}</td>" in page and "accepted droplets" in page
     assert "finished" in page and "c-test" in page and "conditions failed" in page
     assert (tmp_path / "report.json").exists()
 
@@ -220,3 +223,19 @@ def test_the_default_map_is_over_the_two_inputs_that_matter_most(campaign: Repor
     imp = Importance("toy", names, np.array([0.1, 0.05, 0.02, 0.01, 0.3]), np.zeros((1, 5)), np.zeros((1, 5)))
     assert _default_map_pair(renamed) == (names[0], names[1])  # before importance is known
     assert _default_map_pair(renamed, imp) == ("flow", "cd")
+
+
+def test_the_bounds_plot_says_which_strategy_each_dot_came_from(
+    campaign: ReportData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its dots were coloured by strategy with no key (green and blue: which is which?)."""
+    import matplotlib.pyplot as plt
+
+    from orchestrator import report
+
+    keys: list[list[str]] = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: keys.append(
+        [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]) or plt.close(fig))
+    report.plot_bounds_by_round(campaign, tmp_path / "b.png")
+    sources = {"network" if o.source == "dnn" else o.source for o in campaign.history.observations}
+    assert {"search bounds", "hard limits"} <= set(keys[0]) and sources <= set(keys[0]), (keys, sources)
