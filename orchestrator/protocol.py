@@ -279,6 +279,18 @@ class OptimizerSpec(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict)
     widening: WideningSpec = Field(default_factory=WideningSpec)
 
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, strategy: str) -> str:
+        """Named with the protocol's other problems (``optimizer.strategy``), not only once they are fixed."""
+        from orchestrator.optimize.registry import UnknownStrategyError, resolve
+
+        try:
+            resolve(strategy)
+        except UnknownStrategyError as exc:
+            raise ValueError(str(exc)) from None
+        return strategy
+
 
 class StopSpec(_Strict):
     """The campaign ends at the first rule met (None: rule off). At least one bound on length is required."""

@@ -275,16 +275,28 @@ def predicted_optimum(
     return x[i], float(pred[i])
 
 
+def _stop_held(data: ReportData) -> str:
+    """"not met", and what held the model stop rule when the last round was planned (the network accurate
+    and stable, but its predicted optimum on an edge that may widen, say)."""
+    for r in reversed(data.rounds):
+        held = ((r.notes or {}).get("policy") or {}).get("stop_held")
+        if held:
+            return f"not met when round {r.index + 1} was planned: {held}"
+    return "not met"
+
+
 def on_open_edges(space: Space, inputs: dict[str, float], within: float = 0.01) -> list[str]:
     """Where a condition sits on an edge of the latest bounds that may still widen (short of its hard
     limit): the optimum may lie beyond it, which a chemist reading the report should be told."""
+    from orchestrator.optimize.widening import edges_pressed
+
     said = []
-    for v in space.variables:
-        x, span = float(inputs[v.name]), v.high - v.low
-        for side, edge, hard in (("lower", v.low, v.hard_low), ("upper", v.high, v.hard_high)):
-            if abs(x - edge) <= within * span and abs(edge - hard) > within * span:
-                said.append(f"on the {side} bound of {v.name} ({edge:.4g}; hard limit {hard:.4g}): "
-                            "the optimum may lie beyond it")
+    x = np.array([float(inputs[v.name]) for v in space.variables])
+    for i, side in edges_pressed(space, [x], within):  # in the bounds' unit scaling, log inputs in log units
+        v = space.variables[i]
+        edge, hard = (v.low, v.hard_low) if side == "low" else (v.high, v.hard_high)
+        said.append(f"on the {'lower' if side == 'low' else 'upper'} bound of {v.name} ({edge:.4g}; hard limit "
+                    f"{hard:.4g}): the optimum may lie beyond it")
     return said
 
 
@@ -531,16 +543,19 @@ def plot_model_checks(data: ReportData, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _default_map_pair(space: Space, importance: Importance | None = None) -> tuple[str, str]:
-    """The paper's map (Q_seed x Q_AgNO3) where those are inputs; else the two inputs of largest mean
-    |SHAP| (the first two before importance is known)."""
+def _default_map_pairs(space: Space, importance: Importance | None = None) -> list[tuple[str, str]]:
+    """The maps worth drawing: the paper's (Q_seed x Q_AgNO3) where those are inputs, and the one over
+    the two inputs of largest mean |SHAP| when that is another (a chemistry where the paper's inputs
+    matter least); the first two inputs before importance is known, with no paper's map."""
     names = space.names
+    pairs: list[tuple[str, str]] = []
     if "Q_seed" in names and "Q_AgNO3" in names:
-        return "Q_seed", "Q_AgNO3"  # the paper's map
+        pairs.append(("Q_seed", "Q_AgNO3"))  # the paper's map
     if importance is not None:
         first, second = (importance.names[i] for i in np.argsort(-importance.mean_abs, kind="stable")[:2])
-        return first, second
-    return names[0], names[1]
+        if not pairs or {first, second} != set(pairs[0]):
+            pairs.append((first, second))
+    return pairs or [(names[0], names[1])]
 
 
 def plot_loss_map(
@@ -883,7 +898,7 @@ def render_html(
         ("best median loss", f"{best[0].median_loss:.4f}" if best else "–"),
         ("stop threshold", data.loss_threshold),
         # only strategies with a spectrum network have a model stop rule (two_step, dnn)
-        *([("model stop rule", last_stop or "not met")]
+        *([("model stop rule", last_stop or _stop_held(data))]
           if last_stop or (data.strategy or "") in ("two_step", "dnn") else []),
         ("rig", data.rig or "–"),
         ("pumps ran", "–" if data.pumping_s is None else f"{data.pumping_s / 3600:.2f} h (conditions only: no holds, no idle time)"),
@@ -1032,7 +1047,7 @@ def write_report(
     out = Path(out_dir)
     if not data.measured():
         raise NothingToReport(f"campaign {data.campaign_id} has no measured condition yet: nothing to report")
-    pairs = list(maps) if maps else [_default_map_pair(data.space)]
+    pairs = list(maps) if maps else _default_map_pairs(data.space)
     for pair in pairs:
         unknown = [n for n in pair if n not in data.space.names]
         if unknown or len(set(pair)) != 2:
@@ -1073,7 +1088,7 @@ def write_report(
         importances = [shap_importance(data, m, explain=shap_explain) for m in (network, gp) if m is not None]
         images["importance"] = plot_importance(importances, out / "importance.png")
         if not maps:  # the map worth drawing: over the two inputs that matter most (the paper's, for its inputs)
-            pairs = [_default_map_pair(data.space, importances[0])]
+            pairs = _default_map_pairs(data.space, importances[0])
     for x_name, y_name in pairs:
         step(f"loss map {x_name} x {y_name}")
         if main is not None:

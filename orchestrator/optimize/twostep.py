@@ -43,7 +43,7 @@ from orchestrator.optimize.model_checks import (
     stability,
 )
 from orchestrator.optimize.registry import OptimizerSettingsError, make_optimizer, resolve
-from orchestrator.optimize.widening import WideningPolicy, select_with_widening
+from orchestrator.optimize.widening import WideningPolicy, edges_pressed, select_with_widening
 
 log = structlog.get_logger(__name__)
 NETWORK_STRATEGIES = frozenset({"two_step", "dnn"})  # strategies that are this module: not a BO step
@@ -200,6 +200,16 @@ def decide_share(
     )
 
 
+def trusted_in(history: History, round_index: int | None, settings: PolicySettings) -> bool:
+    """Whether the network was trusted in that round, not only on probation: it proposed more of the
+    round than probation gives (a probation share must not lower the gates by keep_trust_margin)."""
+    if round_index is None:
+        return False
+    latest = [o for o in history.observations if o.round_index == round_index]
+    on_probation = int(round(settings.probation_share * len(latest)))
+    return sum(o.source == net.SOURCE for o in latest) > on_probation
+
+
 def _closed_gate(
     settings: PolicySettings, accuracy: Agreement | None, stability: Agreement | None, margin: float = 0.0
 ) -> str | None:
@@ -235,27 +245,54 @@ def stop_reason(
     """The model-based stop criterion: a reason to stop, or None to go on. ``open_edges``: edges of the
     current bounds that the predicted optimum sits on and that may still widen (then go on: the
     model has not seen what lies beyond)."""
-    if not settings.enabled or measured_rounds < settings.min_rounds or open_edges:
-        return None
+    reason, _ = stop_check(settings, measured_rounds=measured_rounds, accuracy=accuracy, stability=stability,
+                           predicted_best=predicted_best, previous_predicted_best=previous_predicted_best,
+                           best_measured=best_measured, open_edges=open_edges)
+    return reason
+
+
+def stop_check(
+    settings: StopSettings,
+    *,
+    measured_rounds: int,
+    accuracy: Agreement | None,
+    stability: Agreement | None,
+    predicted_best: float | None,
+    previous_predicted_best: float | None,
+    best_measured: float | None,
+    open_edges: list[str] | None = None,
+) -> tuple[str | None, str | None]:
+    """:func:`stop_reason`, and when it does not stop, the first of its conditions not met (journaled, so a
+    chemist reading "not met" beside an accurate, stable network learns what held it)."""
+    if not settings.enabled:
+        return None, "switched off"
+    if measured_rounds < settings.min_rounds:
+        return None, f"{measured_rounds} measured round(s) < min_rounds {settings.min_rounds}"
+    if open_edges:
+        return None, f"the predicted optimum sits on an edge that may still widen ({', '.join(open_edges)})"
     if accuracy is None or stability is None or predicted_best is None or previous_predicted_best is None:
-        return None
+        return None, "no accuracy, stability or earlier prediction to judge by yet"
     if best_measured is None:
-        return None
-    accurate = accuracy.cosine_mean >= settings.accuracy_cosine and (
-        accuracy.loss_mae is None or accuracy.loss_mae <= settings.max_loss_error
-    )
-    if not accurate or stability.cosine_mean < settings.stability_cosine:
-        return None
+        return None, "nothing measured yet"
+    if accuracy.cosine_mean < settings.accuracy_cosine:
+        return None, f"accuracy cosine {accuracy.cosine_mean:.4f} < {settings.accuracy_cosine:g}"
+    if accuracy.loss_mae is not None and accuracy.loss_mae > settings.max_loss_error:
+        return None, f"predicted loss off by {accuracy.loss_mae:.4f} > {settings.max_loss_error:g}"
+    if stability.cosine_mean < settings.stability_cosine:
+        return None, f"stability cosine {stability.cosine_mean:.4f} < {settings.stability_cosine:g}"
     improvement = previous_predicted_best - predicted_best
     gain = best_measured - predicted_best
-    if improvement >= settings.min_improvement or gain >= settings.min_predicted_gain:
-        return None
+    if improvement >= settings.min_improvement:
+        return None, f"the predicted best still improves ({improvement:.4f} >= {settings.min_improvement:g})"
+    if gain >= settings.min_predicted_gain:
+        return None, (f"the network predicts {gain:.4f} below the best measured "
+                      f"(>= {settings.min_predicted_gain:g})")
     return (
         f"model converged: accuracy cosine {accuracy.cosine_mean:.4f}, stability cosine "
         f"{stability.cosine_mean:.4f}; predicted best loss {predicted_best:.4f} improved by "
         f"{improvement:.4f} (< {settings.min_improvement:g}) and is {gain:.4f} below the best measured "
         f"{best_measured:.4f} (< {settings.min_predicted_gain:g})"
-    )
+    ), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,15 +301,10 @@ def stop_reason(
 
 def open_edges(space: Space, x: np.ndarray, fraction: float) -> list[str]:
     """Edges of the current bounds within ``fraction`` of the range of ``x`` that have not reached
-    their hard limit, as 'name low' / 'name high'."""
-    out = []
-    for v, value in zip(space.variables, np.asarray(x, dtype=float), strict=True):
-        tol = fraction * (v.high - v.low)
-        if value <= v.low + tol and v.low > v.hard_low + 1e-9:
-            out.append(f"{v.name} low")
-        if value >= v.high - tol and v.high < v.hard_high - 1e-9:
-            out.append(f"{v.name} high")
-    return out
+    their hard limit, as 'name low' / 'name high'. Measured as the widening measures them, in the
+    bounds' unit scaling: a log-scaled input's range in log units (a linear measure made a log input's
+    low edge three times as wide, and held a converged campaign back from its stop rule)."""
+    return [f"{space.variables[i].name} {side}" for i, side in edges_pressed(space, [np.asarray(x, float)], fraction)]
 
 
 def _seed(seed: int, *parts: int) -> np.random.SeedSequence:
@@ -386,9 +418,7 @@ class TwoStepOptimizer:
         if model is not None and previous is not None and probes is not None:
             stab = stability(previous.predict(probes)[0], model.predict(probes)[0], loss=history.loss)
 
-        trusted_before = last is not None and any(
-            o.round_index == last and o.source == net.SOURCE for o in history.observations
-        )
+        trusted_before = trusted_in(history, last, policy)
         decision = decide_share(
             policy,
             # the rounds measured so far, not history.round_index: the engine counts rounds from 0 and
@@ -460,7 +490,7 @@ class TwoStepOptimizer:
                 best_now, best_x = surrogate.best, surrogate.best_x
             if previous is not None:
                 best_prev = float(np.min(history.loss(previous.predict(where)[0])))
-        reason = stop_reason(
+        reason, held = stop_check(
             self.settings.stop,
             measured_rounds=len(measured_rounds),
             accuracy=accuracy,
@@ -484,6 +514,7 @@ class TwoStepOptimizer:
             "previous_predicted_best": best_prev,
             "best_measured": best_measured,
             "model": _model_notes(model),
+            "stop_held": held,  # why the model stop rule did not end the campaign (None: it did)
             "predicted_loss": [float(v) for v in predicted_loss] if predicted_loss is not None else None,
         }
         if best_x is not None:

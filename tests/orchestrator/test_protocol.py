@@ -394,3 +394,14 @@ def test_protocol_from_dict_resolves_against_base_dir(reference: ExperimentProto
     np.testing.assert_array_equal(again.target_spectrum(), reference.target_spectrum())
     with pytest.raises(ConfigError, match="target.file"):
         protocol_from_dict(reference.model_dump(mode="json"), base_dir=Path("/nonexistent"))
+
+
+def test_an_unknown_strategy_is_named_with_the_other_problems(tmp_path: Path, reference_data: dict) -> None:
+    """A misspelt strategy was reported only once every other problem was fixed, and as `optimizer`."""
+    data = copy.deepcopy(reference_data)
+    data["optimizer"]["strategy"] = "defualt"
+    data["replicates"]["n"] = 0
+    with pytest.raises(ConfigError) as info:
+        load_protocol(write_protocol(tmp_path, data))
+    text = str(info.value)
+    assert "optimizer.strategy" in text and "unknown optimiser strategy 'defualt'" in text and "replicates.n" in text

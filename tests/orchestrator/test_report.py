@@ -19,7 +19,7 @@ from orchestrator.report import (
     ReportData,
     ReportError,
     RoundInfo,
-    _default_map_pair,
+    _default_map_pairs,
     gp_model,
     likely_to_measure,
     model_check_rows,
@@ -217,12 +217,20 @@ def test_an_optimum_on_an_edge_that_may_still_widen_is_flagged(campaign: ReportD
 
 def test_the_default_map_is_over_the_two_inputs_that_matter_most(campaign: ReportData) -> None:
     space = campaign.space
-    assert _default_map_pair(space) == ("Q_seed", "Q_AgNO3")  # the paper's map, for the paper's inputs
+    assert _default_map_pairs(space) == [("Q_seed", "Q_AgNO3")]  # the paper's map, for the paper's inputs
     names = ["cd", "se", "lig", "ode", "flow"]
     renamed = SimpleNamespace(names=names)  # a chemist's own inputs (only the names are read)
     imp = Importance("toy", names, np.array([0.1, 0.05, 0.02, 0.01, 0.3]), np.zeros((1, 5)), np.zeros((1, 5)))
-    assert _default_map_pair(renamed) == (names[0], names[1])  # before importance is known
-    assert _default_map_pair(renamed, imp) == ("flow", "cd")
+    assert _default_map_pairs(renamed) == [(names[0], names[1])]  # before importance is known
+    assert _default_map_pairs(renamed, imp) == [("flow", "cd")]
+    # the paper's inputs, on a chemistry where they matter least: its map, and the one that matters
+    paper = space.names
+    weights = {"Q_PVA": 0.4, "Q_total": 0.3, "Q_TSC": 0.1, "Q_AgNO3": 0.02, "Q_seed": 0.01}
+    other = Importance("toy", paper, np.array([weights[n] for n in paper]), np.zeros((1, 5)), np.zeros((1, 5)))
+    assert _default_map_pairs(space, other) == [("Q_seed", "Q_AgNO3"), ("Q_PVA", "Q_total")]
+    same = Importance("toy", paper, np.array([{"Q_seed": 1, "Q_AgNO3": 0.9}.get(n, 0.1) for n in paper]),
+                      np.zeros((1, 5)), np.zeros((1, 5)))
+    assert _default_map_pairs(space, same) == [("Q_seed", "Q_AgNO3")]
 
 
 def test_the_bounds_plot_says_which_strategy_each_dot_came_from(
@@ -239,3 +247,17 @@ def test_the_bounds_plot_says_which_strategy_each_dot_came_from(
     report.plot_bounds_by_round(campaign, tmp_path / "b.png")
     sources = {"network" if o.source == "dnn" else o.source for o in campaign.history.observations}
     assert {"search bounds", "hard limits"} <= set(keys[0]) and sources <= set(keys[0]), (keys, sources)
+
+
+def test_a_model_stop_rule_not_met_says_what_held_it(campaign: ReportData) -> None:
+    """The State table read "model stop rule | not met" beside an accurate, stable network."""
+    from dataclasses import replace
+
+    from orchestrator.report import _stop_held
+
+    assert _stop_held(campaign) == "not met"
+    last = campaign.rounds[-1]
+    held = {**last.notes, "policy": {**last.notes["policy"], "stop_held": "the predicted optimum sits on an edge"}}
+    rounds = [*campaign.rounds[:-1], replace(last, notes=held)]
+    assert _stop_held(replace(campaign, rounds=rounds)) == (
+        f"not met when round {last.index + 1} was planned: the predicted optimum sits on an edge")

@@ -21,6 +21,7 @@ from orchestrator.optimize.twostep import (
     decide_share,
     open_edges,
     parse_settings,
+    stop_check,
     stop_reason,
 )
 
@@ -82,6 +83,22 @@ def test_optional_loss_error_gate_and_fixed_share() -> None:
     fixed = PolicySettings(fixed_share=1 / 3)
     d = decide_share(fixed, round_index=5, n=15, model_ready=True, accuracy=None, stability=None)
     assert d.dnn_count == 5
+
+
+def test_a_round_on_probation_does_not_lower_the_gates() -> None:
+    """With probation_share 0.2 the network's 3 probation picks counted as trust, and the next round's
+    gates were lowered by keep_trust_margin: "trusted" at stability 0.993 under a 0.995 gate."""
+    from orchestrator.optimize.base import History, Observation
+    from orchestrator.optimize.twostep import trusted_in
+
+    def round_with(dnn: int) -> History:
+        obs = [Observation(2, {"a": 1.0}, 0.1, source="dnn" if i < dnn else "composite") for i in range(15)]
+        return History(obs, np.linspace(380, 800, 421), loss=None)  # type: ignore[arg-type]
+
+    probation = PolicySettings(probation_share=0.2)
+    assert not trusted_in(round_with(3), 2, probation) and trusted_in(round_with(8), 2, probation)
+    assert trusted_in(round_with(3), 2, PolicySettings()) and not trusted_in(round_with(0), 2, PolicySettings())
+    assert not trusted_in(round_with(8), None, probation)
 
 
 def test_probation_share_while_the_gates_are_closed() -> None:
@@ -153,18 +170,22 @@ def test_stop_when_accurate_stable_and_no_longer_improving() -> None:
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        ({"measured_rounds": 3}, "too early"),
-        ({"accuracy": metric(0.98)}, "inaccurate"),
-        ({"accuracy": metric(0.999, loss_mae=0.1)}, "losses mispredicted"),
-        ({"stability": metric(0.99)}, "unstable"),
-        ({"previous_predicted_best": 0.2}, "predicted best still improving"),
-        ({"best_measured": 0.2}, "model promises a gain over the best measured"),
-        ({"open_edges": ["Q_a high"]}, "optimum on an edge that may widen"),
-        ({"stability": None}, "no stability yet"),
+        ({"measured_rounds": 3}, "3 measured round(s) < min_rounds"),
+        ({"accuracy": metric(0.98)}, "accuracy cosine 0.9800 <"),
+        ({"accuracy": metric(0.999, loss_mae=0.1)}, "predicted loss off by 0.1000"),
+        ({"stability": metric(0.99)}, "stability cosine 0.9900 <"),
+        ({"previous_predicted_best": 0.2}, "the predicted best still improves"),
+        ({"best_measured": 0.2}, "the network predicts 0.1000 below the best measured"),
+        ({"open_edges": ["Q_a high"]}, "the predicted optimum sits on an edge that may still widen (Q_a high)"),
+        ({"stability": None}, "no accuracy, stability or earlier prediction"),
     ],
 )
 def test_no_stop_while(change: dict, why: str) -> None:
+    """Each condition holds the stop, and says so (the report read "not met" and nothing more)."""
     assert stop_reason(StopSettings(), **{**CONVERGED, **change}) is None, why
+    reason, held = stop_check(StopSettings(), **{**CONVERGED, **change})
+    assert reason is None and held is not None and held.startswith(why), held
+    assert stop_check(StopSettings(), **CONVERGED)[1] is None
 
 
 def test_stop_rule_can_be_switched_off() -> None:
@@ -177,6 +198,17 @@ def test_open_edges() -> None:
     assert open_edges(space, np.array([5.5, 10.0, 100.0]), 0.05) == ["Q_a low", "Q_total low"]
     at_hard = space.with_bounds({**space.bounds, "Q_a": (1.0, 60.0)})
     assert open_edges(at_hard, np.array([60.0, 20.0, 300.0]), 0.05) == []
+
+
+def test_open_edges_of_a_log_input_are_measured_in_log_units() -> None:
+    """Q_TSC = 4.67 in [4, 29.91] (log: auto) is 7.7 % of the log range from its low edge: not on it. The
+    linear measure (within 5 % of the linear range: 4 to 5.3) called it an open edge and held a converged two_step
+    campaign back from its model stop rule for three rounds."""
+    from orchestrator.optimize.base import Space, Variable
+
+    space = Space(variables=(Variable("Q_TSC", 4.0, 29.91, 0.5, 80.0, log=True),), percent_sum_max=90.0)
+    assert open_edges(space, np.array([4.67]), 0.05) == []
+    assert open_edges(space, np.array([4.2]), 0.05) == ["Q_TSC low"]
 
 
 # -- the optimiser ----------------------------------------------------------------------------
