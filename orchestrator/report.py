@@ -342,11 +342,16 @@ def _style(source: str) -> tuple[str, str]:
     return SOURCE_STYLE.get(source, DEFAULT_STYLE)
 
 
+def _source_name(source: str) -> str:
+    """What proposed a condition, as the page names it: the spectrum network is "network" ("dnn" in the data)."""
+    return "network" if source == "dnn" else (source or "unknown")
+
+
 def _source_legend(sources: Sequence[str], **scatter_kw: Any) -> list[Line2D]:
     handles = []
     for s in sorted(set(sources)):
         marker, colour = _style(s)
-        label = "network" if s == "dnn" else (s or "unknown")
+        label = _source_name(s)
         handles.append(
             Line2D(
                 [],
@@ -717,7 +722,7 @@ def plot_best_spectra(data: ReportData, model: LossModel | None, path: Path, k: 
         scale = float(np.nanmax(median)) if median is not None else 1.0
         ax.plot(wl, minmax(target) * scale, color="tab:green", lw=1.2, alpha=0.8, label="target (shape)")
         ax.set_title(
-            f"#{j + 1}: round {o.round_index + 1}, loss {o.median_loss:.3f} ({o.source or 'unknown'})",
+            f"#{j + 1}: round {o.round_index + 1}, loss {o.median_loss:.3f} ({_source_name(o.source)})",
             fontsize=10,
         )
         text = "\n".join(f"{n} = {v:.3g}" for n, v in o.inputs.items())
@@ -926,7 +931,7 @@ def render_html(
                     i + 1,
                     # as `sdl status` and the console name it (r4 c12), counted from 1
                     f"r{o.round_index + 1} c{o.condition + 1}" if o.condition is not None else f"r{o.round_index + 1}",
-                    o.source or "–",
+                    _source_name(o.source) if o.source else "–",
                     *(o.inputs[n] for n in names),
                     o.median_loss,
                     o.mad,

@@ -70,6 +70,7 @@ class RandomOptimizer:
 def design_suggestion(name: str, seed: int, history: History, space: Space, n: int, why: str) -> Suggestion:
     """What a model-based strategy proposes before it has data to model: a Latin hypercube."""
     x = latin_hypercube(space, n, round_rng(seed, history.round_index))
-    return Suggestion(
-        batch=space.to_dicts(x), space=space, sources=["lhs"] * len(x), notes={"widening": [], "fallback": why}
-    )
+    notes: dict[str, object] = {"widening": []}
+    if history.observations:  # a first round is the initial design, not a fall-back to report as one
+        notes["fallback"] = why
+    return Suggestion(batch=space.to_dicts(x), space=space, sources=["lhs"] * len(x), notes=notes)

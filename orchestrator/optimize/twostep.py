@@ -461,7 +461,9 @@ class TwoStepOptimizer:
                 )
                 notes.update(widening_notes)
             else:
-                dnn_x = surrogate.select(next_space, k, batch_x)
+                # inside the bounds BO was given: ground BO's gate newly opened gets its few conditions
+                # (max_new) and no more; the network put 6 of 15 on a new edge, far from any data
+                dnn_x = surrogate.select(space, k, batch_x)
             batch_x = np.concatenate([batch_x, dnn_x])
             sources += [net.SOURCE] * len(dnn_x)
         dnn_count = sources.count(net.SOURCE)

@@ -97,3 +97,6 @@ def test_too_few_observations_fall_back_to_a_design() -> None:
     space = space5()
     sug = make_optimizer("gp_ei_lp", {}, WIDENING, 0).suggest(history(space, 2, 0), space, 15)
     assert sug.sources == ["lhs"] * 15 and "fallback" in sug.notes
+    # the first round, with nothing measured, is the initial design: not reported as a fall-back
+    first = make_optimizer("gp_ei_lp", {}, WIDENING, 0).suggest(history(space, 0, 0), space, 15)
+    assert first.sources == ["lhs"] * 15 and "fallback" not in first.notes

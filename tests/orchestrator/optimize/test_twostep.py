@@ -240,6 +240,29 @@ def make(policy: dict | None = None, seed: int = 0) -> tuple[TwoStepOptimizer, R
     return TwoStepOptimizer(settings, None, seed, bo=bo), bo
 
 
+class WideningBO(RecordingBO):
+    """A BO strategy that opened Q_a's upper edge this round (by half its range)."""
+
+    def suggest(self, history: History, space: Space, n: int) -> Suggestion:
+        s = super().suggest(history, space, n)
+        lo, hi = space.bounds["Q_a"]
+        wide = space.with_bounds({**space.bounds, "Q_a": (lo, hi + 0.5 * (hi - lo))})
+        return Suggestion(s.batch, wide, s.sources, notes={"widening": [{"variable": "Q_a", "edge": "high"}]})
+
+
+def test_the_network_stays_out_of_ground_bo_just_opened() -> None:
+    """BO's gate opens an edge and spends its few conditions (max_new) beyond it; the network put 6 of 15
+    on the new edge, far from any data, which then measured 0.5-0.6 against a predicted 0.22."""
+    bo = WideningBO()
+    settings = parse_settings({**FAST, "policy": {**FAST["policy"], "fixed_share": 0.4, "bo_only_rounds": 1}})
+    opt = TwoStepOptimizer(settings, None, 0, bo=bo)
+    # the target's band (a / (a + b) = 0.63) lies beyond a = 8 at any b: the network would go past 8
+    s = opt.suggest(random_history(2, seed=4), toy_space(a_high=8.0), 15)
+    assert s.space.bounds["Q_a"] == (5.0, 9.5)  # BO's widening stands
+    network = [b["Q_a"] for b, src in zip(s.batch, s.sources, strict=True) if src == "dnn"]
+    assert len(network) == 6 and max(network) <= 8.0 + 1e-9, network
+
+
 def test_first_round_is_bo_alone_without_predictions() -> None:
     opt, bo = make()
     s = opt.suggest(History([], WAVELENGTHS, toy_loss(), 0), toy_space(), 15)
