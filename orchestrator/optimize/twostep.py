@@ -144,12 +144,29 @@ def parse_settings(settings: Mapping[str, Any] | None, *, strategy: str = "two_s
         return TwoStepSettings.model_validate(dict(settings or {}))
     except ValidationError as exc:
         lines = [
-            f"optimizer.settings.{'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}"
+            f"optimizer.settings.{'.'.join(str(p) for p in e['loc']) or '(settings)'}: "
+            + (_unknown_key(e["loc"]) if e["type"] == "extra_forbidden" else e["msg"])
             for e in exc.errors()
         ]
         raise OptimizerSettingsError(
             f"strategy {strategy!r}: " + "; ".join(lines) + " (fix the protocol's optimizer settings)"
         ) from exc
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    """An unknown settings key in words: what that level allows, and where the key belongs if it is
+    another level's (``bo_only_rounds`` at the top belongs under ``policy``)."""
+    model: Any = TwoStepSettings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        model = getattr(field, "annotation", None) if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return "not a setting"
+    key = str(loc[-1])
+    homes = [name for name, f in TwoStepSettings.model_fields.items()
+             if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) and key in f.annotation.model_fields]
+    said = f"not a setting here; allowed: {', '.join(model.model_fields)}"
+    return said + (f" ({key} belongs under {' or '.join(homes)})" if homes and len(loc) == 1 else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,8 +144,12 @@ def test_share_grows_with_accuracy() -> None:
 def test_policy_settings_checked() -> None:
     with pytest.raises(OptimizerSettingsError, match="min_share"):
         parse_settings({"policy": {"min_share": 0.9, "max_share": 0.5}})
-    with pytest.raises(OptimizerSettingsError, match=r"policy\.acuracy_cosine"):
+    with pytest.raises(OptimizerSettingsError, match=r"policy\.acuracy_cosine: not a setting here; allowed: "
+                       r"bo_only_rounds, accuracy_cosine"):
         parse_settings({"policy": {"acuracy_cosine": 0.9}})
+    # a key of another level says where it belongs (pydantic said "Extra inputs are not permitted")
+    with pytest.raises(OptimizerSettingsError, match=r"settings\.bo_only_rounds: .*bo_only_rounds belongs under policy"):
+        parse_settings({"bo_only_rounds": 3})
     with pytest.raises(UnknownStrategyError):
         make_optimizer("two_step", {"bo": "no_such_strategy"}, None, 0)
 
