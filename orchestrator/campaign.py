@@ -422,7 +422,7 @@ class _Runner:
         self._pumps_checked_at = 0.0
         self._last_heartbeat = 0.0
         self._rechecks_failed = 0
-        self.started_by: tuple[str, str] | None = None  # (who, why) of a person's `sdl resume`
+        self.started_by: tuple[str, str] | None = None  # (who, why) of a person's `sdl run`/`sdl resume`
         self._alarms_seen: dict[str, str] = {}  # pump -> the alarm a check has reported (until the next run)
 
     # ---- small helpers ------------------------------------------------------------------------
@@ -1316,7 +1316,7 @@ class _Runner:
             self._hold_estop(latch)  # until the latch is cleared and someone resumes
             return None
         verb = "started" if status in (state.CREATED, state.QUEUED) else "resumed"
-        if self.started_by is not None:  # the person who started it and why, as every control action
+        if self.started_by is not None and self.started_by[1]:  # who started it and why, as every control
             who, why = self.started_by
             self._set_status(state.RUNNING, reason=f"{verb} in {self.owner}: {why}", who=who)
         else:
@@ -1352,14 +1352,17 @@ class _Runner:
             )
         else:
             self.store.claim(self.campaign_id, self.owner)
-        # a request the last process did not live to act on (a pause sent just before a kill -9) is not
-        # this process's to honour: the operator who starts it now wants it run, not paused or aborted
-        # by a request from before; each is closed, saying so
-        self.store.close_pending_controls(
-            self.campaign_id,
-            f"dropped: {row.owner or 'no process'} ended before acting on it, and {self.owner} took the "
-            "campaign over; send it again if it still stands",
-        )
+        # a request the last process did not live to act on (a pause sent just before a kill -9): a person
+        # who starts the campaign now (`sdl resume`) wants it run, not paused or aborted by a request from
+        # before, so each is closed, saying so; an agent taking over on its own honours them (nobody asked
+        # it to run, and the operator's pause or abort must not vanish)
+        if self.started_by is not None:
+            before = row.owner if row.owner not in (None, self.owner) else "the process before"
+            self.store.close_pending_controls(
+                self.campaign_id,
+                f"dropped: {before} ended before acting on it, and {self.started_by[0]} started the campaign "
+                f"again ({self.owner}); send it again if it still stands",
+            )
 
     def _not_started(self, row: Any, reason: str) -> str:
         """The rig is not there to run on, and nothing has moved: a campaign that never ran is paused
@@ -1508,7 +1511,8 @@ def run_campaign(
     """Run (or resume) a stored campaign on its rig until it finishes, is aborted, or its rig cannot
     connect; returns the final status. ``wall``/``sleep`` measure and wait out pauses (tests pass
     their own); the rig's own clock drives everything else. ``started_by``: (who, why), for the
-    journal, when a person started it (``sdl resume ID --reason TEXT``)."""
+    journal, when a person started it (``sdl run``, ``sdl resume ID --reason TEXT``; why may be ''): such a
+    start drops control requests left for a process that died, an agent's takeover honours them."""
     runner = _Runner(
         store,
         campaign_id,

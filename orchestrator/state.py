@@ -93,7 +93,7 @@ _ADVICE: dict[str, str] = {
 class InvalidTransition(ValueError):
     """A status change the state machine refuses; the message names the state and what to do."""
 
-    def __init__(self, old: str, new: str, detail: str = "") -> None:
+    def __init__(self, old: str, new: str, detail: str = "", *, campaign_id: str | None = None) -> None:
         self.old, self.new = old, new
         if detail:
             message = detail
@@ -103,6 +103,8 @@ class InvalidTransition(ValueError):
             message = f"the campaign is already {old}; {_ADVICE.get(old, 'nothing to do')}"
         else:
             message = f"a campaign that is {old} cannot become {new}; {_ADVICE.get(old, '')}".rstrip("; ")
+        if campaign_id:  # the advice's commands, ready to paste
+            message = message.replace("CAMPAIGN", campaign_id)
         super().__init__(message)
 
 

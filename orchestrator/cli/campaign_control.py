@@ -187,15 +187,15 @@ def _control(args: argparse.Namespace, action: str, targets: tuple[str, str]) ->
         row = store.campaign(args.campaign)
         passing, final = targets
         if row.ended:
-            raise InvalidTransition(row.status, final)
+            raise InvalidTransition(row.status, final, campaign_id=row.id)
         if passing not in state.allowed(row.status) and final not in state.allowed(row.status):
-            raise InvalidTransition(row.status, final)
+            raise InvalidTransition(row.status, final, campaign_id=row.id)
         from orchestrator.console.source import ACTIONS  # the states the console offers it in: the same here
 
         if row.status not in ACTIONS[action][1]:
             # a faulted or e-stopped campaign is held already: a pause would hide why (and, with no
             # process, overwrite the fault's reason)
-            raise InvalidTransition(row.status, final)
+            raise InvalidTransition(row.status, final, campaign_id=row.id)
         who, reason = _who(), args.reason
         owner = store.live_owner(row.id)
         if owner is not None:
@@ -312,7 +312,8 @@ def _status_record(store: Store, row: CampaignRow) -> dict[str, Any]:
             "conditions": tally.conditions,
             "conditions_done": tally.conditions_done,
             "conditions_failed": tally.conditions_failed,
-            "replicates": tally.replicates,
+            # as the summary's totals count them: every droplet stored, set-aside ones included
+            "replicates": tally.replicates + tally.set_aside,
             "replicates_accepted": tally.accepted,
             "replicates_set_aside": tally.set_aside,  # kept in the store and the export, not counted
             "best": None
@@ -455,8 +456,8 @@ def _print_one(out: Console, store: Store, rec: dict[str, Any]) -> None:
         out.print(f"  [yellow]{escape(rec['note'])}[/]", highlight=False)
     out.print(
         f"  progress: {rec['rounds']} round(s), {rec['conditions_done']}/{rec['conditions']} conditions done "
-        f"({rec['conditions_failed']} failed), {rec['replicates']} replicates ({rec['replicates_accepted']} accepted)"
-        + (f", {rec['replicates_set_aside']} more set aside" if rec["replicates_set_aside"] else ""),
+        f"({rec['conditions_failed']} failed), {rec['replicates']} replicates ({rec['replicates_accepted']} accepted"
+        + (f", {rec['replicates_set_aside']} set aside" if rec["replicates_set_aside"] else "") + ")",
         highlight=False,
     )
     out.print(f"  best: {_best_text(rec)}", highlight=False)

@@ -302,9 +302,9 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
     refused = False
     with campaign_logging(log_path), RichProgress(console, campaign_id) as progress, _sigterm_as_ctrl_c():
         try:
-            reason = getattr(args, "reason", None)  # `sdl resume ID --reason TEXT`: journaled with its user
+            # a person started it here (`sdl resume ID --reason TEXT`: the reason is journaled with the user)
             status = run_campaign(store, campaign_id, owner=_owner(), progress=progress,
-                                  started_by=(_who(), reason) if reason else None)
+                                  started_by=(_who(), getattr(args, "reason", None) or ""))
         except KeyboardInterrupt:
             # the runner has stopped the pumps on its way out; leave the campaign resumable
             # (a campaign already held, faulted or e-stopped, keeps that status and its reason)

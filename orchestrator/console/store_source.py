@@ -544,8 +544,10 @@ class StoreSource:
         # with the admin's Clear e-stop, instead of a request nobody will ever read
         final = {"pause": states.PAUSED, "abort": states.ABORTED, "estop": states.ESTOPPED,
                  "estop-clear": states.PAUSED}[action]
-        if action == "estop-clear":  # as the runner says it once the latch is gone
-            why = f"e-stop cleared: {why}; resume when ready"
+        if action == "estop-clear":  # as the runner says it once the latch is gone, with what held it before
+            why = f"e-stop cleared: {why}{self._held_before_estop(row.id)}; resume when ready"
+        elif action == "estop" and row.status in (states.FAULTED, states.PAUSED):  # the fault must stay in sight
+            why = f"{why}; before the e-stop: {row.description}"
         try:
             self.store.set_status(
                 row.id, final, reason=why, who=who, data={"applied_by": "console", "no_live_process": True}
@@ -560,6 +562,17 @@ class StoreSource:
         )
         log.info("control applied directly", campaign=row.id, action=action, by=who)
         return ControlReceipt(row.id, action, who, why, datetime.now(UTC), None)
+
+    def _held_before_estop(self, campaign_id: str) -> str:
+        """"; before the e-stop: faulted: ..." when a fault or a pause held the campaign as the e-stop came
+        (read from the journal: the state change before the latest e-stop); '' otherwise."""
+        changes = [e for e in self.store.recent_events(campaign_id, 200) if e.kind in states.STATES]
+        for later, earlier in zip(reversed(changes), list(reversed(changes))[1:], strict=False):
+            if later.kind == states.ESTOPPED and earlier.kind != states.ESTOPPED:
+                if earlier.kind in (states.FAULTED, states.PAUSED):
+                    return f"; before the e-stop: {earlier.kind}: {earlier.reason}"
+                return ""
+        return ""
 
     # ---- health ----------------------------------------------------------------------------------
 
@@ -760,8 +773,9 @@ def event_text(kind: str, reason: str, who: str | None, at: datetime, data: Mapp
         return f"{where}: {score}{verdict}"
     if kind == "outliers_judged":  # the attempt's droplets judged against each other once all were in
         rejected = data.get("rejected") or []
-        said = (f"{len(rejected)} droplet{'' if len(rejected) == 1 else 's'} rejected as outliers "
-                f"(replicate{'' if len(rejected) == 1 else 's'} {', '.join(str(i + 1) for i in rejected)})"
+        one = len(rejected) == 1
+        said = (f"{len(rejected)} droplet{'' if one else 's'} rejected as {'an outlier' if one else 'outliers'} "
+                f"(replicate{'' if one else 's'} {', '.join(str(i + 1) for i in rejected)})"
                 if rejected else "no droplet rejected as an outlier")
         return f"{where}: {said}" + (f": {reason}" if reason else "")
     if kind == "round_done":

@@ -248,24 +248,9 @@ def _closed_gate(
     return None
 
 
-def stop_reason(
-    settings: StopSettings,
-    *,
-    measured_rounds: int,
-    accuracy: Agreement | None,
-    stability: Agreement | None,
-    predicted_best: float | None,
-    previous_predicted_best: float | None,
-    best_measured: float | None,
-    open_edges: list[str] | None = None,
-) -> str | None:
-    """The model-based stop criterion: a reason to stop, or None to go on. ``open_edges``: edges of the
-    current bounds that the predicted optimum sits on and that may still widen (then go on: the
-    model has not seen what lies beyond)."""
-    reason, _ = stop_check(settings, measured_rounds=measured_rounds, accuracy=accuracy, stability=stability,
-                           predicted_best=predicted_best, previous_predicted_best=previous_predicted_best,
-                           best_measured=best_measured, open_edges=open_edges)
-    return reason
+def stop_reason(settings: StopSettings, **metrics: Any) -> str | None:
+    """The model-based stop criterion: a reason to stop, or None to go on (:func:`stop_check`'s first half)."""
+    return stop_check(settings, **metrics)[0]
 
 
 def stop_check(
@@ -279,8 +264,10 @@ def stop_check(
     best_measured: float | None,
     open_edges: list[str] | None = None,
 ) -> tuple[str | None, str | None]:
-    """:func:`stop_reason`, and when it does not stop, the first of its conditions not met (journaled, so a
-    chemist reading "not met" beside an accurate, stable network learns what held it)."""
+    """The model-based stop criterion: (a reason to stop, None) or (None, the first of its conditions not
+    met: journaled, so a chemist reading "not met" beside an accurate, stable network learns what held
+    it). ``open_edges``: edges of the current bounds that the predicted optimum sits on and that may still
+    widen (then go on: the model has not seen what lies beyond)."""
     if not settings.enabled:
         return None, "switched off"
     if measured_rounds < settings.min_rounds:

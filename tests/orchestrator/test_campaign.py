@@ -454,9 +454,8 @@ def test_a_stall_after_the_last_check_of_a_condition_is_journaled_not_lost(store
     assert errors[0].reason.startswith("pump AgNO3 had stopped by itself (stall) since it was last checked")
 
 
-def test_an_unplugged_pump_line_faults_the_campaign(store: Store, tmp_path: Path) -> None:
-    rig = rig_with_faults(tmp_path, pumps={"AgNO3": [{"kind": "disconnect", "at_s": 20}]})
-    cid = start(store, tmp_path, rig=rig)
+def faulted_resumed_then_aborted(store: Store, cid: str) -> list[str]:
+    """Run the campaign; resume it at its first fault, abort it at the second. The faults' reasons."""
     op = Operator(store, cid)
     reasons: list[str] = []
 
@@ -469,6 +468,13 @@ def test_an_unplugged_pump_line_faults_the_campaign(store: Store, tmp_path: Path
         )
 
     assert run(store, cid, sleep=sleep) == state.ABORTED
+    return reasons
+
+
+def test_an_unplugged_pump_line_faults_the_campaign(store: Store, tmp_path: Path) -> None:
+    rig = rig_with_faults(tmp_path, pumps={"AgNO3": [{"kind": "disconnect", "at_s": 20}]})
+    cid = start(store, tmp_path, rig=rig)
+    reasons = faulted_resumed_then_aborted(store, cid)
     assert len(reasons) == 2  # faulted, resumed, faulted again (the fault lasts), aborted
     # the unplugged adapter takes the whole New Era line; the reason names it and what to check
     assert reasons[0].startswith("fault: New Era line sim://newera/newera-line: cannot open port")
@@ -484,16 +490,7 @@ def test_a_pump_that_stays_silent_is_named_for_its_silence_after_a_resume_too(st
     used before connect() ... Call connect() first", a programmer's message, in the console and webhook."""
     rig = rig_with_faults(tmp_path, pumps={"PVA": [{"kind": "no_reply", "at_s": 20}]})
     cid = start(store, tmp_path, rig=rig)
-    op = Operator(store, cid)
-    reasons: list[str] = []
-
-    def sleep(_: float) -> None:
-        row = store.campaign(cid)
-        if row.status == state.FAULTED and row.reason not in reasons:
-            reasons.append(row.reason)
-            op.request("resume" if len(reasons) == 1 else "abort", "try again" if len(reasons) == 1 else "give up")
-
-    assert run(store, cid, sleep=sleep) == state.ABORTED
+    reasons = faulted_resumed_then_aborted(store, cid)
     assert len(reasons) == 2
     for reason in reasons:
         assert reason.startswith("fault: pump PVA: no reply") or "pump PVA: no" in reason, reason

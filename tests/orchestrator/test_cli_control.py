@@ -111,6 +111,7 @@ def test_a_held_campaign_is_not_paused_over_its_reason(
     cid = campaign(store, held)
     code, _, err = run(capsys, "pause", cid, "--db", url)
     assert code == 2 and f"a campaign that is {held} cannot become paused" in err and advice in err
+    assert "CAMPAIGN" not in err and f"sdl resume {cid}" in err  # the advice, ready to paste
     assert (store.campaign(cid).status, store.campaign(cid).reason) == (held, "set up by the test")
 
 
@@ -439,7 +440,9 @@ def test_status_counts_set_aside_droplets_apart(url: str, store: Store, capsys: 
                             reject_reason=None, clock_s=float(i))
     store.set_aside(cid, 0, 0, 0, "paused too long")
     code, out, _ = run(capsys, "status", cid, "--db", url)
-    assert code == 0 and "3 replicates (2 accepted), 2 more set aside" in out
+    assert code == 0 and "5 replicates (2 accepted, 2 set aside)" in out
     code, out, _ = run(capsys, "status", "--json", "--db", url)
     rec = json.loads(out)[0]
-    assert (rec["replicates"], rec["replicates_set_aside"]) == (3, 2)
+    assert (rec["replicates"], rec["replicates_accepted"], rec["replicates_set_aside"]) == (5, 2, 2)
+    totals = build_summary(store, cid)["totals"]  # the same counts as the summary's
+    assert (totals["replicates"], totals["replicates_accepted"], totals["replicates_set_aside"]) == (5, 2, 2)

@@ -154,7 +154,7 @@
   // which parts of the page an event changes; anything else refreshes only the campaign's header
   const STATUS_KINDS = new Set(["campaign_created", "created", "queued", "running", "pausing", "paused", "faulted",
     "estopped", "aborting", "aborted", "finished", "orphaned"]);
-  const SPECTRA_KINDS = new Set(["replicate_acquired", "replicates_set_aside", "condition_started"]);
+  const SPECTRA_KINDS = new Set(["replicate_acquired", "replicates_set_aside", "condition_started", "outliers_judged"]);
   const LOSS_KINDS = new Set(["condition_done", "condition_failed", "batch_planned", "round_done"]);
   const ALL_PARTS = { spectra: true, losses: true, bounds: true, events: true };
 

@@ -273,6 +273,11 @@ def test_event_text_for_kinds_it_does_not_know() -> None:
     where = {"round": 0, "condition": 2}
     assert event_text("pumps_primed", "", "system", at, where) == "round 1 condition 3: pumps primed"
     assert event_text("round_done", "", "system", at, {"round": 1}) == "round 2 done"
+    judged = {**where, "rejected": [8]}
+    assert event_text("outliers_judged", "", "system", at, judged) == (
+        "round 1 condition 3: 1 droplet rejected as an outlier (replicate 9)")
+    assert event_text("outliers_judged", "", "system", at, {**where, "rejected": [0, 4]}) == (
+        "round 1 condition 3: 2 droplets rejected as outliers (replicates 1, 5)")
     rates = {"rates_ul_min": {"AgNO3": 50, "water": 120.25}}
     assert (
         event_text("rates_set", "", "system", at, rates) == "pump rates set (uL/min): AgNO3 50.0, water 120.2"
@@ -461,12 +466,23 @@ def test_after_a_kill_9_a_pause_takes_effect_at_once_and_no_old_request_waits(st
     assert receipt.request_id is None and store.campaign(cid).status == state.PAUSED
     # a request stored for the dead process before (by an older server, or just before the kill)
     old = store.request_control(cid, "abort", who="carol", reason="abort dead?")
-    runner = _Runner(store, cid, owner=f"sdl@{socket.gethostname()}:{os.getpid()}", progress=None, poll_s=1.0,
-                     estop_poll_s=1.0, wall=time.monotonic, sleep=time.sleep)
-    runner._claim(store.campaign(cid))  # noqa: SLF001 - the step a resumed run starts with
+    def runner() -> _Runner:
+        return _Runner(store, cid, owner=f"sdl@{socket.gethostname()}:{os.getpid()}", progress=None, poll_s=1.0,
+                       estop_poll_s=1.0, wall=time.monotonic, sleep=time.sleep)
+
+    # an agent taking the campaign over on its own honours the request: nobody asked it to run
+    runner()._claim(store.campaign(cid))  # noqa: SLF001 - the step a resumed run starts with
+    assert [c.id for c in store.pending_controls(cid)] == [old]
+    store.release(cid, f"sdl@{socket.gethostname()}:{os.getpid()}")
+    store.claim(cid, dead, stale_after_s=0.0)
+    # a person's `sdl resume` drops it: they want it run, not aborted by a request from before
+    person = runner()
+    person.started_by = ("bob", "")
+    person._claim(store.campaign(cid))  # noqa: SLF001
     assert store.pending_controls(cid) == []
     handled = [e for e in store.events(cid, limit=500) if e.kind == "control_handled"][-1]
     assert handled.data["request_id"] == old and handled.data["outcome"].startswith(f"dropped: {dead} ended")
+    assert "bob started the campaign again" in handled.data["outcome"]
     assert store.campaign(cid).status == state.PAUSED  # not aborted by the stale request
 
 
@@ -510,3 +526,22 @@ def test_resume_with_no_process_queues_it_for_a_live_agent_of_its_rig(store: Sto
     row = store.campaign(cid)
     assert receipt.request_id is None and row.status == state.QUEUED and row.queued_for_rig == "simulated"
     assert row.description.startswith("queued by alice") and row.reason == "resume: back from lunch"
+
+
+def test_an_estop_pressed_and_cleared_with_no_process_keeps_the_fault_in_sight(store: Store) -> None:
+    """Pressed and cleared from the console on a faulted campaign whose process was gone, the e-stop
+    replaced the fault's reason (and its "NOT STOPPED, stop by hand") with its own, then with "e-stop
+    cleared": the campaign read as an ordinary pause."""
+    source = StoreSource(store, fresh_s=0)
+    cid = _campaign(store)
+    store.set_status(cid, state.FAULTED, reason="fault: pump PVA: no reply | NOT STOPPED, stop by hand: pump PVA")
+    store.release(cid, "runner-1")
+    source.request_control(cid, "estop", "carol", "smoke")
+    held = store.campaign(cid)
+    assert held.status == state.ESTOPPED and held.reason.startswith("smoke; before the e-stop: faulted")
+    assert "NOT STOPPED, stop by hand: pump PVA" in held.reason
+    source.request_control(cid, "estop-clear", "ada", "aired")
+    row = store.campaign(cid)
+    assert row.status == state.PAUSED and row.reason == (
+        "e-stop cleared: aired; before the e-stop: faulted: fault: pump PVA: no reply | NOT STOPPED, stop by "
+        "hand: pump PVA; resume when ready")
