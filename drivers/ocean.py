@@ -123,6 +123,9 @@ def unopenable_ocean_usb_devices(
     return blocked
 
 
+# in any one averaged scan, a pixel this close to full scale may have clipped: reported at its highest
+NEAR_FULL_SCALE = 0.95  # the protocols' default saturation_fraction
+
 class OceanSpectrometer:
     """An Ocean Insight spectrometer (FLAME, USB2000+/4000, HR4000, ...) as a ``drivers.base.Spectrometer``."""
 
@@ -255,10 +258,18 @@ class OceanSpectrometer:
         return float(self._call(lambda: dev.max_intensity))
 
     def acquire_counts(self) -> np.ndarray:
-        """One spectrum (the mean of ``scans_to_average`` scans) of dark- and nonlinearity-corrected counts."""
+        """One spectrum (the mean of ``scans_to_average`` scans) of dark- and nonlinearity-corrected counts.
+
+        A pixel that came near full scale in any one scan is reported at its highest, not the mean: one
+        clipped scan of three averaged to 90 % of full scale, and the saturation screen (95 % by
+        default) let a clipped spectrum through."""
         dev = self._require()
         scans = [self._read_once(dev) for _ in range(self.scans_to_average)]
-        return np.mean(scans, axis=0) if len(scans) > 1 else scans[0]
+        if len(scans) == 1:
+            return scans[0]
+        stack = np.asarray(scans)
+        near_full = (stack >= NEAR_FULL_SCALE * self.saturation_counts).any(axis=0)
+        return np.where(near_full, stack.max(axis=0), stack.mean(axis=0))
 
     def _read_once(self, dev: Any) -> np.ndarray:
         try:

@@ -466,6 +466,20 @@ def test_the_frame_after_a_change_of_integration_time_or_lamp_is_thrown_away(mon
         assert reads() == before + 1  # at the change: a seeded replicate later reads only its own frames
 
 
+def test_one_clipped_scan_among_those_averaged_is_not_averaged_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 of 3 scans clipped at 65535 averaged to 59012, under the 95 % saturation screen: a clipped
+    spectrum went through as a good one."""
+    spec = connected(monkeypatch, FakeDevice(raw=_raw(0.0, 100.0)), scans_to_average=3)
+    clipped = np.full(PIXELS, 55_000.0)
+    clipped[10:13] = 65_535.0
+    calls = iter([np.full(PIXELS, 55_000.0), clipped, np.full(PIXELS, 55_000.0)])
+    monkeypatch.setattr(spec._dev, "intensities", lambda **_: next(calls))  # noqa: SLF001
+    counts = spec.acquire_counts()
+    assert counts[11] == 65_535.0 and counts[0] == pytest.approx(55_000.0)  # the rest is still the mean
+    screen = Screening(saturation_counts=spec.saturation_counts)
+    assert counts.max() >= screen.saturation_level
+
+
 def test_saturation_level_and_a_saturated_spectrum(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = np.full(PIXELS, 30_000.0)
     raw[8:11] = 16383.0  # a 14-bit HR4000 at full scale
