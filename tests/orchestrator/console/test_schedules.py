@@ -271,19 +271,9 @@ def test_a_scheduled_start_that_never_ran_is_journaled_and_shown(tmp_path: Path)
     # a resume that was refused is journaled on its campaign; a run that ended well is not journaled
     from orchestrator import state
 
-    from .test_store_source import PROTOCOL, RIG
+    from .test_store_source import PROTOCOL, stored_campaign
 
-    campaign_id = store.create_campaign(
-        name="ag_nanoprism",
-        protocol_yaml=PROTOCOL.read_text(),
-        protocol_path=str(PROTOCOL),
-        rig_yaml=RIG.read_text(),
-        rig_path=str(RIG),
-        rig_name="sim",
-        seed=1,
-        options={},
-        status=state.QUEUED,
-    )
+    campaign_id = stored_campaign(store, PROTOCOL.read_text(), status=state.QUEUED, rig="sim")
     context.python = _stand_in(tmp_path, "refused", "echo 'error: rig sim is e-stopped' >&2\nexit 1\n")
     _watched(sched.start_campaign_job(url, None, None, campaign_id, "otto"))
     context.python = _stand_in(tmp_path, "fine", "exit 0\n")

@@ -43,6 +43,21 @@ def _bounds(seed_low: float = 4.0) -> dict[str, tuple[float, float]]:
     }
 
 
+def stored_campaign(store: Store, protocol_yaml: str, *, status: str = state.RUNNING, rig: str = "simulated") -> str:
+    """The reference protocol (as given) on the simulated rig, stored as ``status``; its id."""
+    return store.create_campaign(
+        name="ag_nanoprism",
+        protocol_yaml=protocol_yaml,
+        protocol_path=str(PROTOCOL),
+        rig_yaml=RIG.read_text(),
+        rig_path=str(RIG),
+        rig_name=rig,
+        seed=3,
+        options={},
+        status=status,
+    )
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     protocol = yaml.safe_load(PROTOCOL.read_text())
@@ -51,17 +66,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     protocol["stop"]["max_rounds"] = 2
     protocol["stop"]["max_conditions"] = 6
     s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-    s.create_campaign(
-        name="ag_nanoprism",
-        protocol_yaml=yaml.safe_dump(protocol),
-        protocol_path=str(PROTOCOL),
-        rig_yaml=RIG.read_text(),
-        rig_path=str(RIG),
-        rig_name="simulated",
-        seed=3,
-        options={},
-        status=state.RUNNING,
-    )
+    stored_campaign(s, yaml.safe_dump(protocol))
     s.claim(s.campaigns()[0].id, "runner-1")  # a live campaign process (it heartbeats)
     yield s
     s.close()
