@@ -279,6 +279,7 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
             # a phone: the page keeps the screen's width, the E-STOP and the dialog stay on it
             page.set_viewport_size({"width": 390, "height": 844})
             assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+            expect(page.locator("#whoami")).to_be_visible()  # who is signed in, on a phone too
             page.click("#controls button[data-action=pause]")
             box = page.locator("#confirm-ok").bounding_box()
             assert box is not None and box["x"] + box["width"] <= 390, box
