@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 # categories of events: the page colours them, the notifier sends some of them
-FAULT, PAUSED, ESTOP, FINISHED, ABORTED, CONTROL, PROGRESS, INFO = (
+FAULT, PAUSED, ESTOP, FINISHED, ABORTED, CONTROL, PROGRESS, WARNING, INFO = (
     "fault",
     "paused",
     "estop",
@@ -15,6 +15,7 @@ FAULT, PAUSED, ESTOP, FINISHED, ABORTED, CONTROL, PROGRESS, INFO = (
     "aborted",  # ended early by a person: a webhook filtering on "finished" must not read it as done
     "control",
     "progress",
+    "warning",  # worth reading, nothing to do: a failed condition (the optimiser steers away; not notified)
     "info",
 )
 NOTIFY_CATEGORIES = frozenset({FAULT, PAUSED, ESTOP, FINISHED, ABORTED})

@@ -39,6 +39,7 @@ from orchestrator.console.events import (
     INFO,
     PAUSED,
     PROGRESS,
+    WARNING,
     ConsoleEvent,
 )
 from orchestrator.console.scheduler import SCHEDULE_FAILED, CampaignHealth
@@ -99,7 +100,9 @@ _CATEGORIES: dict[str, str] = {
     "replicate_acquired": PROGRESS,
     "condition_started": PROGRESS,
     "condition_done": PROGRESS,
-    "condition_failed": FAULT,
+    # a failed condition is the chemistry's answer, not a fault to wake anyone for: fifty in a failure
+    # region overnight were fifty webhooks (a round of them holds the campaign, and that is notified)
+    "condition_failed": WARNING,
     "batch_planned": PROGRESS,
     "round_done": PROGRESS,
     SCHEDULE_FAILED: FAULT,

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from orchestrator import state
 from orchestrator.console import create_app
-from orchestrator.console.events import CONTROL, ESTOP, PAUSED, PROGRESS
+from orchestrator.console.events import CONTROL, ESTOP, NOTIFY_CATEGORIES, PAUSED, PROGRESS
 from orchestrator.console.source import ControlRefused, UnknownCampaign, allowed_actions
 from orchestrator.console.store_source import StoreSource, event_text
 from orchestrator.console.users import Role
@@ -146,6 +146,9 @@ def test_progress_spectra_losses_and_bounds_follow_the_store(store: Store) -> No
     assert [c.median_loss for c in losses.rounds[0].conditions] == [0.41, 0.25, None]
     # a null loss says whether it failed or is not measured yet (they looked the same)
     assert [c.status for c in losses.rounds[0].conditions] == ["done", "done", "failed"]
+    # a failed condition is worth reading, not a fault to notify (fifty overnight were fifty webhooks)
+    failed = [e for e in source.events(cid, 0, 500) if e.kind == "condition_failed"]
+    assert [e.category for e in failed] == ["warning"] and "warning" not in NOTIFY_CATEGORIES
     assert [c.index for c in losses.rounds[0].conditions] == [1, 2, 3]
     assert losses.best_so_far == [{"round": 1, "loss": 0.25}, {"round": 2, "loss": 0.25}]
 
