@@ -461,6 +461,10 @@ class HarvardPump:
             )
         self._stopped_by = None
 
+    def acknowledge_alarm(self) -> None:
+        """Forget an alarm a stop was answered with (the pump's prompt was cleared by that stop)."""
+        self._stopped_by = None
+
     def _latch(self, reply: Reply) -> None:
         """Keep an alarm a stop was answered with (``*`` stalled, ``T*`` target reached) for status()."""
         self._stopped_by = _PROMPT_ALARMS.get(reply.prompt) or self._stopped_by

@@ -1383,7 +1383,7 @@ class _Runner:
             # a simulated rig's chemistry model is imported here: one gone since the campaign was stored
             # (another folder, another PYTHONPATH) stops it like a rig that does not connect
             self.rig = build_rig(spec.rig, spec.protocol, chemistry=spec.chemistry)
-        except ConfigError as exc:
+        except (ConfigError, DeviceError) as exc:  # a driver refusing its settings too: no traceback
             return self._not_started(row, f"fault: the rig could not be set up: {exc}")
         try:
             self.rig.connect()

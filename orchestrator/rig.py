@@ -160,7 +160,9 @@ class PumpConfig(_Strict):
                     f"({dia_low:g}-{dia_high:g} mm): give the syringe's inside diameter in mm",
                 )
             )
-        if self.baudrate is not None and self.baudrate not in baudrates:
+        if self.driver == "sila":  # checked here with the rest of the file, not when the pump is built
+            problems += _sila_problems(self)
+        elif self.baudrate is not None and self.baudrate not in baudrates:
             problems.append(
                 Problem(
                     "baudrate",
@@ -282,7 +284,12 @@ class RigConfig(_Strict):
                     )
                 )
             streams.setdefault(p.stream_name, i)
-            if (p.port, p.address) in lines:
+            if (p.port, p.address) in lines and p.driver == "sila":
+                problems.append(
+                    Problem(f"pumps[{i}].port", f"{p.port} already serves pumps[{lines[(p.port, p.address)]}]: "
+                            "a SiLA 2 server serves one pump, each pump its own port")
+                )
+            elif (p.port, p.address) in lines:
                 problems.append(
                     Problem(
                         f"pumps[{i}].address",
@@ -369,6 +376,21 @@ def load_rig(path: str | Path) -> RigConfig:
 
 
 # -- what a syringe on a pump can deliver ------------------------------------------------------------
+
+
+def _sila_problems(pump: PumpConfig) -> list[Problem]:
+    """A SiLA 2 pump's entry: its own sila:// server, no serial address or baud rate."""
+    from drivers.sila import parse_sila_url
+
+    problems = []
+    try:
+        parse_sila_url(pump.port)
+    except ValueError as exc:
+        problems.append(Problem("port", str(exc)))
+    if pump.address != 0 or pump.baudrate is not None:
+        problems.append(Problem("address" if pump.address != 0 else "baudrate",
+                                "a SiLA 2 pump has a server of its own (its sila:// port): remove address and baudrate"))
+    return problems
 
 
 def driver_ranges(driver: str) -> tuple[tuple[float, float], tuple[int, ...]]:

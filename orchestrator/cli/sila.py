@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -79,8 +80,17 @@ def serve_rig(
 
     if (cert is None) != (key is None):
         raise SystemExit("sdl sila serve: give both --cert and --key, or neither")
+    if insecure and cert is not None:
+        raise SystemExit("sdl sila serve: --insecure serves without encryption; give it or --cert/--key, not both")
+    if insecure and host not in _LOOPBACK:
+        raise SystemExit(f"sdl sila serve: --insecure serves without encryption, so only on loopback "
+                         f"({', '.join(_LOOPBACK)}), not on {host}: give --cert/--key (or none: self-signed)")
+    for path in (cert, key):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"sdl sila serve: no file {path}")
     tls = TlsFiles(key.read_bytes(), cert.read_bytes()) if cert is not None and key is not None else None
     cfg = load_rig(rig_path)
+    _check_ports(host, port, len(cfg.pumps) + (cfg.spectrometer is not None))
     rig = build_rig(cfg)
     rig.connect()
     stop = stop or threading.Event()
@@ -99,6 +109,26 @@ def serve_rig(
         rig.safe_state()
         rig.close()
     return 0
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _check_ports(host: str, first: int, count: int) -> None:
+    """Each server's port is valid and free. gRPC listens with SO_REUSEPORT, so a second `sdl sila serve`
+    on the same ports started without a word and took the clients over: two masters of one rig."""
+    last = first + count - 1
+    if first < 1 or last > 65535:
+        raise SystemExit(f"sdl sila serve: ports {first}-{last} ({count} servers) are not all in 1-65535")
+    for port in range(first, last + 1):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise SystemExit(
+                    f"sdl sila serve: port {port} on {host} is in use ({exc.strerror}): another `sdl sila serve` "
+                    "of this rig, or another program; stop it, or give --port"
+                ) from None
 
 
 def _serve(args: argparse.Namespace) -> int:

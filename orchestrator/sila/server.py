@@ -262,7 +262,15 @@ class PumpService:
             self.stroke_mm = stroke_mm
 
     def enable(self) -> None:
+        """Enable the drive and clear a fault (an alarm the driver latched: a stall, a power reset), as
+        the feature says; the pump itself acknowledged the alarm when it reported it. The pump stays
+        stopped until GenerateFlow."""
         with self.lock:
+            if self.pump.status().alarm is not None:
+                self.pump.stop()  # a Harvard pump's stall prompt is cleared by a stop
+                acknowledge = getattr(self.pump, "acknowledge_alarm", None)
+                if acknowledge is not None:
+                    acknowledge()
             self.enabled = True
 
     def disable(self) -> None:

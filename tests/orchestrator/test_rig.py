@@ -119,6 +119,13 @@ BAD_REAL = [
         "9600, 19200, 38400, 57600, 115200",
     ),
     ({"pumps": [_pump(diameter=3)]}, "pumps[0].diameter", "allowed here: name, driver, port, address"),
+    # SiLA 2 pumps, checked with the file (a traceback from `sdl run` before, the campaign left behind)
+    ({"pumps": [_pump(driver="sila", port="/dev/ttyUSB0")]}, "pumps[0].port", "is not a SiLA 2 address"),
+    ({"pumps": [_pump(driver="sila", port="sila://h:50052", address=2)]}, "pumps[0].address", "remove address"),
+    ({"pumps": [_pump(driver="sila", port="sila://h:50052", baudrate=19200)]}, "pumps[0].baudrate", "remove address and baudrate"),
+    ({"pumps": [_pump(driver="sila", port="sila://h:50052?ca=x.pem&insecure=1")]}, "pumps[0].port", "not both"),
+    ({"pumps": [_pump(driver="sila", port="sila://h:50052"), _pump(name="q", driver="sila", port="sila://h:50052")]},
+     "pumps[1].port", "a SiLA 2 server serves one pump"),
     ({"pumps": [_pump(port="")]}, "pumps[0].port", "at least 1 character"),
     (
         {"pumps": [_pump(syringe_volume_ul=10)]},

@@ -192,6 +192,50 @@ def test_disabled_drive_is_an_alarm_for_the_client(pump: SilaPump, raw: SilaClie
     again.close()
 
 
+def test_enable_pump_drive_clears_a_fault_as_the_feature_says(
+    served: tuple[Rig, list[ServedInstrument]], pump: SilaPump, raw: SilaClient
+) -> None:
+    """After a stall, EnablePumpDrive left FaultState True and GenerateFlow refused ("check it, then
+    EnablePumpDrive"): only restarting the server cleared it."""
+    from simulators.faults import Fault
+    from simulators.serialsim import get_bus
+
+    rig, _ = served
+    pump.set_rate_ul_min(10.0)
+    pump.run()
+    get_bus("newera", "sila-line").inject(0, Fault("stall"))  # type: ignore[attr-defined]
+    rig.clock.sleep(1.0)
+    assert raw.PumpDriveControlService.FaultState.get() is True
+    raw.PumpDriveControlService.EnablePumpDrive()
+    assert raw.PumpDriveControlService.FaultState.get() is False
+    pump.run()  # flows again
+    assert pump.status().running
+
+
+def test_sila_serve_refuses_a_second_master_and_unsafe_options(tmp_path: Path) -> None:
+    """A second `sdl sila serve` on the same ports started without a word (gRPC shares ports) and took
+    the clients over; --insecure on a public address, with --cert, a missing key file or port 70000
+    were taken or ended in tracebacks."""
+    path = tmp_path / "rig.yaml"
+    path.write_text(yaml.safe_dump({**RIG, "name": "optbench", "spectrometer": None,
+                                    "pumps": [{**RIG["pumps"][0], "port": "sim://newera/opt-line"}]}))
+    base = free_ports(1)
+    with socket.socket() as held:  # another program (or server) on the port
+        held.bind(("127.0.0.1", base))
+        with pytest.raises(SystemExit, match=f"port {base} on 127.0.0.1 is in use"):
+            serve_rig(path, port=base, insecure=True, stop=threading.Event())
+    cert = tmp_path / "site.crt"
+    cert.write_text("x")
+    for kwargs, said in [
+        ({"insecure": True, "host": "0.0.0.0"}, "only on loopback"),
+        ({"insecure": True, "cert": cert, "key": cert}, "not both"),
+        ({"cert": cert, "key": tmp_path / "missing.key"}, "no file"),
+        ({"insecure": True, "port": 70000}, "not all in 1-65535"),
+    ]:
+        with pytest.raises(SystemExit, match=said):
+            serve_rig(path, **{"port": base, **kwargs}, stop=threading.Event())
+
+
 def test_units_chosen_by_another_client_convert(
     served: tuple[Rig, list[ServedInstrument]], raw: SilaClient
 ) -> None:
