@@ -167,6 +167,9 @@ class Agent:
                         self.store.journal(None, "agent_started", who=self.owner, data={"rig": self.rig_name})
                         started = True
                     self.store.agent_seen(self.owner, self.rig_name)  # idle or not: seen (sdl status, console)
+                    if outage is not None:  # it answers again (said now, not after the next campaign)
+                        outage.over()
+                        outage = None
                     ran = self._resume_interrupted() or self.step()
                     idle = ran is None and not (exit_when_idle and not self.work_waiting())
                     if ran is None and not idle:
@@ -175,9 +178,6 @@ class Agent:
                     outage = outage or _Outage(self.owner)
                     self._stopping.wait(outage.failed(exc))
                     continue
-                if outage is not None:
-                    outage.over()
-                    outage = None
                 if idle:
                     self._stopping.wait(self.idle_poll_s)
         finally:

@@ -345,7 +345,7 @@ class _Watcher(threading.Thread):
                 return
             except Exception as exc:  # noqa: BLE001 - a flaky database must not kill the watcher
                 if not unreachable:  # once per outage, not every 0.2 s
-                    log.warning("estop watcher: store unreachable", error=str(exc))
+                    log.warning("estop watcher: store unreachable", error=database_error_text(exc))
                 unreachable = True
 
 
@@ -1336,7 +1336,10 @@ class _Runner:
             try:
                 return self._run_claimed(spec, row)
             finally:
-                self.store.release(self.campaign_id, self.owner)
+                try:  # not patient: a store that is gone leaves the claim to our pid, which dies with us
+                    self.raw_store.release(self.campaign_id, self.owner)
+                except (OperationalError, InterfaceError) as exc:
+                    log.warning("could not release the campaign: store unreachable", error=database_error_text(exc))
                 unbind("campaign", "round", "condition", "attempt", "replicate")
 
     def _claim(self, row: Any) -> None:
@@ -1421,6 +1424,13 @@ class _Runner:
         except _FromCaller as passed:
             raise passed.original from None
         except (CampaignError, KeyboardInterrupt):
+            raise
+        except (OperationalError, InterfaceError):
+            # the store stayed away past DB_PATIENCE_S: pumps safe, and up to the caller (an agent waits
+            # and takes it up again first; `sdl run` says so in one line). Not faulted: nothing here is
+            # broken, and writing the fault would wait for the store all over again.
+            log.error("store unreachable past the patience: stopping", patience_s=DB_PATIENCE_S)
+            self.rig.safe_state()
             raise
         except Exception as exc:
             # a bug, an optimiser failure or (dry run) the chemistry model's failure: pumps safe, the

@@ -292,10 +292,12 @@ def resume_command(args: argparse.Namespace) -> int:
 
 def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Console) -> int:
     """Run the campaign here with progress bars and its log file; then summary, report, where to look."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from orchestrator import state
     from orchestrator.campaign import CampaignError, run_campaign
     from orchestrator.logging import campaign_logging, log_path_for
-    from orchestrator.store import CampaignClaimed, redacted
+    from orchestrator.store import CampaignClaimed, database_error_text, redacted
 
     log_path = log_path_for(store.url, campaign_id)
     status: str | None = None
@@ -318,6 +320,12 @@ def _drive(store: Any, campaign_id: str, args: argparse.Namespace, console: Cons
         except (CampaignError, CampaignClaimed) as exc:  # CampaignClaimed: another process has it, or its rig
             console.print(f"[bold red]error:[/] {escape(str(exc))}")
             refused = isinstance(exc, CampaignClaimed)
+        except SQLAlchemyError as exc:  # the store stayed away past the runner's patience: nothing more to ask it
+            return fail(
+                f"the store is unreachable ({database_error_text(exc)}): campaign {campaign_id} stopped with its "
+                f"pumps safe; `sdl resume {campaign_id}` continues it once the database is back",
+                EXIT_STOPPED,
+            )
     row = store.campaign(campaign_id)
     console.print(f"{campaign_id}: {escape(row.description)}")
     where = [("store", redacted(store.url)), ("log", str(log_path))]  # a PostgreSQL password is not printed

@@ -566,6 +566,36 @@ def test_a_short_database_outage_loses_no_droplet(
     assert fingerprint(store, cid) == reference["fingerprint"]  # every droplet, once
 
 
+def test_a_long_database_outage_stops_the_run_pumps_safe_not_faulted(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the patience the run stops, pumps safe, and leaves the campaign as it was for an agent or
+    `sdl resume`. It used to be marked faulted ("engine error: OperationalError ... sqlalche.me/e/21"),
+    waiting for the store twice more on the way (six minutes), and the agent then ran the queue first."""
+    from sqlalchemy.exc import OperationalError
+
+    import orchestrator.campaign as campaign_module
+
+    monkeypatch.setattr(campaign_module, "DB_RETRY_S", 0.0)
+    monkeypatch.setattr(campaign_module, "DB_PATIENCE_S", 0.05)
+    cid = start(store, tmp_path)
+    real = store.add_replicate
+    calls = {"n": 0}
+
+    def down_for_good(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] >= 4:
+            raise OperationalError("INSERT", {}, Exception("connection refused"))
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "add_replicate", down_for_good)
+    with pytest.raises(OperationalError):
+        run(store, cid)
+    assert store.campaign(cid).status == state.RUNNING  # not faulted: an agent or `sdl resume` takes it up
+    assert all(rate == 0.0 for rate in get_world("simulated")._rates.values())  # noqa: SLF001 - pumps safe
+    assert len(store.replicates(cid)) == 3
+
+
 def test_an_estop_on_a_faulted_campaign_keeps_the_fault_in_the_reason(store: Store, tmp_path: Path) -> None:
     """An e-stop pressed while a campaign was held by a fault, then cleared: the campaign read "paused:
     e-stop cleared: ...", and the fault (with any "NOT STOPPED, stop by hand") was gone from the state."""

@@ -8,6 +8,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -423,3 +424,21 @@ def test_a_run_that_measured_nothing_says_so_instead_of_sending_people_to_sdl_re
     out = capsys.readouterr().out.replace("\n", " ")
     assert "no report written: campaign" in out and "has no measured condition yet" in out
     assert "sdl report" not in out
+
+
+def test_a_run_whose_store_stays_away_ends_in_one_line(
+    tmp_path: Path, db: str, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It ended in four chained tracebacks (233 lines) after a 6-minute outage."""
+    from sqlalchemy.exc import OperationalError
+
+    import orchestrator.campaign as campaign_module
+
+    def gone(*args: Any, **kwargs: Any) -> str:
+        raise OperationalError("SELECT", {}, Exception("connection failed: Connection refused"))
+
+    monkeypatch.setattr(campaign_module, "run_campaign", gone)
+    assert main(["run", str(tiny_protocol(tmp_path)), "--rig", str(SIM_RIG), "--db", db]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "error: the store is unreachable (connection failed: Connection refused): campaign c-" in err
+    assert "stopped with its pumps safe; `sdl resume c-" in err and "Traceback" not in err
