@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -538,30 +539,38 @@ def test_droplets_left_by_a_process_that_stopped_long_ago_are_set_aside(store: S
     assert second.attempt == 1 and second.status == "done"
 
 
+def database_down(
+    store: Store, monkeypatch: pytest.MonkeyPatch, *, down: Callable[[int], bool], answer_lost: int | None = None
+) -> None:
+    """The database fails the runner's writes of droplets: the n-th ``add_replicate`` fails when ``down(n)``;
+    the ``answer_lost``-th is committed and then fails, as a connection lost before its answer. The runner
+    retries at once (DB_RETRY_S 0)."""
+    from sqlalchemy.exc import OperationalError
+
+    import orchestrator.campaign as campaign_module
+
+    monkeypatch.setattr(campaign_module, "DB_RETRY_S", 0.0)
+    real, calls = store.add_replicate, [0]
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if down(calls[0]):
+            raise OperationalError("INSERT", {}, Exception("connection refused"))
+        real(*args, **kwargs)
+        if calls[0] == answer_lost:
+            raise OperationalError("COMMIT", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(store, "add_replicate", flaky)
+
+
 def test_a_short_database_outage_loses_no_droplet(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference
 ) -> None:
     """A PostgreSQL restart while a droplet was being written: the run ended with the droplet lost. The
     runner now waits for the store (up to DB_PATIENCE_S) and writes it; a write whose answer was lost
     though it was committed is not written twice."""
-    from sqlalchemy.exc import OperationalError
-
-    import orchestrator.campaign as campaign_module
-
-    monkeypatch.setattr(campaign_module, "DB_RETRY_S", 0.0)
     cid = start(store, tmp_path)
-    real = store.add_replicate
-    calls = {"n": 0}
-
-    def flaky(*args: Any, **kwargs: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] in (4, 5):  # the database is down for two tries
-            raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
-        real(*args, **kwargs)
-        if calls["n"] == 9:  # committed, but the answer never came
-            raise OperationalError("COMMIT", {}, Exception("connection lost"))
-
-    monkeypatch.setattr(store, "add_replicate", flaky)
+    database_down(store, monkeypatch, down=lambda n: n in (4, 5), answer_lost=9)  # two tries down, one answer lost
     assert run(store, cid) == state.FINISHED
     assert fingerprint(store, cid) == reference["fingerprint"]  # every droplet, once
 
@@ -576,19 +585,9 @@ def test_a_long_database_outage_stops_the_run_pumps_safe_not_faulted(
 
     import orchestrator.campaign as campaign_module
 
-    monkeypatch.setattr(campaign_module, "DB_RETRY_S", 0.0)
     monkeypatch.setattr(campaign_module, "DB_PATIENCE_S", 0.05)
     cid = start(store, tmp_path)
-    real = store.add_replicate
-    calls = {"n": 0}
-
-    def down_for_good(*args: Any, **kwargs: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] >= 4:
-            raise OperationalError("INSERT", {}, Exception("connection refused"))
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "add_replicate", down_for_good)
+    database_down(store, monkeypatch, down=lambda n: n >= 4)
     with pytest.raises(OperationalError):
         run(store, cid)
     assert store.campaign(cid).status == state.RUNNING  # not faulted: an agent or `sdl resume` takes it up
