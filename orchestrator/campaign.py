@@ -1343,18 +1343,16 @@ class _Runner:
                 unbind("campaign", "round", "condition", "attempt", "replicate")
 
     def _claim(self, row: Any) -> None:
-        """Claim the campaign; a previous owner on this host whose process is gone (kill -9) is taken
-        over at once instead of after the store's staleness period."""
+        """Claim the campaign; a previous owner on this host whose process is gone (kill -9) holds
+        nothing (the store's liveness checks its pid), so it is taken over at once, and journaled."""
+        self.store.claim(self.campaign_id, self.owner)
         if row.owner not in (None, self.owner) and owner_is_dead(row.owner):
-            self.store.claim(self.campaign_id, self.owner, stale_after_s=0.0)
             self.store.journal(
                 self.campaign_id,
                 "taken_over",
                 who=self.owner,
                 reason=f"{row.owner} is no longer running on this host",
             )
-        else:
-            self.store.claim(self.campaign_id, self.owner)
         # a request the last process did not live to act on (a pause sent just before a kill -9): a person
         # who starts the campaign now (`sdl resume`) wants it run, not paused or aborted by a request from
         # before, so each is closed, saying so; an agent taking over on its own honours them (nobody asked

@@ -1800,6 +1800,11 @@ class Store:
             f"silent since {last.seen_at:%Y-%m-%d %H:%M} UTC"
         return f"no live agent for rig {rig} (the last, {last.owner}, {gone}): start `sdl agent --rig {rig}`"
 
+    def has_live_agent(self, rig: str) -> bool:
+        """Whether a live `sdl agent` serves ``rig`` (it runs what is queued for the rig)."""
+        now = self.now()
+        return any(agent.is_live(now) for agent in self.agents(rig))
+
     def waiting_note(self, row: CampaignRow) -> str:
         """Why a campaign that should move does not, and what to do: a queued one with no live agent
         for its rig (:meth:`queue_note`), a running one whose process stopped heartbeating. '' else."""
@@ -1812,8 +1817,7 @@ class Store:
         who = (f"{row.owner} is no longer running on this host" if dead
                else f"{row.owner} fell silent at {row.heartbeat_at:%Y-%m-%d %H:%M} UTC"
                if row.owner and row.heartbeat_at else "no process drives it")
-        agent = any(g.is_live(now) for g in self.agents(row.rig_name))
-        then = (f"the live agent of rig {row.rig_name} marks it orphaned and resumes it" if agent
+        then = (f"the live agent of rig {row.rig_name} marks it orphaned and resumes it" if self.has_live_agent(row.rig_name)
                 else f"`sdl resume {row.id}` continues it here, or `sdl agent --rig {row.rig_name}` resumes it")
         return f"no live process: {who}; {then}"
 

@@ -250,7 +250,7 @@ def run_command(args: argparse.Namespace) -> int:
 def resume_command(args: argparse.Namespace) -> int:
     from orchestrator import state
     from orchestrator.state import InvalidTransition
-    from orchestrator.store import StoreError, open_store, owner_is_dead
+    from orchestrator.store import StoreError, open_store
 
     store = open_store(args.db)
     console = Console(highlight=False, soft_wrap=True)
@@ -270,7 +270,7 @@ def resume_command(args: argparse.Namespace) -> int:
             EXIT_STOPPED,
         )
     owner = store.live_owner(row.id)
-    if owner is not None and owner != _owner() and not owner_is_dead(owner):
+    if owner is not None and owner != _owner():  # live_owner: a process gone from this host is None
         if row.status in (state.PAUSED, state.PAUSING, state.FAULTED, state.ESTOPPED):
             store.request_control(row.id, "resume", who=_who(), reason=args.reason or "sdl resume")
             console.print(f"asked {owner}, which drives {row.id}, to resume it ({row.description})")

@@ -74,7 +74,7 @@ def create_app(
     db.ensure_console_schema(engine)
     directory = UserDirectory(engine, password_hasher)
     signing = secret or os.environ.get(SECRET_ENV) or directory.signing_secret()
-    scheduler = ConsoleScheduler(store_url, file_roots)
+    scheduler = ConsoleScheduler(store_url, file_roots, engine=engine)
     set_job_context(
         JobContext(
             request_control=lambda _url, c, action, who, why: campaign_source.request_control(
@@ -184,4 +184,3 @@ def _json_safe(value: object) -> object:
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     return value
-

@@ -29,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.config_errors import ConfigError
@@ -256,7 +257,9 @@ class _Scheduler(BackgroundScheduler):
 
 
 class ConsoleScheduler:
-    def __init__(self, store_url: str, file_roots: Sequence[str | Path] | None = None) -> None:
+    def __init__(
+        self, store_url: str, file_roots: Sequence[str | Path] | None = None, *, engine: Engine | None = None
+    ) -> None:
         self.store_url = store_url
         # folders a scheduled start may read protocol and rig files from (sdl serve --files, $SDL_FILES;
         # default: the working directory): the console is reachable by operators, its host's files not
@@ -264,7 +267,7 @@ class ConsoleScheduler:
         self._scheduler = _Scheduler(
             # the console's engine settings (pool_pre_ping): after a database restart the first add or
             # run of a schedule must not fail on a connection the server closed
-            jobstores={"default": SQLAlchemyJobStore(engine=engine_for(store_url), tablename=JOB_TABLE)},
+            jobstores={"default": SQLAlchemyJobStore(engine=engine or engine_for(store_url), tablename=JOB_TABLE)},
             timezone=UTC,
             # a missed interval run happens once when the server is back, not once per missed slot
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},

@@ -13,6 +13,7 @@ until the journal moves: views are cached by position and many open pages cost o
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import threading
 import time
@@ -342,13 +343,8 @@ class StoreSource:
             variables=list(plan.variables),
             driven=row.is_live(self.store.now()),
             lab_latch=row.status == states.ESTOPPED and self.store.estop_latched(None) is not None,
-            rig_agent=self._rig_agent(row.rig_name),
+            rig_agent=self.store.has_live_agent(row.rig_name),
         )
-
-    def _rig_agent(self, rig: str) -> bool:
-        """Whether a live `sdl agent` serves ``rig`` (it runs what is queued for the rig)."""
-        now = self.store.now()
-        return any(agent.is_live(now) for agent in self.store.agents(rig))
 
     def _snapshot(self, campaign_id: str) -> CampaignProgress:
         """Everything the progress, losses and bounds views need (one read transaction, cached)."""
@@ -525,7 +521,7 @@ class StoreSource:
         """No process drives the campaign (queued, or its process is gone): a pause or an abort
         takes effect at once, as with ``sdl pause``/``sdl abort``; a resume needs a process."""
         if action == "resume":
-            if self._rig_agent(row.rig_name):  # the rig's agent runs it, on the rig's PC
+            if self.store.has_live_agent(row.rig_name):  # the rig's agent runs it, on the rig's PC
                 try:
                     self.store.set_status(row.id, states.QUEUED, reason=f"resume: {why}", who=who,
                                           data={"applied_by": "console", "no_live_process": True})
@@ -570,7 +566,7 @@ class StoreSource:
         """"; before the e-stop: faulted: ..." when a fault or a pause held the campaign as the e-stop came
         (read from the journal: the state change before the latest e-stop); '' otherwise."""
         changes = [e for e in self.store.recent_events(campaign_id, 200) if e.kind in states.STATES]
-        for later, earlier in zip(reversed(changes), list(reversed(changes))[1:], strict=False):
+        for earlier, later in reversed(list(itertools.pairwise(changes))):  # the latest e-stop first
             if later.kind == states.ESTOPPED and earlier.kind != states.ESTOPPED:
                 if earlier.kind in (states.FAULTED, states.PAUSED):
                     return f"; before the e-stop: {earlier.kind}: {earlier.reason}"
