@@ -32,7 +32,7 @@ from orchestrator.console.routes import campaigns, control, schedules, session, 
 from orchestrator.console.scheduler import ConsoleScheduler, JobContext, set_job_context
 from orchestrator.console.source import CampaignSource
 from orchestrator.console.users import UserDirectory
-from orchestrator.store import database_error_text
+from orchestrator.store import database_error_text, redacted
 
 log = structlog.get_logger("orchestrator.console")
 
@@ -104,7 +104,7 @@ def create_app(
             start_source()  # e.g. StoreSource renews the views pages read in the background
         if notifier is not None:
             notifier.start()
-        log.info("console up", store=db.redacted(store_url), background=background, notify=notify.enabled)
+        log.info("console up", store=redacted(store_url), background=background, notify=notify.enabled)
         try:
             yield
         finally:

@@ -36,11 +36,6 @@ def ensure_console_schema(engine: Engine) -> None:
     ConsoleBase.metadata.create_all(engine)
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def default_url() -> str:
     """The store URL when none is given, the same as every other ``sdl`` command's:
     $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db."""

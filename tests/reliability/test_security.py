@@ -235,9 +235,9 @@ def test_secrets_never_reach_any_log(tmp_path: Path, all_logs: io.StringIO) -> N
     password, new_password = "lou-password-xyz-1", "lou-password-xyz-2"
     r = Rig(tmp_path)
     # the store URL's password: a console on PostgreSQL logs where it is, never how it logs in
-    from orchestrator.console import db as console_db
+    from orchestrator.store import redacted
 
-    line = json.dumps({"store": console_db.redacted(f"postgresql+psycopg://sdl:{db_password}@127.0.0.1/sdl")})
+    line = json.dumps({"store": redacted(f"postgresql+psycopg://sdl:{db_password}@127.0.0.1/sdl")})
     structlog.get_logger("test").info("console up", store=json.loads(line)["store"])
     secrets_seen: list[str] = [db_password, password, new_password]
     with TestClient(r.app) as c:
