@@ -1071,6 +1071,8 @@ class _Runner:
         self._flow_ul = 0.0
         try:
             rates = protocol.stream_rates_ul_min(cond.inputs)
+            if too_big := self.rig.syringe_shortfalls(protocol, cond.inputs):
+                raise InfeasibleInputs(too_big)
         except InfeasibleInputs as exc:
             # nothing reaches a pump: the condition is failed and the optimiser learns so
             log.warning("condition refused", reason=str(exc))

@@ -508,17 +508,41 @@ class ExperimentProtocol(_Strict):
         """Seconds to wait after setting this condition's rates before its replicates count."""
         return self.equilibration.wait_s(dead_volume_ul, float(inputs[self.total_variable]))
 
-    def rate_ranges_ul_min(self) -> dict[str, tuple[float, float]]:
-        """The lowest and highest rate (uL/min) each stream can be asked for within the hard limits."""
-        total_lo, total_hi = self.variables[self.total_variable].hard_limits
+    def condition_ul(self, inputs: Mapping[str, float], dead_volume_ul: float, acquisition_s: float) -> dict[str, float]:
+        """The least each stream's syringe must hold to measure this condition in one go: its rate over
+        the equilibration wait and ``replicates.n`` back-to-back acquisitions of ``acquisition_s``."""
+        seconds = self.equilibration_s(dead_volume_ul, inputs) + self.replicates.n * acquisition_s
+        return {s: rate * seconds / 60.0 for s, rate in self.stream_rates_ul_min(inputs).items()}
+
+    def largest_condition_ul(
+        self, dead_volume_ul: float, acquisition_s: float, within: Literal["hard_limits", "bounds"] = "bounds"
+    ) -> dict[str, float]:
+        """The most of each stream one condition (:meth:`condition_ul`) can draw within the initial bounds
+        (or the hard limits): at the highest total flow and that stream's largest share, where both the
+        rate and the share of the equilibration's sweep of the dead volume peak."""
+        total_hi = getattr(self.variables[self.total_variable], within)[1]
+        eq = self.equilibration
+        fixed_s = eq.settle_s + eq.margin_s + self.replicates.n * acquisition_s
+        return {
+            stream: high * fixed_s / 60.0 + high / total_hi * eq.margin_volumes * dead_volume_ul
+            for stream, (_, high) in self.rate_ranges_ul_min(within).items()
+        }
+
+    def rate_ranges_ul_min(
+        self, within: Literal["hard_limits", "bounds"] = "hard_limits"
+    ) -> dict[str, tuple[float, float]]:
+        """The lowest and highest rate (uL/min) each stream can be asked for within the hard limits (or
+        the initial bounds)."""
+        total_lo, total_hi = getattr(self.variables[self.total_variable], within)
         ranges: dict[str, tuple[float, float]] = {}
-        percents = {n: v for n, v in self.variables.items() if v.kind == "percent"}
-        for name, spec in percents.items():
-            others_lo = sum(v.hard_limits[0] for n, v in percents.items() if n != name)
-            top = min(spec.hard_limits[1], self.percent_sum_max - others_lo)
-            ranges[spec.stream or name] = (spec.hard_limits[0] / 100 * total_lo, top / 100 * total_hi)
-        highest_sum = min(self.percent_sum_max, sum(v.hard_limits[1] for v in percents.values()))
-        lowest_sum = sum(v.hard_limits[0] for v in percents.values())
+        percents = {n: getattr(v, within) for n, v in self.variables.items() if v.kind == "percent"}
+        streams = {n: self.variables[n].stream or n for n in percents}
+        for name, (low, high) in percents.items():
+            others_lo = sum(lim[0] for n, lim in percents.items() if n != name)
+            top = min(high, self.percent_sum_max - others_lo)
+            ranges[streams[name]] = (low / 100 * total_lo, top / 100 * total_hi)
+        highest_sum = min(self.percent_sum_max, sum(lim[1] for lim in percents.values()))
+        lowest_sum = sum(lim[0] for lim in percents.values())
         ranges[self.remainder_stream] = (
             (100 - highest_sum) / 100 * total_lo,
             (100 - lowest_sum) / 100 * total_hi,

@@ -44,7 +44,7 @@ from orchestrator.optimize.model_checks import accuracy_by_round, measured_spect
 from orchestrator.optimize.success import UNLIKELY, SuccessModel  # noqa: E402
 from orchestrator.spectra import minmax  # noqa: E402
 from orchestrator.state import OPTIMISER_STOP  # noqa: E402
-from orchestrator.summary import reagent_rows, reagent_use  # noqa: E402
+from orchestrator.summary import failure_reasons, reagent_rows, reagent_use  # noqa: E402
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +93,8 @@ class ReportData:
     # (:func:`orchestrator.summary.reagent_use`)
     reagents: list[tuple[str, float, float | None, int | None]] = field(default_factory=list)
     pumping_s: float | None = None
+    # why each failed condition failed, by (round, condition) (:func:`orchestrator.summary.failure_reasons`)
+    failures: dict[tuple[int, int], str] = field(default_factory=dict)
 
     def measured(self) -> list[Observation]:
         return self.history.measured()
@@ -184,6 +186,7 @@ def load_report_data(store: Any, campaign_id: str) -> ReportData:
         rig=str(getattr(row, "rig_name", "") or ""),
         reagents=reagent_rows(use),
         pumping_s=use["pumping_s"],
+        failures=failure_reasons(store, campaign_id),
     )
 
 
@@ -340,6 +343,11 @@ def _plain_log_axis(ax: plt.Axes, which: str) -> None:
 
 def _style(source: str) -> tuple[str, str]:
     return SOURCE_STYLE.get(source, DEFAULT_STYLE)
+
+
+def _condition_name(o: Observation) -> str:
+    """As `sdl status` and the console name a condition (r4 c12), counted from 1."""
+    return f"r{o.round_index + 1}" + ("" if o.condition is None else f" c{o.condition + 1}")
 
 
 def _source_name(source: str) -> str:
@@ -929,8 +937,7 @@ def render_html(
             [
                 [
                     i + 1,
-                    # as `sdl status` and the console name it (r4 c12), counted from 1
-                    f"r{o.round_index + 1} c{o.condition + 1}" if o.condition is not None else f"r{o.round_index + 1}",
+                    _condition_name(o),
                     _source_name(o.source) if o.source else "–",
                     *(o.inputs[n] for n in names),
                     o.median_loss,
@@ -953,6 +960,14 @@ def render_html(
             + "".join(f"; {html.escape(w)}" for w in on_open_edges(data.space, optimum["inputs"]))
             + ".</p>"
         )
+    failed = data.history.failed()
+    if failed:
+        parts += ["<h2>Failed conditions</h2>", _table(
+            ["condition", "source", *names, "why"],
+            [[_condition_name(o), _source_name(o.source) if o.source else "–", *(o.inputs[n] for n in names),
+              data.failures.get((o.round_index, o.condition), "–")]
+             for o in failed],
+        )]
     captions = {
         "loss_by_round": "Median loss of every condition per round, and the best so far",
         "bounds_by_round": "Search bounds per round, with the hard limits and the conditions run",

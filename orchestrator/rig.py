@@ -424,6 +424,34 @@ _UNITS_HINT = (" (far off its range: check the units; a percent variable is % of
                "and a total flow is in uL/min, not mL/min)")
 
 
+def acquisition_s(integration_time_us: float, scans_to_average: int = 1) -> float:
+    """Seconds one spectrum takes at least: the scans it averages, back to back."""
+    return integration_time_us * scans_to_average / 1e6
+
+
+def _syringe_problems(protocol: ExperimentProtocol, rig: RigConfig) -> list[Problem]:
+    """Syringes smaller than one condition at the initial bounds draws: such a condition can never be
+    measured (its pump stalls part-way, and after the refill the condition starts over), however often
+    someone refills."""
+    if rig.spectrometer is None or rig.dead_volume_ul is None:
+        return []  # reported on their own
+    largest = protocol.largest_condition_ul(
+        rig.dead_volume_ul, acquisition_s(rig.spectrometer.integration_time_us, rig.spectrometer.scans_to_average))
+    problems = []
+    for k, pump in enumerate(rig.pumps):
+        need = largest.get(pump.stream_name)
+        if need is None or pump.syringe_volume_ul is None or need <= pump.syringe_volume_ul:
+            continue
+        problems.append(Problem(
+            f"pumps[{k}].syringe_volume_ul",
+            f"pump {pump.name}'s {pump.syringe_volume_ul:g} uL syringe holds less than one condition within the "
+            f"protocol's bounds can draw of {pump.stream_name} ({need:.0f} uL: the equilibration wait and "
+            f"{protocol.replicates.n} spectra at the highest flow), so that condition could never finish: use a "
+            "larger syringe, or lower the upper bounds of the total flow or of this stream's share",
+        ))
+    return problems
+
+
 def check_protocol_against_rig(
     protocol: ExperimentProtocol, rig: RigConfig, *, source: str | None = None
 ) -> None:
@@ -472,6 +500,7 @@ def check_protocol_against_rig(
                     "use a wider syringe or lower the hard upper limits" + _UNITS_HINT * (need_high > 20 * can_high),
                 )
             )
+    problems += _syringe_problems(protocol, rig)
     if rig.spectrometer is None:
         problems.append(Problem("spectrometer", "a campaign needs a spectrometer"))
     if rig.dead_volume_ul is None:
@@ -588,6 +617,24 @@ class Rig:
         campaign holds until someone refills it: empty here."""
         return {names[address]: ul for firmware, names in self._sim_lines
                 for address, ul in firmware.refill_empty().items() if address in names}
+
+    def syringe_shortfalls(self, protocol: ExperimentProtocol, inputs: Mapping[str, float]) -> list[str]:
+        """What this condition needs of a stream in one go that its syringe (as the rig file gives it)
+        cannot hold: a condition that could never finish, to be refused before any pump runs (widened
+        bounds can reach one that the check at load could not see). Empty: it fits."""
+        spectrometer = self.spectrometer
+        if spectrometer is None or self.dead_volume_ul is None:
+            return []
+        seconds = acquisition_s(spectrometer.integration_time_us, getattr(spectrometer, "scans_to_average", 1))
+        need = protocol.condition_ul(inputs, self.dead_volume_ul, seconds)
+        short = []
+        for stream, ul in need.items():
+            pump = self.pump_for_stream.get(stream)
+            size = None if pump is None else self.syringes_ul.get(pump.name)
+            if size is not None and ul > size:
+                short.append(f"it needs {ul:.0f} uL of {stream} in one go (the equilibration wait and "
+                             f"{protocol.replicates.n} spectra), more than pump {pump.name}'s {size:g} uL syringe holds")
+        return short
 
     def _devices(self) -> list[tuple[str, Any]]:
         devices: list[tuple[str, Any]] = [(f"pump {n}", p) for n, p in self.pumps.items()]

@@ -41,7 +41,8 @@ perfect match; ``null`` where a value does not exist yet)::
           "rates_ul_min": {"AgNO3": 35.5, ..., "water": 120.0} | null,
           "losses": [{"replicate": 0, "attempt": 0, "loss": 0.31, "accepted": true,
                       "reject_reason": null, "set_aside": false}, ...],
-          "median_loss": 0.29 | null, "mad": 0.01 | null, "accepted": 18
+          "median_loss": 0.29 | null, "mad": 0.01 | null, "accepted": 18,
+          "failed_reason": "0 of 20 droplets accepted, fewer than 10; ..." | null   # why it failed
         }, ...]
       }, ...],
       "best": {"round": 3, "condition": 11, "inputs": {...}, "median_loss": 0.14} | null,
@@ -187,6 +188,13 @@ def reagent_use(
             "refills": refills}
 
 
+def failure_reasons(store: Store, campaign_id: str) -> dict[tuple[int, int], str]:
+    """Why each failed condition failed, by (round, condition): the reason its ``condition_failed``
+    event gives (too few accepted droplets and what rejected the rest, or refused before any pump ran)."""
+    events = store.recent_events(campaign_id, limit=1_000_000, kind="condition_failed")
+    return {(int(e.data["round"]), int(e.data["condition"])): e.reason for e in events if "round" in e.data}
+
+
 def syringe_fills(used_ul: float, syringe_ul: float | None) -> int | None:
     """How many full syringes ``used_ul`` takes (1: no refill), or None without a syringe volume."""
     if not syringe_ul or syringe_ul <= 0:
@@ -227,6 +235,7 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
 
     use = reagent_use(store, campaign_id, conditions=conditions, row=row)
     volume = use["volume_ul"] or {}
+    why_failed = failure_reasons(store, campaign_id)
     rounds_out: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     previous: Mapping[str, Any] | None = {v["name"]: v["bounds"] for v in variables if v["bounds"]}
@@ -247,6 +256,7 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
                     "median_loss": c.median_loss,
                     "mad": c.mad,
                     "accepted": c.accepted,
+                    "failed_reason": why_failed.get((c.round, c.index)) if c.failed else None,
                 }
             )
             if (

@@ -806,6 +806,43 @@ def test_infeasible_suggestion_never_reaches_a_pump(store: Store, tmp_path: Path
     assert "condition_refused" in kinds and "rates_set" not in kinds
 
 
+@pytest.mark.timeout(60)  # without the check the pump stalls, the campaign faults and waits for an operator
+def test_a_condition_its_syringe_cannot_hold_never_reaches_a_pump(store: Store, tmp_path: Path) -> None:
+    """A 450 uL water syringe holds a condition at the initial bounds (at most 305 uL of water), so the
+    campaign starts; a condition at the hard limit of the total flow (2000 uL/min, 78 % water: about
+    500 uL) would stall it part-way every time, however often someone refills: refused up front."""
+    from orchestrator.optimize import registry
+    from orchestrator.optimize.base import Suggestion
+
+    class Thirsty:
+        name = "thirsty"
+
+        def suggest(self, history, space, n):
+            low = {v.name: v.low for v in space.variables}
+            return Suggestion(batch=[low | {"Q_total": 1000.0}, low | {"Q_total": 2000.0}], space=space,
+                              sources=["thirsty"] * 2)
+
+    registry.register("test_thirsty", lambda settings, widening, seed: Thirsty(), replace=True)
+    data = yaml.safe_load(SIM_RIG.read_text())
+    water = next(p for p in data["pumps"] if p["name"] == "water")
+    water.update(syringe_diameter_mm=7.14, syringe_volume_ul=450)
+    rig = tmp_path / "small_water.yaml"
+    rig.write_text(yaml.safe_dump(data, sort_keys=False))
+    cid = start(store, tmp_path, rig=rig, optimizer={"strategy": "test_thirsty"}, stop={"max_rounds": 1})
+    assert run(store, cid) == state.FINISHED
+    fits, thirsty = store.conditions(cid)
+    assert fits.status == "done" and thirsty.status == "failed"
+    assert store.replicates(cid, thirsty.round, thirsty.index) == [] and thirsty.rates is None
+    (refused,) = [e for e in store.events(cid) if e.kind == "condition_refused"]
+    assert "of water in one go" in refused.reason and "pump water's 450 uL syringe" in refused.reason
+    # the morning's summary and report say why it failed
+    from orchestrator.report import load_report_data
+
+    (why,) = [c["failed_reason"] for c in build_summary(store, cid)["rounds"][0]["conditions"] if c["failed"]]
+    assert why.startswith("refused before any pump ran") and "of water in one go" in why
+    assert load_report_data(store, cid).failures == {(thirsty.round, thirsty.index): why}
+
+
 def test_start_refuses_bad_inputs_before_anything_is_stored(store: Store, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown optimiser strategy"):
         start(store, tmp_path, optimizer={"strategy": "nonsense"})

@@ -78,6 +78,7 @@ def small_campaign(rounds: int = 3, per_round: int = 8, replicates: int = 4) -> 
         strategy="two_step",
         loss_threshold=0.15,
         optimizer_settings={"dnn": {"model": {"members": 2, "max_epochs": 300}}},
+        failures={(obs[-1].round_index, obs[-1].condition): "3 of 10 droplets accepted, fewer than 5; rejected: 7 empty"},
     )
 
 
@@ -113,6 +114,11 @@ def test_writes_figures_and_a_page_that_shows_them(campaign: ReportData, tmp_pat
     # named as `sdl status` names it, from 1
     assert f"<td>r{best.round_index + 1} c{best.condition + 1}</td>" in page and "accepted droplets" in page
     assert "finished" in page and "c-test" in page and "conditions failed" in page
+    # each failed condition, and why (the reason its condition_failed event gives)
+    failed = campaign.history.observations[-1]
+    row = page.split("<h2>Failed conditions</h2>")[1].split("</table>")[0]
+    assert f"<td>r{failed.round_index + 1} c{failed.condition + 1}</td>" in row
+    assert "<td>3 of 10 droplets accepted, fewer than 5; rejected: 7 empty</td>" in row
     assert (tmp_path / "report.json").exists()
 
 

@@ -264,6 +264,39 @@ def test_syringes_that_cannot_deliver_the_hard_limits(protocol: ExperimentProtoc
     assert "check the units" not in problems["pumps[3].syringe_diameter_mm"]  # a syringe to change, not a slip
 
 
+def test_a_syringe_smaller_than_one_condition_is_refused_at_load(protocol: ExperimentProtocol, real_data: dict) -> None:
+    """20 spectra of 3 x 1 s scans and the equilibration (10 + 5 s, two sweeps of the 70 uL dead volume):
+    at the bounds' highest total (1000 uL/min) and lowest shares (4 + 10 + 4 + 4 %), water runs at
+    780 uL/min for 75 s (975 uL) and sweeps 0.78 x 140 uL (109 uL): 1084 uL, more than a 1 mL syringe."""
+    data = copy.deepcopy(real_data)
+    data["spectrometer"].update(integration_time_us=1_000_000, scans_to_average=3)
+    data["pumps"][4].update(syringe_diameter_mm=8.59, syringe_volume_ul=1000)
+    with pytest.raises(ConfigError) as info:
+        check_protocol_against_rig(protocol, RigConfig.model_validate(data))
+    (problem,) = info.value.problems
+    assert problem.field == "pumps[4].syringe_volume_ul"
+    assert "1000 uL syringe holds less than one condition" in problem.message
+    assert "(1084 uL:" in problem.message and "use a larger syringe" in problem.message
+    data["pumps"][4]["syringe_volume_ul"] = 1100  # fits: nothing to say
+    check_protocol_against_rig(protocol, RigConfig.model_validate(data))
+
+
+def test_the_largest_condition_is_the_bounds_corner(protocol: ExperimentProtocol) -> None:
+    """largest_condition_ul agrees with condition_ul at the corner it names, and no random condition
+    inside the bounds draws more of any stream."""
+    corner = {"Q_AgNO3": 4.0, "Q_PVA": 10.0, "Q_TSC": 4.0, "Q_seed": 4.0, "Q_total": 1000.0}
+    assert all(protocol.variables[k].bounds[int(k == "Q_total")] == v for k, v in corner.items())
+    largest = protocol.largest_condition_ul(70.0, 0.5)
+    assert protocol.condition_ul(corner, 70.0, 0.5)["water"] == pytest.approx(largest["water"])
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = {k: rng.uniform(*v.bounds) for k, v in protocol.variables.items()}
+        if protocol.check_inputs(x):
+            continue
+        need = protocol.condition_ul(x, 70.0, 0.5)
+        assert all(need[s] <= largest[s] + 1e-9 for s in need)
+
+
 def test_a_unit_slip_is_named_as_one(real_data: dict, reference_protocol_data: dict, tmp_path: Path) -> None:
     """Shares written as fractions (0.05-0.2 for 5-20 %): a rate far below any pump's range."""
     data = copy.deepcopy(reference_protocol_data)

@@ -83,7 +83,8 @@ def campaign(store: Store) -> str:
     )
     rep(store, cid, 0, 1, 0, 0, None, ok=False)
     store.journal(cid, "reagent_used", data={"round": 0, "condition": 1, "ul": 400.0})
-    store.finish_condition(cid, 0, 1, median_loss=None, mad=None, accepted=0, failed=True)
+    store.finish_condition(cid, 0, 1, median_loss=None, mad=None, accepted=0, failed=True,
+                           reason="0 of 2 droplets accepted, fewer than 1; rejected: 2 no_light")
     b1 = {**b0, "Q_AgNO3": (2, 20)}
     store.finish_round(cid, 0)  # the engine does not know the next bounds yet when a round ends
     why = {"variable": "Q_AgNO3", "edge": "high", "old": 20.0, "new": 25.0, "reason": "gated rule: 60% crowd it"}
@@ -183,6 +184,8 @@ def test_summary_document(store: Store, campaign: str) -> None:
         },
     ]
     assert (c1["status"], c1["failed"], c1["median_loss"]) == ("failed", True, None)
+    assert c1["failed_reason"] == "0 of 2 droplets accepted, fewer than 1; rejected: 2 no_light"
+    assert c0["failed_reason"] is None
     assert c1["rates_ul_min"]["AgNO3"] == 60.0
 
     assert s["best"] == {
