@@ -2,6 +2,7 @@
 
     sdl users add NAME --role observer|operator|admin [--password-stdin | --no-password] [--db URL]
     sdl users token NAME [--days N] [--label TEXT] [--db URL]
+    sdl users revoke TOKEN_ID [--db URL]
     sdl users list [--db URL]
     sdl users set NAME [--role ROLE] [--disable | --enable] [--password-stdin] [--db URL]
 
@@ -22,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.console import db
-from orchestrator.console.users import Role, UserDirectory, UserError
+from orchestrator.console.users import TOKEN_PREFIX, Role, UserDirectory, UserError
 
 EXIT_USAGE = 2
 
@@ -48,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     token.add_argument("--label", default="", help="what the token is for, shown in listings")
     token.set_defaults(func=_token)
 
+    revoke = sub.add_parser("revoke", help="revoke an API token at once (its id, as `sdl users list` shows it)")
+    revoke.add_argument("token_id", help="the token's id: the part between 'sdl_' and the dot, or the whole token")
+    revoke.set_defaults(func=_revoke)
+
     lst = sub.add_parser("list", help="list users and their tokens")
     lst.set_defaults(func=_list)
 
@@ -62,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     change.set_defaults(func=_set)
 
-    for p in (add, token, lst, change):
+    for p in (add, token, revoke, lst, change):
         p.add_argument("--db", default=db.default_url(), help="store URL (default: $SDL_DB_URL, else $SDL_DB, else sqlite:///runs/sdl.db)")
 
 
@@ -126,6 +131,17 @@ def _token(args: argparse.Namespace) -> int:
             "it is shown only now:"
         )
         sys.stdout.write(token + "\n")  # alone on stdout, so `TOKEN=$(sdl users token ...)` works
+
+    return _run(action)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    def action() -> None:
+        token_id = args.token_id.strip()
+        if token_id.startswith(TOKEN_PREFIX):  # the whole token pasted: its id is before the dot
+            token_id = token_id[len(TOKEN_PREFIX):].partition(".")[0]
+        _directory(args.db).revoke_token(token_id, who=_who())
+        Console(stderr=True).print(f"token {token_id} revoked: a running console refuses it within 2 s")
 
     return _run(action)
 

@@ -275,7 +275,7 @@ class UserDirectory:
         with self._db() as db:
             row = db.get(ApiToken, token_id)
             if row is None:
-                raise UserError(f"no token {token_id!r}: list them with GET /api/tokens")
+                raise UserError(f"no token {token_id!r}: list them with `sdl users list` or GET /api/tokens")
             row.revoked = True
             self._audit(db, who, "token.revoke", token_id)
             db.commit()

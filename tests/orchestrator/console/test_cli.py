@@ -32,6 +32,26 @@ def test_first_admin_and_a_token_from_the_shell(
     assert "a long admin password" not in out.err + out.out
 
 
+def test_a_token_revoked_from_the_shell(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """By its id as `sdl users list` shows it, or by the whole token pasted; an unknown id changes nothing."""
+    assert main(["users", "add", "cron", "--role", "operator", "--no-password", "--db", store_url]) == 0
+    assert main(["users", "token", "cron", "--db", store_url]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["users", "token", "cron", "--db", store_url]) == 0
+    second = capsys.readouterr().out.strip()
+    directory = _directory(store_url)
+    (first_id, second_id) = (t.removeprefix("sdl_").partition(".")[0] for t in (first, second))
+    assert main(["users", "revoke", "nonsense", "--db", store_url]) == 2
+    assert "no token 'nonsense'" in capsys.readouterr().err and directory.authenticate_token(first) is not None
+    assert main(["users", "revoke", first_id, "--db", store_url]) == 0
+    assert main(["users", "revoke", second, "--db", store_url]) == 0
+    assert f"token {second_id} revoked" in capsys.readouterr().err
+    assert directory.authenticate_token(first) is None and directory.authenticate_token(second) is None
+    assert main(["users", "list", "--db", store_url]) == 0
+    assert capsys.readouterr().out.count("revoked") == 2
+    assert [a.action for a in directory.audit_log() if a.action == "token.revoke"] == ["token.revoke"] * 2
+
+
 def test_users_set_and_list(
     store_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
