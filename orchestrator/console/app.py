@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ log = structlog.get_logger("orchestrator.console")
 
 STATIC_DIR = Path(__file__).with_name("static")
 SECRET_ENV = "SDL_CONSOLE_SECRET"
+DB_WARNING_EVERY_S = 60.0  # a database outage is logged once this often, however many requests fail
 
 
 def create_app(
@@ -145,11 +147,19 @@ def create_app(
             return JSONResponse(status_code=503, content={"status": "database unreachable", "detail": database_error_text(exc)})
         return JSONResponse({"status": "ok"})
 
+    outage = {"logged_at": -math.inf, "unlogged": 0}  # one warning a minute, not one per polling client
+
     @app.exception_handler(SQLAlchemyError)
     async def database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
         """A database restart or a lost network: 503 in words (the page says it), not a bare 500 with a
-        traceback in the log for every request."""
-        log.warning("database error", path=request.url.path, error=database_error_text(exc))
+        traceback in the log for every request. Logged once a minute, with the count of the others."""
+        now = time.monotonic()
+        if now - outage["logged_at"] >= DB_WARNING_EVERY_S:
+            log.warning("database error", path=request.url.path, error=database_error_text(exc),
+                        more_requests_failed=outage["unlogged"])
+            outage.update(logged_at=now, unlogged=0)
+        else:
+            outage["unlogged"] += 1
         return JSONResponse(
             status_code=503,
             content={"detail": f"the database is unreachable ({database_error_text(exc)}); the console keeps trying: "

@@ -137,6 +137,19 @@ def test_a_database_outage_is_a_503_in_words_and_health_says_so(
     assert r.status_code == 503 and r.json()["status"] == "database unreachable"
     assert "Connection refused" in r.json()["detail"] and "SELECT" not in r.json()["detail"]
     monkeypatch.setattr(console.source, "list_campaigns", fail)
-    r = client.get("/api/campaigns", headers=console.bearer("observer"))
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:  # fifty tablets polling: one warning a minute, not fifty a second
+        for _ in range(5):
+            r = client.get("/api/campaigns", headers=console.bearer("observer"))
     assert r.status_code == 503 and r.json()["detail"].startswith("the database is unreachable (connection to")
     assert "reload in a minute" in r.json()["detail"]
+    warned = [e for e in logs if e["event"] == "database error"]
+    assert len(warned) == 1 and warned[0]["more_requests_failed"] == 0
+    from orchestrator.console import app as console_app
+
+    monkeypatch.setattr(console_app, "DB_WARNING_EVERY_S", 0.0)
+    with capture_logs() as logs:
+        client.get("/api/campaigns", headers=console.bearer("observer"))
+    (warned,) = [e for e in logs if e["event"] == "database error"]
+    assert warned["more_requests_failed"] == 4  # the ones not logged are counted
