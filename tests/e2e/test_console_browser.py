@@ -280,6 +280,10 @@ def test_operator_watches_pauses_resumes_and_sees_the_campaign_finish(stack: Sta
             page.set_viewport_size({"width": 390, "height": 844})
             assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
             expect(page.locator("#whoami")).to_be_visible()  # who is signed in, on a phone too
+            # the plots are drawn for the phone's width: their text stays readable (it was 6-7 px)
+            page.wait_for_function("() => document.querySelector('#losses').getAttribute('viewBox') === '0 0 380 300'")
+            text_px = page.evaluate("() => [...document.querySelectorAll('#losses text')].map((t) => t.getBoundingClientRect().height)")
+            assert text_px and min(text_px) >= 11, text_px
             page.click("#controls button[data-action=pause]")
             box = page.locator("#confirm-ok").bounding_box()
             assert box is not None and box["x"] + box["width"] <= 390, box

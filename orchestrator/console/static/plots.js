@@ -4,7 +4,21 @@
 
 (function () {
   const NS = "http://www.w3.org/2000/svg";
-  const W = 600, H = 320, M = { l: 52, r: 14, t: 12, b: 36 };
+  const M = { l: 52, r: 14, t: 12, b: 36 };
+  // A phone shows a 600-unit-wide plot at about half size, and its 12 px text at 6 px: there the plots
+  // are drawn 380 units wide, so the text stays readable; they are drawn again when the screen turns.
+  const NARROW = window.matchMedia ? window.matchMedia("(max-width: 560px)") : null;
+  let W = 600, H = 320;
+  const shown = new Map();  // svg -> [draw, data]: what to draw again at a change of width
+
+  function fit(svg, draw, data) {
+    const narrow = NARROW !== null && NARROW.matches;
+    W = narrow ? 380 : 600;
+    H = narrow ? 300 : 320;
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    shown.set(svg, [draw, data]);
+  }
+  if (NARROW) NARROW.addEventListener("change", () => { for (const [svg, [draw, data]] of shown) draw(svg, data); });
   const COLOURS = ["#2563eb", "#db2777", "#0891b2", "#ca8a04", "#7c3aed", "#16a34a", "#ea580c", "#475569"];
 
   function el(tag, attrs, parent) {
@@ -72,6 +86,7 @@
   // so the eye should too; the axis stays the droplets' absorbance.
   function spectra(svg, data) {
     clear(svg);
+    fit(svg, spectra, data);
     const wl = data.wavelengths_nm || [], drops = data.droplets || [];
     if (!wl.length) return empty(svg, "no spectra yet");
     let peak = 0, lo = 0;
@@ -95,6 +110,7 @@
   // data: {rounds: [{index, conditions: [{index, median_loss}]}], best_so_far: [{round, loss}]}
   function losses(svg, data) {
     clear(svg);
+    fit(svg, losses, data);
     const rounds = data.rounds || [];
     const pts = [];
     for (const r of rounds) for (const c of r.conditions) if (c.median_loss !== null) pts.push([r.index, c.median_loss, c]);
