@@ -120,6 +120,11 @@ class SilaPump:
         self._fill_last = 0.0
         self._dispensed = 0.0
         self._started_at: float | None = None
+        # a drive found disabled at this object's first connection (power-up, or left so before this
+        # process) is enabled by the first run(), as CETONI's software does before dosing; one disabled
+        # later is someone's stop, which a reconnect must not undo, and a status read changes nothing
+        self._connected_before = False
+        self._enable_at_run = False
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -193,8 +198,9 @@ class SilaPump:
                     device=self.name,
                     hint="Wait for the initialization to finish, then connect again.",
                 )
-            if state == "Disabled":
-                self._call("enable the drive", drive.EnablePumpDrive)
+            if not self._connected_before:
+                self._enable_at_run = state == "Disabled"
+        self._connected_before = True
         if hasattr(c, "SyringeConfigurationController"):
             syringe = c.SyringeConfigurationController
             current = float(self._get(syringe.InnerDiameter))
@@ -319,7 +325,11 @@ class SilaPump:
         c = self._require()
         dosing = c.PumpFluidDosingService
         if hasattr(c, "PumpDriveControlService") and self._get(c.PumpDriveControlService.PumpDriveState) == "Disabled":
-            raise self._drive_disabled("start the flow")
+            if not self._enable_at_run:
+                raise self._drive_disabled("start the flow")
+            self._call("enable the drive", c.PumpDriveControlService.EnablePumpDrive)
+            log.info("sila pump drive enabled to start the first flow (it was disabled at connect)", pump=self.name)
+        self._enable_at_run = False
         instance = self._call("start the flow", dosing.GenerateFlow, self._rate)
         now = time.monotonic()
         deadline, grace = now + START_TIMEOUT_S, now + ERROR_GRACE_S

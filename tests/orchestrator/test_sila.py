@@ -185,10 +185,21 @@ def test_disabled_drive_is_an_alarm_for_the_client(pump: SilaPump, raw: SilaClie
     pump.set_rate_ul_min(10.0)
     with pytest.raises(DeviceAlarm, match="disabled"):
         pump.run()
-    # a fresh connection enables the drive, as CETONI's software does before dosing
+    pump.close()  # the runner's retry reconnects: that must not undo someone's stop
+    pump.connect()
+    with pytest.raises(DeviceAlarm, match="disabled"):
+        pump.run()
+    assert raw.PumpDriveControlService.PumpDriveState.get() == "Disabled"
+    # a fresh process (`sdl hw ... --status`) reads the state and leaves the drive as it is ...
     again = SilaPump("again", f"sila://127.0.0.1:{raw.port}?insecure=1")
     again.connect()
+    assert again.status().state is PumpState.STOPPED
+    assert raw.PumpDriveControlService.PumpDriveState.get() == "Disabled"
+    # ... and its first run enables it, as CETONI's software does before dosing
+    again.set_rate_ul_min(10.0)
+    again.run()
     assert raw.PumpDriveControlService.PumpDriveState.get() == "Enabled"
+    again.stop()
     again.close()
 
 
