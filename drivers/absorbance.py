@@ -119,6 +119,14 @@ def absorbance_on_grid(
         return a
     grid = np.asarray(grid_nm, dtype=float)
     wl = np.asarray(wavelengths_nm, dtype=float)
+    beyond = (grid < wl.min() - reach_nm) | (grid > wl.max() + reach_nm)
+    if beyond.any():  # no light can be missing where there is no pixel: say what the range is
+        raise SpectrometerError(
+            f"the spectrometer's pixels ({wl.min():.1f}-{wl.max():.1f} nm) do not cover the protocol's grid at "
+            f"{_ranges(grid[beyond])} nm",
+            device=device,
+            hint="Narrow the protocol's wavelength grid to the spectrometer's range, or use a spectrometer that covers it.",
+        )
     window = (wl >= grid.min() - reach_nm) & (wl <= grid.max() + reach_nm)
     n_sat, n_dark = int(px.saturated[window].sum()), int(px.dark_reference[window].sum())
     where = _ranges(grid[masked])

@@ -503,6 +503,15 @@ def check_protocol_against_rig(
     problems += _syringe_problems(protocol, rig)
     if rig.spectrometer is None:
         problems.append(Problem("spectrometer", "a campaign needs a spectrometer"))
+    elif rig.spectrometer.driver == "simulated":  # a real unit's range is checked when it connects
+        pixels, grid = pixel_wavelengths(), protocol.wavelengths()
+        if grid[0] < pixels[0] or grid[-1] > pixels[-1]:
+            problems.append(Problem(
+                "spectrometer",
+                f"the simulated spectrometer reads {pixels[0]:.1f}-{pixels[-1]:.1f} nm, but protocol "
+                f"{protocol.name!r} scores spectra on {grid[0]:g}-{grid[-1]:g} nm: narrow the protocol's "
+                "grid (start_nm, stop_nm) to that range to rehearse it",
+            ))
     if rig.dead_volume_ul is None:
         problems.append(
             Problem(

@@ -138,9 +138,34 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
             f"the second {data[:, 1].min():.4g}-{data[:, 1].max():.4g}; a target is wavelength_nm first, then "
             "absorbance"
         )
-    data = data[np.argsort(data[:, 0])]
-    if np.any(np.diff(data[:, 0]) <= 0):
-        raise TargetFileError(f"{path}: wavelengths must be distinct")
+    metadata = " ".join(header).lower()
+    wl = data[:, 0]
+    pixels = bool(np.all(wl == np.round(wl)) and wl.min() in (0, 1) and np.all(np.abs(np.diff(np.sort(wl))) == 1))
+    if pixels or re.search(r"(^|[^a-z])pixels?([^a-z]|$)", said) or re.search(r"x\s*axis mode:\s*pixel", metadata):
+        raise TargetFileError(
+            f"{path}: its first column is pixel numbers ({wl.min():g}-{wl.max():g}), not wavelengths: export the "
+            "spectrum with the x axis in nanometres (OceanView: XAxis mode Wavelengths)"
+        )
+    if re.search(r"wave ?numbers?|cm\s*(-|\^|\*\*)\s*-?1|1\s*/\s*cm|cm⁻¹", said):
+        raise TargetFileError(
+            f"{path}: its header gives the axis in wavenumbers ({header[-1][:60]!r}); a target's first column "
+            "is the wavelength in nm: convert it (nm = 10^7 / wavenumber in cm^-1)"
+        )
+    if wl.max() < 100:  # no UV-Vis-NIR wavelength in nm is this short
+        unit = "micrometres (nm = 1000 x um)" if wl.max() <= 3 else "some other unit"
+        raise TargetFileError(
+            f"{path}: its first column runs {wl.min():g}-{wl.max():g}, below any UV-Vis wavelength in nm: is it in "
+            f"{unit}? A target's first column is the wavelength in nm"
+        )
+    order = np.argsort(data[:, 0], kind="stable")
+    data = data[order]
+    if np.any(same := np.diff(data[:, 0]) <= 0):
+        i = int(np.argmax(same))
+        first, second = sorted((row_lines[order[i]], row_lines[order[i + 1]]))
+        raise TargetFileError(
+            f"{path}: wavelengths must be distinct, but lines {first} and {second} both give {data[i, 0]:g} nm "
+            f"({int(same.sum())} repeated in all): keep one row per wavelength"
+        )
     if np.ptp(data[:, 1]) <= 0:
         raise TargetFileError(f"{path}: the target is flat; its shape cannot be compared")
     return data[:, 0], data[:, 1]

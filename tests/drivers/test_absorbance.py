@@ -98,6 +98,18 @@ def test_grid_outside_the_pixels_raises() -> None:
         absorbance_on_grid(ones * 500, ones * 0, ones * 1000, wl, np.arange(380.0, 430.01), SCREEN)
 
 
+def test_a_grid_beyond_the_pixels_is_not_blamed_on_the_lamp() -> None:
+    """A few dim pixels inside the range (the UV end of a real lamp) and a grid reaching past the last
+    pixel: the range is what is wrong, not the lamp (it said "as dark as the dark spectrum at ...,
+    851-1100 nm")."""
+    wl = _pixels()
+    dark = np.zeros(wl.shape)
+    reference = np.where(wl < 382, 50.0, 5000.0)  # dim below 382 nm
+    with pytest.raises(SpectrometerError, match=r"pixels \(380.0-420.0 nm\) do not cover the protocol's grid at 422-440 nm") as info:
+        absorbance_on_grid(reference * 0.5, dark, reference, wl, np.arange(380.0, 440.01), SCREEN)
+    assert not isinstance(info.value, LampOff) and "Narrow the protocol's wavelength grid" in info.value.hint
+
+
 def test_some_masking_can_be_allowed() -> None:
     wl = _pixels()
     dark = np.zeros(wl.shape)

@@ -351,7 +351,15 @@ def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
     ("300,0.1\n450,0.5\n900,n/a\n", r"line 3 \('900,n/a'\) is not two numbers"),
     ("wavelength_nm;absorbance\n300\n", "at least two rows of two numbers.*found 0; it starts with 'wavelength_nm;absorbance'"),
     ("just some notes\nabout a spectrum\n", "found 0; it starts with 'just some notes'"),
-    ("300,0.1\n450,1.0\n450,0.5\n", "wavelengths must be distinct"),
+    ("300,0.1\n450,1.0\n450,0.5\n", r"wavelengths must be distinct, but lines 2 and 3 both give 450 nm \(1 repeated"),
+    # an x axis in pixels, wavenumbers or micrometres: refused, not read as nm (pixels 380-800 were scored
+    # as 380-800 nm, a spectrum stretched over the wrong range)
+    ("Spectrometer: FLMS01234\nXAxis mode: Pixels\n>>>>>Begin Spectral Data<<<<<\n120\t0.1\n121\t0.2\n122\t0.5\n",
+     r"first column is pixel numbers \(120-122\), not wavelengths.*XAxis mode Wavelengths"),
+    ("0\t0.1\n1\t0.2\n2\t0.5\n3\t0.4\n", r"pixel numbers \(0-3\)"),
+    ("pixel,absorbance\n400,0.1\n410,0.2\n420,0.5\n", r"pixel numbers \(400-420\)"),
+    ("Wavenumber (cm-1);Abs\n12500;0.1\n20000;1.0\n25000;0.1\n", r"axis in wavenumbers.*nm = 10\^7 / wavenumber"),
+    ("wavelength_um,abs\n0.3,0.1\n0.5,1.0\n0.8,0.1\n", r"runs 0.3-0.8, below any UV-Vis wavelength in nm: is it in micrometres"),
     ("300,0.1\n450,nan\n", r"NaN or infinite values \(1 row, the first on line 2: '450,nan'\)"),
     ("absorbance,nm\n0.1,300\n0.1,450\n0.5,600\n", "the columns look swapped.*wavelength_nm first"),
     ("Wavelength (nm),%T\n300,90\n450,40\n600,80\n", "header says transmittance or reflectance"),

@@ -281,6 +281,24 @@ def test_a_syringe_smaller_than_one_condition_is_refused_at_load(protocol: Exper
     check_protocol_against_rig(protocol, RigConfig.model_validate(data))
 
 
+def test_a_grid_beyond_the_simulated_spectrometer_is_refused_at_load(
+    reference_protocol_data: dict, sim_data: dict, tmp_path: Path
+) -> None:
+    """It passed, then faulted at calibration blaming the lamp ("as dark as the dark spectrum at ...,
+    851-1100 nm") and waited for an operator."""
+    data = copy.deepcopy(reference_protocol_data)
+    data["grid"] = {"start_nm": 380, "stop_nm": 1000, "step_nm": 1}
+    target = tmp_path / "wide.csv"
+    target.write_text("".join(f"{w},{np.exp(-((w - 600) / 80) ** 2):.5f}\n" for w in range(300, 1101)))
+    data["target"]["file"] = str(target)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        check_protocol_against_rig(load_protocol(tmp_path / "p.yaml"), RigConfig.model_validate(sim_data))
+    (problem,) = info.value.problems
+    assert problem.field == "spectrometer"
+    assert "reads 199.8-850.9 nm" in problem.message and "on 380-1000 nm" in problem.message
+
+
 def test_the_largest_condition_is_the_bounds_corner(protocol: ExperimentProtocol) -> None:
     """largest_condition_ul agrees with condition_ul at the corner it names, and no random condition
     inside the bounds draws more of any stream."""
