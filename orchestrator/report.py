@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import structlog  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter  # noqa: E402
 
@@ -95,6 +96,10 @@ class ReportData:
     pumping_s: float | None = None
     # why each failed condition failed, by (round, condition) (:func:`orchestrator.summary.failure_reasons`)
     failures: dict[tuple[int, int], str] = field(default_factory=dict)
+    # each condition's pump rates (uL/min per stream), by (round, condition): what to set to repeat it
+    rates: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
+    # what was run, for the state table: target and window, seed, a dry run's chemistry, droplet counts
+    facts: list[tuple[str, Any]] = field(default_factory=list)
 
     def measured(self) -> list[Observation]:
         return self.history.measured()
@@ -149,7 +154,8 @@ def load_report_data(store: Any, campaign_id: str) -> ReportData:
                 np.asarray(rep.absorbance, float)
             )
     observations = []
-    for c in sorted(store.conditions(campaign_id), key=lambda c: (c.round, c.index)):
+    conditions = sorted(store.conditions(campaign_id), key=lambda c: (c.round, c.index))
+    for c in conditions:
         failed = c.status == "failed"
         if c.status != "done" and not failed:
             continue  # planned or being measured: nothing to learn from yet
@@ -187,7 +193,38 @@ def load_report_data(store: Any, campaign_id: str) -> ReportData:
         reagents=reagent_rows(use),
         pumping_s=use["pumping_s"],
         failures=failure_reasons(store, campaign_id),
+        rates={(int(c.round), int(c.index)): dict(c.rates) for c in conditions if c.rates},
+        facts=_run_facts(store, campaign_id, row, spec),
     )
+
+
+def _run_facts(store: Any, campaign_id: str, row: Any, spec: Any) -> list[tuple[str, Any]]:
+    """What was run, as the morning reader needs it beside the results: the target scored against (a
+    ``--target`` file in place of the protocol's), the grid and absorbance window, the seed, whether it
+    was a dry run and with which chemistry, and the droplets measured."""
+    options = dict(getattr(row, "options", None) or {})
+    target, grid = spec.protocol.target, spec.protocol.grid
+    # the stored spec's target is a temporary copy of the text: name the file as the protocol gave it
+    written = str(((yaml.safe_load(row.protocol_yaml) or {}).get("target") or {}).get("file", ""))
+    own = str((Path(row.protocol_path).parent / written).resolve())
+    scored = options.get("target_file") or own
+    facts: list[tuple[str, Any]] = [
+        ("target", scored + (f" (--target, in place of the protocol's {written})" if scored != own else "")),
+        ("scored on", f"{grid.start_nm:g}-{grid.stop_nm:g} nm in {grid.step_nm:g} nm steps; absorbance window "
+                      f"{target.a_low:g}-{target.a_high:g} (a peak outside it scores a loss of 1, whatever its shape)"),
+        ("seed", spec.seed),
+    ]
+    if spec.rig.is_simulated:
+        from orchestrator.rig import DEFAULT_DRY_RUN_CHEMISTRY
+
+        model = options.get("chemistry") or (spec.rig.simulation.chemistry.model if spec.rig.simulation.chemistry
+                                             else DEFAULT_DRY_RUN_CHEMISTRY)
+        facts.append(("dry run", f"simulated rig, chemistry {model}"))
+    reps = store.replicate_losses(campaign_id)
+    counted = [r for r in reps if not r.set_aside]
+    facts.append(("droplets", f"{len(reps)} measured: {sum(r.accepted for r in counted)} accepted, "
+                              f"{sum(not r.accepted for r in counted)} rejected, {len(reps) - len(counted)} set aside"))
+    return facts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +382,17 @@ def _style(source: str) -> tuple[str, str]:
     return SOURCE_STYLE.get(source, DEFAULT_STYLE)
 
 
+def _unit(v: Any) -> str:
+    """An input's unit: a percent of the total flow, or the total flow in uL/min."""
+    return "%" if v.kind == "percent" else "uL/min"
+
+
+def _loss_text(v: float, places: int = 3) -> str:
+    """A loss with ``places`` decimals, or two significant figures below what they show (4.9e-05, not
+    0.000: a near-perfect match must not read as exactly zero)."""
+    return f"{v:.{places}f}" if v == 0 or abs(v) >= 10 ** -(places - 1) else f"{v:.2g}"
+
+
 def _condition_name(o: Observation) -> str:
     """As `sdl status` and the console name a condition (r4 c12), counted from 1."""
     return f"r{o.round_index + 1}" + ("" if o.condition is None else f" c{o.condition + 1}")
@@ -410,7 +458,7 @@ def plot_loss_by_round(data: ReportData, path: Path) -> Path:
         best.append(running)
     ax.step(rounds, best, where="post", color="black", lw=2, label="best so far")
     for r, b in zip(rounds, best, strict=True):
-        ax.annotate(f"{b:.3f}", (r, b), textcoords="offset points", xytext=(4, -12), fontsize=8)
+        ax.annotate(_loss_text(b), (r, b), textcoords="offset points", xytext=(4, -12), fontsize=8)
     if data.loss_threshold is not None:
         ax.axhline(
             data.loss_threshold,
@@ -463,7 +511,7 @@ def plot_bounds_by_round(data: ReportData, path: Path) -> Path:
         ax.axhline(v.hard_high, color="grey", ls=":", lw=1, label="hard limits")
         if v.log:
             _plain_log_axis(ax, "y")
-        unit = "%" if v.kind == "percent" else "uL/min"
+        unit = _unit(v)
         ax.set_title(f"{v.name} ({unit})", fontsize=10)
         ax.set_xticks(rounds)
         ax.tick_params(labelsize=8)
@@ -657,7 +705,7 @@ def plot_loss_map(
         facecolor="none",
         edgecolor="red",
         linewidths=2,
-        label=f"best measured ({best.median_loss:.3f})",
+        label=f"best measured ({_loss_text(best.median_loss)})",
     )
     opt_x, opt_loss = optimum or predicted_optimum(model, space, data.seed, measured=measured_x)
     ax.scatter(
@@ -667,7 +715,7 @@ def plot_loss_map(
         s=260,
         color="gold",
         edgecolor="black",
-        label=f"predicted optimum ({opt_loss:.3f})",
+        label=f"predicted optimum ({_loss_text(opt_loss)})",
     )
     rect = plt.Rectangle(
         (vx.low, vy.low),
@@ -684,11 +732,12 @@ def plot_loss_map(
         _plain_log_axis(ax, "x")
     if vy.log:
         _plain_log_axis(ax, "y")
-    ax.set_xlabel(f"{x_name} ({'%' if vx.kind == 'percent' else 'uL/min'})")
-    ax.set_ylabel(f"{y_name} ({'%' if vy.kind == 'percent' else 'uL/min'})")
+    ax.set_xlabel(f"{x_name} ({_unit(vx)})")
+    ax.set_ylabel(f"{y_name} ({_unit(vy)})")
     fixed = ", ".join(f"{n}={base[i]:.3g}" for i, n in enumerate(names) if i not in (ix, iy))
     ax.set_title(
-        f"predicted loss over {x_name} x {y_name}" + (f"\nothers at the best condition: {fixed}" if fixed else ""),
+        f"predicted loss over {x_name} x {y_name}" + (f"\nothers at the best condition: {fixed}" if fixed else "")
+        + "\npoints: every measured condition, whatever its other inputs, coloured by its measured loss",
         fontsize=10,
     )
     handles = ax.get_legend_handles_labels()[0] + _source_legend(
@@ -730,7 +779,7 @@ def plot_best_spectra(data: ReportData, model: LossModel | None, path: Path, k: 
         scale = float(np.nanmax(median)) if median is not None else 1.0
         ax.plot(wl, minmax(target) * scale, color="tab:green", lw=1.2, alpha=0.8, label="target (shape)")
         ax.set_title(
-            f"#{j + 1}: round {o.round_index + 1}, loss {o.median_loss:.3f} ({_source_name(o.source)})",
+            f"#{j + 1}: round {o.round_index + 1}, loss {_loss_text(o.median_loss)} ({_source_name(o.source)})",
             fontsize=10,
         )
         text = "\n".join(f"{n} = {v:.3g}" for n, v in o.inputs.items())
@@ -894,6 +943,7 @@ def render_html(
     if last_stop is None and (data.status_reason or "").startswith(OPTIMISER_STOP):
         # the optimiser stopped before planning a round: no round carries the note, the reason does
         last_stop = data.status_reason.removeprefix(OPTIMISER_STOP).strip()
+    inputs_head = [f"{v.name} ({_unit(v)})" for v in data.space.variables]
     strategy = data.strategy or "–"
     if strategy == "default":
         from orchestrator.optimize.registry import DEFAULT_STRATEGY
@@ -908,11 +958,12 @@ def render_html(
         # as the summary counts them: measured = done or failed (a failed one gave no median)
         ("conditions measured", len(measured) + len(data.history.failed())),
         ("conditions failed", len(data.history.failed())),
-        ("best median loss", f"{best[0].median_loss:.4f}" if best else "–"),
+        ("best median loss", _loss_text(best[0].median_loss, 4) if best else "–"),
         ("stop threshold", data.loss_threshold),
         # only strategies with a spectrum network have a model stop rule (two_step, dnn)
         *([("model stop rule", last_stop or _stop_held(data))]
           if last_stop or (data.strategy or "") in ("two_step", "dnn") else []),
+        *data.facts,
         ("rig", data.rig or "–"),
         ("pumps ran", "–" if data.pumping_s is None else f"{data.pumping_s / 3600:.2f} h (conditions only: no holds, no idle time)"),
     ]
@@ -933,7 +984,8 @@ def render_html(
         )] if data.reagents else []),
         "<h2>Best conditions</h2>",
         _table(
-            ["#", "condition", "source", *names, "median loss", "MAD", "accepted droplets"],
+            ["#", "condition", "source", *inputs_head,
+             "median loss", "MAD", "accepted droplets", *(["pump rates (uL/min)"] if data.rates else [])],
             [
                 [
                     i + 1,
@@ -943,6 +995,9 @@ def render_html(
                     o.median_loss,
                     o.mad,
                     0 if o.spectra is None else len(np.atleast_2d(o.spectra)),
+                    # what to set to repeat it by hand
+                    *([", ".join(f"{k} {r:.4g}" for k, r in data.rates.get((o.round_index, o.condition), {}).items())
+                       or "–"] if data.rates else []),
                 ]
                 for i, o in enumerate(best)
             ],
@@ -954,7 +1009,7 @@ def render_html(
             + html.escape(optimum["model"])
             + "): "
             + ", ".join(f"{n} = {optimum['inputs'][n]:.4g}" for n in names)
-            + f", predicted loss {optimum['loss']:.4f}"
+            + f", predicted loss {_loss_text(optimum['loss'], 4)}"
             + (f"; sought where conditions are likely to give a measurement ({optimum['failed_conditions']} "
                "failed)" if optimum.get("failed_conditions") else "")
             + "".join(f"; {html.escape(w)}" for w in on_open_edges(data.space, optimum["inputs"]))
@@ -963,7 +1018,7 @@ def render_html(
     failed = data.history.failed()
     if failed:
         parts += ["<h2>Failed conditions</h2>", _table(
-            ["condition", "source", *names, "why"],
+            ["condition", "source", *inputs_head, "why"],
             [[_condition_name(o), _source_name(o.source) if o.source else "–", *(o.inputs[n] for n in names),
               data.failures.get((o.round_index, o.condition), "–")]
              for o in failed],

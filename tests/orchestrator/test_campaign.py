@@ -840,7 +840,32 @@ def test_a_condition_its_syringe_cannot_hold_never_reaches_a_pump(store: Store, 
 
     (why,) = [c["failed_reason"] for c in build_summary(store, cid)["rounds"][0]["conditions"] if c["failed"]]
     assert why.startswith("refused before any pump ran") and "of water in one go" in why
-    assert load_report_data(store, cid).failures == {(thirsty.round, thirsty.index): why}
+    data = load_report_data(store, cid)
+    assert data.failures == {(thirsty.round, thirsty.index): why}
+    from orchestrator.report import render_html
+
+    page = render_html(data, {}, [], None)
+    failed_table = page.split("<h2>Failed conditions</h2>")[1].split("</table>")[0]
+    assert "<td>r1 c2</td>" in failed_table and "of water in one go" in failed_table
+    # what was run, with units and the pump rates to repeat the best condition by hand
+    facts = dict(data.facts)
+    assert facts["target"].endswith("ag_nanoprism.csv") and facts["seed"] == SEED
+    assert "380-800 nm in 1 nm steps; absorbance window 0.7-1.2" in facts["scored on"]
+    assert facts["dry run"] == "simulated rig, chemistry simulators.chemistry:AgNanoprism"
+    from dataclasses import replace as replaced
+
+    from orchestrator.campaign import load_spec
+    from orchestrator.report import _run_facts
+
+    row = store.campaign(cid)
+    other = replaced(row, options={**row.options, "target_file": "/data/my_target.csv"})  # sdl run --target
+    assert dict(_run_facts(store, cid, other, load_spec(row, tmp_path)))["target"] == (
+        f"/data/my_target.csv (--target, in place of the protocol's {TARGET})")
+    reps = store.replicates(cid)
+    assert facts["droplets"].startswith(f"{len(reps)} measured: {sum(r.accepted for r in reps)} accepted")
+    assert "<th>Q_AgNO3 (%)</th>" in page and "<th>Q_total (uL/min)</th>" in page
+    best_table = page.split("<h2>Best conditions</h2>")[1].split("</table>")[0]
+    assert f"AgNO3 {fits.rates['AgNO3']:.4g}, PVA {fits.rates['PVA']:.4g}" in best_table
 
 
 def test_start_refuses_bad_inputs_before_anything_is_stored(store: Store, tmp_path: Path) -> None:

@@ -267,3 +267,11 @@ def test_a_model_stop_rule_not_met_says_what_held_it(campaign: ReportData) -> No
     rounds = [*campaign.rounds[:-1], replace(last, notes=held)]
     assert _stop_held(replace(campaign, rounds=rounds)) == (
         f"not met when round {last.index + 1} was planned: the predicted optimum sits on an edge")
+
+
+def test_a_near_perfect_loss_does_not_read_as_zero() -> None:
+    """The state table said "best median loss 0.0000" beside a best-conditions table with 4.876e-05."""
+    from orchestrator.report import _loss_text
+
+    assert [_loss_text(v) for v in (0.1234, 0.01, 0.0049, 4.876e-05, 0.0)] == ["0.123", "0.010", "0.0049", "4.9e-05", "0.000"]
+    assert _loss_text(4.876e-05, 4) == "4.9e-05" and _loss_text(0.0049, 4) == "0.0049"
