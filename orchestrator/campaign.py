@@ -195,12 +195,16 @@ def start_campaign(
             _check_chemistry_takes(make_chemistry(model.model, model.params), model.model, protocol)
         except ConfigError as exc:
             hint = ""
-            if model.model == DEFAULT_DRY_RUN_CHEMISTRY:  # nobody chose it: say where it came from
-                hint = (f" (no chemistry was given, so the dry run uses the reference model {model.model}, made "
-                        "for the reference protocol's inputs: pass --chemistry module:Class for your own, "
-                        "or set simulation.chemistry.model in a copy of the rig file)")
+            if model.model == DEFAULT_DRY_RUN_CHEMISTRY:  # made for the reference protocol: say where it came from
+                whose = ("no chemistry was given, so the dry run uses" if options.get("dry_run")
+                         else "the rig file names")
+                hint = (f" ({whose} the reference model {model.model}, made for the reference protocol's "
+                        "inputs: pass --chemistry module:Class for your own, or set simulation.chemistry.model "
+                        "in a copy of the rig file)")
+            # the protocol's inputs or the rig's model may be what is wrong: the pair is named
             raise ConfigError(
-                rig_path, [Problem(f"simulation.{p.field}", p.message + hint) for p in exc.problems]
+                f"protocol {protocol_path} with rig {rig_path}",
+                [Problem(f"simulation.{p.field}", p.message + hint) for p in exc.problems],
             ) from exc
     max_rounds = options.get("max_rounds")
     if max_rounds is not None and (not isinstance(max_rounds, int) or max_rounds < 1):

@@ -897,8 +897,12 @@ def test_a_rig_files_own_chemistry_model_is_checked_before_anything_is_stored_an
     renamed = tiny_protocol(tmp_path)
     text = renamed.read_text().replace("Q_AgNO3", "Q_silver")
     renamed.write_text(text)
-    with pytest.raises(ConfigError, match="no chemistry was given, so the dry run uses the reference model"):
+    with pytest.raises(ConfigError, match="the rig file names the reference model") as info:
         start_campaign(store, renamed, SIM_RIG, seed=SEED)
+    assert str(info.value).startswith(f"protocol {renamed} with rig {SIM_RIG}")  # the pair, not the rig alone
+    real_rig = SIM_RIG.parent / "example_newera.yaml"  # its dry-run twin gets the reference model unasked
+    with pytest.raises(ConfigError, match="no chemistry was given, so the dry run uses the reference model"):
+        start_campaign(store, renamed, real_rig, seed=SEED, options={"dry_run": True})
 
     # the model is there when the campaign is stored, gone when it runs (another folder, say)
     (tmp_path / "nowhere_model.py").write_text(
