@@ -138,6 +138,19 @@ def _check_optimizer(protocol: ExperimentProtocol, seed: int, source: str) -> No
         raise ConfigError(source, [Problem("optimizer", str(exc))]) from exc
 
 
+@dataclass(frozen=True)
+class CheckedCampaign:
+    """A protocol and rig that passed every check of :func:`check_campaign`, ready to be stored."""
+
+    protocol: ExperimentProtocol
+    rig: RigConfig  # a dry run's simulated twin in place of the real rig
+    rig_yaml: str
+    protocol_path: Path
+    rig_path: Path
+    seed: int
+    options: dict[str, Any]  # as stored with the campaign
+
+
 def start_campaign(
     store: Store,
     protocol_path: str | Path,
@@ -148,9 +161,36 @@ def start_campaign(
     status: str = state.CREATED,
     who: str = "system",
 ) -> str:
+    """:func:`check_campaign`, then store the campaign (refused while the rig is busy, unless it is
+    queued); returns its id. Nothing moves here."""
+    checked = check_campaign(protocol_path, rig_path, seed=seed, options=options)
+    if status == state.CREATED:  # to run now: refused before it is stored while the rig is busy
+        store.check_rig_free(checked.rig.name)
+    return store.create_campaign(
+        name=checked.protocol.name,
+        protocol_yaml=checked.protocol_path.read_text(encoding="utf-8"),
+        protocol_path=str(checked.protocol_path.resolve()),
+        rig_yaml=checked.rig_yaml,
+        rig_path=str(checked.rig_path.resolve()),
+        rig_name=checked.rig.name,
+        seed=checked.seed,
+        options=checked.options,
+        status=status,
+        who=who,
+    )
+
+
+def check_campaign(
+    protocol_path: str | Path,
+    rig_path: str | Path,
+    *,
+    seed: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> CheckedCampaign:
     """Validate protocol, rig and the pair (and the options: ``chemistry`` module:Class, ``target``
-    CSV path, ``max_rounds``, ``dry_run``: run a real rig's simulated twin, :func:`dry_run_twin`), then
-    store the campaign; returns its id. Nothing moves here."""
+    CSV path, ``max_rounds``, ``dry_run``: run a real rig's simulated twin, :func:`dry_run_twin`), the
+    target and the optimiser's settings; raises ConfigError (or ValueError) naming every problem.
+    Nothing is stored and no device is opened (``sdl run --check``)."""
     options = dict(options or {})
     unknown = sorted(set(options) - {"chemistry", "target", "max_rounds", "dry_run"})
     if unknown:
@@ -212,26 +252,13 @@ def start_campaign(
     if seed is None:
         seed = protocol.seed if protocol.seed is not None else secrets.randbelow(2**31)
     _check_optimizer(protocol, int(seed), str(protocol_path))
-    if status == state.CREATED:  # to run now: refused before it is stored while the rig is busy
-        store.check_rig_free(rig_cfg.name)
     stored = {
         "chemistry": chemistry,
         "target_csv": target_csv,
         "target_file": str(Path(target).resolve() if target is not None else protocol.target_path.resolve()),
         "max_rounds": max_rounds,
     }
-    return store.create_campaign(
-        name=protocol.name,
-        protocol_yaml=protocol_path.read_text(encoding="utf-8"),
-        protocol_path=str(protocol_path.resolve()),
-        rig_yaml=rig_yaml,
-        rig_path=str(rig_path.resolve()),
-        rig_name=rig_cfg.name,
-        seed=int(seed),
-        options=stored,
-        status=status,
-        who=who,
-    )
+    return CheckedCampaign(protocol, rig_cfg, rig_yaml, protocol_path, rig_path, int(seed), stored)
 
 
 def load_spec(row: Any, workdir: Path) -> CampaignSpec:

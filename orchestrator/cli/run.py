@@ -1,6 +1,6 @@
 """``sdl run`` and ``sdl resume``: run a campaign in this process, with progress bars on the terminal.
 
-    sdl run PROTOCOL --rig RIG [--db URL] [--seed N] [--summary PATH] [--report DIR] [--max-rounds N]
+    sdl run PROTOCOL --rig RIG [--db URL] [--seed N] [--summary PATH] [--report DIR] [--max-rounds N] [--check]
             [--chemistry module:Class] [--target CSV] [--dry-run] [--queue]
     sdl resume CAMPAIGN [--db URL] [--summary PATH] [--report DIR] [--reason TEXT] [--queue]
 
@@ -72,6 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument(
         "--queue", action="store_true", help="only store the campaign, queued for its rig's agent"
+    )
+    run.add_argument(
+        "--check", action="store_true",
+        help="only check the protocol, rig, target and options as a run would, and say what would run: "
+             "nothing is stored, no device is opened",
     )
     _common(run)
     run.set_defaults(func=_quiet(run_command))
@@ -209,6 +214,8 @@ def run_command(args: argparse.Namespace) -> int:
         options["target"] = str(args.target)
     if args.max_rounds is not None:
         options["max_rounds"] = args.max_rounds
+    if args.check:
+        return _check_only(args, options)
     store = open_store(args.db)
     try:
         campaign_id = start_campaign(
@@ -245,6 +252,40 @@ def run_command(args: argparse.Namespace) -> int:
                 else " (dry run: the rig is simulated already)")
     console.print(f"campaign [bold]{campaign_id}[/] ({escape(str(args.protocol))} on {escape(str(args.rig))}{twin})")
     return _drive(store, campaign_id, args, console)
+
+
+def _check_only(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """``sdl run --check``: every check of a run, and what would run; nothing stored or opened."""
+    from orchestrator.campaign import check_campaign
+    from orchestrator.config_errors import ConfigError
+    from orchestrator.rig import acquisition_s
+    from orchestrator.spectra import TargetFileError
+
+    try:
+        checked = check_campaign(args.protocol, args.rig, seed=args.seed, options=options)
+    except (ConfigError, TargetFileError, ValueError) as exc:
+        return fail(str(exc), EXIT_CONFIG)
+    p, rig = checked.protocol, checked.rig
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"[green]ok[/]: protocol {p.name!r} ({escape(str(args.protocol))}) can run on rig {rig.name!r} "
+                  f"({escape(str(args.rig))}); nothing stored, no device opened")
+    for name, v in p.variables.items():
+        console.print(f"  {name}: bounds {v.bounds[0]:g}-{v.bounds[1]:g} {v.unit}, hard limits "
+                      f"{v.hard_limits[0]:g}-{v.hard_limits[1]:g}")
+    from orchestrator.optimize.registry import DEFAULT_STRATEGY
+
+    grid, strategy = p.grid, p.optimizer.strategy
+    strategy += f" ({DEFAULT_STRATEGY})" if strategy == "default" else ""
+    seed = checked.seed if args.seed is not None or p.seed is not None else "drawn when it runs (--seed N fixes it)"
+    console.print(f"  target {escape(checked.options['target_file'])}, scored on {grid.start_nm:g}-{grid.stop_nm:g} nm; "
+                  f"{p.replicates.n} replicates per condition; strategy {strategy}; seed {seed}")
+    if rig.spectrometer is not None and rig.dead_volume_ul is not None:
+        most = p.largest_condition_ul(rig.dead_volume_ul, acquisition_s(rig.spectrometer.integration_time_us,
+                                                                        rig.spectrometer.scans_to_average))
+        syringes = {q.stream_name: q.syringe_volume_ul for q in rig.pumps}
+        console.print("  most one condition draws within the bounds (uL): " + ", ".join(
+            f"{s} {ul:.0f}" + (f" of {syringes[s]:g}" if syringes.get(s) else "") for s, ul in most.items()))
+    return EXIT_OK
 
 
 def resume_command(args: argparse.Namespace) -> int:

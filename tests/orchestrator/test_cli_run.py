@@ -128,6 +128,23 @@ def test_queue_only_stores_the_campaign(tmp_path: Path, db: str, capsys) -> None
     assert "note: rig simulated is e-stopped (smoke, by otto): it waits until an admin clears" in capsys.readouterr().out
 
 
+def test_check_only_checks_and_stores_nothing(tmp_path: Path, db: str, capsys) -> None:
+    """A chemist checks a protocol, rig and target before the night without running or queueing it."""
+    protocol = str(tiny_protocol(tmp_path))
+    assert main(["run", protocol, "--rig", str(SIM_RIG), "--db", db, "--check"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ok: protocol 'tiny_campaign'" in out and "nothing stored, no device opened" in out
+    assert "Q_total: bounds 200-1000 uL/min, hard limits 50-2000" in out
+    assert "seed drawn when it runs" in out and "water 305 of 25000" in out
+    assert not (tmp_path / "runs").exists()  # not even a store was made
+    (tmp_path / "bad").mkdir()
+    bad = str(tiny_protocol(tmp_path / "bad", batch_size=0))
+    assert main(["run", bad, "--rig", str(SIM_RIG), "--db", db, "--check"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert main(["run", protocol, "--rig", str(SIM_RIG), "--db", db, "--check", "--seed", "4"]) == 0
+    assert "seed 4" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
