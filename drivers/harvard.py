@@ -179,8 +179,12 @@ def parse_reply(raw: bytes, address: int, sent: str | None = None) -> Reply:
     lines: list[str] = []
     for part in text[: match.start()].split("\n"):
         part = part.strip("\r")
-        if part.startswith(expected + ":"):
-            part = part[3:]
+        # a daisy-chained pump starts its text lines with its address and its present prompt: "01:"
+        # when idle, "01>" while infusing, "01*" after a stall (flowchem's Elite 11 driver reads them so)
+        for lead in ("T*", ":", ">", "<", "*"):
+            if part.startswith(expected + lead):
+                part = part[len(expected) + len(lead):]
+                break
         if part.strip():
             lines.append(part)
     if sent is not None and lines and lines[0].strip() == sent.strip():
@@ -544,7 +548,11 @@ class HarvardPump:
             )
 
     def _apply_diameter(self, diameter_mm: float) -> None:
-        self._command(f"diameter {format_number(diameter_mm)}", idempotent=True, timeout_s=2 * self.timeout_s)
+        try:
+            self._command(f"diameter {format_number(diameter_mm)}", idempotent=True, timeout_s=2 * self.timeout_s)
+        except PowerResetAlarm:
+            self._diameter_mm = diameter_mm  # the one the re-initialisation sets, not the one before
+            raise
         self._diameter_mm = diameter_mm
         self._limits_ul_min = self._query_limits()
         if self._limits_ul_min is not None and self._rate_ul_min is not None:
@@ -554,7 +562,13 @@ class HarvardPump:
 
     def _apply_rate(self, rate_ul_min: float) -> None:
         number, units = format_rate(rate_ul_min, self._limits_ul_min)
-        self._command(f"irate {number} {units}", idempotent=True)
+        try:
+            self._command(f"irate {number} {units}", idempotent=True)
+        except PowerResetAlarm:
+            # a power-cycled pump blocks nothing: it took this rate, and the re-initialisation that
+            # follows must set this one again, not the one before the reset
+            self._rate_ul_min = rate_ul_min
+            raise
         self._rate_ul_min = rate_ul_min
 
     def _query_limits(self) -> tuple[float, float] | None:

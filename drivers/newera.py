@@ -622,6 +622,15 @@ class NewEraPump:
             text, units = choose_rate_units(rate_ul_min)
         except OutOfRange as exc:
             raise OutOfRange(exc.detail, device=self.name, hint=exc.hint) from None
+        try:
+            self._set_rate(rate_ul_min, text, units)
+        except PowerResetAlarm:
+            # the reset pump answered with its alarm and took nothing (the manual: an alarm is acknowledged
+            # before any data changes): the rate asked for now is what run() sets again, not the one before
+            self._rate_ul_min, self._rate_units = rate_ul_min, None
+            raise
+
+    def _set_rate(self, rate_ul_min: float, text: str, units: str) -> None:
         self._raise_pending_alarm()
         if self._needs_restore:  # a power reset cleared the diameter: no rate is taken without it
             self._restore(rate=False)

@@ -288,6 +288,18 @@ def test_parse_reply_drops_an_echo_and_accepts_00_prefixes() -> None:
     assert parse_reply(b"\n07:T*", 7).prompt == "T*"
 
 
+def test_parse_reply_drops_the_address_and_present_prompt_that_lead_each_line() -> None:
+    """A chained Elite 11 leads each text line with its address and its prompt of the moment (flowchem's
+    driver, written against real pumps, reads them so): "01>" while infusing was read as part of the
+    status line ("status line not understood"), "01*" after a stall hid the stall behind that error."""
+    infusing = parse_reply(b"\n01>1666666667 0 0 i...I\r\n01>\x11", 1)
+    assert infusing == harvard.Reply(("1666666667 0 0 i...I",), ">", True)
+    assert parse_reply(b"\n02*10 0 0 i.S.I\r\n02*", 2).lines == ("10 0 0 i.S.I",)
+    assert parse_reply(b"\n03T*1.0000 ml\r\n03T*", 3).lines == ("1.0000 ml",)
+    assert parse_reply(b"\n00<0.5000 ul\r\n<", 0).lines == ("0.5000 ul",)
+    assert parse_reply(b"\n0.5000 ul\r\n:", 0).lines == ("0.5000 ul",)  # address 0 without a prefix
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"\n01:", b"\n:\x11", b"garbage", b"\n\xfe:", b""],
@@ -548,6 +560,24 @@ def test_missing_xon_means_a_power_reset_and_the_driver_restores_its_setup() -> 
     pump.set_rate_ul_min(5)
     with pytest.raises(PowerResetAlarm):
         pump.status()
+    pump.run()
+    firmware.assert_done()
+
+
+def test_a_rate_sent_as_the_pump_was_power_cycled_is_the_one_set_again() -> None:
+    """The power-cycled pump took 7 uL/min (it blocks nothing), the driver raised, and its
+    re-initialisation put back the rate before: the pump ran at 5."""
+    steps: list[Step] = [
+        (b"irate 5 ul/min\r", prompt(0)),
+        (b"irate 7 ul/min\r", prompt(0, xon=False)),  # poll mode gone: it was power-cycled
+        *init_steps(0),
+        (b"irate 7 ul/min\r", prompt(0)),
+        (b"irun\r", prompt(0, ">")),
+    ]
+    pump, firmware = connected(steps)
+    pump.set_rate_ul_min(5)
+    with pytest.raises(PowerResetAlarm):
+        pump.set_rate_ul_min(7)
     pump.run()
     firmware.assert_done()
 
