@@ -55,7 +55,8 @@ def read_target_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     comments, and a header or metadata block before the first row of numbers (an OceanView export's
     ``>>>>>Begin Spectral Data<<<<<`` block), and text after the last row of numbers (its ``>>>>>End
     Spectral Data<<<<<``). Columns after the second are ignored; a text line between rows of numbers
-    is an error."""
+    is an error. Rows whose absorbance is NaN or infinite beyond both ends of the others (an absorbance
+    export's dark UV pixels) are dropped; one between two readings is an error."""
     return parse_target_text(read_target_text(path), path)
 
 
@@ -114,6 +115,13 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
     _check_decimal_commas(comma_rows, _comma_columns(header[-1]) if header else None, path)
     data = np.array(rows, dtype=float)
     finite = np.isfinite(data).all(axis=1)
+    if not finite.all() and finite.sum() >= 2 and np.isfinite(data[:, 0]).all():
+        # NaN or infinite absorbance only beyond both ends of the rest (an absorbance export's dark UV
+        # pixels): no data there, and no gap inside; the grid check says if the grid needs them
+        inner = (data[:, 0] >= data[finite, 0].min()) & (data[:, 0] <= data[finite, 0].max())
+        if finite[inner].all():
+            data, row_lines = data[finite], [n for n, ok in zip(row_lines, finite, strict=True) if ok]
+            finite = finite[finite]
     if not finite.all():
         first = int(np.argmin(finite))
         raise TargetFileError(

@@ -339,6 +339,19 @@ def test_absorbance_headers_are_not_taken_for_transmittance(tmp_path: Path, head
     np.testing.assert_array_equal(read_target_csv(path)[1], [0.1, 1.0])
 
 
+def test_nan_absorbance_beyond_the_ends_is_dropped_but_not_inside(tmp_path: Path) -> None:
+    """An absorbance export's dark UV pixels read NaN or inf: no data there, so those rows go (the grid
+    check still says if the grid needs them); a NaN between two readings is a gap, refused."""
+    path = tmp_path / "t.txt"
+    path.write_text("Wavelength (nm)\tAbsorbance\n198.5\tNaN\n199.0\t-Infinity\n300\t0.1\n450\t1.0\n600\t0.2\n901\tnan\n")
+    wl, a = read_target_csv(path)
+    np.testing.assert_array_equal(wl, [300, 450, 600])
+    np.testing.assert_array_equal(a, [0.1, 1.0, 0.2])
+    path.write_text("300,0.1\n450,nan\n600,0.2\n")
+    with pytest.raises(TargetFileError, match=r"NaN or infinite values \(1 row, the first on line 2: '450,nan'\)"):
+        read_target_csv(path)
+
+
 def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes("Wellenl\u00e4nge (nm);Extinktion (\u00b5A)\r\n300;0,1\r\n450;1,0\r\n".encode("cp1252"))
