@@ -142,10 +142,17 @@ def absorbance_on_grid(
             device=device,
         )
     if n_dark > 0:
+        idx = np.flatnonzero(masked)
+        at_end = bool(np.all(np.diff(idx) == 1) and (idx[0] == 0 or idx[-1] == len(grid) - 1))
         raise LampOff(
             f"the reference is as dark as the dark spectrum at {where} nm ({n_dark} pixels with less than "
-            f"{screening.min_reference_counts:g} counts of light)",
+            f"{screening.min_reference_counts:g} counts of light)"
+            + (", the end of the protocol's grid" if at_end and masked.mean() < 0.5 else ""),
             device=device,
+            # the spectrometer's first pixels may be masked (electric dark) or the lamp may not reach there
+            hint=("Those pixels see no light (optically masked, or beyond the lamp's range): narrow the protocol's "
+                  "wavelength grid to where the reference is bright. If the lamp is off, switch it on and seat the fibre."
+                  if at_end and masked.mean() < 0.5 else None),
         )
     raise SpectrometerError(
         f"the spectrometer's pixels do not cover the protocol's grid at {where} nm",

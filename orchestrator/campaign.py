@@ -206,6 +206,8 @@ def check_campaign(
     if options.get("dry_run") and not rig_cfg.is_simulated:
         real_name = rig_cfg.name
         rig_cfg = dry_run_twin(rig_cfg, source=rig_path)
+        # the twin's simulated spectrometer has its own range: checked as the real rig's was
+        check_protocol_against_rig(protocol, rig_cfg, source=f"dry run of rig {rig_path} with protocol {protocol_path}")
         rig_yaml = (f"# dry run of rig {real_name!r} ({rig_path.resolve()}): sdl run --dry-run\n"
                     + yaml.safe_dump(rig_cfg.model_dump(exclude_defaults=True), sort_keys=False))
     try:
@@ -249,6 +251,8 @@ def check_campaign(
     max_rounds = options.get("max_rounds")
     if max_rounds is not None and (not isinstance(max_rounds, int) or max_rounds < 1):
         raise ValueError(f"max_rounds must be a whole number >= 1, got {max_rounds!r}")
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
+        raise ValueError(f"seed must be a whole number from 0 to 2^63 - 1, got {seed!r}")
     if seed is None:
         seed = protocol.seed if protocol.seed is not None else secrets.randbelow(2**31)
     _check_optimizer(protocol, int(seed), str(protocol_path))
@@ -1113,7 +1117,7 @@ class _Runner:
                 reason=str(exc),
                 data={"round": cond.round, "condition": cond.index},
             )
-            self._finish(cond, None, None, [], failed=True, reason=f"refused before any pump ran: {exc}")
+            self._finish(cond, None, None, [], failed=True, reason=f"refused before any pump ran: {'; '.join(exc.problems)}")
             return
         attempt = cond.attempt
         if cond.status == "planned":

@@ -326,7 +326,7 @@ class ExperimentProtocol(_Strict):
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     stop: StopSpec
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63, description="campaign seed (0 to 2^63 - 1)")
 
     # where relative paths (the target file) are resolved from: the protocol file's folder
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

@@ -33,6 +33,7 @@ from simulators.faults import FAULT_PATHS, ONE_WAY_FAULTS, PUMP_FAULTS, SPECTROM
 from simulators.serialsim import KNOWN_PROTOCOLS, drop_bus, get_bus, parse_sim_url
 from simulators.spectrometer import (
     DEFAULT_INTEGRATION_US,
+    ELECTRIC_DARK_PIXELS,
     LAMP_PEAK_COUNTS_PER_MS,
     SimulatedSeabreezeSpectrometer,
     model_absorbance,
@@ -435,19 +436,22 @@ def _syringe_problems(protocol: ExperimentProtocol, rig: RigConfig) -> list[Prob
     someone refills."""
     if rig.spectrometer is None or rig.dead_volume_ul is None:
         return []  # reported on their own
-    largest = protocol.largest_condition_ul(
-        rig.dead_volume_ul, acquisition_s(rig.spectrometer.integration_time_us, rig.spectrometer.scans_to_average))
+    seconds = acquisition_s(rig.spectrometer.integration_time_us, rig.spectrometer.scans_to_average)
+    largest = protocol.largest_condition_ul(rig.dead_volume_ul, seconds)
     problems = []
     for k, pump in enumerate(rig.pumps):
         need = largest.get(pump.stream_name)
         if need is None or pump.syringe_volume_ul is None or need <= pump.syringe_volume_ul:
             continue
+        bounds = ("lower the upper bound of the total flow, or raise the lower bounds of the other streams' shares"
+                  if pump.stream_name == protocol.remainder_stream  # it gets what the shares leave
+                  else "lower the upper bound of the total flow or of this stream's share")
         problems.append(Problem(
             f"pumps[{k}].syringe_volume_ul",
             f"pump {pump.name}'s {pump.syringe_volume_ul:g} uL syringe holds less than one condition within the "
             f"protocol's bounds can draw of {pump.stream_name} ({need:.0f} uL: the equilibration wait and "
-            f"{protocol.replicates.n} spectra at the highest flow), so that condition could never finish: use a "
-            "larger syringe, or lower the upper bounds of the total flow or of this stream's share",
+            f"{protocol.replicates.n} spectra of {seconds:g} s each at the highest flow), so that condition could "
+            f"never finish: use a larger syringe, shorten the spectra (integration time, scans to average), or {bounds}",
         ))
     return problems
 
@@ -504,7 +508,8 @@ def check_protocol_against_rig(
     if rig.spectrometer is None:
         problems.append(Problem("spectrometer", "a campaign needs a spectrometer"))
     elif rig.spectrometer.driver == "simulated":  # a real unit's range is checked when it connects
-        pixels, grid = pixel_wavelengths(), protocol.wavelengths()
+        # its lit pixels: those before the last optically masked (electric dark) one see no light
+        pixels, grid = pixel_wavelengths()[max(ELECTRIC_DARK_PIXELS) + 1:], protocol.wavelengths()
         if grid[0] < pixels[0] or grid[-1] > pixels[-1]:
             problems.append(Problem(
                 "spectrometer",
@@ -642,7 +647,8 @@ class Rig:
             size = None if pump is None else self.syringes_ul.get(pump.name)
             if size is not None and ul > size:
                 short.append(f"it needs {ul:.0f} uL of {stream} in one go (the equilibration wait and "
-                             f"{protocol.replicates.n} spectra), more than pump {pump.name}'s {size:g} uL syringe holds")
+                             f"{protocol.replicates.n} spectra of {seconds:g} s each), more than pump {pump.name}'s "
+                             f"{size:g} uL syringe holds")
         return short
 
     def _devices(self) -> list[tuple[str, Any]]:

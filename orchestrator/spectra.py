@@ -147,20 +147,28 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
             "absorbance"
         )
     metadata = " ".join(header).lower()
+    first = _first_column(said)  # the x axis's name: the other columns may name anything (epsilon, cm^-1)
     wl = data[:, 0]
     pixels = bool(np.all(wl == np.round(wl)) and wl.min() in (0, 1) and np.all(np.abs(np.diff(np.sort(wl))) == 1))
-    if pixels or re.search(r"(^|[^a-z])pixels?([^a-z]|$)", said) or re.search(r"x\s*axis mode:\s*pixel", metadata):
+    if (pixels or re.fullmatch(r"pixels?(\s*(#|no\.?|nr\.?|number|index))?", first)
+            or re.search(r"x\s*axis mode:\s*pixel", metadata)):
         raise TargetFileError(
             f"{path}: its first column is pixel numbers ({wl.min():g}-{wl.max():g}), not wavelengths: export the "
             "spectrum with the x axis in nanometres (OceanView: XAxis mode Wavelengths)"
         )
-    if re.search(r"wave ?numbers?|cm\s*(-|\^|\*\*)\s*-?1|1\s*/\s*cm|cm⁻¹", said):
+    if re.search(r"angstr|\u00e5", first):
+        raise TargetFileError(
+            f"{path}: its header gives the axis in angstroms ({header[-1][:60]!r}); a target's first column is the "
+            "wavelength in nm: convert it (nm = angstrom / 10)"
+        )
+    if re.search(r"wave ?numbers?|cm\s*(-|\^|\*\*)\s*-?1|1\s*/\s*cm|cm⁻¹", first):
         raise TargetFileError(
             f"{path}: its header gives the axis in wavenumbers ({header[-1][:60]!r}); a target's first column "
             "is the wavelength in nm: convert it (nm = 10^7 / wavenumber in cm^-1)"
         )
     if wl.max() < 100:  # no UV-Vis-NIR wavelength in nm is this short
-        unit = "micrometres (nm = 1000 x um)" if wl.max() <= 3 else "some other unit"
+        unit = ("metres (nm = 10^9 x m)" if wl.max() < 1e-4 else "micrometres (nm = 1000 x um)" if wl.max() <= 3
+                else "some other unit")
         raise TargetFileError(
             f"{path}: its first column runs {wl.min():g}-{wl.max():g}, below any UV-Vis wavelength in nm: is it in "
             f"{unit}? A target's first column is the wavelength in nm"
@@ -177,6 +185,13 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
     if np.ptp(data[:, 1]) <= 0:
         raise TargetFileError(f"{path}: the target is flat; its shape cannot be compared")
     return data[:, 0], data[:, 1]
+
+
+def _first_column(header: str) -> str:
+    """The first column's name in a header line (lower case): split at commas, semicolons or tabs, else
+    its first word."""
+    parts = re.split(r"[,;\t]", header.strip())
+    return parts[0].strip() if len(parts) > 1 else next(iter(header.split()), "")
 
 
 def _check_decimal_commas(

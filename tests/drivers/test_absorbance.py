@@ -110,6 +110,20 @@ def test_a_grid_beyond_the_pixels_is_not_blamed_on_the_lamp() -> None:
     assert not isinstance(info.value, LampOff) and "Narrow the protocol's wavelength grid" in info.value.hint
 
 
+def test_a_dark_end_of_the_grid_is_named_as_pixels_that_see_no_light() -> None:
+    """A grid reaching a spectrometer's masked first pixels (or past the lamp's UV end): "check that the
+    lamp is on" sent the operator to a lamp that was on."""
+    wl = _pixels()
+    dark = np.zeros(wl.shape)
+    reference = np.where(wl < 385, 50.0, 5000.0)  # dark below 385 nm only
+    with pytest.raises(LampOff, match=r"at 380-384 nm .*the end of the protocol's grid") as info:
+        absorbance_on_grid(reference * 0.5, dark, reference, wl, np.arange(380.0, 420.01), SCREEN)
+    assert info.value.hint.startswith("Those pixels see no light") and "narrow the protocol's wavelength grid" in info.value.hint
+    with pytest.raises(LampOff) as info:  # dark everywhere: the lamp
+        absorbance_on_grid(dark + 50, dark, dark + 50, wl, np.arange(380.0, 420.01), SCREEN)
+    assert "check that the lamp is on" in info.value.hint
+
+
 def test_some_masking_can_be_allowed() -> None:
     wl = _pixels()
     dark = np.zeros(wl.shape)

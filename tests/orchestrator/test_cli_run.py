@@ -143,6 +143,12 @@ def test_check_only_checks_and_stores_nothing(tmp_path: Path, db: str, capsys) -
     assert "batch_size" in capsys.readouterr().err
     assert main(["run", protocol, "--rig", str(SIM_RIG), "--db", db, "--check", "--seed", "4"]) == 0
     assert "seed 4" in capsys.readouterr().out
+    # seeds a run would fail on (numpy takes none below 0, the store none past 2^63 - 1): refused by both
+    for seed in ("-5", str(2**64)):
+        for check in (["--check"], []):
+            assert main(["run", protocol, "--rig", str(SIM_RIG), "--db", db, "--seed", seed, *check]) == 2
+            assert "seed must be a whole number from 0 to 2^63 - 1" in capsys.readouterr().err
+    assert new_store(tmp_path / "runs").campaigns() == []
 
 
 @pytest.mark.parametrize(

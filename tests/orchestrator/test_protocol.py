@@ -339,6 +339,20 @@ def test_absorbance_headers_are_not_taken_for_transmittance(tmp_path: Path, head
     np.testing.assert_array_equal(read_target_csv(path)[1], [0.1, 1.0])
 
 
+@pytest.mark.parametrize("head", [
+    "Wavelength (nm),epsilon (M-1 cm-1)", "Wavelength (nm),Absorption coefficient (cm^-1)", "wavelength_nm,alpha_1/cm",
+    "Wavelength (nm)\tPixel", "Spectrometer: FLMS01234\nNumber of Pixels in Spectrum: 2048",
+])
+def test_other_columns_may_name_any_unit(tmp_path: Path, head: str) -> None:
+    """An extinction-coefficient spectrum (cm^-1 in its second column) or a metadata line naming pixels
+    was refused as a wavenumber or pixel axis: only the first column's name says what the x axis is."""
+    path = tmp_path / "t.csv"
+    sep = "\t" if "\t" in head else ","
+    path.write_text(head + "\n" + "".join(f"{w}{sep}{0.5 + 0.001 * (w - 380)}\n" for w in range(380, 801)))
+    wl, _ = read_target_csv(path)
+    assert (wl[0], wl[-1], len(wl)) == (380, 800, 421)
+
+
 def test_nan_absorbance_beyond_the_ends_is_dropped_but_not_inside(tmp_path: Path) -> None:
     """An absorbance export's dark UV pixels read NaN or inf: no data there, so those rows go (the grid
     check still says if the grid needs them); a NaN between two readings is a gap, refused."""
@@ -373,6 +387,9 @@ def test_target_file_in_a_windows_code_page(tmp_path: Path) -> None:
     ("pixel,absorbance\n400,0.1\n410,0.2\n420,0.5\n", r"pixel numbers \(400-420\)"),
     ("Wavenumber (cm-1);Abs\n12500;0.1\n20000;1.0\n25000;0.1\n", r"axis in wavenumbers.*nm = 10\^7 / wavenumber"),
     ("wavelength_um,abs\n0.3,0.1\n0.5,1.0\n0.8,0.1\n", r"runs 0.3-0.8, below any UV-Vis wavelength in nm: is it in micrometres"),
+    ("3.8e-07,0.1\n5e-07,1.0\n8e-07,0.1\n", r"is it in metres \(nm = 10\^9 x m\)"),
+    ("Wavelength (Angstrom),Abs\n3800,0.1\n5000,1.0\n8000,0.1\n", r"axis in angstroms.*nm = angstrom / 10"),
+    ("Pixel Number\tAbsorbance\n400\t0.1\n410\t0.2\n", r"pixel numbers \(400-410\)"),
     ("300,0.1\n450,nan\n", r"NaN or infinite values \(1 row, the first on line 2: '450,nan'\)"),
     ("absorbance,nm\n0.1,300\n0.1,450\n0.5,600\n", "the columns look swapped.*wavelength_nm first"),
     ("Wavelength (nm),%T\n300,90\n450,40\n600,80\n", "header says transmittance or reflectance"),

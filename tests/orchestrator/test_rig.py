@@ -289,14 +289,29 @@ def test_a_grid_beyond_the_simulated_spectrometer_is_refused_at_load(
     data = copy.deepcopy(reference_protocol_data)
     data["grid"] = {"start_nm": 380, "stop_nm": 1000, "step_nm": 1}
     target = tmp_path / "wide.csv"
-    target.write_text("".join(f"{w},{np.exp(-((w - 600) / 80) ** 2):.5f}\n" for w in range(300, 1101)))
+    target.write_text("".join(f"{w},{np.exp(-((w - 600) / 80) ** 2):.5f}\n" for w in range(150, 1101)))
     data["target"]["file"] = str(target)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as info:
         check_protocol_against_rig(load_protocol(tmp_path / "p.yaml"), RigConfig.model_validate(sim_data))
     (problem,) = info.value.problems
     assert problem.field == "spectrometer"
-    assert "reads 199.8-850.9 nm" in problem.message and "on 380-1000 nm" in problem.message
+    assert "reads 207.1-850.9 nm" in problem.message and "on 380-1000 nm" in problem.message
+    # its first pixels are optically masked (electric dark): a grid from 200 nm faulted on "the lamp"
+    data["grid"] = {"start_nm": 200, "stop_nm": 800, "step_nm": 1}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="(?s)reads 207.1-850.9 nm.*on 200-800 nm"):
+        check_protocol_against_rig(load_protocol(tmp_path / "p.yaml"), RigConfig.model_validate(sim_data))
+    # and a real rig's dry-run twin, whose spectrometer is the simulated one: refused before it is stored
+    from orchestrator.campaign import check_campaign
+
+    rig = RIGS / "example_newera.yaml"
+    check_protocol_against_rig(load_protocol(tmp_path / "p.yaml"), load_rig(rig))  # a real unit: at connect
+    with pytest.raises(ConfigError, match=r"(?s)dry run of rig .*reads 207.1-850.9 nm"):
+        check_campaign(tmp_path / "p.yaml", rig, options={"dry_run": True})
+    data["grid"] = {"start_nm": 210, "stop_nm": 850, "step_nm": 1}  # within: fine
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    check_campaign(tmp_path / "p.yaml", rig, options={"dry_run": True})
 
 
 def test_the_largest_condition_is_the_bounds_corner(protocol: ExperimentProtocol) -> None:
