@@ -160,10 +160,11 @@ def start_campaign(
     options: Mapping[str, Any] | None = None,
     status: str = state.CREATED,
     who: str = "system",
+    checked: CheckedCampaign | None = None,
 ) -> str:
-    """:func:`check_campaign`, then store the campaign (refused while the rig is busy, unless it is
-    queued); returns its id. Nothing moves here."""
-    checked = check_campaign(protocol_path, rig_path, seed=seed, options=options)
+    """:func:`check_campaign` (unless ``checked`` is its answer already), then store the campaign
+    (refused while the rig is busy, unless it is queued); returns its id. Nothing moves here."""
+    checked = checked or check_campaign(protocol_path, rig_path, seed=seed, options=options)
     if status == state.CREATED:  # to run now: refused before it is stored while the rig is busy
         store.check_rig_free(checked.rig.name)
     return store.create_campaign(

@@ -200,7 +200,7 @@ class RichProgress:
 
 def run_command(args: argparse.Namespace) -> int:
     from orchestrator import state
-    from orchestrator.campaign import start_campaign
+    from orchestrator.campaign import check_campaign, start_campaign
     from orchestrator.config_errors import ConfigError
     from orchestrator.spectra import TargetFileError
     from orchestrator.store import RigBusy, open_store
@@ -216,16 +216,19 @@ def run_command(args: argparse.Namespace) -> int:
         options["max_rounds"] = args.max_rounds
     if args.check:
         return _check_only(args, options)
+    try:  # checked before the store is opened: a refused run leaves no new database behind
+        checked = check_campaign(args.protocol, args.rig, seed=args.seed, options=options)
+    except (ConfigError, TargetFileError, ValueError) as exc:
+        return fail(str(exc), EXIT_CONFIG)
     store = open_store(args.db)
     try:
         campaign_id = start_campaign(
             store,
             args.protocol,
             args.rig,
-            seed=args.seed,
-            options=options,
             status=state.QUEUED if args.queue else state.CREATED,
             who=_who(),
+            checked=checked,
         )
     except (ConfigError, TargetFileError, ValueError) as exc:
         return fail(str(exc), EXIT_CONFIG)
