@@ -138,10 +138,13 @@ class StopNotConfirmed(DeviceError):
 _unverified_warned: set[str] = set()
 
 
-def warn_unverified_once(driver: str) -> None:
+def warn_unverified_once(driver: str, port: str = "") -> None:
     """Log, once per process, that driver module ``driver`` (``drivers.newera``) has been checked
     against its manual and emulator but not yet on the instrument: a lab engineer reading the log of a
-    first campaign on a rig should know which bytes nobody has seen a real pump answer."""
+    first campaign on a rig should know which bytes nobody has seen a real pump answer. Not for an
+    emulated line (``sim://``): no instrument is there to doubt."""
+    if port.startswith("sim://"):
+        return
     if driver not in _unverified_warned:
         _unverified_warned.add(driver)
         structlog.get_logger(driver).warning(

@@ -416,7 +416,7 @@ class HarvardPump:
         log.info(
             "pump connected", pump=self.name, port=self.port, address=self.address, firmware=self.firmware
         )
-        warn_unverified_once("drivers.harvard")
+        warn_unverified_once("drivers.harvard", self.port)
 
     def close(self) -> None:
         if self._shared is None:

@@ -529,7 +529,7 @@ class NewEraPump:
             baud=line.serial.baudrate,
             safe_mode=self._safe,
         )
-        warn_unverified_once("drivers.newera")
+        warn_unverified_once("drivers.newera", self.port)
         if self._safe and self._want_heartbeat:
             self._start_heartbeat()
 
@@ -600,11 +600,11 @@ class NewEraPump:
 
     @property
     def syringe_diameter_mm(self) -> float:
+        """The diameter the pump holds (asked while connected); NaN while unknown. Never raises before
+        connect(): ``isinstance(pump, SyringePump)`` reads every property of the protocol."""
         if self._line is not None:
             self._diameter_mm = _parse_float(self._query("DIA").data, "diameter")
-        if self._diameter_mm is None:
-            raise NotConnected("the syringe diameter is not known before connect()", device=self.name)
-        return self._diameter_mm
+        return math.nan if self._diameter_mm is None else self._diameter_mm
 
     def set_syringe_diameter_mm(self, diameter_mm: float) -> None:
         text = _check_diameter(diameter_mm, self.name)

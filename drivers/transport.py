@@ -109,7 +109,11 @@ class SerialLine:
 
     def read_available(self) -> bytes:
         port = self._require()
-        data = port.read(port.in_waiting) if port.in_waiting else b""
+        try:
+            data = port.read(port.in_waiting) if port.in_waiting else b""
+        except (serial.SerialException, OSError) as exc:  # an adapter pulled between two exchanges
+            self.close()
+            raise NotConnected(f"read from {self.url!r} failed ({exc})", device=self.name) from exc
         if data:
             log.debug("rx-unsolicited", port=self.url, data=data)
         return data

@@ -416,7 +416,11 @@ def pump_rate_limits_ul_min(driver: str, diameter_mm: float) -> tuple[float, flo
     """(min, max) rate in uL/min of that pump family with a syringe of this inside diameter, from the
     driver module (``drivers.<driver>.rate_limits_ul_min``: the manuals' specifications)."""
     module = importlib.import_module(f"drivers.{driver}")
-    low, high = module.rate_limits_ul_min(diameter_mm)
+    limits = getattr(module, "rate_limits_ul_min", None)
+    if limits is None:  # a new family must say what its pump can deliver before any protocol is checked
+        raise ValueError(f"drivers.{driver} has no rate_limits_ul_min(diameter_mm): add it (the manual's "
+                         "slowest and fastest rate for a syringe of that inside diameter)")
+    low, high = limits(diameter_mm)
     return float(low), float(high)
 
 

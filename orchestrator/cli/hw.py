@@ -221,10 +221,11 @@ def run_pump(args: argparse.Namespace) -> int:
     console = _console()
     try:
         rig.connect()
-    except DeviceError:
+    except DeviceError as exc:
         if args.stop:  # the one command that must not fail quietly: the pump may be running on
-            print(f"NOT STOPPED: pump {args.name} did not answer, so it may still be pumping (a pump started "
-                  "with --run has no watchdog): stop it at its keypad or switch it off", file=sys.stderr)
+            print(f"NOT STOPPED: connecting to pump {args.name} failed ({exc.detail}), so it may still be pumping "
+                  "(a pump started with --run has no watchdog): stop it at its keypad or switch it off",
+                  file=sys.stderr)
         raise
     try:
         if args.diameter is not None:

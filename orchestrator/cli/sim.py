@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
+from orchestrator.cli import fail
+
 from simulators.serialsim import KNOWN_PROTOCOLS, PtyServer, drop_bus, get_bus
 from simulators.world import WallClock, World, set_world
 
@@ -96,12 +98,15 @@ def _run_pump(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # systemd and docker stop with SIGTERM
-    return serve_pump(
-        args.protocol,
-        addresses,
-        baud=baud,
-        bus=args.bus,
-        world_name=args.world,
-        stop=stop,
-        ready=announce,
-    )
+    try:
+        return serve_pump(
+            args.protocol,
+            addresses,
+            baud=baud,
+            bus=args.bus,
+            world_name=args.world,
+            stop=stop,
+            ready=announce,
+        )
+    except ValueError as exc:  # the emulator refuses what its pump would not take (a baud rate, an address)
+        return fail(str(exc), 2)

@@ -88,6 +88,17 @@ def line() -> Iterator[Callable[..., Line]]:
         m.close()
 
 
+def test_a_pump_not_yet_connected_is_a_syringe_pump() -> None:
+    """isinstance() against the runtime-checkable protocol reads every property: the diameter raised
+    NotConnected before connect(), so the check itself raised."""
+    import math
+
+    from drivers.newera import NewEraPump
+
+    pump = NewEraPump("p", "sim://newera/not-yet")
+    assert isinstance(pump, SyringePump) and math.isnan(pump.syringe_diameter_mm)
+
+
 def test_every_command(line: Callable[..., Line]) -> None:
     rig = line()
     pump = rig.pump()

@@ -37,3 +37,31 @@ def test_blind_writes_without_a_held_line_open_a_port_for_themselves_and_close_i
 def test_blind_writes_count_only_what_was_sent() -> None:
     sent = send_blind_anywhere(b"STP\r", 2, held=None, url="/dev/no-such-port", baudrate=9600, name="gone")
     assert sent == 0
+
+
+def test_a_port_that_fails_between_exchanges_is_a_device_error(monkeypatch) -> None:
+    """transact() drains stale bytes first; a port pulled then raised pyserial's own SerialException,
+    which is no DeviceError: it escaped the runner's retry and reconnect."""
+    import pytest
+
+    from drivers.errors import NotConnected
+
+    line = SerialLine("loop://", name="pulled")
+    line.open()
+    port = line._require()
+
+    class Gone:
+        is_open = True
+
+        @property
+        def in_waiting(self) -> int:
+            raise serial.SerialException("device reports readiness to read but returned no data")
+
+        def close(self) -> None:
+            self.is_open = False
+
+    monkeypatch.setattr(line, "_port", Gone())
+    with pytest.raises(NotConnected, match="read from 'loop://' failed") as info:
+        line.transact(b"x\r", lambda buf: True, timeout_s=0.1, idempotent=True)
+    assert info.value.device == "pulled" and not line.is_open
+    port.close()

@@ -113,7 +113,9 @@ def test_unplugged_port_is_a_device_error(tmp_path: Path, capsys: pytest.Capture
     assert "NOT STOPPED" not in err  # only asked for its state
     assert main(["hw", "--rig", str(rig), "pump", "AgNO3", "--stop"]) == 1
     err = capsys.readouterr().err
-    assert "NOT STOPPED: pump AgNO3 did not answer, so it may still be pumping" in err and "keypad" in err
+    # what connecting said (here: no such port; a running pump may refuse a set-up command instead)
+    assert "NOT STOPPED: connecting to pump AgNO3 failed (" in err and "ttyUSB-unplugged" in err.split("NOT STOPPED")[1]
+    assert "so it may still be pumping" in err and "keypad" in err
 
 
 # -- against emulated devices ---------------------------------------------------------------------------

@@ -49,3 +49,12 @@ def test_a_harvard_pump_at_its_default_baud_answers_on_the_pty() -> None:
     finally:
         stop.set()
         server.join(timeout=5)
+
+
+def test_an_emulator_refusing_its_settings_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """`sdl sim pump --protocol harvard --baud 1234` printed a traceback."""
+    from orchestrator.cli.main import main
+
+    assert main(["sim", "pump", "--protocol", "harvard", "--baud", "1234"]) == 2
+    err = capsys.readouterr().err
+    assert "error: sim://harvard/pty: baud must be one of" in " ".join(err.split()) and "Traceback" not in err
