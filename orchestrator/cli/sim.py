@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 
 from orchestrator.cli import fail
-
 from simulators.serialsim import KNOWN_PROTOCOLS, PtyServer, drop_bus, get_bus
 from simulators.world import WallClock, World, set_world
 
