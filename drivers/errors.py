@@ -98,7 +98,8 @@ class NoDeviceFound(SpectrometerError):
     hint_default = (
         "No Ocean Insight spectrometer was found: check the USB cable, `lsusb` for vendor 2457, and "
         "install the udev rule (run `seabreeze_os_setup` once, or copy 10-oceanoptics.rules to "
-        "/etc/udev/rules.d/ and run `udevadm control --reload-rules`)."
+        "/etc/udev/rules.d/ and run `udevadm control --reload-rules`). A spectrometer another program holds "
+        "(OceanView, another sdl process) is not listed either: close that program."
     )
 
 

@@ -57,18 +57,25 @@ _PERMISSION_MARKERS = (
 )
 
 
+_bound: tuple[ModuleType, ModuleType] | None = None  # (seabreeze, its spectrometers module) once a backend loaded
+
+
 def load_seabreeze() -> ModuleType:
     """``seabreeze.spectrometers`` on the first backend that loads (cseabreeze, then pyseabreeze)."""
     try:
         seabreeze = importlib.import_module("seabreeze")
     except ImportError as exc:
         raise SpectrometerError("python-seabreeze is not installed", hint=INSTALL_HINT) from exc
+    global _bound
+    if _bound is not None and _bound[0] is seabreeze:  # a reconnect: seabreeze.use() warns once a backend is bound
+        return _bound[1]
     failures = []
     for name in BACKENDS:
         try:
             seabreeze.use(name)
             importlib.import_module("seabreeze.backends").get_backend()
-            return importlib.import_module("seabreeze.spectrometers")
+            _bound = (seabreeze, importlib.import_module("seabreeze.spectrometers"))
+            return _bound[1]
         except ImportError as exc:
             failures.append(f"{name}: {exc}")
     raise SpectrometerError(
@@ -189,7 +196,8 @@ class OceanSpectrometer:
                     f"an Ocean spectrometer is on USB ({', '.join(blocked)}) but this user may not open it",
                     device=self.name,
                 )
-            raise NoDeviceFound("no Ocean Insight spectrometer found on USB", device=self.name)
+            raise NoDeviceFound("no Ocean Insight spectrometer found on USB (or none this process can open)",
+                                device=self.name)
         if self.serial_number is not None:
             matching = [d for d in devices if str(getattr(d, "serial_number", "")) == str(self.serial_number)]
             if not matching:
@@ -242,11 +250,13 @@ class OceanSpectrometer:
         dev = self._require()
         t = int(integration_time_us)
         lo, hi = self.integration_time_limits_us()
-        if not lo <= t <= hi:
+        # python-seabreeze takes t_min <= t < t_max: the maximum it reports is itself refused
+        if not lo <= t < hi:
             raise OutOfRange(
-                f"integration time {t} us is outside this spectrometer's {lo}-{hi} us",
+                f"integration time {t} us is outside this spectrometer's {lo} to {hi} us (the maximum excluded)",
                 device=self.name,
-                hint="Set integration_time_us in the rig file within the spectrometer's limits.",
+                hint="Give an integration time within the spectrometer's limits (integration_time_us in the rig file, "
+                "or --integration-time-us).",
             )
         self._call(lambda: dev.integration_time_micros(t))
         self._integration_us = t
@@ -307,8 +317,10 @@ class OceanSpectrometer:
     def set_lamp_enabled(self, enabled: bool) -> None:
         dev = self._require()
         features = self._call(lambda: dict(getattr(dev, "features", {}) or {}))
-        if features.get("light_source"):
-            self._call(lambda: features["light_source"][0].set_enable(0, bool(enabled)))
+        source = (features.get("light_source") or [None])[0]
+        # not every light source can be switched: seabreeze says so by has_enable(index)
+        if source is not None and self._call(lambda: getattr(source, "has_enable", lambda i: True)(0)):
+            self._call(lambda: source.set_enable(0, bool(enabled)))
             self._settle(dev)
         elif features.get("strobe_lamp"):
             self._call(lambda: features["strobe_lamp"][0].enable_lamp(bool(enabled)))
@@ -364,7 +376,10 @@ class OceanSpectrometer:
                 hint="The pyseabreeze backend needs libusb: `apt install libusb-1.0-0` (or install the "
                 "cseabreeze wheel for this platform), then retry.",
             )
-        if getattr(exc, "errno", None) == errno.ENODEV or "no such device" in str(exc).lower():
+        text = str(exc).lower()
+        # pyusb says [Errno 19]; cseabreeze "Error: Data transfer error" or "Error: No device found"
+        if (getattr(exc, "errno", None) == errno.ENODEV or "no such device" in text or "data transfer error" in text
+                or "no device found" in text):
             return SpectrometerError(
                 detail,
                 device=self.name,

@@ -719,7 +719,10 @@ class _Runner:
         spectrometer = self.rig.spectrometer
         assert spectrometer is not None
 
+        zero_dark: list[str] = []  # why the dark is zeros, if it is
+
         def take() -> None:
+            zero_dark.clear()
             self._wavelengths = spectrometer.wavelengths_nm()
             self._saturation = spectrometer.saturation_counts
             self.rig.seed_replicate(np.random.SeedSequence([spec.seed, CALIBRATION_ROUND, 0]))
@@ -728,6 +731,7 @@ class _Runner:
             except DeviceError as exc:
                 log.warning("lamp cannot be switched: dark taken as zero counts", error=str(exc))
                 self._dark = np.zeros_like(self._wavelengths)
+                zero_dark.append(exc.detail)
             else:
                 try:
                     self._dark = spectrometer.acquire_counts()
@@ -750,10 +754,19 @@ class _Runner:
             )
 
         self._device("taking dark and reference spectra", take)
+        reason = "dark re-taken" if dark_only else "dark and reference taken"
+        if zero_dark:
+            # said where the morning reader looks: without a dark, absorbance carries the detector's baseline
+            uncorrected = getattr(spectrometer, "correct_dark_counts", True) is False
+            reason = (f"{reason}; the dark is taken as zero counts ({zero_dark[0]})"
+                      + ("; this spectrometer has no electric-dark correction either, so every absorbance carries "
+                         "its baseline: fit a lamp shutter the spectrometer can switch, or take the dark by hand"
+                         if uncorrected else ""))
+            self.store.journal(self.campaign_id, "calibration_warning", reason=reason)
         self.store.journal(
             self.campaign_id,
             "calibrated",
-            reason="dark re-taken" if dark_only else "dark and reference taken",
+            reason=reason,
             data={
                 "dark_counts": np.asarray(self._dark).tolist(),
                 "reference_counts": np.asarray(self._reference).tolist(),

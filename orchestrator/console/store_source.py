@@ -104,6 +104,7 @@ _CATEGORIES: dict[str, str] = {
     # a failed condition is the chemistry's answer, not a fault to wake anyone for: fifty in a failure
     # region overnight were fifty webhooks (a round of them holds the campaign, and that is notified)
     "condition_failed": WARNING,
+    "calibration_warning": WARNING,  # a dark taken as zeros: the absorbance carries the baseline
     "batch_planned": PROGRESS,
     "round_done": PROGRESS,
     SCHEDULE_FAILED: FAULT,

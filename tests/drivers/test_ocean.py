@@ -224,6 +224,17 @@ def test_cseabreeze_is_preferred(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sb.requested == ["cseabreeze"] and sb.loaded == "cseabreeze"
 
 
+def test_a_reconnect_does_not_choose_the_backend_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """seabreeze.use() after the backend is bound warns ("use has to be called before importing
+    seabreeze.spectrometers"): every reconnect of a campaign warned."""
+    sb = fake_bus(monkeypatch)
+    first = load_seabreeze()
+    assert load_seabreeze() is first and sb.requested == ["cseabreeze"]
+    other = fake_bus(monkeypatch, broken=("cseabreeze",))  # another package (a test's): chosen afresh
+    load_seabreeze()
+    assert other.requested == ["cseabreeze", "pyseabreeze"]
+
+
 def test_pyseabreeze_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     sb = fake_bus(monkeypatch, broken=("cseabreeze",))
     load_seabreeze()
@@ -359,13 +370,14 @@ def test_integration_time_within_the_models_limits(monkeypatch: pytest.MonkeyPat
     spec = connected(monkeypatch, device)
     assert spec.integration_time_limits_us() == (3_800, 10_000_000)
     spec.set_integration_time_us(3_800)
-    spec.set_integration_time_us(10_000_000)
-    for bad in (3_799, 10_000_001):
-        with pytest.raises(OutOfRange, match=f"integration time {bad} us is outside .* 3800-10000000 us"):
+    spec.set_integration_time_us(9_999_999)
+    # python-seabreeze takes t_min <= t < t_max: its own maximum is refused ("Integration not in [...]")
+    for bad in (3_799, 10_000_000, 10_000_001):
+        with pytest.raises(OutOfRange, match=f"integration time {bad} us is outside .* 3800 to 10000000 us"):
             spec.set_integration_time_us(bad)
     # bad values never reach the device, and the last good one stands
-    assert [v for k, v in device.sent if k == "integration_time_micros"] == [10_000, 3_800, 10_000_000]
-    assert spec.integration_time_us == 10_000_000
+    assert [v for k, v in device.sent if k == "integration_time_micros"] == [10_000, 3_800, 9_999_999]
+    assert spec.integration_time_us == 9_999_999
 
 
 def test_a_rig_integration_time_outside_the_limits_fails_connect(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -466,6 +478,23 @@ def test_the_frame_after_a_change_of_integration_time_or_lamp_is_thrown_away(mon
         assert reads() == before + 1  # at the change: a seeded replicate later reads only its own frames
 
 
+def test_a_light_source_without_an_enable_control_is_not_switched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """seabreeze: "Not all light sources have an enable/disable control, and this capability can be
+    queried with has_enable()"; set_enable was called regardless."""
+    from types import SimpleNamespace
+
+    calls: list[bool] = []
+    spec = connected(monkeypatch, FakeDevice(raw=_raw(0.0, 100.0)))
+    fixed = SimpleNamespace(has_enable=lambda index: False, set_enable=lambda index, on: calls.append(on))
+    monkeypatch.setattr(FakeSpectrometer, "features", property(lambda self: {"light_source": [fixed]}))
+    with pytest.raises(SpectrometerError, match="cannot switch its lamp"):
+        spec.set_lamp_enabled(False)
+    assert calls == []
+    fixed.has_enable = lambda index: True
+    spec.set_lamp_enabled(False)
+    assert calls == [False]
+
+
 def test_one_clipped_scan_among_those_averaged_is_not_averaged_away(monkeypatch: pytest.MonkeyPatch) -> None:
     """1 of 3 scans clipped at 65535 averaged to 59012, under the 95 % saturation screen: a clipped
     spectrum went through as a good one."""
@@ -508,9 +537,11 @@ def test_saturation_level_and_a_saturated_spectrum(monkeypatch: pytest.MonkeyPat
         (FakeUSBError("[Errno 110] Operation timed out", errno.ETIMEDOUT), DeviceTimeout, "USB timeout"),
         (TimeoutError("read"), DeviceTimeout, "cable and hub"),
         (FakeUSBError("[Errno 19] No such device", errno.ENODEV), SpectrometerError, "re-plug"),
-        (FakeSeaBreezeError("Data transfer error"), SpectrometerError, "USB cable"),
+        # cseabreeze's words for a spectrometer pulled mid-read
+        (FakeSeaBreezeError("Error: Data transfer error"), SpectrometerError, "disappeared from USB"),
+        (FakeSeaBreezeError("Bad checksum"), SpectrometerError, "USB cable"),
     ],
-    ids=["usb-timeout", "timeout-error", "unplugged", "other"],
+    ids=["usb-timeout", "timeout-error", "unplugged", "cseabreeze-unplugged", "other"],
 )
 def test_read_failures_are_named(
     monkeypatch: pytest.MonkeyPatch, error: Exception, kind: type[Exception], hint: str

@@ -868,6 +868,28 @@ def test_a_condition_its_syringe_cannot_hold_never_reaches_a_pump(store: Store, 
     assert f"AgNO3 {fits.rates['AgNO3']:.4g}, PVA {fits.rates['PVA']:.4g}" in best_table
 
 
+def test_a_dark_taken_as_zeros_is_said_in_the_journal(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spectrometer that can neither switch its lamp nor correct its electric dark (an STS): the dark
+    was zeros and every absorbance carried the detector's baseline, with a debug-level log line only."""
+    from drivers.errors import SpectrometerError
+    from drivers.ocean import OceanSpectrometer
+
+    def no_lamp(self: OceanSpectrometer, enabled: bool) -> None:
+        self.correct_dark_counts = False  # as _read_once leaves it on a model without dark pixels
+        raise SpectrometerError("this spectrometer cannot switch its lamp", device=self.name)
+
+    monkeypatch.setattr(OceanSpectrometer, "set_lamp_enabled", no_lamp)
+    cid = start(store, tmp_path, stop={"max_rounds": 1})
+    assert run(store, cid) == state.FINISHED
+    (warned,) = [e for e in store.events(cid) if e.kind == "calibration_warning"]
+    assert "the dark is taken as zero counts (this spectrometer cannot switch its lamp)" in warned.reason
+    assert "no electric-dark correction either" in warned.reason and "lamp shutter" in warned.reason
+    (calibrated,) = [e for e in store.events(cid) if e.kind == "calibrated"]
+    assert calibrated.reason == warned.reason and not any(calibrated.data["dark_counts"])
+
+
 def test_start_refuses_bad_inputs_before_anything_is_stored(store: Store, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown optimiser strategy"):
         start(store, tmp_path, optimizer={"strategy": "nonsense"})
