@@ -495,6 +495,27 @@ def test_a_light_source_without_an_enable_control_is_not_switched(monkeypatch: p
     assert calls == [False]
 
 
+def test_a_clipped_pixel_is_saturated_after_the_dark_correction_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """seabreeze's dark correction takes the masked pixels' mean (900 counts on this 14-bit unit) off every
+    pixel, so a clipped one read 15483 of 16383: 94.5 %, under the 95 % saturation screen."""
+    from types import SimpleNamespace
+
+    signal = np.full(PIXELS, 5000.0)
+    signal[8:11] = 16383.0 - 900.0  # clipped: raw 16383
+    device = FakeDevice(raw=_raw(900.0, signal), max_intensity=16383.0, nonlinearity=None)
+    dark_pixels = SimpleNamespace(get_electric_dark_pixel_indices=lambda: list(DARK_PIXELS))
+    monkeypatch.setattr(FakeSpectrometer, "features",
+                        property(lambda self: {"strobe_lamp": [], "light_source": [], "spectrometer": [dark_pixels]}))
+    spec = connected(monkeypatch, device)
+    assert spec.saturation_counts == pytest.approx(16383.0 - 900.0)
+    counts = spec.acquire_counts()
+    assert counts[9] == pytest.approx(16383.0 - 900.0) and counts[9] >= 0.95 * spec.saturation_counts
+    assert ("intensities", (False, False)) in device.sent  # the dark level read from a raw frame
+    spec.correct_dark_counts = False  # raw counts: the full scale stands
+    spec.set_integration_time_us(20_000)
+    assert spec.saturation_counts == 16383.0
+
+
 def test_one_clipped_scan_among_those_averaged_is_not_averaged_away(monkeypatch: pytest.MonkeyPatch) -> None:
     """1 of 3 scans clipped at 65535 averaged to 59012, under the 95 % saturation screen: a clipped
     spectrum went through as a good one."""
