@@ -514,18 +514,16 @@ class ExperimentProtocol(_Strict):
         seconds = self.equilibration_s(dead_volume_ul, inputs) + self.replicates.n * acquisition_s
         return {s: rate * seconds / 60.0 for s, rate in self.stream_rates_ul_min(inputs).items()}
 
-    def largest_condition_ul(
-        self, dead_volume_ul: float, acquisition_s: float, within: Literal["hard_limits", "bounds"] = "bounds"
-    ) -> dict[str, float]:
-        """The most of each stream one condition (:meth:`condition_ul`) can draw within the initial bounds
-        (or the hard limits): at the highest total flow and that stream's largest share, where both the
-        rate and the share of the equilibration's sweep of the dead volume peak."""
-        total_hi = getattr(self.variables[self.total_variable], within)[1]
+    def largest_condition_ul(self, dead_volume_ul: float, acquisition_s: float) -> dict[str, float]:
+        """The most of each stream one condition (:meth:`condition_ul`) can draw within the initial bounds:
+        at the highest total flow and that stream's largest share, where both the rate and the share of
+        the equilibration's sweep of the dead volume peak."""
+        total_hi = self.variables[self.total_variable].bounds[1]
         eq = self.equilibration
         fixed_s = eq.settle_s + eq.margin_s + self.replicates.n * acquisition_s
         return {
             stream: high * fixed_s / 60.0 + high / total_hi * eq.margin_volumes * dead_volume_ul
-            for stream, (_, high) in self.rate_ranges_ul_min(within).items()
+            for stream, (_, high) in self.rate_ranges_ul_min("bounds").items()
         }
 
     def rate_ranges_ul_min(

@@ -214,12 +214,12 @@ def run_command(args: argparse.Namespace) -> int:
         options["target"] = str(args.target)
     if args.max_rounds is not None:
         options["max_rounds"] = args.max_rounds
-    if args.check:
-        return _check_only(args, options)
     try:  # checked before the store is opened: a refused run leaves no new database behind
         checked = check_campaign(args.protocol, args.rig, seed=args.seed, options=options)
     except (ConfigError, TargetFileError, ValueError) as exc:
         return fail(str(exc), EXIT_CONFIG)
+    if args.check:
+        return _say_what_would_run(args, checked)
     store = open_store(args.db)
     try:
         campaign_id = start_campaign(
@@ -257,17 +257,11 @@ def run_command(args: argparse.Namespace) -> int:
     return _drive(store, campaign_id, args, console)
 
 
-def _check_only(args: argparse.Namespace, options: dict[str, Any]) -> int:
-    """``sdl run --check``: every check of a run, and what would run; nothing stored or opened."""
-    from orchestrator.campaign import check_campaign
-    from orchestrator.config_errors import ConfigError
+def _say_what_would_run(args: argparse.Namespace, checked: Any) -> int:
+    """``sdl run --check``: the campaign passed every check of a run; say what would run (nothing is
+    stored, no device opened)."""
     from orchestrator.rig import acquisition_s
-    from orchestrator.spectra import TargetFileError
 
-    try:
-        checked = check_campaign(args.protocol, args.rig, seed=args.seed, options=options)
-    except (ConfigError, TargetFileError, ValueError) as exc:
-        return fail(str(exc), EXIT_CONFIG)
     p, rig = checked.protocol, checked.rig
     console = Console(highlight=False, soft_wrap=True)
     console.print(f"[green]ok[/]: protocol {p.name!r} ({escape(str(args.protocol))}) can run on rig {rig.name!r} "
