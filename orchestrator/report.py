@@ -45,7 +45,7 @@ from orchestrator.optimize.model_checks import accuracy_by_round, measured_spect
 from orchestrator.optimize.success import UNLIKELY, SuccessModel  # noqa: E402
 from orchestrator.spectra import minmax  # noqa: E402
 from orchestrator.state import OPTIMISER_STOP  # noqa: E402
-from orchestrator.summary import failure_reasons, reagent_rows, reagent_use  # noqa: E402
+from orchestrator.summary import droplet_counts, failure_reasons, reagent_rows, reagent_use  # noqa: E402
 
 log = structlog.get_logger(__name__)
 
@@ -220,10 +220,9 @@ def _run_facts(store: Any, campaign_id: str, row: Any, spec: Any) -> list[tuple[
         model = options.get("chemistry") or (spec.rig.simulation.chemistry.model if spec.rig.simulation.chemistry
                                              else DEFAULT_DRY_RUN_CHEMISTRY)
         facts.append(("dry run", f"simulated rig, chemistry {model}"))
-    reps = store.replicate_losses(campaign_id)
-    counted = [r for r in reps if not r.set_aside]
-    facts.append(("droplets", f"{len(reps)} measured: {sum(r.accepted for r in counted)} accepted, "
-                              f"{sum(not r.accepted for r in counted)} rejected, {len(reps) - len(counted)} set aside"))
+    n = droplet_counts(store.replicate_losses(campaign_id))
+    facts.append(("droplets", f"{n['replicates']} measured: {n['replicates_accepted']} accepted, "
+                              f"{n['replicates_rejected']} rejected, {n['replicates_set_aside']} set aside"))
     return facts
 
 

@@ -70,7 +70,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -188,6 +188,18 @@ def reagent_use(
             "refills": refills}
 
 
+def droplet_counts(replicates: Sequence[Any]) -> dict[str, int]:
+    """``replicates`` (every stored one), ``replicates_accepted`` and ``replicates_rejected`` (of those
+    counted) and ``replicates_set_aside`` (attempts measured again), from the store's replicate rows."""
+    counted = [r for r in replicates if not r.set_aside]
+    return {
+        "replicates": len(replicates),
+        "replicates_accepted": sum(1 for r in counted if r.accepted),
+        "replicates_rejected": sum(1 for r in counted if not r.accepted),
+        "replicates_set_aside": len(replicates) - len(counted),
+    }
+
+
 def failure_reasons(store: Store, campaign_id: str) -> dict[tuple[int, int], str]:
     """Why each failed condition failed, by (round, condition): the reason its ``condition_failed``
     event gives (too few accepted droplets and what rejected the rest, or refused before any pump ran)."""
@@ -290,17 +302,13 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
         )
         previous = {k: list(v) for k, v in rnd.bounds.items()}
 
-    counted = [r for r in replicates if not r.set_aside]
     totals = {
         "rounds": len(rounds_out),
         "conditions": len(conditions),
         # an aborted campaign planned more than it measured: done or failed, not left planned
         "conditions_measured": sum(1 for c in conditions if c.status in ("done", "failed")),
         "conditions_failed": sum(1 for c in conditions if c.failed),
-        "replicates": len(replicates),
-        "replicates_accepted": sum(1 for r in counted if r.accepted),
-        "replicates_rejected": sum(1 for r in counted if not r.accepted),
-        "replicates_set_aside": len(replicates) - len(counted),
+        **droplet_counts(replicates),
         "volume_ul": volume or None,
         "reagent_ul": sum(v for s, v in volume.items() if s != remainder) if volume else None,
         "pumped_ul": sum(volume.values()) if volume else None,  # as the reagent budget counts
