@@ -645,6 +645,10 @@ class NewEraPump:
                 return
             log.info("rate units change needs a stop", pump=self.name, old=self._rate_units, new=units)
             self.stop()
+            if self._needs_restore:  # the stop found it power-cycled: stopped, its diameter gone, nothing taken
+                raise PowerResetAlarm(
+                    "the pump was power-cycled (its reply to STP carried the reset alarm); diameter and rate are set "
+                    "again at run()", device=self.name)
             try:
                 self._command(f"RAT{text}{units}", idempotent=True)
             except DeviceError:

@@ -15,6 +15,7 @@ Not yet checked on hardware: the method calls follow the python-seabreeze 2.x do
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -175,6 +176,9 @@ class OceanSpectrometer:
             self.set_integration_time_us(self._requested_integration_us)
         except Exception:
             self._dev = None
+            # a handle left open would be "already open" to the reconnect that follows
+            with contextlib.suppress(Exception):
+                dev.close()
             raise
         log.info(
             "spectrometer connected",
@@ -261,6 +265,7 @@ class OceanSpectrometer:
             )
         self._call(lambda: dev.integration_time_micros(t))
         self._integration_us = t
+        self._electric_dark = 0.0  # the full scale until this time's dark level is read
         self._settle(dev)
         self._electric_dark = self._electric_dark_level(dev)
 
@@ -278,13 +283,15 @@ class OceanSpectrometer:
             return 0.0
         raw = np.asarray(self._call(lambda: dev.intensities(correct_dark_counts=False, correct_nonlinearity=False)),
                          dtype=float)
-        return float(np.mean(raw[indices]))
+        indices = [int(i) for i in indices if 0 <= int(i) < len(raw)]  # a firmware's stray index is left out
+        return float(np.mean(raw[indices])) if indices else 0.0
 
     @property
     def saturation_counts(self) -> float:
-        """Where a pixel clips in the counts this driver returns: the full scale, less the electric dark
-        level the dark correction took off (a clipped pixel of a 14-bit HR4000 with a dark level of 900
-        read 15483, 95 % of 16383, and passed the saturation screen)."""
+        """The full scale, less the electric dark level the dark correction takes off every pixel (a
+        clipped pixel of a 14-bit HR4000 with a dark level of 900 read 15483, under 95 % of 16383, and
+        passed the saturation screen). The nonlinearity correction, where on, divides by the unit's
+        polynomial as well, which is close to 1 at full scale; it is not accounted for here."""
         dev = self._require()
         return float(self._call(lambda: dev.max_intensity)) - self._electric_dark
 

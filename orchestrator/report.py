@@ -220,6 +220,8 @@ def _run_facts(store: Any, campaign_id: str, row: Any, spec: Any) -> list[tuple[
         model = options.get("chemistry") or (spec.rig.simulation.chemistry.model if spec.rig.simulation.chemistry
                                              else DEFAULT_DRY_RUN_CHEMISTRY)
         facts.append(("dry run", f"simulated rig, chemistry {model}"))
+    # a dark taken as zeros (no lamp control): every absorbance may carry the detector's baseline
+    facts += [("calibration", e.reason) for e in store.recent_events(campaign_id, limit=1, kind="calibration_warning")]
     n = droplet_counts(store.replicate_losses(campaign_id))
     facts.append(("droplets", f"{n['replicates']} measured: {n['replicates_accepted']} accepted, "
                               f"{n['replicates_rejected']} rejected, {n['replicates_set_aside']} set aside"))

@@ -221,10 +221,10 @@ def run_pump(args: argparse.Namespace) -> int:
     console = _console()
     try:
         rig.connect()
-    except DeviceError as exc:
+    except DeviceError:
         if args.stop:  # the one command that must not fail quietly: the pump may be running on
-            print(f"NOT STOPPED: connecting to pump {args.name} failed ({exc.detail}), so it may still be pumping "
-                  "(a pump started with --run has no watchdog): stop it at its keypad or switch it off",
+            print(f"NOT STOPPED: connecting to pump {args.name} failed (the error below says why), so it may still "
+                  "be pumping (a pump started with --run has no watchdog): stop it at its keypad or switch it off",
                   file=sys.stderr)
         raise
     try:

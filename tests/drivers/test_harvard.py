@@ -565,8 +565,8 @@ def test_missing_xon_means_a_power_reset_and_the_driver_restores_its_setup() -> 
 
 
 def test_a_rate_sent_as_the_pump_was_power_cycled_is_the_one_set_again() -> None:
-    """The power-cycled pump took 7 uL/min (it blocks nothing), the driver raised, and its
-    re-initialisation put back the rate before: the pump ran at 5."""
+    """The power-cycled pump took 7 uL/min (it blocks nothing) and the driver raised; its
+    re-initialisation used to put back the rate before (5): it sets 7 again."""
     steps: list[Step] = [
         (b"irate 5 ul/min\r", prompt(0)),
         (b"irate 7 ul/min\r", prompt(0, xon=False)),  # poll mode gone: it was power-cycled

@@ -289,6 +289,23 @@ def test_fault_reset_clears_settings_which_run_sets_again(line: Callable[..., Li
     assert (snap.state, snap.diameter_mm, snap.rate_ul_min) == ("I", 14.57, 30.0)
 
 
+def test_a_reset_found_by_the_stop_of_a_unit_change_is_said_and_the_new_rate_set_again(
+    line: Callable[..., Line],
+) -> None:
+    """Running at 60 uL/min (UM), 0.1234 uL/min needs UH, so the driver stops first; that STP met the
+    reset alarm, the RAT was refused ?OOR (no diameter), and the driver restarted the pump at 60: an
+    OutOfRange blaming the rig file, and the reset never said."""
+    rig = line()
+    pump = _running(rig)
+    rig.firmware.inject(0, Fault("reset"))
+    with pytest.raises(PowerResetAlarm, match="power-cycled"):
+        pump.set_rate_ul_min(0.1234)
+    assert rig.firmware.snapshot(0).state == "S"  # not restarted
+    pump.run()
+    snap = rig.firmware.snapshot(0)
+    assert (snap.state, snap.diameter_mm, snap.rate_ul_min) == ("I", 14.57, pytest.approx(0.1234, rel=1e-3))
+
+
 @pytest.mark.parametrize(("kind", "error"), [("no_reply", DeviceTimeout), ("garbage", ProtocolError)])
 def test_fault_that_holds_for_a_while(line: Callable[..., Line], kind: str, error: type[Exception]) -> None:
     rig = line()

@@ -516,6 +516,32 @@ def test_a_clipped_pixel_is_saturated_after_the_dark_correction_too(monkeypatch:
     assert spec.saturation_counts == 16383.0
 
 
+def test_a_connect_that_fails_half_way_releases_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read timing out during connect left the USB handle open: the runner's reconnect then met
+    "spectrometer FLMS12345 is already open ... close that program"."""
+    device = FakeDevice()
+    fake_bus(monkeypatch, device)
+    device.fail_next = FakeUSBError("[Errno 110] Operation timed out", errno.ETIMEDOUT)
+    spec = OceanSpectrometer("uvvis")
+    with pytest.raises(DeviceTimeout):
+        spec.connect()
+    assert device.is_open is False
+    spec.close()
+    spec.connect()  # as the runner's retry does
+    assert device.is_open
+
+
+def test_a_stray_dark_pixel_index_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    device = FakeDevice(raw=_raw(900.0, 5000.0), max_intensity=16383.0)
+    dark_pixels = SimpleNamespace(get_electric_dark_pixel_indices=lambda: [*DARK_PIXELS, PIXELS + 5])
+    monkeypatch.setattr(FakeSpectrometer, "features",
+                        property(lambda self: {"strobe_lamp": [], "light_source": [], "spectrometer": [dark_pixels]}))
+    spec = connected(monkeypatch, device)
+    assert spec.saturation_counts == pytest.approx(16383.0 - 900.0)
+
+
 def test_one_clipped_scan_among_those_averaged_is_not_averaged_away(monkeypatch: pytest.MonkeyPatch) -> None:
     """1 of 3 scans clipped at 65535 averaged to 59012, under the 95 % saturation screen: a clipped
     spectrum went through as a good one."""

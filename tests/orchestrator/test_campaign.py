@@ -888,6 +888,9 @@ def test_a_dark_taken_as_zeros_is_said_in_the_journal(
     assert "no electric-dark correction either" in warned.reason and "lamp shutter" in warned.reason
     (calibrated,) = [e for e in store.events(cid) if e.kind == "calibrated"]
     assert calibrated.reason == warned.reason and not any(calibrated.data["dark_counts"])
+    from orchestrator.report import load_report_data
+
+    assert dict(load_report_data(store, cid).facts)["calibration"] == warned.reason  # the morning report says it
 
 
 def test_start_refuses_bad_inputs_before_anything_is_stored(store: Store, tmp_path: Path) -> None:

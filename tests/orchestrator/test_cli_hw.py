@@ -113,9 +113,10 @@ def test_unplugged_port_is_a_device_error(tmp_path: Path, capsys: pytest.Capture
     assert "NOT STOPPED" not in err  # only asked for its state
     assert main(["hw", "--rig", str(rig), "pump", "AgNO3", "--stop"]) == 1
     err = capsys.readouterr().err
-    # what connecting said (here: no such port; a running pump may refuse a set-up command instead)
-    assert "NOT STOPPED: connecting to pump AgNO3 failed (" in err and "ttyUSB-unplugged" in err.split("NOT STOPPED")[1]
+    # connecting failed (here: no such port; a running pump may refuse a set-up command instead), said once
+    assert "NOT STOPPED: connecting to pump AgNO3 failed (the error below says why)" in err
     assert "so it may still be pumping" in err and "keypad" in err
+    assert "ttyUSB-unplugged" not in err.split("\n")[0] and "ttyUSB-unplugged" in err  # the path, in the error below
 
 
 # -- against emulated devices ---------------------------------------------------------------------------
