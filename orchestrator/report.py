@@ -957,7 +957,9 @@ def render_html(
         ("strategy", strategy),
         ("rounds", len(data.rounds)),
         # as the summary counts them: measured = done or failed (a failed one gave no median)
-        ("conditions measured", len(measured) + len(data.history.failed())),
+        # a refused one (no pump ran: no rates) failed without being measured
+        ("conditions measured", len(measured) + sum(1 for o in data.history.failed()
+                                                    if (o.round_index, o.condition) in data.rates)),
         ("conditions failed", len(data.history.failed())),
         ("best median loss", _loss_text(best[0].median_loss, 4) if best else "–"),
         ("stop threshold", data.loss_threshold),

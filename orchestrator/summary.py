@@ -47,7 +47,8 @@ perfect match; ``null`` where a value does not exist yet)::
       }, ...],
       "best": {"round": 3, "condition": 11, "inputs": {...}, "median_loss": 0.14} | null,
       "totals": {"rounds": 9, "conditions": 135,   # planned
-                 "conditions_measured": 135, "conditions_failed": 1,   # measured: done or failed
+                 "conditions_measured": 135, "conditions_failed": 1,   # measured: done or failed, pumped
+                 "conditions_refused": 0,        # failed before any pump ran (inputs or syringe refused)
                  "replicates": 2700, "replicates_accepted": 2650, "replicates_rejected": 40,
                  "replicates_set_aside": 10,
                  "volume_ul": {"AgNO3": 1234.5, ..., "water": 5678.9} | null,   # per stream
@@ -306,7 +307,9 @@ def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:
         "rounds": len(rounds_out),
         "conditions": len(conditions),
         # an aborted campaign planned more than it measured: done or failed, not left planned
-        "conditions_measured": sum(1 for c in conditions if c.status in ("done", "failed")),
+        # a condition refused before any pump ran has no rates: failed, but never measured
+        "conditions_measured": sum(1 for c in conditions if c.status == "done" or (c.status == "failed" and c.rates)),
+        "conditions_refused": sum(1 for c in conditions if c.status == "failed" and not c.rates),
         "conditions_failed": sum(1 for c in conditions if c.failed),
         **droplet_counts(replicates),
         "volume_ul": volume or None,

@@ -838,13 +838,17 @@ def test_a_condition_its_syringe_cannot_hold_never_reaches_a_pump(store: Store, 
     # the morning's summary and report say why it failed
     from orchestrator.report import load_report_data
 
-    (why,) = [c["failed_reason"] for c in build_summary(store, cid)["rounds"][0]["conditions"] if c["failed"]]
+    summary = build_summary(store, cid)
+    (why,) = [c["failed_reason"] for c in summary["rounds"][0]["conditions"] if c["failed"]]
+    totals = summary["totals"]
+    assert (totals["conditions_measured"], totals["conditions_failed"], totals["conditions_refused"]) == (1, 1, 1)
     assert why.startswith("refused before any pump ran") and "of water in one go" in why
     data = load_report_data(store, cid)
     assert data.failures == {(thirsty.round, thirsty.index): why}
     from orchestrator.report import render_html
 
     page = render_html(data, {}, [], None)
+    assert "<th>conditions measured</th><td>1</td>" in page  # the refused one was never measured
     failed_table = page.split("<h2>Failed conditions</h2>")[1].split("</table>")[0]
     assert "<td>r1 c2</td>" in failed_table and "of water in one go" in failed_table
     # what was run, with units and the pump rates to repeat the best condition by hand
