@@ -458,6 +458,7 @@ class _Runner:
         self._pumps_checked_at = 0.0
         self._last_heartbeat = 0.0
         self._rechecks_failed = 0
+        self._ran_dry = 0  # a dry run's stalls on emptied syringes since the last droplet (refilled, not failed)
         self.started_by: tuple[str, str] | None = None  # (who, why) of a person's `sdl run`/`sdl resume`
         self._alarms_seen: dict[str, str] = {}  # pump -> the alarm a check has reported (until the next run)
 
@@ -662,7 +663,12 @@ class _Runner:
         try:
             self._check_pumps(rates)
         except DeviceError as exc:
-            self._rechecks_failed += 1
+            # a dry run's syringe that ran empty stalls its pump: the next flow refills it, as the operator
+            # would at the rig's hold; not a failed check (three of them in a row faulted a rehearsal)
+            if isinstance(exc, StallAlarm) and exc.device in self.rig.empty_syringes():
+                self._ran_dry += 1
+            else:
+                self._rechecks_failed += 1
             log.warning("pump check failed", error=str(exc))
             self.store.journal(
                 self.campaign_id,
@@ -673,6 +679,12 @@ class _Runner:
             if self._rechecks_failed > DEVICE_RETRIES:
                 raise _Fault(
                     f"fault: pump {exc.device}: {exc.detail}, retried {DEVICE_RETRIES} times. {exc.hint}"
+                ) from exc
+            if self._ran_dry > 2 * len(self.rig.pumps):  # each refill's new equilibration empties the next one
+                raise _Fault(
+                    f"fault: the dry run's syringes ran empty {self._ran_dry} times without a droplet in between "
+                    f"(last: pump {exc.device}): they hold too little for this flow, each refill's equilibration "
+                    "drains the next one. Give larger syringes (syringe_volume_ul) or lower the total flow's bounds."
                 ) from exc
             raise _Reequilibrate() from exc
 
@@ -1334,7 +1346,7 @@ class _Runner:
                 reject_reason=result.reason,
                 clock_s=self._clock_s(),
             )
-            self._rechecks_failed = 0
+            self._rechecks_failed = self._ran_dry = 0
             reps[i] = _Rep(i, result.loss, result.accepted, result.absorbance, result.reason)
             if not result.accepted:
                 log.info("replicate rejected", reason=result.reason)

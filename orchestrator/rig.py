@@ -636,6 +636,11 @@ class Rig:
         return {names[address]: ul for firmware, names in self._sim_lines
                 for address, ul in firmware.refill_empty().items() if address in names}
 
+    def empty_syringes(self) -> set[str]:
+        """A dry run's pumps whose emulated syringe has run empty (the next flow refills them, as the
+        operator would); always empty on a real rig."""
+        return {names[address] for firmware, names in self._sim_lines for address in firmware.empty() if address in names}
+
     def syringe_shortfalls(self, protocol: ExperimentProtocol, inputs: Mapping[str, float]) -> list[str]:
         """What this condition needs of a stream in one go that its syringe (as the rig file gives it)
         cannot hold: a condition that could never finish, to be refused before any pump runs (widened

@@ -43,17 +43,23 @@ class Firmware(ABC):
         """False while an injected disconnect lasts: the port then fails like an unplugged adapter."""
         return True
 
+    def empty(self) -> set[int]:
+        """The addresses on this line whose syringe has run empty. For pump lines, whose emulators keep
+        their pumps in ``_pumps`` (each with ``capacity_ul``) and offer ``snapshot(address)`` (with
+        ``content_ul``, brought up to the world's clock)."""
+        return {
+            address for address, pump in list(getattr(self, "_pumps", {}).items())
+            if self.snapshot(address).content_ul <= 1e-6 * float(pump.capacity_ul)  # type: ignore[attr-defined]
+        }
+
     def refill_empty(self) -> dict[int, float]:
         """Fill every syringe on this line that has run empty back to its capacity, as the operator
-        would (a dry run has none); returns {address: uL filled}. For pump lines, whose emulators keep
-        their pumps in ``_pumps`` (each with ``capacity_ul``) and offer ``snapshot(address)`` (with
-        ``content_ul``, brought up to the world's clock) and ``refill(address, uL)``."""
+        would (a dry run has none); returns {address: uL filled} (``refill(address, uL)``)."""
         filled: dict[int, float] = {}
-        for address, pump in list(getattr(self, "_pumps", {}).items()):
-            capacity = float(pump.capacity_ul)
-            if self.snapshot(address).content_ul <= 1e-6 * capacity:  # type: ignore[attr-defined]
-                self.refill(address, capacity)  # type: ignore[attr-defined]
-                filled[address] = capacity
+        for address in sorted(self.empty()):
+            capacity = float(self._pumps[address].capacity_ul)  # type: ignore[attr-defined]
+            self.refill(address, capacity)  # type: ignore[attr-defined]
+            filled[address] = capacity
         return filled
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from campaign_support import (
+    ROOT,
     SIM_RIG,
     TARGET,
     event_kinds,
@@ -870,6 +871,52 @@ def test_a_condition_its_syringe_cannot_hold_never_reaches_a_pump(store: Store, 
     assert "<th>Q_AgNO3 (%)</th>" in page and "<th>Q_total (uL/min)</th>" in page
     best_table = page.split("<h2>Best conditions</h2>")[1].split("</table>")[0]
     assert f"AgNO3 {fits.rates['AgNO3']:.4g}, PVA {fits.rates['PVA']:.4g}" in best_table
+
+
+def _tight_syringes(folder: Path, times: float) -> tuple[Path, Path]:
+    """The tiny protocol (hard limits at its bounds, so small syringes deliver its rates) on the simulated
+    rig with every syringe ``times`` the most one condition draws of its stream."""
+    import math
+
+    from orchestrator.protocol import load_protocol
+    from orchestrator.rig import acquisition_s, load_rig
+
+    base = yaml.safe_load((ROOT / "tests" / "orchestrator" / "fixtures" / "tiny_campaign.yaml").read_text())
+    protocol = tiny_protocol(folder, stop={"max_rounds": 2},
+                             variables={n: {"hard_limits": list(v["bounds"])} for n, v in base["variables"].items()})
+    cfg = load_rig(SIM_RIG)
+    need = load_protocol(protocol).largest_condition_ul(
+        cfg.dead_volume_ul, acquisition_s(cfg.spectrometer.integration_time_us, cfg.spectrometer.scans_to_average))
+    data = yaml.safe_load(SIM_RIG.read_text())
+    for pump in data["pumps"]:
+        ul = need[pump.get("stream", pump["name"])] * times
+        pump.update(syringe_volume_ul=round(ul, 1), syringe_diameter_mm=round(2 * math.sqrt(ul / (math.pi * 10.5)), 3))
+    rig = folder / "tight.yaml"
+    rig.write_text(yaml.safe_dump(data, sort_keys=False))
+    return protocol, rig
+
+
+@pytest.mark.timeout(120)
+def test_a_dry_run_refills_syringes_that_empty_one_after_another(store: Store, tmp_path: Path) -> None:
+    """Each refill's equilibration drains the next small syringe: three stalls in a row faulted the
+    rehearsal ("pump PVA: stalled, retried 3 times") although every one was refilled. Syringes that hold
+    too little to ever get a droplet through fault with that said, not an endless round of refills."""
+    protocol, rig = _tight_syringes(tmp_path, 1.75)
+    cid = start_campaign(store, protocol, rig, seed=1)
+    assert run(store, cid) == state.FINISHED
+    assert sum(e.kind == "syringe_refilled" for e in store.events(cid, limit=100_000)) >= 5
+    (tmp_path / "thin").mkdir()
+    protocol, rig = _tight_syringes(tmp_path / "thin", 1.05)
+    cid = start_campaign(store, protocol, rig, seed=1)
+    faulted: list[str] = []
+
+    def sleep(_: float) -> None:  # the foreground run holds for an operator: one who aborts it
+        faulted.append(store.campaign(cid).reason)
+        Operator(store, cid).request("abort", "seen")
+
+    assert run(store, cid, sleep=sleep) == state.ABORTED
+    assert "syringes ran empty 11 times without a droplet in between" in faulted[0]
+    assert "Give larger syringes" in faulted[0]
 
 
 def test_a_dark_taken_as_zeros_is_said_in_the_journal(
