@@ -217,11 +217,16 @@ def syringe_fills(used_ul: float, syringe_ul: float | None) -> int | None:
 
 def reagent_rows(use: Mapping[str, Any]) -> list[tuple[str, float, float | None, int | None]]:
     """(stream, used uL, syringe uL or None, full syringes it takes or None) per stream of
-    :func:`reagent_use`, in the rig's pump order."""
+    :func:`reagent_use`, in the rig's pump order. Where a dry run refilled a syringe, the syringes it
+    took are the refills journaled plus the first: the volume is the set rates over the condition's
+    time, a stalled pump's wait included, so dividing it by the syringe can count one refill too many."""
     volume = use.get("volume_ul") or {}
     syringes = use.get("syringe_ul") or {}
+    refills = use.get("refills") or {}
     order = [s for s in syringes if s in volume] + [s for s in volume if s not in syringes]
-    return [(s, volume[s], syringes.get(s), syringe_fills(volume[s], syringes.get(s))) for s in order]
+    return [(s, volume[s], syringes.get(s),
+             refills[s] + 1 if refills.get(s) and syringes.get(s) else syringe_fills(volume[s], syringes.get(s)))
+            for s in order]
 
 
 def build_summary(store: Store, campaign_id: str) -> dict[str, Any]:

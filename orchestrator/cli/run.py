@@ -282,6 +282,9 @@ def _say_what_would_run(args: argparse.Namespace, checked: Any) -> int:
         syringes = {q.stream_name: q.syringe_volume_ul for q in rig.pumps}
         console.print("  most one condition draws within the bounds (uL): " + ", ".join(
             f"{s} {ul:.0f}" + (f" of {syringes[s]:g}" if syringes.get(s) else "") for s, ul in most.items()))
+    if rig.spectrometer is not None and rig.spectrometer.driver != "simulated":
+        console.print(f"  not checked here: whether the spectrometer reads {grid.start_nm:g}-{grid.stop_nm:g} nm "
+                      "(checked when it connects: `sdl hw --rig RIG spectrum --out FILE` shows its range)")
     return EXIT_OK
 
 

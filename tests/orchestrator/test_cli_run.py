@@ -137,6 +137,10 @@ def test_check_only_checks_and_stores_nothing(tmp_path: Path, db: str, capsys) -
     assert "Q_total: bounds 200-1000 uL/min, hard limits 50-2000" in out
     assert "seed drawn when it runs" in out and "water 305 of 25000" in out
     assert not (tmp_path / "runs").exists()  # not even a store was made
+    assert "not checked here" not in out  # the simulated spectrometer's range was checked
+    real = str(ROOT / "deploy" / "rigs" / "example_newera.yaml")
+    assert main(["run", protocol, "--rig", real, "--db", db, "--check"]) == 0
+    assert "not checked here: whether the spectrometer reads 380-800 nm" in " ".join(capsys.readouterr().out.split())
     (tmp_path / "bad").mkdir()
     bad = str(tiny_protocol(tmp_path / "bad", batch_size=0))
     assert main(["run", bad, "--rig", str(SIM_RIG), "--db", db, "--check"]) == 2

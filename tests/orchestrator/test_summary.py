@@ -286,3 +286,13 @@ def test_write_summary_replaces_the_file(store: Store, campaign: str, tmp_path: 
     assert write_summary(store, campaign, out) == out
     assert json.loads(out.read_text(encoding="utf-8"))["campaign_id"] == campaign
     assert not (out.parent / "summary.json.tmp").exists()
+
+
+def test_syringes_taken_are_the_dry_runs_refills_where_it_journaled_them() -> None:
+    """The volume is the set rates over the condition's time, a stalled pump's wait included: 3.07 mL on
+    a 1 mL syringe read "refill 3x" where the dry run had refilled it twice."""
+    from orchestrator.summary import reagent_rows
+
+    use = {"volume_ul": {"seed": 3070.0, "water": 3070.0}, "syringe_ul": {"seed": 1000.0, "water": 1000.0},
+           "refills": {"seed": 2}}
+    assert reagent_rows(use) == [("seed", 3070.0, 1000.0, 3), ("water", 3070.0, 1000.0, 4)]  # water: estimated
