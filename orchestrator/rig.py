@@ -429,6 +429,44 @@ _UNITS_HINT = (" (far off its range: check the units; a percent variable is % of
                "and a total flow is in uL/min, not mL/min)")
 
 
+def _safe(x: float, *, up: bool) -> str:
+    """``x`` to 4 significant digits, rounded the safe way: down for an upper limit, up for a lower one."""
+    if x <= 0:
+        return "0"
+    step = 10.0 ** (math.floor(math.log10(x)) - 3)
+    return f"{(math.ceil if up else math.floor)(x / step * (1 - 1e-12 if up else 1 + 1e-12)) * step:.4g}"
+
+
+def _share_variable(protocol: ExperimentProtocol, stream: str) -> str | None:
+    """The percent variable that sets ``stream``'s share (None for the remainder stream)."""
+    return next((name for name, s in protocol.percent_streams.items() if s == stream), None)
+
+
+def _lower_highs(protocol: ExperimentProtocol, stream: str, need_high: float, can_high: float) -> str:
+    """Which hard upper limits to lower, and to what, for ``stream``'s top rate to fit ``can_high``."""
+    total = protocol.total_variable
+    total_hi = protocol.variables[total].hard_limits[1]
+    fit_total = f"{total}'s hard upper limit to <= {_safe(total_hi * can_high / need_high, up=False)} uL/min"
+    share = _share_variable(protocol, stream)
+    if share is None:  # the remainder gets what the shares leave
+        return (f"lower {fit_total}, or raise the hard lower limits of the other shares (to sum to >= "
+                f"{_safe(100 - 100 * can_high / total_hi, up=True)} %)")
+    return f"lower {fit_total} or {share}'s to <= {_safe(100 * can_high / total_hi, up=False)} %"
+
+
+def _raise_lows(protocol: ExperimentProtocol, stream: str, can_low: float) -> str:
+    """Which hard lower limits to raise, and to what, for ``stream``'s lowest rate to reach ``can_low``."""
+    total = protocol.total_variable
+    total_lo = protocol.variables[total].hard_limits[0]
+    share = _share_variable(protocol, stream)
+    if share is None:
+        return (f"raise {total}'s hard lower limit, or lower the hard upper limits of the shares, so the "
+                f"{stream} left over is >= {can_low:.3g} uL/min")
+    share_lo = protocol.variables[share].hard_limits[0]
+    return (f"raise {share}'s hard lower limit to >= {_safe(100 * can_low / total_lo, up=True)} % or {total}'s to >= "
+            f"{_safe(100 * can_low / share_lo, up=True)} uL/min")
+
+
 def acquisition_s(integration_time_us: float, scans_to_average: int = 1) -> float:
     """Seconds one spectrum takes at least: the scans it averages, back to back."""
     return integration_time_us * scans_to_average / 1e6
@@ -497,7 +535,8 @@ def check_protocol_against_rig(
                 Problem(
                     where,
                     f"{what}, but the protocol's hard limits can ask {need_low:.3g} uL/min of {stream}: "
-                    "use a narrower syringe or raise the hard lower limits" + _UNITS_HINT * (need_low < can_low / 20),
+                    f"use a narrower syringe or {_raise_lows(protocol, stream, can_low)}"
+                    + _UNITS_HINT * (need_low < can_low / 20),
                 )
             )
         if need_high > can_high:
@@ -505,7 +544,8 @@ def check_protocol_against_rig(
                 Problem(
                     where,
                     f"{what}, but the protocol's hard limits can ask {need_high:.4g} uL/min of {stream}: "
-                    "use a wider syringe or lower the hard upper limits" + _UNITS_HINT * (need_high > 20 * can_high),
+                    f"use a wider syringe or {_lower_highs(protocol, stream, need_high, can_high)}"
+                    + _UNITS_HINT * (need_high > 20 * can_high),
                 )
             )
     problems += _syringe_problems(protocol, rig)

@@ -259,8 +259,13 @@ def test_syringes_that_cannot_deliver_the_hard_limits(protocol: ExperimentProtoc
     problems = {p.field: p.message for p in info.value.problems}
     assert set(problems) == {"pumps[0].syringe_diameter_mm", "pumps[3].syringe_diameter_mm"}
     assert "1600 uL/min of AgNO3" in problems["pumps[0].syringe_diameter_mm"]
-    assert "use a wider syringe" in problems["pumps[0].syringe_diameter_mm"]
+    # what to change, by how much: 80 % of 2000 uL/min against the 1 mL syringe's 1062
+    assert ("use a wider syringe or lower Q_total's hard upper limit to <= 1327 uL/min or Q_AgNO3's to <= 53.1 %"
+            in problems["pumps[0].syringe_diameter_mm"])
     assert "0.25 uL/min of seed" in problems["pumps[3].syringe_diameter_mm"]
+    # a 50 mL syringe cannot go down to 0.5 % of 50 uL/min: at least 0.565 uL/min on an NE-1000
+    assert ("raise Q_seed's hard lower limit to >= 1.13 % or Q_total's to >= 113 uL/min"
+            in problems["pumps[3].syringe_diameter_mm"])
     assert "check the units" not in problems["pumps[3].syringe_diameter_mm"]  # a syringe to change, not a slip
 
 
@@ -328,6 +333,18 @@ def test_the_largest_condition_is_the_bounds_corner(protocol: ExperimentProtocol
             continue
         need = protocol.condition_ul(x, 70.0, 0.5)
         assert all(need[s] <= largest[s] + 1e-9 for s in need)
+
+
+def test_the_remainder_streams_fix_is_the_other_shares(protocol: ExperimentProtocol, real_data: dict) -> None:
+    """Water gets what the shares leave (98 % of 2000 uL/min at their hard lower limits): it has no share
+    of its own to lower."""
+    data = copy.deepcopy(real_data)
+    data["pumps"][4].update(syringe_diameter_mm=4.61, syringe_volume_ul=1000)  # at most 1062 uL/min
+    with pytest.raises(ConfigError) as info:
+        check_protocol_against_rig(protocol, RigConfig.model_validate(data))
+    (message,) = [p.message for p in info.value.problems if p.field == "pumps[4].syringe_diameter_mm"]
+    assert ("lower Q_total's hard upper limit to <= 1083 uL/min, or raise the hard lower limits of the other "
+            "shares (to sum to >= 46.9 %)") in message
 
 
 def test_a_unit_slip_is_named_as_one(real_data: dict, reference_protocol_data: dict, tmp_path: Path) -> None:
