@@ -387,24 +387,23 @@ class OceanSpectrometer:
             raise self._classify(exc, "the spectrometer refused a command") from exc
 
     def _classify(self, exc: BaseException, what: str) -> SpectrometerError | DeviceTimeout:
-        detail = f"{what}: {exc}"
+        detail, text = f"{what}: {exc}", str(exc).lower()
         if is_permission_error(exc):
             return UsbPermissionDenied(detail, device=self.name)
-        if isinstance(exc, TimeoutError) or "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+        if isinstance(exc, TimeoutError) or "timed out" in text or "timeout" in text:
             return DeviceTimeout(
                 detail,
                 device=self.name,
                 hint="The spectrometer did not answer on USB: check the cable and hub, then re-plug it; an "
                 "integration time longer than the USB timeout also causes this.",
             )
-        if "no pyusb backend" in str(exc).lower():
+        if "no pyusb backend" in text:
             return SpectrometerError(
                 detail,
                 device=self.name,
                 hint="The pyseabreeze backend needs libusb: `apt install libusb-1.0-0` (or install the "
                 "cseabreeze wheel for this platform), then retry.",
             )
-        text = str(exc).lower()
         # pyusb says [Errno 19]; cseabreeze "Error: Data transfer error" or "Error: No device found"
         if (getattr(exc, "errno", None) == errno.ENODEV or "no such device" in text or "data transfer error" in text
                 or "no device found" in text):

@@ -202,15 +202,16 @@ def check_campaign(
     target = options.get("target")
     protocol = load_protocol(protocol_path, target_file=target)
     rig_cfg = load_rig(rig_path)
-    check_protocol_against_rig(protocol, rig_cfg, source=f"rig {rig_path} with protocol {protocol_path}")
     rig_yaml = rig_path.read_text(encoding="utf-8")
+    source = f"rig {rig_path} with protocol {protocol_path}"
     if options.get("dry_run") and not rig_cfg.is_simulated:
         real_name = rig_cfg.name
+        # the twin keeps the rig's pumps and syringes; its simulated spectrometer has a range of its own
         rig_cfg = dry_run_twin(rig_cfg, source=rig_path)
-        # the twin's simulated spectrometer has its own range: checked as the real rig's was
-        check_protocol_against_rig(protocol, rig_cfg, source=f"dry run of rig {rig_path} with protocol {protocol_path}")
+        source = f"dry run of {source}"
         rig_yaml = (f"# dry run of rig {real_name!r} ({rig_path.resolve()}): sdl run --dry-run\n"
                     + yaml.safe_dump(rig_cfg.model_dump(exclude_defaults=True), sort_keys=False))
+    check_protocol_against_rig(protocol, rig_cfg, source=source)
     try:
         target_file = Path(target) if target is not None else protocol.target_path
         target_csv = read_target_text(target_file)  # read once: the text checked is the text stored

@@ -177,9 +177,9 @@ def parse_target_text(text: str, path: str | Path) -> tuple[np.ndarray, np.ndarr
     data = data[order]
     if np.any(same := np.diff(data[:, 0]) <= 0):
         i = int(np.argmax(same))
-        first, second = sorted((row_lines[order[i]], row_lines[order[i + 1]]))
+        line_a, line_b = sorted((row_lines[order[i]], row_lines[order[i + 1]]))
         raise TargetFileError(
-            f"{path}: wavelengths must be distinct, but lines {first} and {second} both give {data[i, 0]:g} nm "
+            f"{path}: wavelengths must be distinct, but lines {line_a} and {line_b} both give {data[i, 0]:g} nm "
             f"({int(same.sum())} repeated in all): keep one row per wavelength"
         )
     if np.ptp(data[:, 1]) <= 0:
