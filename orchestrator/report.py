@@ -214,11 +214,9 @@ def _run_facts(store: Any, campaign_id: str, row: Any, spec: Any) -> list[tuple[
                       f"{target.a_low:g}-{target.a_high:g} (a peak outside it scores a loss of 1, whatever its shape)"),
         ("seed", spec.seed),
     ]
-    if spec.rig.is_simulated:
-        from orchestrator.rig import DEFAULT_DRY_RUN_CHEMISTRY
-
-        model = options.get("chemistry") or (spec.rig.simulation.chemistry.model if spec.rig.simulation.chemistry
-                                             else DEFAULT_DRY_RUN_CHEMISTRY)
+    if spec.rig.is_simulated:  # as rig.new_world picks it (a dry-run twin names the reference model)
+        named = spec.rig.simulation.chemistry
+        model = options.get("chemistry") or (named.model if named else "none (carrier only: every droplet is blank)")
         facts.append(("dry run", f"simulated rig, chemistry {model}"))
     # a dark taken as zeros (no lamp control): every absorbance may carry the detector's baseline
     facts += [("calibration", e.reason) for e in store.recent_events(campaign_id, limit=1, kind="calibration_warning")]

@@ -863,6 +863,12 @@ def test_a_condition_its_syringe_cannot_hold_never_reaches_a_pump(store: Store, 
     from orchestrator.report import _run_facts
 
     row = store.campaign(cid)
+    bare = yaml.safe_load(SIM_RIG.read_text())
+    del bare["simulation"]["chemistry"]  # a simulated rig without a model: its droplets are blank, not silver
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(bare))
+    bare_id = start(store, tmp_path, rig=tmp_path / "bare.yaml")
+    assert dict(_run_facts(store, bare_id, store.campaign(bare_id), load_spec(store.campaign(bare_id), tmp_path)))[
+        "dry run"] == "simulated rig, chemistry none (carrier only: every droplet is blank)"
     other = replaced(row, options={**row.options, "target_file": "/data/my_target.csv"})  # sdl run --target
     assert dict(_run_facts(store, cid, other, load_spec(row, tmp_path)))["target"] == (
         f"/data/my_target.csv (--target, in place of the protocol's {TARGET})")
